@@ -1,0 +1,132 @@
+"""The application factory: extensions, blueprints, request lifecycle, error handlers."""
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+
+from flask import Flask, g, request
+from flask_smorest import Api
+
+from config import settings
+
+log = logging.getLogger("app.request")
+
+API_VERSION = "1.0.0"
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+def create_app(**overrides) -> Flask:
+    from app.errors import register_error_handlers
+    from app.logs import configure_logging
+
+    configure_logging("api")
+    app = Flask(__name__, static_folder=None)
+    app.config.update(
+        API_TITLE="WhatsApp Service API",
+        API_VERSION=API_VERSION,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        MAX_CONTENT_LENGTH=max(settings.MAX_UPLOAD_BYTES, settings.MAX_REQUEST_BYTES),
+        JSON_SORT_KEYS=False,
+        PROPAGATE_EXCEPTIONS=False,
+        API_SPEC_OPTIONS={
+            "info": {"description": "One REST API for WhatsApp accounts, messages, campaigns and webhooks."},
+            "components": {"securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }},
+            "security": [{"bearerAuth": []}, {"apiKey": []}],
+        },
+    )
+    app.config.update(overrides)
+    api = Api(app)
+    _register_lifecycle(app)
+    register_error_handlers(app)
+    for blp in _blueprints():
+        api.register_blueprint(blp)
+    app.extensions["smorest_api"] = api
+    return app
+
+
+def _blueprints() -> list:
+    """Every domain's ``routes.blp``, found by convention: a new ``app/<domain>/routes.py`` is live."""
+    import importlib
+    import pkgutil
+
+    import app as package
+
+    found = []
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: (i.name != "system", i.name)):
+        if not info.ispkg:
+            continue
+        try:
+            module = importlib.import_module(f"app.{info.name}.routes")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"app.{info.name}.routes":
+                continue
+            raise
+        found.extend(getattr(module, "blueprints", None) or [module.blp])
+    return found
+
+
+def _register_lifecycle(app: Flask) -> None:
+    from app.errors import PayloadTooLarge, UnsupportedMediaType
+    from app.logs import current_request_id
+
+    @app.before_request
+    def _begin():
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID_OK.match(incoming) else secrets.token_hex(12)
+        current_request_id.set(g.request_id)
+        if request.method in _BODY_METHODS:
+            ctype = request.mimetype or ""
+            if ctype != "multipart/form-data":
+                request.max_content_length = settings.MAX_REQUEST_BYTES
+                if (request.content_length or 0) > settings.MAX_REQUEST_BYTES:
+                    raise PayloadTooLarge(f"JSON bodies are limited to {settings.MAX_REQUEST_BYTES} bytes",
+                                          details={"limit_bytes": settings.MAX_REQUEST_BYTES})
+            has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")
+            if has_body and ctype not in ("application/json", "multipart/form-data") and not ctype.endswith("+json"):
+                raise UnsupportedMediaType("Send JSON with Content-Type: application/json",
+                                           details={"content_type": ctype or None})
+
+    @app.after_request
+    def _finish(response):
+        """The one commit of the request: only when the response is a success."""
+        from app.db import end_request_session
+
+        try:
+            end_request_session(commit=response.status_code < 400)
+        except Exception as exc:
+            from app.db import OperationalErrors
+            from app.errors import error_body
+            from flask import jsonify
+
+            log.exception("commit failed")
+            unavailable = isinstance(exc, OperationalErrors)
+            response = jsonify(error_body("service_unavailable" if unavailable else "internal_error",
+                                          "A dependency is unavailable, retry shortly" if unavailable
+                                          else "Internal server error"))
+            response.status_code = 503 if unavailable else 500
+            if unavailable:
+                response.headers["Retry-After"] = "5"
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        log.info("%s %s %s", request.method, request.path, response.status_code,
+                 extra={"status": response.status_code, "duration_ms": round(elapsed_ms, 1),
+                        "method": request.method, "path": request.path})
+        return response
+
+    @app.teardown_request
+    def _teardown(exc):
+        from app.db import end_request_session
+
+        end_request_session(commit=False)
+        current_request_id.set(None)

@@ -1,0 +1,78 @@
+"""Campaigns, the clients they send through, and one recipient row per (campaign, contact)."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, Text, func, text as sqltext
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db import Base, new_id
+
+CID = Text(collation="C")
+TS = DateTime(timezone=True)
+
+
+def ORG_FK() -> ForeignKey:
+    return ForeignKey("organizations.id", ondelete="CASCADE")
+
+
+class Campaign(Base):
+    """The ``*_count`` columns are denormalised progress; ``v_campaign_progress`` has exact figures."""
+
+    __tablename__ = "campaigns"
+
+    id: Mapped[str] = mapped_column(CID, primary_key=True, default=lambda: new_id("cmp"))
+    organization_id: Mapped[str] = mapped_column(CID, ORG_FK())
+    name: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="draft")
+    template_id: Mapped[str | None] = mapped_column(CID, ForeignKey("templates.id", ondelete="SET NULL"))
+    message: Mapped[str | None] = mapped_column(Text)
+    variables: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
+    media_id: Mapped[str | None] = mapped_column(CID, ForeignKey("media.id", ondelete="SET NULL"))
+    audience: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
+    scheduled_at: Mapped[datetime | None] = mapped_column(TS)
+    started_at: Mapped[datetime | None] = mapped_column(TS)
+    paused_at: Mapped[datetime | None] = mapped_column(TS)
+    completed_at: Mapped[datetime | None] = mapped_column(TS)
+    cancelled_at: Mapped[datetime | None] = mapped_column(TS)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    total_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    queued_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    sent_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    delivered_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    read_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    skipped_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_by: Mapped[str | None] = mapped_column(CID, ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    deleted_at: Mapped[datetime | None] = mapped_column(TS)
+
+    clients: Mapped[list[CampaignClient]] = relationship(passive_deletes=True)
+
+
+class CampaignClient(Base):
+    __tablename__ = "campaign_clients"
+
+    campaign_id: Mapped[str] = mapped_column(CID, ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    client_id: Mapped[str] = mapped_column(CID, ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True)
+    organization_id: Mapped[str] = mapped_column(CID, ORG_FK())
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+class CampaignRecipient(Base):
+    """pending | queued | sent | delivered | read | failed | skipped; unique (campaign_id, contact_id)."""
+
+    __tablename__ = "campaign_recipients"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    organization_id: Mapped[str] = mapped_column(CID, ORG_FK())
+    campaign_id: Mapped[str] = mapped_column(CID, ForeignKey("campaigns.id", ondelete="CASCADE"))
+    contact_id: Mapped[str] = mapped_column(CID, ForeignKey("contacts.id", ondelete="CASCADE"))
+    client_id: Mapped[str | None] = mapped_column(CID, ForeignKey("clients.id", ondelete="SET NULL"))
+    message_id: Mapped[str | None] = mapped_column(CID, ForeignKey("messages.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())

@@ -1,0 +1,172 @@
+"""Engine, sessions, the declarative Base, public ids and tenant-scoped lookups.
+
+One session per request (opened lazily, committed once by the request wrapper) and one per job
+(``job_session``). ``get_scoped`` is the single way to load a tenant-owned row by id: another
+organisation's id is indistinguishable from a missing one.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Iterator, TypeVar
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from config import settings
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_id(prefix: str) -> str:
+    """A public id: ``prefix_`` + 26 Crockford base32 chars (48-bit ms time + 80 random bits).
+
+    Ids sort by creation time (columns use ``COLLATE "C"``), so "newest first" is ``ORDER BY id
+    DESC`` and a cursor is simply the last id seen.
+    """
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Base of every model; models live in ``app/<domain>/models.py``."""
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Use the psycopg 3 driver whatever scheme the operator wrote."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+_engine: Engine | None = None
+_engine_pid: int | None = None
+_lock = threading.Lock()
+SessionFactory = sessionmaker(expire_on_commit=False, autoflush=True)
+
+
+def get_engine() -> Engine:
+    """The process's engine, created on first use (and anew after a fork)."""
+    global _engine, _engine_pid
+    with _lock:
+        if _engine is None or _engine_pid != os.getpid():
+            if not settings.DATABASE_URL:
+                raise RuntimeError("DATABASE_URL is not set")
+            _engine = create_engine(
+                sqlalchemy_url(settings.DATABASE_URL),
+                pool_size=settings.DB_POOL_SIZE,
+                max_overflow=settings.DB_POOL_SIZE,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args={"connect_timeout": 5},
+            )
+            _engine_pid = os.getpid()
+            SessionFactory.configure(bind=_engine)
+        return _engine
+
+
+def set_engine(engine: Engine | None) -> None:
+    """Point the process at another engine (tests, CLI)."""
+    global _engine, _engine_pid
+    with _lock:
+        if _engine is not None and engine is not _engine:
+            _engine.dispose()
+        _engine, _engine_pid = engine, (os.getpid() if engine is not None else None)
+        SessionFactory.configure(bind=engine)
+
+
+def new_session() -> Session:
+    if SessionFactory.kw.get("bind") is None or _engine_pid != os.getpid():
+        get_engine()
+    return SessionFactory()
+
+
+@contextmanager
+def job_session() -> Iterator[Session]:
+    """One transaction per job: commit on success, roll back on error."""
+    session = new_session()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+M = TypeVar("M")
+
+
+def get_scoped(session: Session, model: type[M], organization_id: str, object_id: str, *, for_update: bool = False) -> M:
+    """Load a tenant-owned row by id within ``organization_id`` or raise NotFound."""
+    from app.errors import NotFound
+
+    stmt = select(model).where(model.id == object_id, model.organization_id == organization_id)
+    if hasattr(model, "deleted_at"):
+        stmt = stmt.where(model.deleted_at.is_(None))
+    if for_update:
+        stmt = stmt.with_for_update()
+    row = session.scalars(stmt).first() if isinstance(object_id, str) else None
+    if row is None:
+        raise NotFound(f"{model.__name__.lower()} not found")
+    return row
+
+
+def scoped_select(model, organization_id: str):
+    """``select(model)`` already restricted to one organisation (and not soft-deleted)."""
+    stmt = select(model).where(model.organization_id == organization_id)
+    if hasattr(model, "deleted_at"):
+        stmt = stmt.where(model.deleted_at.is_(None))
+    return stmt
+
+
+def _operational_errors() -> tuple:
+    """Exceptions that mean "a dependency is down" (-> 503), not "our bug" (-> 500)."""
+    import redis.exceptions
+    import sqlalchemy.exc
+
+    return (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+OperationalErrors = _operational_errors()
+
+
+def request_session() -> Session:
+    """The current request's session, opened on first use."""
+    from flask import g
+
+    if "db" not in g:
+        g.db = new_session()
+    return g.db
+
+
+def end_request_session(commit: bool) -> None:
+    """Commit (or roll back) and close the request's session, if one was opened."""
+    from flask import g
+
+    session = g.pop("db", None)
+    if session is None:
+        return
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()

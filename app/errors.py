@@ -1,0 +1,141 @@
+"""Domain exceptions and their HTTP rendering, in one place.
+
+Every error body is ``{"error": {"code", "message", "details"}}`` (API.md). Services raise these;
+the handlers registered by ``register_error_handlers`` turn them, werkzeug's HTTP errors,
+flask-smorest's validation errors and anything unexpected into that shape.
+"""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    status = 400
+    code = "bad_request"
+    message = "Bad request"
+
+    def __init__(self, message: str | None = None, *, code: str | None = None, details: dict | None = None,
+                 headers: dict | None = None):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.code = code or self.code
+        self.details = details or {}
+        self.headers = headers or {}
+
+
+class BadRequest(AppError):
+    status, code, message = 400, "bad_request", "Bad request"
+
+
+class Unauthorized(AppError):
+    status, code, message = 401, "unauthorized", "Missing or invalid credentials"
+
+
+class Forbidden(AppError):
+    status, code, message = 403, "forbidden", "Not allowed"
+
+
+class NotFound(AppError):
+    status, code, message = 404, "not_found", "Not found"
+
+
+class Conflict(AppError):
+    status, code, message = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(AppError):
+    status, code, message = 413, "payload_too_large", "Request body too large"
+
+
+class UnsupportedMediaType(AppError):
+    status, code, message = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class ValidationError(AppError):
+    status, code, message = 422, "validation_error", "Validation failed"
+
+
+class RateLimited(AppError):
+    status, code, message = 429, "rate_limited", "Too many requests"
+
+
+class ServiceUnavailable(AppError):
+    status, code, message = 503, "service_unavailable", "A dependency is unavailable"
+
+
+# werkzeug status -> our code, for errors raised by Flask itself (routing, abort, body limits)
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type",
+    422: "validation_error", 429: "rate_limited", 500: "internal_error", 503: "service_unavailable",
+}
+
+
+def error_body(code: str, message: str, details: dict | None = None) -> dict:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def _response(status: int, code: str, message: str, details=None, headers=None):
+    resp = jsonify(error_body(code, message, details))
+    resp.status_code = status
+    for k, v in (headers or {}).items():
+        resp.headers[k] = str(v)
+    if status in (429, 503) and "Retry-After" not in resp.headers:
+        resp.headers["Retry-After"] = "5"
+    return resp
+
+
+def _validation_details(messages) -> dict:
+    """Flatten webargs' {location: {field: [msgs]}} into {field: [msgs]}."""
+    if not isinstance(messages, dict):
+        return {"_schema": messages}
+    if set(messages) <= {"json", "query", "form", "files", "headers", "view_args", "path", "cookies"}:
+        flat: dict = {}
+        for loc in messages.values():
+            if isinstance(loc, dict):
+                flat.update(loc)
+            else:
+                flat.setdefault("_schema", loc)
+        return flat
+    return messages
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(AppError)
+    def _app_error(err: AppError):
+        return _response(err.status, err.code, err.message, err.details, err.headers)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException):
+        status = err.code or 500
+        if status == 422:
+            # flask-smorest/webargs validation failure: details name the fields
+            data = getattr(err, "data", None) or {}
+            details = _validation_details(data.get("messages", {}))
+            return _response(422, "validation_error", "Validation failed", details)
+        data = getattr(err, "data", None) or {}
+        if status == 400 and ("JSON" in (err.description or "") or "json" in (data.get("messages") or {})):
+            return _response(400, "malformed_json", "The request body is not valid JSON")
+        code = _HTTP_CODES.get(status, "http_error")
+        message = {
+            404: "Not found", 405: "Method not allowed", 413: "Request body too large",
+        }.get(status, err.name)
+        headers = {}
+        if status == 405 and getattr(err, "valid_methods", None):
+            headers["Allow"] = ", ".join(err.valid_methods)
+        return _response(status, code, message, headers=headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception):
+        from app.db import OperationalErrors
+
+        if isinstance(err, OperationalErrors):
+            log.error("dependency unavailable: %s", err.__class__.__name__)
+            return _response(503, "service_unavailable", "A dependency is unavailable, retry shortly")
+        log.exception("unhandled error")
+        return _response(500, "internal_error", "Internal server error")

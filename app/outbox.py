@@ -1,0 +1,134 @@
+"""Enqueue-after-commit, backed by a transactional outbox table.
+
+``enqueue(session, actor, *args)`` writes a ``job_outbox`` row in the caller's transaction and
+remembers it on the session. When (and only when) that transaction commits, the job is sent to the
+broker and its row deleted. On rollback nothing is sent and the row vanishes with the rest.
+
+If the process dies between the commit and the send, the row stays behind: ``sweep()`` (run by
+the scheduler) sends every row older than ``OUTBOX_SWEEP_AFTER`` seconds. A crash between send and
+delete can therefore send a job twice, which is why actors are idempotent (ARCHITECTURE rule 6).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+import dramatiq
+from sqlalchemy import delete, event, insert, select
+from sqlalchemy.orm import Session
+
+from config import settings
+
+log = logging.getLogger(__name__)
+
+_PENDING = "outbox_pending"
+
+
+def enqueue(session: Session, actor: dramatiq.Actor | str, *args, delay_ms: int | None = None,
+            queue_name: str | None = None, **kwargs) -> None:
+    """Send ``actor(*args, **kwargs)`` after ``session`` commits; ``delay_ms`` delays it further."""
+    enqueue_many(session, actor, [args], delay_ms=delay_ms, queue_name=queue_name, kwargs=kwargs)
+
+
+def enqueue_many(session: Session, actor: dramatiq.Actor | str, arg_lists: list, *, delay_ms: int | None = None,
+                 queue_name: str | None = None, kwargs: dict | None = None) -> None:
+    """Like ``enqueue`` for many argument tuples of one actor, with one INSERT."""
+    from app.models import JobOutbox
+
+    if not arg_lists:
+        return
+    actor_name, default_queue = _actor_route(actor)
+    options = {}
+    if delay_ms:
+        options["eta"] = int(time.time() * 1000) + int(delay_ms)
+    rows = [
+        {"actor_name": actor_name, "queue_name": queue_name or default_queue, "args": list(a),
+         "kwargs": kwargs or {}, "options": options}
+        for a in arg_lists
+    ]
+    ids = session.scalars(insert(JobOutbox).returning(JobOutbox.id), rows).all()
+    pending = session.info.setdefault(_PENDING, [])
+    pending.extend({**row, "id": id_} for row, id_ in zip(rows, ids))
+
+
+def _actor_route(actor) -> tuple[str, str]:
+    if isinstance(actor, str):
+        actor = dramatiq.get_broker().get_actor(actor)
+    return actor.actor_name, actor.queue_name
+
+
+def _send(row: dict) -> None:
+    options = dict(row.get("options") or {})
+    eta = options.pop("eta", None)
+    delay = max(0, eta - int(time.time() * 1000)) if eta else None
+    message = dramatiq.Message(
+        queue_name=row["queue_name"], actor_name=row["actor_name"], args=tuple(row["args"]),
+        kwargs=row["kwargs"] or {}, options=options,
+    )
+    dramatiq.get_broker().enqueue(message, delay=delay or None)
+
+
+def _forget_sent(session: Session, ids: list[int]) -> None:
+    """Delete dispatched rows on a fresh connection (the committed session cannot run SQL)."""
+    from app.models import JobOutbox
+
+    bind = session.get_bind()
+    try:
+        with bind.connect() as conn:
+            conn.execute(delete(JobOutbox).where(JobOutbox.id.in_(ids)))
+            conn.commit()
+    except Exception:  # the sweeper will resend; actors are idempotent
+        log.warning("outbox: could not mark %d job(s) dispatched", len(ids), exc_info=True)
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    pending = session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    sent = []
+    for row in pending:
+        try:
+            _send(row)
+            sent.append(row["id"])
+        except Exception:
+            log.warning("outbox: send of %s failed; the sweeper will retry", row["actor_name"], exc_info=True)
+    if sent:
+        _forget_sent(session, sent)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
+
+def sweep(session: Session, older_than_s: int | None = None, limit: int = 1000) -> int:
+    """Send jobs committed more than ``older_than_s`` seconds ago and never dispatched."""
+    from app.models import JobOutbox
+
+    older_than_s = settings.OUTBOX_SWEEP_AFTER if older_than_s is None else older_than_s
+    cutoff = select(JobOutbox).where(
+        JobOutbox.dispatched_at.is_(None),
+        JobOutbox.created_at <= _db_now(session) - timedelta(seconds=older_than_s),
+    ).order_by(JobOutbox.id).limit(limit).with_for_update(skip_locked=True)
+    rows = session.scalars(cutoff).all()
+    sent = []
+    for row in rows:
+        try:
+            _send({"queue_name": row.queue_name, "actor_name": row.actor_name, "args": row.args,
+                   "kwargs": row.kwargs, "options": row.options})
+            sent.append(row.id)
+        except Exception:
+            row.attempts += 1
+            log.warning("outbox sweep: send of %s failed", row.actor_name, exc_info=True)
+    if sent:
+        session.execute(delete(JobOutbox).where(JobOutbox.id.in_(sent)))
+        log.info("outbox sweep: re-sent %d job(s) committed but never dispatched", len(sent))
+    return len(sent)
+
+
+def _db_now(session: Session):
+    from sqlalchemy import func
+
+    return session.scalar(select(func.now()))

@@ -1,0 +1,1 @@
+"""Authentication (JWT, API keys), permissions, field encryption and request protection."""

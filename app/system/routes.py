@@ -1,0 +1,32 @@
+"""/health and /metrics: public, unauthenticated, never rate limited."""
+from flask import Response, jsonify
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app.system import service
+
+blp = Blueprint("system", __name__, description="Health and metrics")
+
+
+@blp.route("/health")
+class Health(MethodView):
+    @blp.doc(security=[], responses={"200": {"description": "ok or degraded"}, "503": {"description": "Postgres or Redis down"}})
+    def get(self):
+        """Health of the database, Redis and the worker pools"""
+        body, status = service.health()
+        resp = jsonify(body)
+        resp.status_code = status
+        if status == 503:
+            resp.headers["Retry-After"] = "10"
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+
+@blp.route("/metrics")
+class Metrics(MethodView):
+    @blp.doc(security=[], responses={"200": {"description": "Prometheus text format"}})
+    def get(self):
+        """Prometheus metrics of this api process"""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

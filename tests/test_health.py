@@ -1,0 +1,83 @@
+"""/health: ok with every pool alive, degraded when a pool is down, 503 when Redis or Postgres is."""
+import pytest
+
+from workers.middleware import HeartbeatThread
+from workers.pools import POOLS
+
+
+def beat(redis_conn, kind, name, **extra):
+    t = HeartbeatThread(redis_conn, kind, name, extra=lambda: extra)
+    t.key += f":{name}-fake"  # distinct key per fake process
+    t.beat()
+    return t
+
+
+def test_health_ok_when_every_pool_and_the_scheduler_beat(client, redis_conn):
+    for pool in POOLS:
+        beat(redis_conn, "pool", pool)
+    beat(redis_conn, "scheduler", "scheduler", leader=True)
+    resp = client.get("/health")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["status"] == "ok"
+    assert body["checks"]["database"]["status"] == "ok"
+    assert body["checks"]["redis"]["status"] == "ok"
+    assert all(p["live"] == 1 for p in body["checks"]["workers"]["pools"].values())
+
+
+def test_health_degraded_when_a_pool_has_no_live_worker(client, redis_conn):
+    for pool in POOLS:
+        if pool != "webhooks":
+            beat(redis_conn, "pool", pool)
+    beat(redis_conn, "scheduler", "scheduler", leader=True)
+    resp = client.get("/health")
+    assert resp.status_code == 200
+    body = resp.get_json()
+    assert body["status"] == "degraded"
+    assert body["checks"]["workers"]["pools"]["webhooks"] == {"status": "down", "live": 0}
+    assert body["checks"]["workers"]["pools"]["messages"]["status"] == "ok"
+
+
+@pytest.mark.workers
+def test_a_real_worker_process_counts_as_live(client, run_pool):
+    run_pool("webhooks")
+    pools = client.get("/health").get_json()["checks"]["workers"]["pools"]
+    assert pools["webhooks"]["live"] == 1
+    assert pools["messages"]["live"] == 0
+
+
+def test_health_is_503_when_redis_is_down(client, tmp_path):
+    from app import kv
+    from config import settings
+    from tests.procs import wait_for
+    from workers.embedded import start_redis, stop_redis
+
+    url, proc = start_redis(tmp_path)
+    original = settings.REDIS_URL
+    settings.override(REDIS_URL=url)
+    kv.reset_redis_client()
+    try:
+        assert client.get("/health").get_json()["checks"]["redis"]["status"] == "ok"
+        stop_redis(proc)
+        resp = wait_for(lambda: (r := client.get("/health")).status_code == 503 and r, timeout=10,
+                        message="/health to notice Redis is gone")
+        body = resp.get_json()
+        assert body["status"] == "down"
+        assert body["checks"]["redis"]["status"] == "down"
+        assert body["checks"]["database"]["status"] == "ok"
+        assert resp.headers["Retry-After"]
+    finally:
+        settings.override(REDIS_URL=original)
+        kv.reset_redis_client()
+
+
+def test_health_is_503_when_postgres_is_down(client, monkeypatch):
+    from sqlalchemy import create_engine
+
+    from app.system import service
+
+    dead = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
+    monkeypatch.setattr("app.db.get_engine", lambda: dead)
+    resp = client.get("/health")
+    assert resp.status_code == 503
+    assert resp.get_json()["checks"]["database"]["status"] == "down"

@@ -1,0 +1,179 @@
+"""``python -m workers``: run a pool, run the scheduler, inspect queues, manage dead letters."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+
+from config import ROOT, child_env, settings
+from workers.pools import POOLS
+
+
+def _need(name: str) -> None:
+    if not getattr(settings, name):
+        sys.exit(f"workers: {name} is not set (see README, 'Configuration')")
+
+
+def cmd_run(args) -> None:
+    _need("REDIS_URL")
+    _need("DATABASE_URL")
+    pool = POOLS.get(args.pool)
+    if pool is None:
+        sys.exit(f"workers: unknown pool {args.pool!r}; pools: {', '.join(POOLS)}")
+    argv = [sys.executable, "-m", "dramatiq", "workers.broker", "jobs",
+            "--path", str(ROOT), "--queues", *pool.queues,
+            "--processes", str(args.processes or settings.WORKER_PROCESSES),
+            "--threads", str(args.threads or pool.threads),
+            "--worker-shutdown-timeout", str(args.shutdown_timeout_ms), "--skip-logging"]
+    if args.watch:
+        argv += ["--watch", str(ROOT), "-i", "**/*.py"]
+    os.execve(sys.executable, argv, child_env(WORKER_POOL=pool.name))
+
+
+def cmd_scheduler(args) -> None:
+    _need("REDIS_URL")
+    _need("DATABASE_URL")
+    from workers.scheduler import main
+
+    main()
+
+
+def cmd_dev(args) -> None:
+    from workers.supervisor import main
+
+    main()
+
+
+def _queue_counts(r, queue: str) -> dict:
+    from dramatiq.common import dq_name, xq_name
+
+    ns = "dramatiq"
+    return {
+        "queue": queue,
+        "ready": r.llen(f"{ns}:{queue}"),
+        "delayed": r.llen(f"{ns}:{dq_name(queue)}"),
+        "dead": r.zcard(f"{ns}:{xq_name(queue)}"),
+    }
+
+
+def status_report() -> dict:
+    from app.kv import redis_client
+    from workers.middleware import live_heartbeats
+
+    r = redis_client()
+    beats = live_heartbeats(r)
+    report = {"pools": [], "scheduler": [b for b in beats if b["kind"] == "scheduler"]}
+    for pool in POOLS.values():
+        workers = [b for b in beats if b["kind"] == "pool" and b["name"] == pool.name]
+        report["pools"].append({"pool": pool.name, "live_workers": len(workers), "workers": workers,
+                                "queues": [_queue_counts(r, q) for q in pool.queues]})
+    return report
+
+
+def cmd_status(args) -> None:
+    _need("REDIS_URL")
+    report = status_report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{'pool':<10} {'workers':>7}  {'queue':<10} {'ready':>7} {'delayed':>8} {'dead':>6}")
+    for p in report["pools"]:
+        for q in p["queues"]:
+            print(f"{p['pool']:<10} {p['live_workers']:>7}  {q['queue']:<10} {q['ready']:>7} {q['delayed']:>8} {q['dead']:>6}")
+    leaders = [s for s in report["scheduler"] if s.get("leader")]
+    print(f"scheduler: {len(report['scheduler'])} process(es), leader: "
+          f"{leaders[0]['host'] + ':' + str(leaders[0]['pid']) if leaders else 'none'}")
+    for p in report["pools"]:
+        for w in p["workers"]:
+            print(f"  {p['pool']:<10} {w['host']}:{w['pid']} threads={w.get('threads', '?')}")
+
+
+def cmd_ping(args) -> None:
+    """Exit 0 when a process of this host has a live heartbeat (container health checks)."""
+    from app.kv import redis_client
+    from workers.middleware import live_heartbeats
+
+    kind, name = ("scheduler", "scheduler") if args.scheduler else ("pool", args.pool)
+    if not name:
+        sys.exit("workers ping: give --pool NAME or --scheduler")
+    try:
+        beats = live_heartbeats(redis_client(), kind)
+    except Exception as exc:
+        sys.exit(f"workers ping: redis unavailable ({exc.__class__.__name__})")
+    mine = [b for b in beats if b["name"] == name and b["host"] == socket.gethostname()]
+    sys.exit(0 if mine else 1)
+
+
+def _dlq_queues(args) -> list[str]:
+    return [args.queue] if args.queue else [q for p in POOLS.values() for q in p.queues]
+
+
+def cmd_dlq(args) -> None:
+    from dramatiq.common import xq_name
+
+    from app.kv import redis_client
+
+    r = redis_client()
+    total = 0
+    for queue in _dlq_queues(args):
+        xq = f"dramatiq:{xq_name(queue)}"
+        ids = [i.decode() for i in r.zrange(xq, 0, -1)]
+        msgs = r.hmget(f"{xq}.msgs", ids) if ids else []
+        for mid, raw in zip(ids, msgs):
+            if raw is None:
+                continue
+            total += 1
+            data = json.loads(raw)
+            if args.action == "list":
+                print(json.dumps({"queue": queue, "message_id": mid, "actor": data.get("actor_name"),
+                                  "args": data.get("args"), "error": data.get("options", {}).get("traceback", "")[-300:]}))
+            elif args.action == "retry":
+                import dramatiq
+
+                import workers.broker  # noqa: F401
+
+                msg = dramatiq.Message(queue_name=queue, actor_name=data["actor_name"], args=tuple(data["args"]),
+                                       kwargs=data.get("kwargs") or {}, options={})
+                dramatiq.get_broker().enqueue(msg)
+                r.zrem(xq, mid)
+                r.hdel(f"{xq}.msgs", mid)
+            elif args.action == "purge":
+                r.zrem(xq, mid)
+                r.hdel(f"{xq}.msgs", mid)
+    if args.action != "list":
+        print(f"{args.action}: {total} message(s)")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run one worker pool")
+    p.add_argument("--pool", required=True, choices=sorted(POOLS))
+    p.add_argument("--processes", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--shutdown-timeout-ms", type=int, default=10000)
+    p.add_argument("--watch", action="store_true", help="reload on code changes (development)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("scheduler", help="run the scheduler (one leader at a time)")
+    p.set_defaults(func=cmd_scheduler)
+    p = sub.add_parser("dev", help="run everything for development (what `make run` calls)")
+    p.set_defaults(func=cmd_dev)
+    p = sub.add_parser("status", help="pools, live workers, queue depths")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("ping", help="health check for this host's worker or scheduler")
+    p.add_argument("--pool")
+    p.add_argument("--scheduler", action="store_true")
+    p.set_defaults(func=cmd_ping)
+    p = sub.add_parser("dlq", help="dead-letter queues: list, retry or purge")
+    p.add_argument("action", choices=["list", "retry", "purge"])
+    p.add_argument("--queue")
+    p.set_defaults(func=cmd_dlq)
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

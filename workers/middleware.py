@@ -1,0 +1,107 @@
+"""Dramatiq middleware: worker heartbeats for /health and `workers status`, and log context."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+
+import dramatiq
+from dramatiq.middleware import Middleware
+
+from config import settings
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_PREFIX = "wa:hb:"  # wa:hb:<kind>:<name>:<host>:<pid> -> json, with a TTL
+
+
+def heartbeat_key(kind: str, name: str) -> str:
+    return f"{HEARTBEAT_PREFIX}{kind}:{name}:{socket.gethostname()}:{os.getpid()}"
+
+
+def live_heartbeats(redis_client, kind: str | None = None) -> list[dict]:
+    """Every live heartbeat (optionally of one kind: ``pool`` or ``scheduler``)."""
+    pattern = f"{HEARTBEAT_PREFIX}{kind or '*'}:*"
+    keys = list(redis_client.scan_iter(match=pattern, count=500))
+    out = []
+    for key, raw in zip(keys, redis_client.mget(keys) if keys else []):
+        if raw:
+            out.append(json.loads(raw))
+    return out
+
+
+class HeartbeatThread(threading.Thread):
+    """Writes a heartbeat key every few seconds until stopped; the key expires if we die."""
+
+    def __init__(self, redis_client, kind: str, name: str, extra=None):
+        super().__init__(daemon=True, name=f"heartbeat-{kind}-{name}")
+        self.redis, self.kind, self.name, self.extra = redis_client, kind, name, extra or (lambda: {})
+        self.key = heartbeat_key(kind, name)
+        self.stopped = threading.Event()
+
+    def beat(self) -> None:
+        info = {"kind": self.kind, "name": self.name, "host": socket.gethostname(), "pid": os.getpid(),
+                "at": time.time(), **self.extra()}
+        self.redis.set(self.key, json.dumps(info), ex=settings.WORKER_HEARTBEAT_TTL)
+
+    def run(self) -> None:
+        interval = max(1.0, settings.WORKER_HEARTBEAT_TTL / 3)
+        while not self.stopped.is_set():
+            try:
+                self.beat()
+            except Exception:
+                log.warning("heartbeat failed", exc_info=True)
+            self.stopped.wait(interval)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:
+            self.redis.delete(self.key)
+        except Exception:
+            pass
+
+
+class Heartbeat(Middleware):
+    """Each worker process reports its pool (``WORKER_POOL``, set by ``workers run``)."""
+
+    def __init__(self):
+        self.thread: HeartbeatThread | None = None
+
+    def after_worker_boot(self, broker, worker):
+        from app.kv import redis_client
+        from workers.state import current_pool
+
+        pool = current_pool()
+        if pool:
+            self.thread = HeartbeatThread(redis_client(), "pool", pool, extra=lambda: {"threads": worker.worker_threads})
+            self.thread.beat()
+            self.thread.start()
+
+    def before_worker_shutdown(self, broker, worker):
+        if self.thread:
+            self.thread.stop()
+
+
+class RequestContext(Middleware):
+    """Put the message id in every log line of a job, and set up JSON logging in workers."""
+
+    def after_process_boot(self, broker):
+        from app.logs import configure_logging
+        from workers.state import current_pool
+
+        configure_logging(f"worker:{current_pool() or '?'}")
+
+    def before_process_message(self, broker, message):
+        from app.logs import current_request_id
+
+        current_request_id.set(message.message_id)
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        from app.logs import current_request_id
+
+        current_request_id.set(None)
+
+    after_skip_message = after_process_message

@@ -95,7 +95,7 @@ CREATE TABLE refresh_tokens (
     replaced_by      text COLLATE "C" REFERENCES refresh_tokens(id) ON DELETE SET NULL,
     expires_at       timestamptz NOT NULL,
     revoked_at       timestamptz,
-    revoked_reason   text CHECK (revoked_reason IN ('rotated', 'logout', 'reuse_detected', 'user_disabled', 'admin')),
+    revoked_reason   text CHECK (revoked_reason IN ('rotated', 'logout', 'reuse_detected', 'user_disabled', 'password_changed', 'admin')),
     user_agent       text,
     ip               text,
     created_at       timestamptz NOT NULL DEFAULT now()

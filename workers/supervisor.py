@@ -92,8 +92,7 @@ def main() -> None:
                     PYTHONUNBUFFERED="1")
     py = sys.executable
     children = [Child("api", [py, "-m", "gunicorn", "wsgi:app", "--bind", f"0.0.0.0:{settings.PORT}",
-                              "--workers", "2", "--threads", "4", "--graceful-timeout", "8",
-                              "--access-logfile", "-", "--access-logformat", '%(m)s %(U)s %(s)s %(M)sms'],
+                              "--workers", "2", "--threads", "4", "--graceful-timeout", "8"],
                       env, COLORS[0])]
     for i, pool in enumerate(POOLS):
         children.append(Child(f"worker-{pool}", [py, "-m", "workers", "run", "--pool", pool,
@@ -110,8 +109,11 @@ def main() -> None:
     for c in children:
         sel.register(c.proc.stdout, selectors.EVENT_READ, c)
 
+    parent = os.getppid()
     try:
         while not stopping["flag"]:
+            if os.getppid() != parent:  # `make` (or the terminal) went away: stop too
+                break
             for key, _ in sel.select(timeout=0.5):
                 c: Child = key.data
                 chunk = os.read(key.fileobj.fileno(), 65536)

@@ -52,3 +52,7 @@ class AnalyticsDaily(Base):
     response_seconds_sum: Mapped[float] = mapped_column(Double, server_default="0")
     response_count: Mapped[int] = mapped_column(Integer, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+# Foreign keys name tables of other domains: importing any models module registers them all.
+import app.models  # noqa: E402,F401

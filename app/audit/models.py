@@ -28,3 +28,7 @@ class AuditLog(Base):
     request_id: Mapped[str | None] = mapped_column(Text)
     changes: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+# Foreign keys name tables of other domains: importing any models module registers them all.
+import app.models  # noqa: E402,F401

@@ -24,8 +24,12 @@ class RefreshToken(Base):
     replaced_by: Mapped[str | None] = mapped_column(CID, ForeignKey("refresh_tokens.id", ondelete="SET NULL"))
     expires_at: Mapped[datetime] = mapped_column(TS)
     revoked_at: Mapped[datetime | None] = mapped_column(TS)
-    # rotated | logout | reuse_detected | user_disabled | admin
+    # rotated | logout | reuse_detected | user_disabled | password_changed | admin
     revoked_reason: Mapped[str | None] = mapped_column(Text)
     user_agent: Mapped[str | None] = mapped_column(Text)
     ip: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+# Foreign keys name tables of other domains: importing any models module registers them all.
+import app.models  # noqa: E402,F401

@@ -76,3 +76,7 @@ class CampaignRecipient(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+# Foreign keys name tables of other domains: importing any models module registers them all.
+import app.models  # noqa: E402,F401

@@ -110,3 +110,7 @@ class BanAlert(Base):
     acknowledged_at: Mapped[datetime | None] = mapped_column(TS)
     acknowledged_by: Mapped[str | None] = mapped_column(CID, ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+# Foreign keys name tables of other domains: importing any models module registers them all.
+import app.models  # noqa: E402,F401

@@ -81,3 +81,7 @@ class ContactImport(Base):
     completed_at: Mapped[datetime | None] = mapped_column(TS)
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+# Foreign keys name tables of other domains: importing any models module registers them all.
+import app.models  # noqa: E402,F401

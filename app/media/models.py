@@ -29,3 +29,7 @@ class Media(Base):
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(TS)
+
+
+# Foreign keys name tables of other domains: importing any models module registers them all.
+import app.models  # noqa: E402,F401

@@ -70,3 +70,7 @@ class MessageStatusHistory(Base):
     status: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     details: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
+
+
+# Foreign keys name tables of other domains: importing any models module registers them all.
+import app.models  # noqa: E402,F401

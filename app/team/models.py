@@ -77,3 +77,7 @@ class UserClient(Base):
     client_id: Mapped[str] = mapped_column(CID, ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True)
     organization_id: Mapped[str] = mapped_column(CID, ORG_FK())
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+# Foreign keys name tables of other domains: importing any models module registers them all.
+import app.models  # noqa: E402,F401

@@ -87,3 +87,7 @@ class WebhookDeliveryAttempt(Base):
     response_excerpt: Mapped[str | None] = mapped_column(Text)  # at most 2048 characters
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     next_attempt_at: Mapped[datetime | None] = mapped_column(TS)
+
+
+# Foreign keys name tables of other domains: importing any models module registers them all.
+import app.models  # noqa: E402,F401

@@ -23,7 +23,7 @@ def create_app(**overrides) -> Flask:
     from app.logs import configure_logging
 
     configure_logging("api")
-    app = Flask(__name__, static_folder=None)
+    app = Flask(__name__, static_folder=None, template_folder=None)
     app.config.update(
         API_TITLE="WhatsApp Service API",
         API_VERSION=API_VERSION,
@@ -47,6 +47,9 @@ def create_app(**overrides) -> Flask:
     app.config.update(overrides)
     api = Api(app)
     _register_lifecycle(app)
+    from app.security import protection
+
+    protection.init_app(app)
     register_error_handlers(app)
     for blp in _blueprints():
         api.register_blueprint(blp)
@@ -55,7 +58,8 @@ def create_app(**overrides) -> Flask:
 
 
 def _blueprints() -> list:
-    """Every domain's ``routes.blp``, found by convention: a new ``app/<domain>/routes.py`` is live."""
+    """Every domain's blueprints, found by convention: the ``blp`` of each ``app/<domain>/*routes.py``
+    module (``routes.py``, and e.g. ``meta_routes.py`` for a domain's second blueprint)."""
     import importlib
     import pkgutil
 
@@ -65,13 +69,10 @@ def _blueprints() -> list:
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: (i.name != "system", i.name)):
         if not info.ispkg:
             continue
-        try:
-            module = importlib.import_module(f"app.{info.name}.routes")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"app.{info.name}.routes":
-                continue
-            raise
-        found.extend(getattr(module, "blueprints", None) or [module.blp])
+        domain = importlib.import_module(f"app.{info.name}")
+        for sub in sorted(pkgutil.iter_modules(domain.__path__), key=lambda i: (i.name != "routes", i.name)):
+            if sub.name.endswith("routes"):
+                found.append(importlib.import_module(f"app.{info.name}.{sub.name}").blp)
     return found
 
 

@@ -38,7 +38,7 @@ def enqueue_many(session: Session, actor: dramatiq.Actor | str, arg_lists: list,
 
     if not arg_lists:
         return
-    actor_name, default_queue = _actor_route(actor)
+    actor_name, default_queue = _actor_route(actor, queue_name)
     options = {}
     if delay_ms:
         options["eta"] = int(time.time() * 1000) + int(delay_ms)
@@ -52,8 +52,12 @@ def enqueue_many(session: Session, actor: dramatiq.Actor | str, arg_lists: list,
     pending.extend({**row, "id": id_} for row, id_ in zip(rows, ids))
 
 
-def _actor_route(actor) -> tuple[str, str]:
+def _actor_route(actor, queue_name: str | None = None) -> tuple[str, str]:
+    """Name and queue of an actor; by name alone when the queue is given (the actor may live in a
+    module this process does not import)."""
     if isinstance(actor, str):
+        if queue_name:
+            return actor, queue_name
         actor = dramatiq.get_broker().get_actor(actor)
     return actor.actor_name, actor.queue_name
 

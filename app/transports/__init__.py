@@ -1,0 +1,24 @@
+"""WhatsApp transports behind one interface (``base.Transport``): sim, cloud, web."""
+from __future__ import annotations
+
+import importlib
+
+from app.transports.base import Transport
+
+#: transport name -> "module:Class"; modules are imported on first use (web pulls in Playwright)
+REGISTRY = {
+    "sim": "app.transports.sim:SimTransport",
+    "cloud": "app.transports.cloud:CloudTransport",
+    "web": "app.transports.web:WebTransport",
+}
+
+#: transports whose session lives in one process (a session host of the `sessions` pool)
+STATEFUL = {"web"}
+
+
+def transport_class(name: str) -> type[Transport]:
+    try:
+        module, _, cls = REGISTRY[name].partition(":")
+    except KeyError:
+        raise KeyError(f"unknown transport {name!r}") from None
+    return getattr(importlib.import_module(module), cls)

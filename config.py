@@ -141,3 +141,12 @@ def child_env(**overrides: str) -> dict:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in overrides.items()})
     return env
+
+
+def settings_table() -> str:
+    """The README's configuration table (``python -c 'import config; print(config.settings_table())'``)."""
+    rows = ["| Variable | Default | Description |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = f"`{s.default}`" if s.default else "—"
+        rows.append(f"| `{s.name}` | {default} | {s.doc} |")
+    return "\n".join(rows)

@@ -85,3 +85,26 @@ def test_make_run_embedded_keeps_data_across_runs(tmp_path):
 
     out = run_and_stop(env, port, during=read_marker)
     assert "schema already present" in out
+
+
+def test_children_do_not_outlive_a_killed_make_run(tmp_path):
+    from app.schema import with_database
+    from config import settings
+
+    port = free_port()
+    proc = spawn(["-m", "workers", "dev"], DATABASE_URL=with_database(settings.DATABASE_URL, "wa_test_makerun2"),
+                 REDIS_URL=settings.REDIS_URL, DATA_DIR=str(tmp_path), PORT=str(port))
+    try:
+        wait_for(lambda: (health(port) or {}).get("status") in ("ok", "degraded"), timeout=120, interval=0.5,
+                 message="make run to answer")
+        tree = psutil.Process(proc.pid).children()
+        assert len(tree) >= 6
+        proc.kill()  # SIGKILL: no chance to clean up
+        proc.wait(5)
+        wait_for(lambda: not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+                 timeout=20, message="children to exit after their supervisor died")
+    finally:
+        stop(proc, signal.SIGKILL)
+        admin = with_database(settings.DATABASE_URL, "postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS wa_test_makerun2 WITH (FORCE)")

@@ -120,6 +120,10 @@ def _register_lifecycle(app: Flask) -> None:
                 response.headers["Retry-After"] = "5"
         response.headers["X-Request-ID"] = g.get("request_id", "")
         elapsed_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        from app.system.metrics import observe
+
+        observe(request.method, request.url_rule.rule if request.url_rule else None, response.status_code,
+                elapsed_ms / 1000)
         log.info("%s %s %s", request.method, request.path, response.status_code,
                  extra={"status": response.status_code, "duration_ms": round(elapsed_ms, 1),
                         "method": request.method, "path": request.path})

@@ -81,3 +81,12 @@ def test_health_is_503_when_postgres_is_down(client, monkeypatch):
     resp = client.get("/health")
     assert resp.status_code == 503
     assert resp.get_json()["checks"]["database"]["status"] == "down"
+
+
+def test_metrics_count_requests_by_route(client):
+    client.get("/health")
+    client.get("/nope")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'http_requests_total{method="GET",route="/health",status="200"}' in text
+    assert 'route="unmatched",status="404"' in text
+    assert "http_request_duration_seconds_bucket" in text

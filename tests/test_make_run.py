@@ -24,11 +24,28 @@ def health(port):
         return None
 
 
+def _collect(proc) -> list[str]:
+    """Read the process's output in the background (so its pipe never fills up)."""
+    import threading
+
+    lines: list[str] = []
+
+    def pump():
+        for raw in proc.stdout:
+            lines.append(raw.decode(errors="replace"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
 def run_and_stop(env, port, during=None):
     proc = spawn(["-m", "workers", "dev"], **env)
+    lines = _collect(proc)
     try:
         wait_for(lambda: proc.poll() is not None or (health(port) or {}).get("status") == "ok", timeout=120,
                  interval=0.5, message="make run to become healthy")
+        wait_for(lambda: proc.poll() is not None or any("Press Ctrl-C to stop" in line for line in lines),
+                 timeout=30, message="make run to print its URLs")
         assert proc.poll() is None, stop(proc)
         tree = psutil.Process(proc.pid).children(recursive=True)
         names = " ".join(" ".join(p.cmdline()) for p in tree)
@@ -44,7 +61,8 @@ def run_and_stop(env, port, during=None):
         assert took < 20, f"make run took {took:.1f}s to stop"
         leftovers = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not leftovers, [p.cmdline() for p in leftovers]
-        return proc.stdout.read().decode(errors="replace")
+        time.sleep(0.2)  # let the reader thread drain the closed pipe
+        return "".join(lines)
     finally:
         if proc.poll() is None:
             stop(proc, signal.SIGKILL)

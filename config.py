@@ -37,12 +37,16 @@ SETTINGS: list[Setting] = [
     Setting("JWT_ISSUER", "whatsapp-service", "`iss` claim of access tokens."),
     Setting("JWT_AUDIENCE", "whatsapp-service-api", "`aud` claim of access tokens."),
     Setting("ALLOW_SIGNUP", "true", "Whether `POST /api/auth/register` is open.", "bool"),
+    Setting("LOGIN_FAILURES_PER_ACCOUNT", "5 per 15 minutes", "Failed logins allowed per email address; beyond it login answers 429 with `Retry-After` until the window ends."),
+    Setting("LOGIN_FAILURES_PER_IP", "20 per 15 minutes", "Failed logins allowed per client IP; beyond it login answers 429 with `Retry-After` until the window ends."),
     Setting("MAX_REQUEST_BYTES", "1048576", "Largest JSON request body accepted (413 above).", "int"),
     Setting("MAX_UPLOAD_BYTES", "16777216", "Largest media upload accepted (413 above).", "int"),
     Setting("CORS_ORIGINS", "", "Comma-separated origins allowed by CORS (empty: same-origin only; `*` in development only)."),
     Setting("RATE_LIMIT_PUBLIC", "100 per 15 minutes", "Per-IP limit on unauthenticated and auth endpoints."),
-    Setting("RATE_LIMIT_API", "6000 per minute", "Per-organisation/key limit on the authenticated API."),
+    Setting("RATE_LIMIT_API", "6000 per minute", "Limit on the authenticated API for each organisation, and for each of its keys/users unless `RATE_LIMIT_PRINCIPAL` is set."),
+    Setting("RATE_LIMIT_PRINCIPAL", "", "Limit on the authenticated API for each API key or user (empty: `RATE_LIMIT_API`). Lower it so one key cannot use its organisation's whole budget."),
     Setting("RATE_LIMIT_ENABLED", "true", "Turns request rate limiting on or off.", "bool"),
+    Setting("TRUSTED_PROXIES", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7", "CIDRs of reverse proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (client IP for rate limits and audit, HTTPS for HSTS). Empty: trust none.", "list"),
     Setting("LOG_LEVEL", "INFO", "Log level of every process (JSON logs to stdout)."),
     Setting("LOG_FORMAT", "json", "`json` (one object per line, for log shippers) or `text` (`make run` uses it)."),
     Setting("WORKER_HEARTBEAT_TTL", "15", "Seconds after which a silent worker counts as gone in `/health`.", "int"),
@@ -51,8 +55,34 @@ SETTINGS: list[Setting] = [
     Setting("WORKER_POOL", "", "Set by `python -m workers run --pool NAME` for its worker processes; not set by hand."),
     Setting("WORKER_PROCESSES", "1", "Processes per worker pool started by `python -m workers run` unless `--processes` is given.", "int"),
     Setting("WEBHOOK_ALLOW_PRIVATE", "false", "Allow webhook targets on private/loopback addresses (development only).", "bool"),
+    Setting("WEBHOOK_TIMEOUT", "15", "Seconds a webhook delivery may take to connect and to answer before it counts as failed.", "float"),
+    Setting("WEBHOOK_MAX_IN_FLIGHT", "8", "Deliveries to one webhook endpoint running at the same time, across every worker (the rest wait in the broker), so a slow endpoint cannot take every thread.", "int"),
+    Setting("WEBHOOK_TIME_SCALE", "1", "Multiplies webhook retry delays, `Retry-After` waits and the 5-day disable window. Keep 1; tests and demos shrink time with e.g. 0.001.", "float"),
     Setting("DEFAULT_TRANSPORT", "sim", "Transport used by clients created without one."),
     Setting("CHROMIUM_PATH", "/usr/bin/chromium", "Chromium used by the `web` transport."),
+    Setting("WEB_URL", "https://web.whatsapp.com", "Address of WhatsApp Web the `web` transport opens (tests point it at a fixture page)."),
+    Setting("WEB_HEADLESS", "true", "Run the session hosts' Chromium headless.", "bool"),
+    Setting("WEB_NAV_TIMEOUT", "60", "Seconds the `web` transport waits for WhatsApp Web to load, a chat to open or a sent message to appear.", "float"),
+    Setting("WEB_QR_TIMEOUT", "300", "Seconds a `web` session shows (and reloads) QR codes without a scan before it gives up as `failed`.", "int"),
+    Setting("WEB_STATE_SAVE_INTERVAL", "300", "Seconds between two saves of a ready `web` session's login state (also saved at login and at stop).", "int"),
+    Setting("WEB_TYPING_MAX_MS", "45000", "Longest typing indicator of one `web` message (60-100 ms per character); the rest of a longer text is pasted, so a send stays well below `MESSAGE_SENDING_TIMEOUT`.", "int"),
+    Setting("SESSION_LEASE_TTL", "30", "Seconds a session host's lease on a `web` client lasts without renewal; another host takes the session over after it expires.", "int"),
+    Setting("SESSION_HEARTBEAT_INTERVAL", "10", "Seconds between two lease renewals (and orphan checks) of a session host.", "float"),
+    Setting("PACING_SLACK_MS", "500", "Pad (ms) added to the minimum gap and to the windows of paced sends: the time a granted send has to reach the transport (a send later than that is paced again).", "int"),
+    Setting("WORKER_POLL_MS", "100", "Longest idle poll of a worker's queue consumers: a delayed job (a pacing slot) starts at most about twice this late.", "int"),
+    Setting("MESSAGE_PARK_AFTER", "60", "Seconds: a message due later than this (its pacing slot or `scheduled_at`) waits parked in Redis, not in the broker, until the feeder releases it this long before its time; keeps workers' delay queues small whatever the backlog.", "int"),
+    Setting("MESSAGE_SENDING_TIMEOUT", "120", "Seconds after which the sweeper marks a message stuck in `sending` (its worker died mid-send) as failed with code `interrupted`; it is never resent.", "int"),
+    Setting("MESSAGE_LOST_AFTER", "300", "Seconds past its due time after which the sweeper re-enqueues a `queued` message whose job was lost.", "int"),
+    Setting("MESSAGE_SWEEP_EVERY", "30", "Seconds between two runs of the message sweeper (interrupted sends, lost jobs, expired idempotency keys).", "int"),
+    Setting("MESSAGE_MAX_ATTEMPTS", "5", "Transport attempts of one message on transient errors before it fails.", "int"),
+    Setting("OPT_OUT_CONFIRMATION", "You have been unsubscribed and will receive no more messages. Reply START to subscribe again.", "The one message sent to a contact who opts out (STOP)."),
+    Setting("IDEMPOTENCY_IN_FLIGHT_TIMEOUT", "60", "Seconds after which a request holding an `Idempotency-Key` that never finished (its process died) is abandoned, and the key may be used again.", "int"),
+    Setting("CLIENT_RECONNECT_BASE_MS", "2000", "First reconnect delay of a client that disconnected; it doubles with each failed attempt.", "int"),
+    Setting("CLIENT_RECONNECT_MAX_MS", "300000", "Longest delay between two reconnect attempts of a client.", "int"),
+    Setting("CLIENT_RECONNECT_ATTEMPTS", "8", "Reconnect attempts in a row before a disconnected client is marked `failed` (with an alert).", "int"),
+    Setting("PROXY_CHECK_INTERVAL", "300", "Seconds between two health checks of every proxy.", "int"),
+    Setting("PROXY_CHECK_TIMEOUT", "5", "Seconds a proxy health check waits for the proxy to answer.", "float"),
+    Setting("PROXY_CHECK_TARGET", "web.whatsapp.com:443", "`host:port` the proxy health check opens a tunnel to (HTTP CONNECT or SOCKS5)."),
 ]
 
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -134,6 +164,35 @@ class Settings:
 
 
 settings = Settings.from_env()
+
+#: secrets every process needs in production (config.secret() generates them elsewhere)
+PRODUCTION_SECRETS = ("SECRET_KEY", "APP_ENCRYPTION_KEYS", "API_KEY_PEPPER")
+
+
+def check_production_settings(s: Settings | None = None) -> None:
+    """Exit with a clear message when the settings cannot run safely: in production the secrets
+    must be set (they are never generated there); anywhere, APP_ENCRYPTION_KEYS must parse.
+    Called at the start of every process (create_app, workers run, workers scheduler)."""
+    s = s or settings
+    problems = []
+    if s.is_production:
+        missing = [name for name in PRODUCTION_SECRETS if not (s.values.get(name) or "").strip()]
+        if missing:
+            problems.append(f"{', '.join(missing)} must be set when APP_ENV=production "
+                            "(see .env.example for how to generate them)")
+        if (s.values.get("SECRET_KEY") or "") and len(s.SECRET_KEY) < 32:
+            problems.append("SECRET_KEY must be at least 32 characters")
+        if (s.values.get("API_KEY_PEPPER") or "") and len(s.API_KEY_PEPPER) < 16:
+            problems.append("API_KEY_PEPPER must be at least 16 characters")
+    if (s.values.get("APP_ENCRYPTION_KEYS") or "").strip():
+        from app.security.crypto import parse_keys
+
+        try:
+            parse_keys(s.APP_ENCRYPTION_KEYS)
+        except ValueError as exc:
+            problems.append(f"APP_ENCRYPTION_KEYS: {exc}")
+    if problems:
+        raise SystemExit("config: refusing to start: " + "; ".join(problems))
 
 
 def child_env(**overrides: str) -> dict:

@@ -21,7 +21,9 @@ _BODY_METHODS = {"POST", "PUT", "PATCH"}
 def create_app(**overrides) -> Flask:
     from app.errors import register_error_handlers
     from app.logs import configure_logging
+    from config import check_production_settings
 
+    check_production_settings()
     configure_logging("api")
     app = Flask(__name__, static_folder=None, template_folder=None)
     app.config.update(
@@ -50,6 +52,9 @@ def create_app(**overrides) -> Flask:
     from app.security import protection
 
     protection.init_app(app)
+    from app.security import auth
+
+    auth.init_app(app)  # permission check before the view; writes that outlive a refused request
     register_error_handlers(app)
     for blp in _blueprints():
         api.register_blueprint(blp)
@@ -76,6 +81,33 @@ def _blueprints() -> list:
     return found
 
 
+def _chunked_body_too_large() -> bool:
+    """A body without Content-Length (chunked) is read here, up to one byte past the limit.
+
+    werkzeug's limited stream returns a chunked body cut at ``max_content_length`` instead of
+    failing (``get_data`` stops exactly at the limit), so a too-large JSON body became a 400, or
+    was accepted truncated. Reading it here gives the 413; a body within the limit is put back.
+    Only when the server terminates the stream (gunicorn and werkzeug do for chunked requests);
+    otherwise werkzeug reads no body at all.
+    """
+    import io
+
+    env = request.environ
+    if request.content_length is not None or "wsgi.input_terminated" not in env:
+        return False
+    limit = settings.MAX_REQUEST_BYTES
+    stream, body = env["wsgi.input"], bytearray()
+    while len(body) <= limit:
+        chunk = stream.read(min(64 * 1024, limit + 1 - len(body)))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > limit:
+        return True
+    env["wsgi.input"] = io.BytesIO(bytes(body))
+    return False
+
+
 def _register_lifecycle(app: Flask) -> None:
     from app.errors import PayloadTooLarge, UnsupportedMediaType
     from app.logs import current_request_id
@@ -90,7 +122,7 @@ def _register_lifecycle(app: Flask) -> None:
             ctype = request.mimetype or ""
             if ctype != "multipart/form-data":
                 request.max_content_length = settings.MAX_REQUEST_BYTES
-                if (request.content_length or 0) > settings.MAX_REQUEST_BYTES:
+                if (request.content_length or 0) > settings.MAX_REQUEST_BYTES or _chunked_body_too_large():
                     raise PayloadTooLarge(f"JSON bodies are limited to {settings.MAX_REQUEST_BYTES} bytes",
                                           details={"limit_bytes": settings.MAX_REQUEST_BYTES})
             has_body = (request.content_length or 0) > 0 or request.headers.get("Transfer-Encoding")

@@ -4,6 +4,8 @@
   db status                      schema version
   org create --name --admin-email --admin-password [--json]
   apikey create --org ID --name NAME --role ROLE [--json]
+  encryption rotate [--batch-size N]   re-encrypt every *_encrypted value under the newest key
+  encryption status [--json]           how many values each key id protects
   serve [--port N]               the api with gunicorn
 """
 from __future__ import annotations
@@ -75,6 +77,80 @@ def cmd_apikey_create(args) -> None:
     print(json.dumps(out) if args.json else f"api key {key.id} ({key.role}): {secret}\n(shown once; store it now)")
 
 
+def cmd_encryption_rotate(args) -> None:
+    """Re-seal every encrypted column under the newest key of APP_ENCRYPTION_KEYS (docs/security.md)."""
+    _need_db()
+    from config import check_production_settings
+    from app.security import crypto, rotation
+
+    check_production_settings()
+    if args.batch_size < 1:
+        sys.exit("app encryption rotate: --batch-size must be at least 1")
+
+    def progress(r):
+        print(f"  {r.column}: {r.rotated} re-encrypted so far", flush=True)
+
+    print(f"re-encrypting under key {crypto.current_kid()!r} (batches of {args.batch_size})")
+    reports = rotation.rotate(batch_size=args.batch_size, progress=progress if args.verbose else None)
+    failed = 0
+    for r in reports:
+        line = (f"{r.column}: {r.rotated} re-encrypted, {r.current} under {crypto.current_kid()!r}, "
+                f"{r.failed} unreadable")
+        if r.changed_meanwhile:
+            line += f", {r.changed_meanwhile} changed meanwhile (already new)"
+        print(line)
+        for failure in r.failures:
+            print(f"    unreadable {failure}")
+        failed += r.failed
+    total = sum(r.rotated for r in reports)
+    print(f"total: {total} re-encrypted, {failed} unreadable")
+    if failed:
+        sys.exit("app encryption rotate: some values could not be decrypted with any configured key "
+                 "(their key is missing from APP_ENCRYPTION_KEYS, or they were tampered with); "
+                 "they were left unchanged")
+
+
+def cmd_encryption_status(args) -> None:
+    """Values per key id, per column; which configured keys no longer protect anything."""
+    _need_db()
+    from config import check_production_settings
+    from app.security import crypto, rotation
+
+    check_production_settings()
+    counts = rotation.status()
+    configured = crypto.key_ids()
+    totals: dict[str, int] = {}
+    for per_kid in counts.values():
+        for kid, n in per_kid.items():
+            totals[kid] = totals.get(kid, 0) + n
+    unused = [kid for kid in configured[1:] if not totals.get(kid)]
+    unknown = sorted(kid for kid in totals if kid not in configured)
+    if args.json:
+        print(json.dumps({"newest": configured[0], "configured": configured, "columns": counts,
+                          "totals": totals, "removable": unused, "unknown": unknown}))
+        return
+
+    def role(kid):
+        return "newest" if kid == configured[0] else ("older" if kid in configured else "NOT CONFIGURED")
+
+    print(f"keys (newest first): {', '.join(configured)}")
+    print(f"{'column':<40} {'key':<12} {'values':>8}  key status")
+    for column, per_kid in counts.items():
+        if not per_kid:
+            print(f"{column:<40} {'-':<12} {0:>8}")
+        for kid, n in sorted(per_kid.items()):
+            print(f"{column:<40} {kid:<12} {n:>8}  {role(kid)}")
+    for kid in configured:
+        print(f"total under {kid}: {totals.get(kid, 0)} ({role(kid)})")
+    if unused:
+        print(f"no value uses {', '.join(unused)}: removable from APP_ENCRYPTION_KEYS")
+    still_used = [kid for kid in configured[1:] if totals.get(kid)]
+    if still_used:
+        print(f"{', '.join(still_used)} still protect values: run `python -m app encryption rotate` first")
+    if unknown:
+        print(f"values under key ids missing from APP_ENCRYPTION_KEYS: {', '.join(unknown)}")
+
+
 def cmd_serve(args) -> None:
     import os
 
@@ -107,6 +183,15 @@ def main(argv=None) -> None:
     p.add_argument("--role", required=True, choices=["admin", "manager", "agent", "viewer"])
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_apikey_create)
+
+    enc = sub.add_parser("encryption", help="field encryption keys").add_subparsers(dest="enc_command", required=True)
+    p = enc.add_parser("rotate", help="re-encrypt every *_encrypted value under the newest key")
+    p.add_argument("--batch-size", type=int, default=500, help="rows per transaction (default 500)")
+    p.add_argument("--verbose", action="store_true", help="print progress after every batch")
+    p.set_defaults(func=cmd_encryption_rotate)
+    p = enc.add_parser("status", help="how many values each key id protects")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_encryption_status)
 
     p = sub.add_parser("serve", help="run the api (gunicorn)")
     p.add_argument("--port", type=int)

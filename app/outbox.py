@@ -15,6 +15,8 @@ import time
 from datetime import timedelta
 
 import dramatiq
+
+from workers.broker import get_broker  # the configured broker, never dramatiq's implicit default
 from sqlalchemy import delete, event, insert, select
 from sqlalchemy.orm import Session
 
@@ -32,20 +34,22 @@ def enqueue(session: Session, actor: dramatiq.Actor | str, *args, delay_ms: int 
 
 
 def enqueue_many(session: Session, actor: dramatiq.Actor | str, arg_lists: list, *, delay_ms: int | None = None,
-                 queue_name: str | None = None, kwargs: dict | None = None) -> None:
-    """Like ``enqueue`` for many argument tuples of one actor, with one INSERT."""
+                 queue_name: str | None = None, kwargs: dict | None = None,
+                 delays_ms: list[int | None] | None = None) -> None:
+    """Like ``enqueue`` for many argument tuples of one actor, with one INSERT. ``delays_ms`` gives
+    each job its own delay (same length as ``arg_lists``) instead of ``delay_ms`` for all."""
     from app.models import JobOutbox
 
     if not arg_lists:
         return
     actor_name, default_queue = _actor_route(actor, queue_name)
-    options = {}
-    if delay_ms:
-        options["eta"] = int(time.time() * 1000) + int(delay_ms)
+    now_ms = int(time.time() * 1000)
+    if delays_ms is None:
+        delays_ms = [delay_ms] * len(arg_lists)
     rows = [
         {"actor_name": actor_name, "queue_name": queue_name or default_queue, "args": list(a),
-         "kwargs": kwargs or {}, "options": options}
-        for a in arg_lists
+         "kwargs": kwargs or {}, "options": {"eta": now_ms + int(d)} if d and d > 0 else {}}
+        for a, d in zip(arg_lists, delays_ms, strict=True)
     ]
     ids = session.scalars(insert(JobOutbox).returning(JobOutbox.id), rows).all()
     pending = session.info.setdefault(_PENDING, [])
@@ -58,7 +62,7 @@ def _actor_route(actor, queue_name: str | None = None) -> tuple[str, str]:
     if isinstance(actor, str):
         if queue_name:
             return actor, queue_name
-        actor = dramatiq.get_broker().get_actor(actor)
+        actor = get_broker().get_actor(actor)
     return actor.actor_name, actor.queue_name
 
 
@@ -70,7 +74,7 @@ def _send(row: dict) -> None:
         queue_name=row["queue_name"], actor_name=row["actor_name"], args=tuple(row["args"]),
         kwargs=row["kwargs"] or {}, options=options,
     )
-    dramatiq.get_broker().enqueue(message, delay=delay or None)
+    get_broker().enqueue(message, delay=delay or None)
 
 
 def _forget_sent(session: Session, ids: list[int]) -> None:

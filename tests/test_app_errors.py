@@ -5,6 +5,7 @@ from flask.views import MethodView
 import marshmallow as ma
 
 from app.errors import Conflict, RateLimited, ServiceUnavailable
+from app.security.permissions import public
 
 
 def _assert_error(resp, status, code):
@@ -32,26 +33,31 @@ def probe_app(session):
     @blp.route("/echo")
     class Echo(MethodView):
         @blp.arguments(Body)
+        @public
         def post(self, body):
             return body
 
     @blp.route("/boom")
     class Boom(MethodView):
+        @public
         def get(self):
             raise RuntimeError("secret internals")
 
     @blp.route("/conflict")
     class C(MethodView):
+        @public
         def get(self):
             raise Conflict("busy", code="in_flight")
 
     @blp.route("/limited")
     class L(MethodView):
+        @public
         def get(self):
             raise RateLimited(headers={"Retry-After": "7"})
 
     @blp.route("/down")
     class D(MethodView):
+        @public
         def get(self):
             raise ServiceUnavailable()
 

@@ -73,3 +73,18 @@ def test_a_real_worker_runs_the_dispatched_job(committed, redis_conn, run_pool):
     committed.commit()
     wait_for(lambda: redis_conn.llen("dramatiq:default") == 0 and not redis_conn.hlen("dramatiq:__acks__.default"),
              timeout=20, message="the worker to consume the job")
+
+
+def test_the_api_process_sends_to_the_configured_broker(redis_conn):
+    """A process that never imported ``jobs`` (the api) must still send to REDIS_URL's broker,
+    not dramatiq's implicit default on localhost."""
+    import subprocess
+    import sys
+
+    from config import ROOT
+
+    code = ("from app import outbox; outbox._send({'queue_name': 'default', 'actor_name': 'system.noop', "
+            "'args': [], 'kwargs': {}, 'options': {}})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert redis_conn.llen("dramatiq:default") == 1

@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 
-from config import ROOT, child_env, settings
+from config import ROOT, check_production_settings, child_env, settings
 from workers.pools import POOLS
 
 
@@ -17,6 +17,7 @@ def _need(name: str) -> None:
 
 
 def cmd_run(args) -> None:
+    check_production_settings()
     _need("REDIS_URL")
     _need("DATABASE_URL")
     pool = POOLS.get(args.pool)
@@ -33,6 +34,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_scheduler(args) -> None:
+    check_production_settings()
     _need("REDIS_URL")
     _need("DATABASE_URL")
     from workers.scheduler import main

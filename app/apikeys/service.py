@@ -1,13 +1,26 @@
-"""API keys: create (secret shown once), list, revoke."""
+"""API keys: create (secret shown once), list, revoke.
+
+A key acts with its own role, which is at most its creator's (a manager cannot mint admin keys,
+nor revoke them). Revocation is effective on the next request: every request re-reads the key.
+"""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from app.apikeys.models import ApiKey
 from app.audit.service import record
-from app.errors import Forbidden, ValidationError
+from app.db import get_scoped, scoped_select, utcnow
+from app.errors import Forbidden, NotFound, ValidationError
+from app.pagination import paginate
+from app.security.auth import forget_api_key_after_commit
 from app.security.keys import generate_key, hash_key
 from app.security.principal import ROLE_RANK, Principal
+
+
+def _check_role_ceiling(principal: Principal, role: str, verb: str) -> None:
+    if not principal.outranks_or_equals(role):
+        raise Forbidden(f"You cannot {verb} a key with a role ({role}) above your own ({principal.role})",
+                        code="role_above_own")
 
 
 def create_api_key(session, principal: Principal, *, name: str, role: str,
@@ -15,14 +28,13 @@ def create_api_key(session, principal: Principal, *, name: str, role: str,
     """Returns the row and the plaintext key, which is never stored nor shown again."""
     if role not in ROLE_RANK:
         raise ValidationError(details={"role": [f"Must be one of: {', '.join(ROLE_RANK)}."]})
-    if not principal.outranks_or_equals(role) or (role == "admin" and principal.role != "admin"):
-        raise Forbidden("You cannot create a key with a role above your own", code="role_above_own")
+    _check_role_ceiling(principal, role, "create")
     name = (name or "").strip()
     if not name or len(name) > 100:
         raise ValidationError(details={"name": ["Give a name of 1 to 100 characters."]})
     if expires_at is not None:
-        from app.db import utcnow
-
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=timezone.utc)
         if expires_at <= utcnow():
             raise ValidationError(details={"expires_at": ["Must be in the future."]})
     secret, prefix = generate_key()
@@ -32,5 +44,33 @@ def create_api_key(session, principal: Principal, *, name: str, role: str,
     session.add(key)
     session.flush()
     record(session, principal, "api_key.create", target_type="api_key", target_id=key.id,
-           changes={"name": name, "role": role, "expires_at": expires_at.isoformat() if expires_at else None})
+           changes={"name": name, "role": role, "prefix": prefix,
+                    "expires_at": expires_at.isoformat() if expires_at else None})
     return key, secret
+
+
+def create_api_key_response(session, principal: Principal, **fields) -> dict:
+    """``create_api_key`` as the API answers it: the row's fields and, this once, the key."""
+    key, secret = create_api_key(session, principal, **fields)
+    return {"id": key.id, "name": key.name, "role": key.role, "prefix": key.prefix, "key": secret,
+            "expires_at": key.expires_at, "created_by": key.created_by, "created_at": key.created_at or utcnow()}
+
+
+def list_api_keys(session, principal: Principal, *, limit: int, cursor: str | None = None,
+                  include_revoked: bool = False) -> dict:
+    stmt = scoped_select(ApiKey, principal.organization_id)
+    if not include_revoked:
+        stmt = stmt.where(ApiKey.revoked_at.is_(None))
+    return paginate(session, stmt, ApiKey.id, limit=limit, cursor=cursor)
+
+
+def revoke_api_key(session, principal: Principal, key_id: str) -> None:
+    key = get_scoped(session, ApiKey, principal.organization_id, key_id, for_update=True)
+    if key.revoked_at is not None:
+        raise NotFound("api key not found")
+    _check_role_ceiling(principal, key.role, "revoke")
+    key.revoked_at = key.updated_at = utcnow()
+    session.flush()
+    forget_api_key_after_commit(session, key.prefix)  # the cached copy goes: refused from the next request
+    record(session, principal, "api_key.revoke", target_type="api_key", target_id=key.id,
+           changes={"name": key.name, "role": key.role, "prefix": key.prefix})

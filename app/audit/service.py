@@ -58,3 +58,32 @@ def _jsonable(v):
     from datetime import datetime
 
     return v.isoformat() if isinstance(v, datetime) else v
+
+
+def list_audit_logs(session, principal: Principal, *, limit: int, cursor: str | None = None,
+                    actor: str | None = None, action: str | None = None, since=None,
+                    target: str | None = None) -> dict:
+    """The organisation's audit rows, newest first.
+
+    ``actor``: a user or key id, or ``system``; ``action``: exact (``user.update``) or a prefix
+    ending in ``*`` (``user.*``); ``since``: rows at or after this time; ``target``: a target id.
+    """
+    from app.db import scoped_select
+    from app.pagination import paginate
+
+    stmt = scoped_select(AuditLog, principal.organization_id)
+    if actor == "system":
+        stmt = stmt.where(AuditLog.actor_type == "system")
+    elif actor:
+        stmt = stmt.where(AuditLog.actor_id == actor)
+    if action:
+        if action.endswith("*"):
+            prefix = action[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            stmt = stmt.where(AuditLog.action.like(prefix + "%", escape="\\"))
+        else:
+            stmt = stmt.where(AuditLog.action == action)
+    if since is not None:
+        stmt = stmt.where(AuditLog.created_at >= since)
+    if target:
+        stmt = stmt.where(AuditLog.target_id == target)
+    return paginate(session, stmt, AuditLog.id, limit=limit, cursor=cursor)

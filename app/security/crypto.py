@@ -5,6 +5,9 @@ keys can be rotated.
 sealed with the newest key; values sealed with any listed key still open. ``python -m app
 encryption rotate`` re-seals every stored value under the newest key. Stored format:
 ``v1:<kid>:<urlsafe base64 of nonce | ciphertext+tag>``.
+
+Values of ``*_encrypted`` columns are sealed without ``aad``: the rotation command (which finds
+those columns by name, app/security/rotation.py) re-seals them without knowing their rows.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ def parse_keys(spec: str) -> list[tuple[str, bytes]]:
         raw = base64.b64decode(b64 + "=" * (-len(b64) % 4))
         if len(raw) != 32:
             raise ValueError(f"encryption key {kid!r} must be 32 bytes (AES-256), got {len(raw)}")
+        if any(kid == seen for seen, _ in keys):
+            raise ValueError(f"encryption key id {kid!r} is listed twice")
         keys.append((kid, raw))
     if not keys:
         raise ValueError("APP_ENCRYPTION_KEYS is empty")
@@ -58,6 +63,11 @@ def reset_keys() -> None:
 
 def current_kid() -> str:
     return _load()[0][0]
+
+
+def key_ids() -> list[str]:
+    """The configured key ids, newest first."""
+    return [kid for kid, _ in _load()]
 
 
 def encrypt(plaintext: str | bytes, *, aad: bytes = b"") -> str:
@@ -92,6 +102,13 @@ def decrypt(value: str, *, aad: bytes = b"") -> str:
 def key_id_of(value: str) -> str | None:
     parts = (value or "").split(":", 2)
     return parts[1] if len(parts) == 3 else None
+
+
+def reseal(value: str) -> str | None:
+    """``value`` sealed again under the newest key, or None when it already is (rotation)."""
+    if key_id_of(value) == current_kid() and value.startswith(VERSION + ":"):
+        return None
+    return encrypt(decrypt_bytes(value))
 
 
 def encrypt_json(obj) -> str:

@@ -1,6 +1,8 @@
 """Password hashing (bcrypt) and the password policy."""
 from __future__ import annotations
 
+import functools
+
 import bcrypt
 
 from app.errors import ValidationError
@@ -8,8 +10,13 @@ from app.errors import ValidationError
 MIN_LENGTH = 10
 MAX_LENGTH = 72  # bcrypt only reads 72 bytes; refuse longer rather than silently truncate
 _ROUNDS = 12
-# a real hash of a random password: checked when the email is unknown, so both answers take as long
-_DUMMY_HASH = bcrypt.hashpw(b"not-a-real-password-0123456789", bcrypt.gensalt(_ROUNDS))
+
+
+@functools.cache
+def _dummy_hash() -> bytes:
+    """A real hash of a random password, checked when the email is unknown so that both answers
+    cost one bcrypt verification (computed once per process, at the first unknown email)."""
+    return bcrypt.hashpw(b"not-a-real-password-0123456789", bcrypt.gensalt(_ROUNDS))
 
 
 def check_policy(password: str, email: str | None = None) -> None:
@@ -20,6 +27,8 @@ def check_policy(password: str, email: str | None = None) -> None:
         problems.append(f"Must be at most {MAX_LENGTH} bytes.")
     if email and password.strip().lower() == email.strip().lower():
         problems.append("Must not be the email address.")
+    if password and not password.strip():
+        problems.append("Must not be only spaces.")
     if problems:
         raise ValidationError("Password does not meet the policy", details={"password": problems})
 
@@ -29,12 +38,13 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(password: str, password_hash: str | None) -> bool:
-    """Constant-ish time whether or not a hash exists (unknown users cost the same)."""
+    """One bcrypt verification whether or not a hash exists (unknown users cost the same)."""
+    candidate = password.encode()[:MAX_LENGTH]
     try:
-        candidate = password.encode()[:MAX_LENGTH]
         if not password_hash:
-            bcrypt.checkpw(candidate, _DUMMY_HASH)
+            bcrypt.checkpw(candidate, _dummy_hash())
             return False
         return bcrypt.checkpw(candidate, password_hash.encode())
-    except ValueError:
+    except ValueError:  # a malformed stored hash: still spend the time of a real check
+        bcrypt.checkpw(candidate, _dummy_hash())
         return False

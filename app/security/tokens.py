@@ -1,5 +1,9 @@
 """Access tokens: HS256 JWTs with iss/aud/exp/iat/jti checked. Refresh tokens are opaque random
-strings stored hashed (see app/auth/service.py)."""
+strings stored hashed (see app/auth/service.py).
+
+An access token issued at login carries ``sid``, the id of its refresh token family, so that
+logging out or detecting a stolen refresh token can refuse the family's access tokens too.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -12,6 +16,7 @@ from app.errors import Unauthorized
 from config import settings
 
 ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti", "org"]
 _secret: str | None = None
 
 
@@ -22,19 +27,23 @@ def _key() -> str:
     return _secret
 
 
-def issue_access_token(user_id: str, organization_id: str, role: str) -> tuple[str, int]:
+def issue_access_token(user_id: str, organization_id: str, role: str, *,
+                       session_id: str | None = None) -> tuple[str, int]:
+    """A signed access token and its lifetime in seconds. ``role`` is informative only: the
+    user's current role is re-read on every request."""
     now = int(time.time())
     ttl = settings.ACCESS_TOKEN_TTL
     claims = {"iss": settings.JWT_ISSUER, "aud": settings.JWT_AUDIENCE, "sub": user_id, "org": organization_id,
               "role": role, "iat": now, "nbf": now, "exp": now + ttl, "jti": secrets.token_urlsafe(16)}
+    if session_id:
+        claims["sid"] = session_id
     return jwt.encode(claims, _key(), algorithm=ALGORITHM), ttl
 
 
 def decode_access_token(token: str) -> dict:
     try:
         return jwt.decode(token, _key(), algorithms=[ALGORITHM], audience=settings.JWT_AUDIENCE,
-                          issuer=settings.JWT_ISSUER, leeway=5,
-                          options={"require": ["exp", "iat", "iss", "aud", "sub", "jti"]})
+                          issuer=settings.JWT_ISSUER, leeway=5, options={"require": REQUIRED_CLAIMS})
     except jwt.ExpiredSignatureError:
         raise Unauthorized("Access token expired", code="token_expired")
     except jwt.InvalidTokenError:

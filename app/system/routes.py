@@ -3,6 +3,7 @@ from flask import Response, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
+from app.security.permissions import public
 from app.system import service
 
 blp = Blueprint("system", __name__, description="Health and metrics")
@@ -11,6 +12,7 @@ blp = Blueprint("system", __name__, description="Health and metrics")
 @blp.route("/health")
 class Health(MethodView):
     @blp.doc(security=[], responses={"200": {"description": "ok or degraded"}, "503": {"description": "Postgres or Redis down"}})
+    @public
     def get(self):
         """Health of the database, Redis and the worker pools"""
         body, status = service.health()
@@ -25,6 +27,7 @@ class Health(MethodView):
 @blp.route("/metrics")
 class Metrics(MethodView):
     @blp.doc(security=[], responses={"200": {"description": "Prometheus text format"}})
+    @public
     def get(self):
         """Prometheus metrics of this api process"""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

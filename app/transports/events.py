@@ -14,6 +14,8 @@ from datetime import datetime
 
 import dramatiq
 
+from workers.broker import get_broker  # the configured broker, never dramatiq's implicit default
+
 from app.transports.base import ClientInfo, InboundMessage
 
 EVENTS_QUEUE = "default"
@@ -21,7 +23,7 @@ EVENTS_QUEUE = "default"
 
 def _send(actor_name: str, args: tuple, delay_ms: int = 0) -> None:
     message = dramatiq.Message(queue_name=EVENTS_QUEUE, actor_name=actor_name, args=args, kwargs={}, options={})
-    dramatiq.get_broker().enqueue(message, delay=delay_ms or None)
+    get_broker().enqueue(message, delay=delay_ms or None)
 
 
 class JobEventSink:

@@ -1,0 +1,38 @@
+"""/api/api-keys: keys for scripts and integrations (X-API-Key)."""
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app.apikeys import service
+from app.apikeys.schemas import ApiKeyCreatedSchema, ApiKeyCreateSchema, ApiKeyListArgs, ApiKeySchema
+from app.db import request_session
+from app.pagination import page_schema
+from app.security.auth import current_principal
+from app.security.permissions import requires
+
+blp = Blueprint("apikeys", __name__, url_prefix="/api/api-keys", description="API keys")
+
+
+@blp.route("")
+class ApiKeys(MethodView):
+    @blp.arguments(ApiKeyListArgs, location="query")
+    @blp.response(200, page_schema(ApiKeySchema))
+    @requires("apikeys:read")
+    def get(self, args):
+        """Keys of the organisation, newest first (revoked ones with ?include_revoked=true)"""
+        return service.list_api_keys(request_session(), current_principal(), **args)
+
+    @blp.arguments(ApiKeyCreateSchema)
+    @blp.response(201, ApiKeyCreatedSchema)
+    @requires("apikeys:write")
+    def post(self, body):
+        """Create a key (its role at most your own); the key is shown only in this response"""
+        return service.create_api_key_response(request_session(), current_principal(), **body)
+
+
+@blp.route("/<key_id>")
+class ApiKeyById(MethodView):
+    @blp.response(204)
+    @requires("apikeys:write")
+    def delete(self, key_id):
+        """Revoke a key, effective immediately"""
+        service.revoke_api_key(request_session(), current_principal(), key_id)

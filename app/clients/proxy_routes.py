@@ -1,0 +1,52 @@
+"""/api/proxies: the organisation's proxies, assigned to clients (``proxy_id``)."""
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app.clients import proxy_service as service
+from app.clients.schemas import ProxyCreateSchema, ProxyListArgs, ProxySchema, ProxyUpdateSchema
+from app.db import request_session
+from app.pagination import page_schema
+from app.security.auth import current_principal
+from app.security.permissions import requires
+
+blp = Blueprint("proxies", __name__, url_prefix="/api/proxies", description="Proxies for WhatsApp accounts")
+
+
+@blp.route("")
+class Proxies(MethodView):
+    @blp.arguments(ProxyListArgs, location="query")
+    @blp.response(200, page_schema(ProxySchema))
+    @requires("proxies:read")
+    def get(self, args):
+        """Proxies of the organisation, newest first (?status=unchecked|ok|failing|dead)"""
+        return service.list_proxies(request_session(), current_principal(), **args)
+
+    @blp.arguments(ProxyCreateSchema)
+    @blp.response(201, ProxySchema)
+    @requires("proxies:write")
+    def post(self, body):
+        """Add a proxy (the password is stored encrypted and never returned)"""
+        return service.create_proxy(request_session(), current_principal(), **body)
+
+
+@blp.route("/<proxy_id>")
+class ProxyById(MethodView):
+    @blp.response(200, ProxySchema)
+    @requires("proxies:read")
+    def get(self, proxy_id):
+        """One proxy"""
+        return service.get_proxy(request_session(), current_principal(), proxy_id)
+
+    @blp.arguments(ProxyUpdateSchema)
+    @blp.response(200, ProxySchema)
+    @requires("proxies:write")
+    def patch(self, body, proxy_id):
+        """Change a proxy (a changed address or credentials make it `unchecked` again)"""
+        return service.update_proxy(request_session(), current_principal(), proxy_id, **body)
+
+    @blp.response(204)
+    @blp.alt_response(409, description="Clients use it (`proxy_in_use`)")
+    @requires("proxies:write")
+    def delete(self, proxy_id):
+        """Delete a proxy no client uses"""
+        service.delete_proxy(request_session(), current_principal(), proxy_id)

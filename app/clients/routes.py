@@ -1,0 +1,100 @@
+"""/api/clients: WhatsApp accounts and their lifecycle (start, stop, logout, QR)."""
+from flask import Response, request
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app.clients import service
+from app.clients.schemas import ClientCreateSchema, ClientListArgs, ClientSchema, ClientUpdateSchema, QrSchema
+from app.db import request_session
+from app.pagination import page_schema
+from app.security.auth import current_principal
+from app.security.permissions import requires
+
+blp = Blueprint("clients", __name__, url_prefix="/api/clients", description="WhatsApp accounts (clients)")
+
+_NOT_IN_QR = {"description": "The client shows no QR code (code `client_not_in_qr_state`)"}
+
+
+@blp.route("")
+class Clients(MethodView):
+    @blp.arguments(ClientListArgs, location="query")
+    @blp.response(200, page_schema(ClientSchema))
+    @requires("clients:read")
+    def get(self, args):
+        """Clients of the organisation (agents: those assigned to them), newest first (?status=&transport=)"""
+        return service.list_clients(request_session(), current_principal(), **args)
+
+    @blp.arguments(ClientCreateSchema)
+    @blp.response(201, ClientSchema)
+    @requires("clients:write")
+    def post(self, body):
+        """Add a WhatsApp account (status `created`; start it to connect)"""
+        return service.create_client(request_session(), current_principal(), **body)
+
+
+@blp.route("/<client_id>")
+class ClientById(MethodView):
+    @blp.response(200, ClientSchema)
+    @requires("clients:read")
+    def get(self, client_id):
+        """One client"""
+        return service.get_client(request_session(), current_principal(), client_id)
+
+    @blp.arguments(ClientUpdateSchema)
+    @blp.response(200, ClientSchema)
+    @requires("clients:write")
+    def patch(self, body, client_id):
+        """Change name, limits, proxy or config (config is merged; a running session uses it from its next start)"""
+        return service.update_client(request_session(), current_principal(), client_id, **body)
+
+    @blp.response(204)
+    @requires("clients:write")
+    def delete(self, client_id):
+        """Delete a client: it is stopped and logged out by a job"""
+        service.delete_client(request_session(), current_principal(), client_id)
+
+
+@blp.route("/<client_id>/start")
+class ClientStart(MethodView):
+    @blp.response(202, ClientSchema)
+    @blp.alt_response(409, description="Already starting, showing a QR code or ready (`client_already_running`)")
+    @requires("clients:operate")
+    def post(self, client_id):
+        """Connect: status goes `starting` -> `qr` -> `ready` (or `failed`)"""
+        return service.start_client(request_session(), current_principal(), client_id)
+
+
+@blp.route("/<client_id>/stop")
+class ClientStop(MethodView):
+    @blp.response(202, ClientSchema)
+    @blp.alt_response(409, description="Not running (`client_not_running`)")
+    @requires("clients:operate")
+    def post(self, client_id):
+        """Close the session and keep the login (the next start needs no QR)"""
+        return service.stop_client(request_session(), current_principal(), client_id)
+
+
+@blp.route("/<client_id>/logout")
+class ClientLogout(MethodView):
+    @blp.response(202, ClientSchema)
+    @blp.alt_response(409, description="Never started (`client_not_started`)")
+    @requires("clients:operate")
+    def post(self, client_id):
+        """Log the account out (the next start needs a new QR scan)"""
+        return service.logout_client(request_session(), current_principal(), client_id)
+
+
+@blp.route("/<client_id>/qr")
+class ClientQr(MethodView):
+    @blp.response(200, QrSchema)
+    @blp.doc(responses={"200": {"content": {"application/json": {"schema": QrSchema},
+                                            "image/png": {"schema": {"type": "string", "format": "binary"}}},
+                                "description": "The QR code: JSON, or a PNG with `Accept: image/png`"},
+                        "409": _NOT_IN_QR})
+    @requires("clients:operate")
+    def get(self, client_id):
+        """The QR code to scan while the status is `qr`, as JSON or (Accept: image/png) as a PNG"""
+        qr = service.get_qr(request_session(), current_principal(), client_id)
+        if request.accept_mimetypes.best_match(("application/json", "image/png")) == "image/png":
+            return Response(service.qr_png(qr["qr"]), mimetype="image/png", headers={"Cache-Control": "no-store"})
+        return qr

@@ -1,0 +1,43 @@
+"""/api/clients/{id}/sim/*: drive the simulated WhatsApp network of a ``sim`` client (404 for others)."""
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app.clients import service
+from app.clients.schemas import SimFaultSchema, SimInboundResultSchema, SimInboundSchema, SimNetworkSchema
+from app.db import request_session
+from app.security.auth import current_principal
+from app.security.permissions import requires
+
+blp = Blueprint("clients_sim", __name__, url_prefix="/api/clients",
+                description="The sim transport's test hooks: inbound messages, faults, network counts")
+
+
+@blp.route("/<client_id>/sim/inbound")
+class SimInbound(MethodView):
+    @blp.arguments(SimInboundSchema)
+    @blp.response(202, SimInboundResultSchema)
+    @blp.alt_response(409, description="The client is not ready (`client_not_ready`)")
+    @requires("sim:drive")
+    def post(self, body, client_id):
+        """A simulated contact writes to this client (reported like any inbound message)"""
+        return service.sim_inbound(request_session(), current_principal(), client_id, **body)
+
+
+@blp.route("/<client_id>/sim/fault")
+class SimFault(MethodView):
+    @blp.arguments(SimFaultSchema)
+    @blp.response(202, SimNetworkSchema)
+    @blp.alt_response(409, description="disconnect: the client is not connected (`client_not_connected`)")
+    @requires("sim:drive")
+    def post(self, body, client_id):
+        """Inject a fault: disconnect, ban, fail_next (count sends), or clear them all"""
+        return service.sim_fault(request_session(), current_principal(), client_id, **body)
+
+
+@blp.route("/<client_id>/sim/network")
+class SimNetwork(MethodView):
+    @blp.response(200, SimNetworkSchema)
+    @requires("sim:drive")
+    def get(self, client_id):
+        """What the simulated network received from this client, counted by message id across every process"""
+        return service.sim_network(request_session(), current_principal(), client_id)

@@ -1,0 +1,364 @@
+"""``sim``: a WhatsApp network simulator, so the product runs and is tested without WhatsApp.
+
+Stateless in-process: everything the simulated network remembers lives in Redis (``SimNetwork``),
+so any worker process can build a ``SimTransport`` for a client and carry on where another left
+off. Nothing sleeps: what happens "later" (the phone scanning the QR, delivery and read receipts,
+contacts replying) is reported at once through the sink with ``delay_ms``, and waits in the broker.
+
+The simulated network per client (Redis, ``wa:sim:<client_id>:*``):
+
+- ``session``   the live session's token; every status report carries it as ``detail["session"]``
+                so a delayed report of a session stopped since is recognised as stale
+                (``SimTransport.is_current_session``) and ignored by ``clients.on_status``;
+- ``linked_at`` when the simulated phone scanned the QR (epoch ms): a later start needs no QR,
+                ``logout`` and a ban forget it;
+- ``banned``, ``refuse`` (reconnects to refuse), ``fail_next`` (sends to fail): injected faults;
+- ``received`` / ``ids``: every send by message id (``GET /api/clients/{id}/sim/network``).
+
+Config knobs (``clients.config``) are listed in ``DEFAULTS``; docs/clients.md explains them.
+Every random choice is a hash of ``seed`` (default: the client id) and the message id, so a run is
+reproducible.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import secrets
+import time
+from datetime import datetime, timedelta, timezone
+
+from app.transports.base import (ClientInfo, EventSink, InboundMessage, OutboundMessage, PermanentSendError,
+                                 SendResult, TransientSendError, Transport)
+
+DEFAULTS: dict = {
+    "phone": None,             # E.164 the account "has"; default a fake +1555... number derived from the client id
+    "scan_after_ms": 1000,     # the simulated phone scans the QR this long after start
+    "auto_scan": True,         # false: the phone never scans (the QR rotates, then the start fails: qr_timeout)
+    "qr_ttl_ms": 20000,        # each QR code is valid this long, then a new one is shown
+    "qr_rotations": 6,         # QR codes shown before the start fails with reason qr_timeout
+    "connect_after_ms": 100,   # a start with the login kept (after stop or a disconnect) is ready after this
+    "deliver_after_ms": 300,   # delivered ack this long after a send
+    "read_after_ms": 1500,     # read ack this long after a send (for the read_rate share of messages)
+    "read_rate": 1.0,          # share of messages read (0..1)
+    "reply_rate": 0.0,         # share of messages the contact replies to (0..1)
+    "reply_after_ms": 2000,    # the reply comes this long after the send
+    "reply_text": "Thanks, got it: {text}",  # the reply; {text} is the message's text
+    "fail_rate": 0.0,          # share of sends refused at once as invalid_recipient (0..1)
+    "seed": None,              # seed of every random choice; default the client id
+}
+
+_MS_KEYS = ("scan_after_ms", "qr_ttl_ms", "connect_after_ms", "deliver_after_ms", "read_after_ms", "reply_after_ms")
+_RATE_KEYS = ("read_rate", "reply_rate", "fail_rate")
+_MAX_MS = 24 * 3600 * 1000
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+#: how long the simulated network remembers a client that stopped writing to it
+NETWORK_TTL_S = 7 * 24 * 3600
+
+
+def validate_config(config: dict) -> dict[str, list[str]]:
+    """Field errors of a sim client's (non-secret) config; empty when it is valid."""
+    errors: dict[str, list[str]] = {}
+    for key, value in config.items():
+        if key not in DEFAULTS:
+            errors[key] = [f"Unknown sim setting; known: {', '.join(sorted(DEFAULTS))}."]
+        elif key == "auto_scan":
+            if not isinstance(value, bool):
+                errors[key] = ["Must be true or false."]
+        elif key in _MS_KEYS or key == "qr_rotations":
+            low, high = (1, 100) if key == "qr_rotations" else (1000 if key == "qr_ttl_ms" else 0, _MAX_MS)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                errors[key] = [f"Must be an integer between {low} and {high}."]
+        elif key in _RATE_KEYS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                errors[key] = ["Must be a number between 0 and 1."]
+        elif key == "phone":
+            if not isinstance(value, str) or not _E164.match(value):
+                errors[key] = ["Must be a phone number in E.164 (+14155550123)."]
+        elif key == "reply_text":
+            if not isinstance(value, str) or not 1 <= len(value) <= 1000:
+                errors[key] = ["Must be a text of 1 to 1000 characters."]
+        elif key == "seed":
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))
+                                      or len(str(value)) > 200):
+                errors[key] = ["Must be a string or an integer (at most 200 characters)."]
+    return errors
+
+
+def fake_phone(client_id: str) -> str:
+    """A stable fake US number in the 555 range for a client without ``config.phone``."""
+    digits = int(hashlib.sha256(client_id.encode()).hexdigest(), 16) % 10**7
+    return f"+1555{digits:07d}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _iso(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).isoformat()
+
+
+class SimNetwork:
+    """The simulated WhatsApp network's memory of one client, in Redis (shared by every process)."""
+
+    PREFIX = "wa:sim:"
+
+    _TAKE_FAULT = """
+    local n = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+    if n <= 0 then return false end
+    if n == 1 then
+        local permanent = redis.call('HGET', KEYS[1], 'permanent') or '0'
+        redis.call('DEL', KEYS[1])
+        return permanent
+    end
+    redis.call('HINCRBY', KEYS[1], 'count', -1)
+    return redis.call('HGET', KEYS[1], 'permanent') or '0'
+    """
+    _TAKE_ONE = """
+    local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+    if n <= 0 then return 0 end
+    redis.call('DECR', KEYS[1])
+    return 1
+    """
+
+    def __init__(self, client_id: str, redis=None):
+        from app.kv import redis_client
+
+        self.client_id = client_id
+        self.redis = redis if redis is not None else redis_client()
+
+    def key(self, name: str) -> str:
+        return f"{self.PREFIX}{self.client_id}:{name}"
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def new_session(self) -> tuple[str, int]:
+        """Start a session: a new token (older sessions' reports become stale) and its number."""
+        token = secrets.token_hex(8)
+        pipe = self.redis.pipeline()
+        pipe.set(self.key("session"), token, ex=NETWORK_TTL_S)
+        pipe.incr(self.key("starts"))
+        pipe.expire(self.key("starts"), NETWORK_TTL_S)
+        _, number, _ = pipe.execute()
+        return token, int(number)
+
+    def session(self) -> str | None:
+        raw = self.redis.get(self.key("session"))
+        return raw.decode() if raw else None
+
+    def end_session(self, *, forget_login: bool) -> None:
+        """Close the live session; keep the login unless told (or unless the QR was not scanned yet)."""
+        pipe = self.redis.pipeline()
+        pipe.delete(self.key("session"))
+        linked_at = self.redis.get(self.key("linked_at"))
+        if forget_login or (linked_at and int(linked_at) > _now_ms()):
+            pipe.delete(self.key("linked_at"))
+        pipe.execute()
+
+    def link_at(self, epoch_ms: int) -> None:
+        self.redis.set(self.key("linked_at"), epoch_ms, ex=NETWORK_TTL_S)
+
+    def linked(self) -> bool:
+        raw = self.redis.get(self.key("linked_at"))
+        return bool(raw) and int(raw) <= _now_ms()
+
+    # -- faults -----------------------------------------------------------------------------
+
+    def ban(self) -> None:
+        pipe = self.redis.pipeline()
+        pipe.set(self.key("banned"), 1, ex=NETWORK_TTL_S)
+        pipe.delete(self.key("linked_at"))
+        pipe.execute()
+
+    def banned(self) -> bool:
+        return bool(self.redis.exists(self.key("banned")))
+
+    def refuse_reconnects(self, count: int) -> None:
+        if count > 0:
+            self.redis.set(self.key("refuse"), count, ex=NETWORK_TTL_S)
+        else:
+            self.redis.delete(self.key("refuse"))
+
+    def take_refusal(self) -> bool:
+        return bool(self.redis.eval(self._TAKE_ONE, 1, self.key("refuse")))
+
+    def fail_next(self, count: int, permanent: bool) -> None:
+        self.redis.hset(self.key("fail_next"), mapping={"count": count, "permanent": int(permanent)})
+        self.redis.expire(self.key("fail_next"), NETWORK_TTL_S)
+
+    def take_send_fault(self) -> str | None:
+        """``"permanent"`` / ``"transient"`` when this send must fail (and uses up one), else None."""
+        raw = self.redis.eval(self._TAKE_FAULT, 1, self.key("fail_next"))
+        if raw is None:
+            return None
+        return "permanent" if raw in (b"1", "1", 1) else "transient"
+
+    def clear_faults(self) -> None:
+        self.redis.delete(self.key("banned"), self.key("refuse"), self.key("fail_next"))
+
+    def faults(self) -> dict:
+        pipe = self.redis.pipeline()
+        pipe.exists(self.key("banned"))
+        pipe.get(self.key("refuse"))
+        pipe.hgetall(self.key("fail_next"))
+        banned, refuse, fail_next = pipe.execute()
+        fail_next = {k.decode(): int(v) for k, v in fail_next.items()}
+        return {"banned": bool(banned), "refuse_reconnects": int(refuse or 0),
+                "fail_next": fail_next.get("count", 0), "fail_next_permanent": bool(fail_next.get("permanent", 0))}
+
+    # -- traffic ----------------------------------------------------------------------------
+
+    def record_send(self, message_id: str) -> int:
+        """Count a send the network received; returns how often this message id has arrived."""
+        pipe = self.redis.pipeline()
+        pipe.hincrby(self.key("ids"), message_id, 1)
+        pipe.incr(self.key("received"))
+        pipe.expire(self.key("ids"), NETWORK_TTL_S)
+        pipe.expire(self.key("received"), NETWORK_TTL_S)
+        times, *_ = pipe.execute()
+        return int(times)
+
+    def counts(self) -> dict:
+        """``received`` sends, ``distinct`` message ids, ``duplicates`` = extra copies (received - distinct)."""
+        pipe = self.redis.pipeline()
+        pipe.get(self.key("received"))
+        pipe.hlen(self.key("ids"))
+        received, distinct = pipe.execute()
+        received = int(received or 0)
+        return {"received": received, "distinct": int(distinct), "duplicates": received - int(distinct)}
+
+
+class SimTransport(Transport):
+    name = "sim"
+    stateful = False
+    #: the config check the clients service runs on create/update (a transport may declare one)
+    validate_config = staticmethod(validate_config)
+
+    def __init__(self, client: ClientInfo, events: EventSink, *, network: SimNetwork | None = None):
+        super().__init__(client, events)
+        self.network = network or SimNetwork(client.id)
+        self.config = {**DEFAULTS, **{k: v for k, v in (client.config or {}).items() if k in DEFAULTS}}
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @property
+    def seed(self) -> str:
+        seed = self.config.get("seed")
+        return self.client.id if seed is None else str(seed)
+
+    def chance(self, message_id: str, purpose: str) -> float:
+        """A number in [0, 1) fixed by the seed, the message id and what it decides."""
+        digest = hashlib.sha256(f"{self.seed}:{message_id}:{purpose}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    def phone(self) -> str:
+        return self.config.get("phone") or self.client.phone or fake_phone(self.client.id)
+
+    def external_id(self, message_id: str) -> str:
+        return "sim_" + hashlib.sha256(f"{self.client.id}:{message_id}".encode()).hexdigest()[:24]
+
+    def qr_payload(self, start_number: int, rotation: int) -> str:
+        """What the QR encodes: random, or fixed by the seed when one is configured."""
+        if self.config.get("seed") is None:
+            raw = secrets.token_bytes(24)
+        else:
+            raw = hashlib.sha256(f"{self.seed}:qr:{start_number}:{rotation}".encode()).digest()[:24]
+        return f"2@sim,{base64.b64encode(raw).decode()},{self.client.id}"
+
+    def _status(self, status: str, detail: dict, token: str | None, delay_ms: int = 0) -> None:
+        if token:
+            detail = {**detail, "session": token}
+        self.events.status(self.client, status, detail, delay_ms=delay_ms)
+
+    @classmethod
+    def is_current_session(cls, client_id: str, token: str) -> bool:
+        """Whether a report stamped with ``token`` belongs to the client's live session."""
+        return SimNetwork(client_id).session() == token
+
+    # -- the interface ----------------------------------------------------------------------
+
+    def start(self, state: bytes | None = None) -> None:
+        token, number = self.network.new_session()
+        if self.network.banned():
+            self._status("banned", {"reason": "the simulated network banned this account"}, token)
+            return
+        if self.network.take_refusal():
+            self._status("disconnected", {"reason": "the simulated network refused the connection"}, token)
+            return
+        if self.network.linked():
+            self._status("ready", {"phone": self.phone()}, token, delay_ms=int(self.config["connect_after_ms"]))
+            return
+        scan, ttl = self.config["scan_after_ms"], int(self.config["qr_ttl_ms"])
+        rotations = int(self.config["qr_rotations"])
+        now = _now_ms()
+        scans = bool(self.config["auto_scan"]) and int(scan) < rotations * ttl
+        for i in range(rotations):
+            shown_at = i * ttl
+            if i > 0 and scans and shown_at >= int(scan):
+                break
+            self._status("qr", {"qr": self.qr_payload(number, i), "expires_at": _iso(now + shown_at + ttl)},
+                         token, delay_ms=shown_at)
+        if scans:
+            self.network.link_at(now + int(scan))
+            self._status("ready", {"phone": self.phone()}, token, delay_ms=int(scan))
+        else:
+            self._status("failed", {"reason": "qr_timeout: the QR code was not scanned"}, token,
+                         delay_ms=rotations * ttl)
+
+    def stop(self) -> None:
+        self.network.end_session(forget_login=False)
+
+    def logout(self) -> None:
+        self.network.end_session(forget_login=True)
+
+    def send(self, message: OutboundMessage) -> SendResult:
+        fault = self.network.take_send_fault()
+        if fault == "permanent":
+            raise PermanentSendError("send refused by an injected sim fault", code="sim_fault")
+        if fault == "transient":
+            raise TransientSendError("send failed by an injected sim fault", code="sim_fault")
+        if self.network.banned():
+            raise TransientSendError("the simulated network banned this account", code="client_banned")
+        if self.chance(message.message_id, "fail") < float(self.config["fail_rate"]):
+            raise PermanentSendError(f"{message.to} is not on the simulated network", code="invalid_recipient")
+        external_id = self.external_id(message.message_id)
+        if self.network.record_send(message.message_id) > 1:
+            return SendResult(external_id)  # a resend: the network counted it, the contact already has it
+        now = datetime.now(timezone.utc)
+        deliver_ms = int(self.config["deliver_after_ms"])
+        self.events.ack(self.client, external_id, "delivered", at=now + timedelta(milliseconds=deliver_ms),
+                        delay_ms=deliver_ms)
+        if self.chance(message.message_id, "read") < float(self.config["read_rate"]):
+            read_ms = max(int(self.config["read_after_ms"]), deliver_ms)
+            self.events.ack(self.client, external_id, "read", at=now + timedelta(milliseconds=read_ms),
+                            delay_ms=read_ms)
+        if self.chance(message.message_id, "reply") < float(self.config["reply_rate"]):
+            reply_ms = int(self.config["reply_after_ms"])
+            text = str(self.config["reply_text"]).replace("{text}", message.text or message.caption or "")
+            self.events.inbound(self.client, InboundMessage(
+                external_id="sim_in_" + hashlib.sha256(f"{self.seed}:{message.message_id}:reply".encode()).hexdigest()[:24],
+                from_phone=message.to, type="text", text=text, timestamp=now + timedelta(milliseconds=reply_ms)),
+                delay_ms=reply_ms)
+        return SendResult(external_id)
+
+    # -- test hooks (POST /api/clients/{id}/sim/...) ----------------------------------------
+
+    def inject_disconnect(self, count: int = 1) -> None:
+        """Drop the connection; the next ``count - 1`` reconnection attempts are refused too."""
+        self.network.refuse_reconnects(count - 1)
+        self._status("disconnected", {"reason": "the simulated network dropped the connection"}, self.network.session())
+
+    def inject_ban(self) -> None:
+        self.network.ban()
+        self._status("banned", {"reason": "the simulated network banned this account"}, self.network.session())
+
+    def inject_fail_next(self, count: int = 1, permanent: bool = False) -> None:
+        self.network.fail_next(count, permanent)
+
+    def receive(self, from_phone: str, text: str) -> str:
+        """A simulated contact writes to this client; returns the inbound message's external id."""
+        external_id = "sim_in_" + secrets.token_hex(12)
+        self.events.inbound(self.client, InboundMessage(external_id=external_id, from_phone=from_phone, type="text",
+                                                        text=text, timestamp=datetime.now(timezone.utc)))
+        return external_id

@@ -56,7 +56,7 @@ SETTINGS: list[Setting] = [
     Setting("WORKER_PROCESSES", "1", "Processes per worker pool started by `python -m workers run` unless `--processes` is given.", "int"),
     Setting("WEBHOOK_ALLOW_PRIVATE", "false", "Allow webhook targets on private/loopback addresses (development only).", "bool"),
     Setting("WEBHOOK_TIMEOUT", "15", "Seconds a webhook delivery may take to connect and to answer before it counts as failed.", "float"),
-    Setting("WEBHOOK_MAX_IN_FLIGHT", "8", "Deliveries to one webhook endpoint running at the same time, across every worker (the rest wait in the broker), so a slow endpoint cannot take every thread.", "int"),
+    Setting("WEBHOOK_MAX_IN_FLIGHT", "8", "Deliveries to one webhook endpoint running at the same time, across every worker (the others wait their turn without holding a thread), so a slow endpoint cannot take every thread. 0: no limit.", "int"),
     Setting("WEBHOOK_TIME_SCALE", "1", "Multiplies webhook retry delays, `Retry-After` waits and the 5-day disable window. Keep 1; tests and demos shrink time with e.g. 0.001.", "float"),
     Setting("DEFAULT_TRANSPORT", "sim", "Transport used by clients created without one."),
     Setting("CHROMIUM_PATH", "/usr/bin/chromium", "Chromium used by the `web` transport."),

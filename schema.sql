@@ -599,7 +599,9 @@ CREATE TABLE webhook_deliveries (
     -- one delivery per (webhook, event): fan-out is idempotent; redeliver resets this row
     CONSTRAINT webhook_deliveries_webhook_event_key UNIQUE (webhook_id, event_id)
 );
-CREATE INDEX webhook_deliveries_retry_idx ON webhook_deliveries (next_attempt_at) WHERE status IN ('pending', 'failed');
+-- The claimer's scan: due retries, and leases of dispatched or running attempts that ran out.
+CREATE INDEX webhook_deliveries_retry_idx ON webhook_deliveries (next_attempt_at)
+    WHERE status IN ('pending', 'delivering', 'failed');
 CREATE INDEX webhook_deliveries_webhook_id_idx ON webhook_deliveries (webhook_id, id DESC);
 CREATE INDEX webhook_deliveries_event_idx ON webhook_deliveries (event_id);
 CREATE INDEX webhook_deliveries_org_id_idx ON webhook_deliveries (organization_id, id DESC);

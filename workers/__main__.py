@@ -71,7 +71,18 @@ def status_report() -> dict:
         workers = [b for b in beats if b["kind"] == "pool" and b["name"] == pool.name]
         report["pools"].append({"pool": pool.name, "live_workers": len(workers), "workers": workers,
                                 "queues": [_queue_counts(r, q) for q in pool.queues]})
+    report["session_hosts"] = _session_hosts(r, beats)
     return report
+
+
+def _session_hosts(r, beats: list[dict]) -> list[dict]:
+    """Live session hosts (workers/session_host.py): their sessions, own queue and memory."""
+    from workers.session_host import HEARTBEAT_KIND
+
+    hosts = sorted((b for b in beats if b["kind"] == HEARTBEAT_KIND), key=lambda b: b.get("host_id", ""))
+    for host in hosts:
+        host["queue_counts"] = _queue_counts(r, host["queue"]) if host.get("queue") else None
+    return hosts
 
 
 def cmd_status(args) -> None:
@@ -90,6 +101,15 @@ def cmd_status(args) -> None:
     for p in report["pools"]:
         for w in p["workers"]:
             print(f"  {p['pool']:<10} {w['host']}:{w['pid']} threads={w.get('threads', '?')}")
+    hosts = report.get("session_hosts", [])
+    print(f"session hosts: {len(hosts)}")
+    for h in hosts:
+        queued = (h.get("queue_counts") or {}).get("ready", 0)
+        print(f"  {h['host_id']}  pid={h['pid']}  sessions={len(h.get('sessions', []))}  "
+              f"memory={h.get('rss_mb', '?')} MB RSS ({h.get('processes', '?')} processes incl. Chromium)  "
+              f"queue={h.get('queue')} ready={queued}")
+        for sess in h.get("sessions", []):
+            print(f"    {sess['client_id']:<32} {sess.get('state', '?'):<9} {sess.get('phone') or ''}")
 
 
 def cmd_ping(args) -> None:

@@ -18,10 +18,11 @@ _broker: dramatiq.Broker | None = None
 
 def _middleware() -> list:
     from workers.middleware import Heartbeat, RequestContext
+    from workers.pacing import PromptDelays
 
     return [AgeLimit(), TimeLimit(time_limit=15 * 60 * 1000), ShutdownNotifications(), Callbacks(), Pipelines(),
             Retries(max_retries=5, min_backoff=1000, max_backoff=5 * 60 * 1000), CurrentMessage(),
-            RequestContext(), Heartbeat()]
+            RequestContext(), Heartbeat(), PromptDelays()]
 
 
 def build_broker(stub: bool = False) -> dramatiq.Broker:

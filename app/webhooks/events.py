@@ -2,17 +2,68 @@
 a fan-out job sent after commit that creates one delivery per subscribed endpoint.
 
 Every event of API.md goes through ``emit``. ``data`` is the full resource as the API returns it.
+
+``emit`` runs for every message status change, so it first asks which enabled endpoints of the
+organisation take the type: one indexed query in the caller's own transaction (remembered until it
+ends), not a cache that could be stale, so an endpoint that exists when the event happens always
+gets it. None: nothing more is done (no job at all). A few: their deliveries are written right here
+and their delivery jobs sent after commit, which spares a queue hop. Many: the ``webhooks.fan_out``
+job writes them, keeping the caller's transaction small.
 """
 from __future__ import annotations
 
+import json
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import event as sa_event, text
+from sqlalchemy.orm import Session
+
 from app import outbox
-from app.db import new_id
+from app.db import new_id, utcnow
 
 EVENT_TYPES = (
     "message.queued", "message.sent", "message.delivered", "message.read", "message.failed", "message.received",
     "client.qr", "client.connected", "client.disconnected", "client.banned",
     "campaign.started", "campaign.completed", "contact.opted_out", "webhook.test",
 )
+#: Sent only by POST /api/webhooks/{id}/test, to that one endpoint: never fanned out.
+TEST_EVENT = "webhook.test"
+WILDCARD = "*"
+
+_MEMO = "webhooks_subscribed"
+
+#: at most this many subscribed endpoints get their deliveries written inside emit()
+INLINE_FAN_OUT_MAX = 5
+
+_SUBSCRIBED = text(
+    "SELECT id FROM webhooks WHERE organization_id = :org AND enabled AND deleted_at IS NULL"
+    " AND (events @> ARRAY[CAST(:type AS text)] OR events @> ARRAY['*']) ORDER BY id")
+
+
+def subscribed_endpoints(session: Session, organization_id: str, event_type: str) -> list[str]:
+    """Ids of the organisation's enabled endpoints that take ``event_type`` (memoised per transaction)."""
+    memo = session.info.setdefault(_MEMO, {})
+    key = (organization_id, event_type)
+    if key not in memo:
+        memo[key] = list(session.scalars(_SUBSCRIBED, {"org": organization_id, "type": event_type}))
+    return memo[key]
+
+
+@sa_event.listens_for(Session, "after_commit")
+@sa_event.listens_for(Session, "after_rollback")
+def _forget_memo(session: Session) -> None:
+    session.info.pop(_MEMO, None)
+
+
+def _json_default(value):
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def emit(session, organization_id: str, event_type: str, data: dict):
@@ -21,7 +72,18 @@ def emit(session, organization_id: str, event_type: str, data: dict):
 
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}; add it to EVENT_TYPES and API.md")
-    event = WebhookEvent(id=new_id("evt"), organization_id=organization_id, type=event_type, payload=data)
+    payload = json.loads(json.dumps(data or {}, default=_json_default))
+    event = WebhookEvent(id=new_id("evt"), organization_id=organization_id, type=event_type, payload=payload,
+                         created_at=utcnow())
     session.add(event)
-    outbox.enqueue(session, "webhooks.fan_out", event.id, queue_name="webhooks")
+    if event_type == TEST_EVENT:
+        return event
+    endpoints = subscribed_endpoints(session, organization_id, event_type)
+    if len(endpoints) > INLINE_FAN_OUT_MAX:
+        outbox.enqueue(session, "webhooks.fan_out", event.id, queue_name="webhooks")
+    elif endpoints:
+        from app.webhooks.service import create_deliveries
+
+        session.flush()  # the deliveries reference the event row
+        create_deliveries(session, organization_id, event.id, endpoints)
     return event

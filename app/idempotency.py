@@ -1,0 +1,204 @@
+"""``Idempotency-Key`` for every POST that creates (API.md), stored in ``idempotency_keys``.
+
+Use it on a creating route by putting ``@idempotent`` *above* the flask-smorest decorators (it needs
+the finished response)::
+
+    @blp.route("")
+    class Things(MethodView):
+        @idempotent
+        @blp.arguments(ThingCreateSchema)
+        @blp.response(201, ThingSchema)
+        @requires("things:write")
+        def post(self, body):
+            return service.create_thing(request_session(), current_principal(), **body)
+
+What a client gets, for one organisation and key, for 24 hours:
+
+* the first request runs; a 2xx response is stored with the request's fingerprint (method, path,
+  query and body — JSON compared by content, not spacing) in the same transaction as the request's
+  own writes, so "created" and "remembered" commit together;
+* the same key with the same request (and caller) again: the stored response, replayed as it was
+  (with ``Idempotent-Replayed: true``), nothing runs twice;
+* the same key with a different request or caller: 422 ``idempotency_key_reused``;
+* the same key while the first request still runs: 409 ``idempotency_in_flight`` (``Retry-After``);
+* a first request that fails (4xx/5xx) leaves no trace: the key can be used again. So does one
+  whose process died: after ``IDEMPOTENCY_IN_FLIGHT_TIMEOUT`` seconds another request takes it over.
+
+The key is claimed in a transaction of its own, committed before the route runs, which is what lets
+a concurrent duplicate see it in flight. ``purge_expired`` (run by the message sweeper) deletes keys
+past their 24 hours.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import Response, request
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+
+from app.errors import Conflict, ValidationError
+from config import settings
+
+HEADER = "Idempotency-Key"
+REPLAY_HEADER = "Idempotent-Replayed"
+TTL = timedelta(hours=24)
+_KEY_OK = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+
+HEADER_DOC = {
+    "in": "header", "name": HEADER, "required": False, "schema": {"type": "string", "maxLength": 255},
+    "description": "Makes the request safe to retry for 24 hours: the same key and body replay the first "
+                   "response; the same key with another body is 422; while the first is in flight, 409.",
+}
+
+
+@dataclass(frozen=True)
+class _Replay:
+    status: int
+    body: object
+
+
+def _fingerprint() -> str:
+    digest = hashlib.sha256()
+    digest.update(f"{request.method}\n{request.path}\n{request.query_string.decode(errors='replace')}\n".encode())
+    data = request.get_json(silent=True) if request.is_json else None
+    if data is not None:
+        digest.update(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
+    else:
+        digest.update(request.get_data(cache=True))
+    return digest.hexdigest()
+
+
+def _principal_key(principal) -> str:
+    return principal.id or f"{principal.kind}"
+
+
+def claim(principal, key: str, fingerprint: str, method: str, path: str) -> int | _Replay:
+    """Take ``key`` for this request (its row id), or the stored response to replay; raises 409/422."""
+    from app.db import new_session
+    from app.models import IdempotencyKey
+
+    who = _principal_key(principal)
+    session = new_session()
+    try:
+        for _ in range(3):
+            row_id = session.scalar(
+                insert(IdempotencyKey)
+                .values(organization_id=principal.organization_id, principal_id=who, key=key, method=method,
+                        path=path, request_hash=fingerprint, status="in_flight",
+                        created_at=func.now(), expires_at=func.now() + TTL)
+                .on_conflict_do_nothing(constraint="idempotency_keys_org_key_key")
+                .returning(IdempotencyKey.id))
+            if row_id is not None:
+                session.commit()
+                return row_id
+            row = session.scalars(select(IdempotencyKey).where(
+                IdempotencyKey.organization_id == principal.organization_id, IdempotencyKey.key == key)
+                .with_for_update()).first()
+            if row is None:  # deleted between the two statements (released): try again
+                session.rollback()
+                continue
+            now = session.scalar(select(func.now()))
+            abandoned = (row.status == "in_flight"
+                         and row.created_at < now - timedelta(seconds=settings.IDEMPOTENCY_IN_FLIGHT_TIMEOUT))
+            if row.expires_at <= now or abandoned:
+                row.principal_id, row.method, row.path, row.request_hash = who, method, path, fingerprint
+                row.status, row.response_status, row.response_body = "in_flight", None, None
+                row.created_at, row.expires_at = now, now + TTL
+                session.commit()
+                return row.id
+            if row.principal_id != who or row.request_hash != fingerprint:
+                raise ValidationError(
+                    "This Idempotency-Key was already used for a different request",
+                    code="idempotency_key_reused", details={HEADER: ["Already used with another request body."]})
+            if row.status == "in_flight":
+                raise Conflict("A request with this Idempotency-Key is still in progress; retry shortly",
+                               code="idempotency_in_flight", headers={"Retry-After": "1"})
+            return _Replay(row.response_status, row.response_body)
+        raise Conflict("Idempotency-Key contention; retry", code="idempotency_in_flight",
+                       headers={"Retry-After": "1"})
+    finally:
+        if session.in_transaction():
+            session.rollback()
+        session.close()
+
+
+def complete(session, key_id: int, status: int, body) -> None:
+    """Store the response in the request's own transaction (commits with what the request wrote)."""
+    from app.models import IdempotencyKey
+
+    session.execute(update(IdempotencyKey).where(IdempotencyKey.id == key_id)
+                    .values(status="completed", response_status=status, response_body=body))
+
+
+def release(key_id: int) -> None:
+    """Forget a claim whose request failed, so the key may be used again."""
+    from app.db import new_session
+    from app.models import IdempotencyKey
+
+    session = new_session()
+    try:
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == key_id,
+                                                     IdempotencyKey.status == "in_flight"))
+        session.commit()
+    except Exception:
+        session.rollback()  # it will be taken over after the in-flight timeout
+    finally:
+        session.close()
+
+
+def purge_expired(session, limit: int = 10_000) -> int:
+    """Delete keys past their 24 hours (at most ``limit`` per call)."""
+    from app.models import IdempotencyKey
+
+    ids = select(IdempotencyKey.id).where(IdempotencyKey.expires_at < func.now()).limit(limit).scalar_subquery()
+    return session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids))).rowcount or 0
+
+
+def _replay_response(replay: _Replay) -> Response:
+    body = "" if replay.body is None else json.dumps(replay.body)
+    resp = Response(body, status=replay.status, mimetype="application/json")
+    resp.headers[REPLAY_HEADER] = "true"
+    return resp
+
+
+def idempotent(fn):
+    """Route decorator: honour ``Idempotency-Key`` (see the module docstring). Put it above the
+    flask-smorest decorators of the method."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        raw = request.headers.get(HEADER)
+        if raw is None:
+            return fn(*args, **kwargs)
+        key = raw.strip()
+        if not _KEY_OK.match(key):
+            raise ValidationError("Invalid Idempotency-Key",
+                                  details={HEADER: ["1 to 255 printable ASCII characters, no spaces."]})
+        from app.db import request_session
+        from app.security.auth import current_principal
+
+        claimed = claim(current_principal(), key, _fingerprint(), request.method, request.path)
+        if isinstance(claimed, _Replay):
+            return _replay_response(claimed)
+        try:
+            response = fn(*args, **kwargs)
+        except BaseException:
+            release(claimed)
+            raise
+        if not isinstance(response, Response):
+            release(claimed)
+            raise TypeError("@idempotent must be placed above the @blp.arguments/@blp.response decorators")
+        if 200 <= response.status_code < 300 and (response.is_json or not response.get_data()):
+            complete(request_session(), claimed, response.status_code, response.get_json(silent=True))
+        else:
+            release(claimed)
+        return response
+
+    from flask_smorest import Blueprint
+
+    return Blueprint.doc(parameters=[HEADER_DOC])(wrapper)

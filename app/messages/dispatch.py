@@ -1,0 +1,522 @@
+"""From a queued message to the transport: paced, claimed once, never lost, never sent twice.
+
+The path of one outbound message:
+
+1. Accepted (app/messages/service.py): the row and its ``messages.send`` job commit together (the
+   outbox). A ready client's pacing slot is reserved at once (``plan``), and the job is delayed in
+   the broker until that slot; ``messages.scheduled_for`` shows it. A job due more than
+   ``MESSAGE_PARK_AFTER`` ahead is parked in a Redis sorted set instead, and the feeder
+   (``release_parked``) hands it to the broker shortly before its time: a worker holds the delayed
+   jobs it has fetched in memory, up to a limit, so days of backlog must not sit there.
+2. ``messages.send`` (``run_send_job``): skips a message that is no longer queued; holds one whose
+   client is not ready, paused or deleted (it stays ``queued``; ``resume_client`` sends it on when
+   the client is ready again); asks pacing for its slot (workers/pacing.py). Not due yet: the job is
+   enqueued again with ``delay = slot - now`` (a new broker message: deferrals use no retries and
+   no thread). Due: the send is granted if the client's recent sends allow one now (else the job
+   waits just until they do, keeping its place), and the message is sent here (sim, cloud) or
+   handed to the session host that owns the client (web, ``sessions.send``), which calls
+   ``perform_send``.
+3. ``perform_send`` claims the row (``UPDATE ... SET status='sending' WHERE status='queued'``) and
+   commits before calling the transport, so a redelivered or duplicated job finds nothing to claim,
+   and a cancel that committed first wins. Then ``sent`` (with the transport's id, for the acks),
+   or ``failed`` at once on a permanent error, or back to ``queued`` and a retry with backoff on a
+   transient one (``TransientSendError`` is raised to the actor; the attempts are counted in the
+   row, so at most ``MESSAGE_MAX_ATTEMPTS`` transport calls whatever the broker does).
+4. A worker killed between the claim and the result leaves the row in ``sending``: ``sweep`` marks
+   it ``failed`` with code ``interrupted`` after ``MESSAGE_SENDING_TIMEOUT`` (it may have reached
+   WhatsApp, so it is never resent), and re-enqueues ``queued`` messages whose job was lost.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select, text, update
+
+import workers.broker  # noqa: F401  (the configured broker, before anything is enqueued)
+from app import outbox
+from app.clients.models import Client
+from app.contacts.models import Contact
+from app.db import job_session, utcnow
+from app.messages.models import Message
+from app.messages.service import (OPT_OUT_KEY_PREFIX, SEND_ACTOR, SEND_QUEUE, dump, record_status,
+                                  render_template, sendable)
+from app.transports import STATEFUL, transport_class
+from app.transports.base import MediaRef, OutboundMessage, PermanentSendError, TransientSendError
+from config import settings
+from workers import pacing
+from workers.pacing import Limits
+
+log = logging.getLogger(__name__)
+
+SESSIONS_SEND = "sessions.send"
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+def _park_after_ms() -> int:
+    return settings.MESSAGE_PARK_AFTER * 1000
+
+
+# ----------------------------------------------------------------------------- planning (intake, resume)
+
+@dataclass(frozen=True)
+class Plan:
+    message_id: str
+    token: str
+    delay_ms: int
+    scheduled_for: datetime | None
+    reserved: bool
+
+
+def plan(client: Client, entries: list[tuple[str, int, datetime | None]]) -> list[Plan]:
+    """When each message's job should run: ``entries`` are ``(message_id, attempt, scheduled_at)``.
+
+    For a client that may send now and is paced, the slots are reserved here (not granted: the job
+    is granted its slot when it runs at it); a message with a future ``scheduled_at`` waits for
+    that instead; a client that is not ready gets its jobs at once (they hold the messages)."""
+    now_ms = pacing.now_ms()
+    limits = Limits.of(client) if sendable(client) else None
+    due = [(i, e) for i, e in enumerate(entries) if not (e[2] is not None and _ms(e[2]) > now_ms)]
+    slots = {}
+    if limits and due:
+        got = pacing.acquire_many(client.id, now_ms, limits, [pacing.token_for(e[0], e[1]) for _, e in due],
+                                  grant=False)
+        slots = {i: s for (i, _), s in zip(due, got)}
+    plans = []
+    for i, (message_id, attempt, scheduled_at) in enumerate(entries):
+        token = pacing.token_for(message_id, attempt)
+        if i in slots:
+            at = slots[i].at_ms
+            plans.append(Plan(message_id, token, max(0, at - now_ms), _dt(at), True))
+        elif scheduled_at is not None and _ms(scheduled_at) > now_ms:
+            plans.append(Plan(message_id, token, _ms(scheduled_at) - now_ms, None, False))
+        else:
+            plans.append(Plan(message_id, token, 0, None, False))
+    return plans
+
+
+def enqueue_plans(session, plans: list[Plan]) -> None:
+    schedule(session, [(p.message_id, p.delay_ms) for p in plans])
+
+
+PARKED_KEY = "wa:msgs:parked"
+_RELEASE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+for i = 1, #due, 2 do redis.call('ZREM', KEYS[1], due[i]) end
+return due
+"""
+
+
+def schedule(session, jobs: list[tuple[str, int]]) -> None:
+    """Have ``messages.send`` run for each ``(message_id, delay_ms)``: through the outbox (sent
+    after commit) when due within ``MESSAGE_PARK_AFTER``, else parked in Redis for the feeder
+    (``release_parked``). Parking happens now; if the transaction then rolls back, the feeder
+    later finds no message and nothing happens. A parking lot lost with Redis is recovered by
+    the sweeper (``requeue_lost``) from the rows."""
+    from app.kv import redis_client
+
+    soon = [(m, d) for m, d in jobs if d <= _park_after_ms()]
+    later = [(m, d) for m, d in jobs if d > _park_after_ms()]
+    if soon:
+        outbox.enqueue_many(session, SEND_ACTOR, [(m,) for m, _ in soon], queue_name=SEND_QUEUE,
+                            delays_ms=[d for _, d in soon])
+    if later:
+        now = pacing.now_ms()
+        redis_client().zadd(PARKED_KEY, {m: now + d for m, d in later})
+
+
+def release_parked(limit: int = 10_000) -> int:
+    """The feeder (``messages.release_parked``, periodic): move parked messages due within
+    ``MESSAGE_PARK_AFTER`` into the broker, each delayed until its time."""
+    import dramatiq
+
+    from app.kv import redis_client
+
+    now = pacing.now_ms()
+    due = redis_client().eval(_RELEASE, 1, PARKED_KEY, now + _park_after_ms(), limit)
+    broker = dramatiq.get_broker()
+    for i in range(0, len(due), 2):
+        message_id = due[i].decode() if isinstance(due[i], bytes) else due[i]
+        delay = max(0, int(float(due[i + 1])) - now)
+        broker.enqueue(dramatiq.Message(queue_name=SEND_QUEUE, actor_name=SEND_ACTOR, args=(message_id,), kwargs={},
+                                        options={}), delay=delay or None)
+    return len(due) // 2
+
+
+def release_plans(client_id: str, plans: list[Plan]) -> None:
+    pacing.release(client_id, *[p.token for p in plans if p.reserved])
+
+
+def release_reservation(message: Message) -> None:
+    """Give back the pacing slot a queued message reserved (cancelled, held)."""
+    pacing.release(message.client_id, pacing.token_for(message.id, message.attempts))
+
+
+def resume_client(session, client_id: str) -> int:
+    """Contract 5: the client is ready again; send on every message that waited for it, in order,
+    with fresh pacing slots. Called in the caller's transaction; returns how many."""
+    client = session.get(Client, client_id)
+    if client is None or not sendable(client):
+        return 0
+    rows = session.execute(select(Message.id, Message.attempts, Message.scheduled_at).where(
+        Message.client_id == client_id, Message.status == "queued", Message.direction == "outbound")
+        .order_by(Message.id)).all()
+    now = utcnow()
+    for start in range(0, len(rows), 5000):
+        chunk = rows[start:start + 5000]
+        plans = plan(client, [(r.id, r.attempts, r.scheduled_at) for r in chunk])
+        session.execute(update(Message), [{"id": p.message_id, "scheduled_for": p.scheduled_for, "updated_at": now}
+                                          for p in plans])
+        enqueue_plans(session, plans)
+    return len(rows)
+
+
+# ----------------------------------------------------------------------------- the messages.send job
+
+def _load(session, message_id: str):
+    """(message, client, contact opted out?) of a message, or None."""
+    return session.execute(select(Message, Client, Contact.opted_out)
+                           .join(Client, Client.id == Message.client_id)
+                           .outerjoin(Contact, Contact.id == Message.contact_id)
+                           .where(Message.id == message_id)).first()
+
+
+def _hold(session, message: Message, *granted: str) -> None:
+    """The client cannot send: the message stays queued, without a slot, until resume_client."""
+    pacing.release(message.client_id, pacing.token_for(message.id, message.attempts), *granted)
+    if message.scheduled_for is not None:
+        message.scheduled_for = None
+
+
+def _host_queue(session, client_id: str) -> str | None:
+    try:
+        from workers.session_host import host_queue
+    except ImportError:
+        return None
+    return host_queue(session, client_id)
+
+
+def run_send_job(message_id: str) -> str:
+    """The body of ``messages.send``; returns what happened (for logs and tests):
+    missing, skipped, waiting, held, forwarded, repaced, sent, failed."""
+    now = pacing.now_ms()
+    granted = None
+    with job_session() as session:
+        found = _load(session, message_id)
+        if found is None:
+            return "missing"
+        message, client, opted_out = found
+        if message.status != "queued" or message.direction != "outbound":
+            # a duplicate job may have reserved a slot for it meanwhile: give those back
+            pacing.release(message.client_id, *[pacing.token_for(message.id, n) for n in range(message.attempts + 1)])
+            return "skipped"
+        if message.scheduled_at is not None and _ms(message.scheduled_at) > now:
+            schedule(session, [(message.id, _ms(message.scheduled_at) - now)])
+            return "waiting"
+        if not sendable(client):
+            _hold(session, message)
+            return "held"
+        limits = Limits.of(client)
+        if limits:
+            now = pacing.now_ms()  # the grant's moment: as late as possible before the claim
+            slot = pacing.acquire(client.id, now, limits, pacing.token_for(message.id, message.attempts))
+            if message.scheduled_for is None or _ms(message.scheduled_for) != slot.at_ms:
+                message.scheduled_for = _dt(slot.at_ms)
+            if not slot.granted:
+                schedule(session, [(message.id, slot.at_ms - now)])
+                return "waiting"
+            granted = slot.member
+        if client.transport in STATEFUL:
+            host = _host_queue(session, client.id)
+            if host is None:  # no live session host: wait for the client to be ready again
+                _hold(session, message, *([granted] if granted else []))
+                return "held"
+            outbox.enqueue(session, SESSIONS_SEND, message.id, queue_name=host)
+            return "forwarded"
+        # sim / cloud: claim in this same transaction (right after the grant), send once committed
+        outcome, prepared = _claim(session, message, client, opted_out)
+        client_id = client.id
+    if prepared is None:
+        if granted and outcome != "repaced":  # not sent (a repaced grant was withdrawn already)
+            pacing.release(client_id, granted)
+        return outcome
+    return _deliver(prepared, stateless_transport)
+
+
+# ----------------------------------------------------------------------------- sending (contract 4)
+
+@dataclass(frozen=True)
+class _Prepared:
+    message_id: str
+    client_id: str
+    attempt: int
+    outbound: OutboundMessage
+
+
+def perform_send(message_id: str, transport_for) -> str:
+    """Claim ``message_id`` (queued -> sending), call ``transport_for(client_id).send``, record the
+    result. Pacing has already happened (``messages.send``). Returns sent / failed, or skipped (not
+    queued any more: another job has it, or it was cancelled), held (client not sendable) or
+    repaced (its pacing slot is not now: ``messages.send`` was enqueued to pace it again).
+    Raises ``TransientSendError`` after putting the message back to ``queued``, for a retry."""
+    with job_session() as session:
+        found = _load(session, message_id)
+        if found is None:
+            return "skipped"
+        message, client, opted_out = found
+        outcome, prepared = _claim(session, message, client, opted_out)
+    if prepared is None:
+        return outcome
+    return _deliver(prepared, transport_for)
+
+
+def _claim(session, message: Message, client: Client, opted_out: bool | None):
+    """In the caller's transaction: the last checks, then ``queued -> sending``. Returns
+    (outcome, None) when there is nothing to send, or ("claimed", what to send)."""
+    if message.status != "queued" or message.direction != "outbound":
+        return "skipped", None
+    if not sendable(client):
+        _hold(session, message)
+        return "held", None
+    now = pacing.now_ms()
+    if Limits.of(client):
+        # the send must start within the pad after its grant (``scheduled_for``), whatever delayed
+        # this thread (a loaded machine) or the hand-over to a session host; else it is paced again,
+        # keeping its place
+        if message.scheduled_for is None:
+            outbox.enqueue(session, SEND_ACTOR, message.id, queue_name=SEND_QUEUE)
+            return "repaced", None
+        if now - _ms(message.scheduled_for) > pacing.call_pad_ms():
+            pacing.retake(client.id, pacing.token_for(message.id, message.attempts), _ms(message.scheduled_for))
+            outbox.enqueue(session, SEND_ACTOR, message.id, queue_name=SEND_QUEUE)
+            return "repaced", None
+    if opted_out and not (message.idempotency_key or "").startswith(OPT_OUT_KEY_PREFIX):
+        _fail(session, message.id, "queued", "contact_opted_out", "The contact opted out after this message was queued")
+        return "failed", None
+    at = _dt(now)
+    claimed = session.execute(_CLAIM, {"id": message.id, "at": at}).first()
+    if claimed is None:
+        return "skipped", None
+    return "claimed", _Prepared(claimed.id, client.id, claimed.attempts, build_outbound(session, claimed))
+
+
+# One statement each for the two writes around the transport call (the hot path of every send).
+_CLAIM = text("""
+    WITH m AS (
+        UPDATE messages SET status = 'sending', sending_at = :at, attempts = attempts + 1, updated_at = :at
+        WHERE id = :id AND status = 'queued'
+        RETURNING id, organization_id, attempts, to_phone, type, text, caption, media_id, template_id, variables),
+    h AS (
+        INSERT INTO message_status_history (organization_id, message_id, status, at, details)
+        SELECT organization_id, id, 'sending', :at, jsonb_build_object('attempt', attempts) FROM m)
+    SELECT * FROM m
+""")
+_SENT = text("""
+    WITH m AS (
+        UPDATE messages SET status = 'sent', sent_at = :at, external_id = :external_id, updated_at = :at
+        WHERE id = :id AND status = 'sending'
+        RETURNING *),
+    h AS (
+        INSERT INTO message_status_history (organization_id, message_id, status, at, details)
+        SELECT organization_id, id, 'sent', :at, jsonb_build_object('external_id', CAST(:external_id AS text)) FROM m),
+    c AS (
+        UPDATE contacts SET last_outbound_at = GREATEST(contacts.last_outbound_at, :at)
+        FROM m WHERE contacts.id = m.contact_id)
+    SELECT * FROM m
+""")
+
+
+def _deliver(prepared: _Prepared, transport_for) -> str:
+    """Call the transport for a claimed (committed ``sending``) message and record the outcome."""
+    message_id = prepared.message_id
+    try:
+        result = transport_for(prepared.client_id).send(prepared.outbound)
+    except PermanentSendError as exc:
+        with job_session() as session:
+            _fail(session, message_id, "sending", exc.code, str(exc))
+        return "failed"
+    except TransientSendError as exc:
+        if not _retry_later(message_id, prepared.attempt, exc):
+            return "failed"
+        raise
+    except Exception as exc:  # a transport bug or an unexpected network error: a transient failure
+        log.warning("send of %s raised %s", message_id, exc.__class__.__name__, exc_info=True)
+        error = TransientSendError(f"{exc.__class__.__name__}: {exc}"[:500], code="transport_error")
+        if not _retry_later(message_id, prepared.attempt, error):
+            return "failed"
+        raise error from exc
+    with job_session() as session:
+        _record_sent(session, message_id, result.external_id)
+    return "sent"
+
+
+def _fail(session, message_id: str, from_status: str, code: str, text: str | None) -> Message | None:
+    now = utcnow()
+    row = session.scalars(
+        update(Message).where(Message.id == message_id, Message.status == from_status)
+        .values(status="failed", error_code=(code or "send_failed")[:100], error_message=(text or None) and text[:1000],
+                failed_at=now, updated_at=now)
+        .returning(Message), execution_options={"populate_existing": True, "synchronize_session": False}).first()
+    if row is not None:
+        record_status(session, row, "failed", at=now, details={"code": row.error_code})
+    return row
+
+
+def _retry_later(message_id: str, attempt: int, exc: TransientSendError) -> bool:
+    """Back to ``queued`` for another (paced) attempt: True; or ``failed`` once the attempts are
+    used up: False."""
+    from app.messages.models import MessageStatusHistory
+
+    with job_session() as session:
+        if attempt >= settings.MESSAGE_MAX_ATTEMPTS:
+            _fail(session, message_id, "sending", exc.code, f"{exc} (after {attempt} attempts)")
+            return False
+        now = utcnow()
+        row = session.scalars(
+            update(Message).where(Message.id == message_id, Message.status == "sending")
+            .values(status="queued", scheduled_for=None, updated_at=now)
+            .returning(Message), execution_options={"populate_existing": True, "synchronize_session": False}).first()
+        if row is None:
+            return False
+        # a history row only: a retry is not a new message.queued event
+        session.add(MessageStatusHistory(organization_id=row.organization_id, message_id=row.id, status="queued",
+                                         at=now, details={"retry_after_attempt": attempt,
+                                                          "error": {"code": exc.code, "message": str(exc)[:500]}}))
+        return True
+
+
+def _record_sent(session, message_id: str, external_id: str) -> None:
+    from app.webhooks.events import emit
+
+    row = session.execute(_SENT, {"id": message_id, "at": utcnow(), "external_id": external_id}).first()
+    if row is None:
+        # marked interrupted by the sweeper meanwhile: keep that, but let acks find the message
+        session.execute(update(Message).where(Message.id == message_id).values(external_id=external_id),
+                        execution_options={"synchronize_session": False})
+        return
+    emit(session, row.organization_id, "message.sent", dump(row))
+
+
+def build_outbound(session, message) -> OutboundMessage:
+    """What the transport sends for ``message`` (a Message or a row of its columns)."""
+    from app.media.models import Media
+    from app.templates.models import Template
+
+    media = template = None
+    if message.media_id:
+        row = session.get(Media, message.media_id)
+        if row is not None:
+            media = media_ref(session, row)
+    if message.template_id:
+        row = session.get(Template, message.template_id)
+        if row is not None:
+            template = {"name": row.name, "language": row.language, "body": render_template(row.body, message.variables),
+                        "variables": dict(message.variables or {})}
+    return OutboundMessage(message_id=message.id, to=message.to_phone, type=message.type, text=message.text,
+                           caption=message.caption, media=media, template=template)
+
+
+def media_ref(session, media) -> MediaRef:
+    """A ``MediaRef`` of a media row; the media service fills in where the bytes are when it can
+    (``app.media.service.media_ref``)."""
+    try:
+        from app.media.service import media_ref as stored_ref
+    except ImportError:
+        stored_ref = None
+    if stored_ref is not None:
+        return stored_ref(session, media)
+    return MediaRef(media_id=media.id, mime_type=media.mime_type, filename=media.filename, size=media.size_bytes)
+
+
+class _StatelessTransports:
+    """``transport_for`` of the messages pool: one transport per client and worker thread, rebuilt
+    every few seconds so configuration changes reach it."""
+
+    TTL_S = 10.0
+
+    def __init__(self):
+        self.local = threading.local()
+
+    def __call__(self, client_id: str):
+        cache = getattr(self.local, "cache", None)
+        if cache is None:
+            cache = self.local.cache = {}
+        hit = cache.get(client_id)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        from app.clients.service import load_client_info
+        from app.transports.events import JobEventSink
+
+        with job_session() as session:
+            info = load_client_info(session, client_id)
+        transport = transport_class(info.transport)(info, JobEventSink())
+        if len(cache) > 1000:
+            cache.clear()
+        cache[client_id] = (time.monotonic() + self.TTL_S, transport)
+        return transport
+
+
+stateless_transport = _StatelessTransports()
+
+
+# ----------------------------------------------------------------------------- the sweeper
+
+def fail_interrupted(session, older_than_s: float | None = None, limit: int = 1000) -> int:
+    """``sending`` rows older than the timeout: their worker died mid-send. Failed with code
+    ``interrupted``, never resent (the message may have reached WhatsApp)."""
+    older_than_s = settings.MESSAGE_SENDING_TIMEOUT if older_than_s is None else older_than_s
+    stuck = (select(Message.id).where(Message.status == "sending",
+                                      Message.sending_at < func.now() - timedelta(seconds=older_than_s))
+             .limit(limit).with_for_update(skip_locked=True).scalar_subquery())
+    now = utcnow()
+    rows = session.scalars(
+        update(Message).where(Message.id.in_(stuck), Message.status == "sending")
+        .values(status="failed", error_code="interrupted",
+                error_message="The worker stopped while sending; the message may or may not have been delivered",
+                failed_at=now, updated_at=now)
+        .returning(Message), execution_options={"populate_existing": True, "synchronize_session": False}).all()
+    for row in rows:
+        record_status(session, row, "failed", at=now, details={"code": "interrupted"})
+    if rows:
+        log.warning("sweeper: %d message(s) interrupted mid-send marked failed", len(rows))
+    return len(rows)
+
+
+def requeue_lost(session, lost_after_s: float | None = None, limit: int = 5000) -> int:
+    """``queued`` messages of sendable clients whose due time passed ``lost_after_s`` ago with
+    nothing happening: their job was lost (Redis lost it, or a crash outlived the outbox). They get
+    a new one (a duplicate is harmless: the claim happens once)."""
+    lost_after_s = settings.MESSAGE_LOST_AFTER if lost_after_s is None else lost_after_s
+    cutoff = func.now() - timedelta(seconds=lost_after_s)
+    ids = session.scalars(
+        select(Message.id).join(Client, Client.id == Message.client_id)
+        .where(Message.status == "queued", Message.direction == "outbound",
+               Client.status == "ready", Client.paused.is_(False), Client.deleted_at.is_(None),
+               func.greatest(Message.scheduled_for, Message.scheduled_at, Message.updated_at) < cutoff)
+        .order_by(Message.id).limit(limit).with_for_update(of=Message, skip_locked=True)).all()
+    if not ids:
+        return 0
+    session.execute(update(Message).where(Message.id.in_(ids)).values(updated_at=func.now()),
+                    execution_options={"synchronize_session": False})
+    outbox.enqueue_many(session, SEND_ACTOR, [(i,) for i in ids], queue_name=SEND_QUEUE)
+    log.warning("sweeper: re-enqueued %d queued message(s) whose job was lost", len(ids))
+    return len(ids)
+
+
+def sweep(session, *, sending_timeout_s: float | None = None, lost_after_s: float | None = None) -> dict:
+    """Everything the periodic ``messages.sweep`` does, in the caller's transaction."""
+    from app import idempotency
+
+    return {"interrupted": fail_interrupted(session, sending_timeout_s),
+            "requeued": requeue_lost(session, lost_after_s),
+            "idempotency_keys_purged": idempotency.purge_expired(session)}

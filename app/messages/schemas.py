@@ -1,0 +1,126 @@
+"""Request and response schemas of messages."""
+from __future__ import annotations
+
+from datetime import timezone
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from app.pagination import ListArgs
+
+TEXT_MAX = 4096        # WhatsApp's limit for a text message
+CAPTION_MAX = 1024     # WhatsApp's limit for a media caption
+BATCH_MAX = 1000
+TYPES = ("text", "image", "video", "audio", "document", "template")
+MEDIA_TYPES = ("image", "video", "audio", "document")
+STATUSES = ("queued", "sending", "sent", "delivered", "read", "failed", "cancelled", "received")
+DIRECTIONS = ("outbound", "inbound")
+
+
+class ErrorSchema(ma.Schema):
+    code = fields.String()
+    message = fields.String(allow_none=True)
+
+
+class MessageSchema(ma.Schema):
+    """A message as the API returns it (and as webhook events carry it)."""
+
+    id = fields.String()
+    client_id = fields.String()
+    direction = fields.String(metadata={"description": "outbound | inbound"})
+    to = fields.String(attribute="to_phone", allow_none=True)
+    from_ = fields.String(data_key="from", attribute="from_phone", allow_none=True)
+    contact_id = fields.String(allow_none=True)
+    type = fields.String(metadata={"description": " | ".join(TYPES)})
+    text = fields.String(allow_none=True)
+    media_id = fields.String(allow_none=True)
+    caption = fields.String(allow_none=True)
+    template_id = fields.String(allow_none=True)
+    variables = fields.Dict()
+    status = fields.String(metadata={"description": "queued → sending → sent → delivered → read, or failed, "
+                                                    "or cancelled; inbound messages are received"})
+    error = fields.Method("dump_error", metadata={"description": "{code, message} when failed, else null"})
+    attempts = fields.Integer(metadata={"description": "transport attempts so far"})
+    campaign_id = fields.String(allow_none=True)
+    scheduled_at = fields.DateTime(allow_none=True, metadata={"description": "the time asked for, if any"})
+    scheduled_for = fields.DateTime(allow_none=True, metadata={
+        "description": "the pacing slot: when the account's limits let this message go"})
+    created_at = fields.DateTime()
+    queued_at = fields.DateTime(allow_none=True)
+    sending_at = fields.DateTime(allow_none=True)
+    sent_at = fields.DateTime(allow_none=True)
+    delivered_at = fields.DateTime(allow_none=True)
+    read_at = fields.DateTime(allow_none=True)
+    failed_at = fields.DateTime(allow_none=True)
+    cancelled_at = fields.DateTime(allow_none=True)
+
+    def dump_error(self, message):
+        code = message["error_code"] if isinstance(message, dict) else message.error_code
+        if not code:
+            return None
+        text = message["error_message"] if isinstance(message, dict) else message.error_message
+        return {"code": code, "message": text}
+
+
+class SendMessageSchema(ma.Schema):
+    """The v2.0 clients' body of ``POST /api/clients/{id}/send-message``."""
+
+    to = fields.String(required=True, validate=validate.Length(max=32), metadata={"description": "E.164"})
+    message = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=TEXT_MAX), metadata={
+        "description": "The text (the caption with media_id)."})
+    media_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    template_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    variables = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=None, allow_none=True)
+
+
+class SendMessageResultSchema(ma.Schema):
+    messageId = fields.String(metadata={"description": "the message id (v2.0 name)"})
+    id = fields.String()
+    status = fields.String()
+
+
+class MessageItemSchema(ma.Schema):
+    """One message to send (the body of POST /api/messages without client_id, or a batch item)."""
+
+    to = fields.String(required=True, validate=validate.Length(max=32), metadata={"description": "E.164"})
+    type = fields.String(load_default=None, validate=validate.OneOf(TYPES), metadata={
+        "description": "Default: template with template_id, the media's kind with media_id, else text."})
+    text = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=TEXT_MAX))
+    media_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    caption = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=CAPTION_MAX))
+    template_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    variables = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=None, allow_none=True)
+    scheduled_at = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=timezone.utc,
+                                        metadata={"description": "Send no earlier than this (ISO 8601)."})
+
+
+class MessageCreateSchema(MessageItemSchema):
+    client_id = fields.String(required=True, validate=validate.Length(max=64))
+
+
+class BatchCreateSchema(ma.Schema):
+    client_id = fields.String(required=True, validate=validate.Length(max=64))
+    messages = fields.List(fields.Dict(), required=True, validate=validate.Length(min=1, max=BATCH_MAX), metadata={
+        "description": f"Up to {BATCH_MAX} items shaped like POST /api/messages without client_id; an invalid "
+                      "item gets its own error and does not fail the others."})
+
+
+class BatchItemResultSchema(ma.Schema):
+    id = fields.String()
+    status = fields.String()
+    scheduled_for = fields.DateTime(allow_none=True)
+    error = fields.Dict(metadata={"description": "{code, message, details} of an item that was not accepted"})
+
+
+class BatchResultSchema(ma.Schema):
+    messages = fields.List(fields.Nested(BatchItemResultSchema))
+
+
+class MessageListArgs(ListArgs):
+    client_id = fields.String(validate=validate.Length(max=64))
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    direction = fields.String(validate=validate.OneOf(DIRECTIONS))
+    contact = fields.String(validate=validate.Length(max=64), metadata={
+        "description": "a contact id (ctc_...) or its phone number"})
+    since = fields.AwareDateTime(default_timezone=timezone.utc, metadata={"description": "created at or after"})
+    until = fields.AwareDateTime(default_timezone=timezone.utc, metadata={"description": "created before"})

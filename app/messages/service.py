@@ -1,0 +1,573 @@
+"""Messages: accept outbound sends, track their statuses, receive inbound messages, opt-outs.
+
+Accepting (``accept_messages``, behind the three POST routes and usable by campaigns/automations)
+validates every item (E.164, sizes, media and template of the organisation, template variables,
+opted-out contacts), then writes the rows, their ``queued`` history rows and ``message.queued``
+events and enqueues one ``messages.send`` job per message, all in the caller's transaction (the
+outbox sends the jobs after commit). A ready client's pacing slots are reserved right away, so a
+message waits in the broker until its slot (``scheduled_for``) without a first trip through a
+worker. Sending is app/messages/dispatch.py.
+
+Tracking: statuses only move forward (``RANK``); each change writes a ``message_status_history`` row
+and emits the matching ``message.*`` event with the message as the API shows it. Transports report
+acks and inbound messages as jobs (``messages.on_ack``, ``messages.on_inbound``).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import unicodedata
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import and_, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from app.clients.models import Client
+from app.contacts import service as contacts
+from app.contacts.models import Contact
+from app.db import get_scoped, new_id, scoped_select, utcnow
+from app.errors import AppError, Conflict, Forbidden, NotFound, ValidationError
+from app.media.models import Media
+from app.messages.models import Message, MessageStatusHistory
+from app.messages.schemas import CAPTION_MAX, MEDIA_TYPES, TEXT_MAX, MessageSchema
+from app.pagination import paginate
+from app.security.principal import Principal, SystemPrincipal
+from app.templates.models import Template
+from config import settings
+
+log = logging.getLogger(__name__)
+
+SEND_ACTOR = "messages.send"
+SEND_QUEUE = "messages"
+#: messages.idempotency_key of the confirmation sent to a contact who opts out (it must reach them)
+OPT_OUT_KEY_PREFIX = "opt-out:"
+#: outbound statuses in order; an ack never moves a message to a lower rank
+RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
+TERMINAL = ("failed", "cancelled")
+TIMESTAMP_OF = {"queued": "queued_at", "sending": "sending_at", "sent": "sent_at", "delivered": "delivered_at",
+                "read": "read_at", "failed": "failed_at", "cancelled": "cancelled_at"}
+EVENTS = {"queued", "sent", "delivered", "read", "failed", "received"}
+PLACEHOLDER = re.compile(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}")
+_SCHEMA = MessageSchema()
+
+
+# ----------------------------------------------------------------------------- tracking helpers
+
+_PLAIN = (("id", "id"), ("client_id", "client_id"), ("direction", "direction"), ("to", "to_phone"),
+          ("from", "from_phone"), ("contact_id", "contact_id"), ("type", "type"), ("text", "text"),
+          ("media_id", "media_id"), ("caption", "caption"), ("template_id", "template_id"), ("status", "status"),
+          ("attempts", "attempts"), ("campaign_id", "campaign_id"))
+_TIMES = ("scheduled_at", "scheduled_for", "created_at", "queued_at", "sending_at", "sent_at", "delivered_at",
+          "read_at", "failed_at", "cancelled_at")
+
+
+def dump(message) -> dict:
+    """The message as the API returns it (``MessageSchema``), for webhook events: the same output,
+    computed directly because it runs for every status change (tests/test_messages.py compares)."""
+    get = message.get if isinstance(message, dict) else functools.partial(getattr, message)
+    out = {key: get(attr) for key, attr in _PLAIN}
+    out["variables"] = dict(get("variables") or {})
+    for name in _TIMES:
+        value = get(name)
+        out[name] = value.isoformat() if value is not None else None
+    code = get("error_code")
+    out["error"] = {"code": code, "message": get("error_message")} if code else None
+    return out
+
+
+def record_status(session, message: Message, status: str, *, at: datetime | None = None,
+                  details: dict | None = None) -> None:
+    """The history row of a status ``message`` just moved to, and its ``message.*`` event."""
+    session.add(MessageStatusHistory(organization_id=message.organization_id, message_id=message.id, status=status,
+                                     at=at or utcnow(), details=details or {}))
+    if status in EVENTS:
+        from app.webhooks.events import emit
+
+        emit(session, message.organization_id, f"message.{status}", dump(message))
+
+
+def sendable(client: Client) -> bool:
+    """Whether a client may send now (contract 5): ready, not paused, not deleted."""
+    return client.status == "ready" and not client.paused and client.deleted_at is None
+
+
+# ----------------------------------------------------------------------------- accepting
+
+def client_for_send(session, principal: Principal, client_id: str, *, field: str | None = None) -> Client:
+    """The client to send from: in the caller's organisation, not deleted, assigned to an agent.
+
+    With ``field`` (the id came in the body) every refusal is a 422 naming it; from the path a
+    missing client is 404 and an unassigned one 403."""
+    client = session.scalars(scoped_select(Client, principal.organization_id).where(Client.id == client_id)).first() \
+        if isinstance(client_id, str) else None
+    if client is None:
+        if field:
+            raise ValidationError(details={field: ["No such client in this organisation."]})
+        raise NotFound("client not found")
+    if not principal.can_use_client(client.id):
+        if field:
+            raise ValidationError(details={field: ["You are not assigned to this client."]})
+        raise Forbidden("You are not assigned to this client", code="client_not_assigned")
+    return client
+
+
+def template_placeholders(template: Template) -> list[str]:
+    found = list(dict.fromkeys(PLACEHOLDER.findall(template.body or "")))
+    return found or list(template.variables or [])
+
+
+def render_template(body: str, variables: dict) -> str:
+    return PLACEHOLDER.sub(lambda m: str(variables.get(m.group(1), m.group(0))), body or "")
+
+
+class _Lookups:
+    """Media and templates of one organisation, loaded once per accept call."""
+
+    def __init__(self, session, organization_id: str):
+        self.session, self.organization_id = session, organization_id
+        self.media: dict[str, Media | None] = {}
+        self.templates: dict[str, Template | None] = {}
+
+    def medium(self, media_id: str) -> Media | None:
+        if media_id not in self.media:
+            self.media[media_id] = self.session.scalars(
+                scoped_select(Media, self.organization_id).where(Media.id == media_id)).first()
+        return self.media[media_id]
+
+    def template(self, template_id: str) -> Template | None:
+        if template_id not in self.templates:
+            self.templates[template_id] = self.session.scalars(
+                scoped_select(Template, self.organization_id).where(Template.id == template_id)).first()
+        return self.templates[template_id]
+
+
+def _media_kind(mime_type: str) -> str:
+    major = (mime_type or "").split("/", 1)[0]
+    return major if major in ("image", "video", "audio") else "document"
+
+
+def _columns(item: dict, lookups: _Lookups) -> dict:
+    """The message columns of one validated item, or a 422 naming every bad field."""
+    errors: dict[str, list[str]] = {}
+    try:
+        to = contacts.e164(item.get("to"), "to")
+    except ValidationError as exc:
+        errors.update(exc.details)
+        to = None
+    kind = item.get("type")
+    text, caption = item.get("text"), item.get("caption")
+    media_id, template_id = item.get("media_id"), item.get("template_id")
+    variables = item.get("variables") or {}
+    medium = template = None
+    if media_id:
+        medium = lookups.medium(media_id)
+        if medium is None:
+            errors["media_id"] = ["No such media in this organisation."]
+        elif medium.status != "ready":
+            errors["media_id"] = [f"The media is {medium.status}, not ready."]
+    if template_id:
+        template = lookups.template(template_id)
+        if template is None:
+            errors["template_id"] = ["No such template in this organisation."]
+    if kind is None:
+        kind = "template" if template_id else (_media_kind(medium.mime_type) if medium else
+                                               "document" if media_id else "text")
+    if kind == "text":
+        if not text or not text.strip():
+            errors["text"] = ["Give the text of the message."]
+        elif len(text) > TEXT_MAX:
+            errors["text"] = [f"At most {TEXT_MAX} characters."]
+        for name in ("media_id", "caption", "template_id"):
+            if item.get(name):
+                errors[name] = [f"Not used by a text message (type {kind})."]
+    elif kind in MEDIA_TYPES:
+        if not media_id:
+            errors["media_id"] = [f"A {kind} message needs media_id."]
+        elif medium is not None and kind != "document" and _media_kind(medium.mime_type) != kind:
+            errors["media_id"] = [f"This media is {medium.mime_type}, not {kind}."]
+        if caption is None and text:
+            caption, text = text, None  # the text of a media message is its caption
+        if caption and len(caption) > CAPTION_MAX:
+            errors["caption"] = [f"At most {CAPTION_MAX} characters."]
+        if template_id:
+            errors["template_id"] = [f"Not used by a {kind} message."]
+    elif kind == "template":
+        if not template_id:
+            errors["template_id"] = ["A template message needs template_id."]
+        if not isinstance(variables, dict) or any(not isinstance(v, (str, int, float)) or isinstance(v, bool)
+                                                  for v in variables.values()):
+            errors["variables"] = ["Give the variables as an object of texts or numbers."]
+        elif template is not None:
+            missing = [name for name in template_placeholders(template) if name not in variables]
+            if missing:
+                errors["variables"] = [f"Missing: {', '.join(missing)}."]
+            else:
+                text = render_template(template.body, variables)
+                if len(text) > TEXT_MAX:
+                    errors["variables"] = [f"The rendered template is longer than {TEXT_MAX} characters."]
+        for name in ("media_id", "caption"):
+            if item.get(name):
+                errors[name] = ["Not used by a template message."]
+    else:
+        errors["type"] = [f"Unknown message type {kind!r}."]
+    if errors:
+        raise ValidationError(details=errors)
+    scheduled_at = item.get("scheduled_at")
+    if scheduled_at is not None and scheduled_at.tzinfo is None:
+        scheduled_at = scheduled_at.replace(tzinfo=timezone.utc)
+    return {"to_phone": to, "type": kind, "text": text, "media_id": media_id if kind in MEDIA_TYPES else None,
+            "caption": caption if kind in MEDIA_TYPES else None, "template_id": template_id if kind == "template" else None,
+            "variables": variables if kind == "template" else {}, "scheduled_at": scheduled_at}
+
+
+def _error(exc: AppError) -> dict:
+    return {"code": exc.code, "message": exc.message, "details": exc.details}
+
+
+def accept_messages(session, principal: Principal, client: Client, items: list[dict], *,
+                    campaign_id: str | None = None, automation_id: str | None = None,
+                    keys: list[str | None] | None = None, strict: bool = False) -> list[dict]:
+    """Queue outbound messages from ``client``: one result per item, in order, either the new
+    message (a dict of its columns; ``dump`` gives its API form) or ``{"error": {code, message,
+    details}}``. ``strict`` raises the first error instead (single sends). ``keys``
+    (messages.idempotency_key) makes a repeated item a no-op returning the first message:
+    campaigns and opt-out confirmations use it. Items are ``MessageItemSchema``-shaped dicts."""
+    from app.messages import dispatch
+
+    lookups = _Lookups(session, client.organization_id)
+    results: list = [None] * len(items)
+    rows: list[tuple[int, dict]] = []
+    for i, item in enumerate(items):
+        try:
+            rows.append((i, _columns(item, lookups)))
+        except ValidationError as exc:
+            if strict:
+                raise
+            results[i] = {"error": _error(exc)}
+    book = contacts.contacts_for_send(session, client.organization_id, [cols["to_phone"] for _, cols in rows])
+    accepted = []
+    for i, cols in rows:
+        contact_id, opted_out = book[cols["to_phone"]]
+        key = keys[i] if keys else None
+        if opted_out and not (key or "").startswith(OPT_OUT_KEY_PREFIX):
+            exc = ValidationError("This contact opted out of messages", code="contact_opted_out",
+                                  details={"to": ["The contact opted out (STOP); they receive no more messages."]})
+            if strict:
+                raise exc
+            results[i] = {"error": _error(exc)}
+            continue
+        accepted.append((i, {**cols, "contact_id": contact_id, "idempotency_key": key}))
+    if not accepted:
+        return results
+    now = utcnow()
+    plans = dispatch.plan(client, [(new_id("msg"), 0, cols["scheduled_at"]) for _, cols in accepted])
+    values = [{**cols, "id": plan.message_id, "organization_id": client.organization_id, "client_id": client.id,
+               "direction": "outbound", "from_phone": client.phone, "status": "queued", "queued_at": now,
+               "created_at": now, "updated_at": now, "scheduled_for": plan.scheduled_for,
+               "campaign_id": campaign_id, "automation_id": automation_id}
+              for (_, cols), plan in zip(accepted, plans)]
+    table = Message.__table__
+    if keys:
+        inserted = set(session.scalars(
+            pg_insert(table).on_conflict_do_nothing(
+                index_elements=[table.c.organization_id, table.c.idempotency_key],
+                index_where=table.c.idempotency_key.isnot(None)).returning(table.c.id), values))
+    else:
+        session.execute(insert(table), values)  # one executemany, no RETURNING: every value is known here
+        inserted = {v["id"] for v in values}
+    fresh = [(i, v, plan) for (i, _), v, plan in zip(accepted, values, plans) if v["id"] in inserted]
+    if len(fresh) < len(accepted):  # items whose key was used before: the first message answers
+        taken = {v["idempotency_key"]: i for (i, _), v in zip(accepted, values) if v["id"] not in inserted}
+        for m in session.scalars(select(Message).where(Message.organization_id == client.organization_id,
+                                                       Message.idempotency_key.in_(list(taken)))):
+            results[taken[m.idempotency_key]] = as_row(m)
+        dispatch.release_plans(client.id, [p for (_, _), v, p in zip(accepted, values, plans) if v["id"] not in inserted])
+    if fresh:
+        session.execute(_QUEUED_HISTORY, {"ids": [v["id"] for _, v, _ in fresh], "at": now})
+        from app.webhooks.events import emit
+
+        for i, v, _ in fresh:
+            results[i] = row = {**_BLANK, **v}
+            emit(session, client.organization_id, "message.queued", dump(row))
+        dispatch.enqueue_plans(session, [p for _, _, p in fresh])
+    return results
+
+
+_QUEUED_HISTORY = text(
+    "INSERT INTO message_status_history (organization_id, message_id, status, at, details) "
+    "SELECT organization_id, id, 'queued', :at, '{}'::jsonb FROM messages WHERE id = ANY(CAST(:ids AS text[]))")
+_BLANK = {c.key: None for c in Message.__table__.columns} | {"attempts": 0, "variables": {}}
+
+
+def as_row(message: Message) -> dict:
+    """A message as a plain dict of its columns (what ``accept_messages`` returns)."""
+    return {c.key: getattr(message, c.key) for c in Message.__table__.columns}
+
+
+def send_message(session, principal: Principal, client_id: str, *, to: str, message: str | None = None,
+                 media_id: str | None = None, template_id: str | None = None, variables: dict | None = None) -> dict:
+    """``POST /api/clients/{id}/send-message``: the v2.0 clients' call."""
+    client = client_for_send(session, principal, client_id)
+    item = {"to": to, "text": message, "media_id": media_id, "template_id": template_id, "variables": variables}
+    if media_id and not template_id:
+        item["caption"], item["text"] = message, None
+    created = accept_messages(session, principal, client, [item], strict=True)[0]
+    return {"messageId": created["id"], "id": created["id"], "status": created["status"]}
+
+
+def create_message(session, principal: Principal, *, client_id: str, **item) -> dict:
+    """``POST /api/messages``."""
+    client = client_for_send(session, principal, client_id, field="client_id")
+    return accept_messages(session, principal, client, [item], strict=True)[0]
+
+
+def create_batch(session, principal: Principal, *, client_id: str, messages: list[dict]) -> dict:
+    """``POST /api/messages/batch``: every item validated on its own; one INSERT for the accepted ones."""
+    from marshmallow import ValidationError as SchemaError
+
+    from app.messages.schemas import MessageItemSchema
+
+    client = client_for_send(session, principal, client_id, field="client_id")
+    schema = MessageItemSchema()
+    items: list[dict | None] = []
+    errors: dict[int, dict] = {}
+    for i, raw in enumerate(messages):
+        try:
+            items.append(schema.load(raw))
+        except SchemaError as exc:
+            errors[i] = {"error": {"code": "validation_error", "message": "Validation failed",
+                                   "details": exc.normalized_messages()}}
+            items.append(None)
+    valid = [i for i, item in enumerate(items) if item is not None]
+    outcome = accept_messages(session, principal, client, [items[i] for i in valid])
+    results: list = [None] * len(items)
+    for i, res in zip(valid, outcome):
+        results[i] = res
+    for i, err in errors.items():
+        results[i] = err
+    return {"messages": [r if "error" in r else {"id": r["id"], "status": r["status"], "scheduled_for": r["scheduled_for"]}
+                         for r in results]}
+
+
+# ----------------------------------------------------------------------------- reading, cancelling
+
+def get_message(session, principal: Principal, message_id: str) -> Message:
+    message = get_scoped(session, Message, principal.organization_id, message_id)
+    if not principal.can_use_client(message.client_id):
+        raise NotFound("message not found")
+    return message
+
+
+_ID_MARGIN = timedelta(minutes=10)
+
+
+def _id_bound(when: datetime) -> str:
+    """The smallest ``msg_`` id minted at ``when`` (ids start with their creation time)."""
+    from app.db import _CROCKFORD
+
+    value = int(when.timestamp() * 1000) << 80
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "msg_" + "".join(reversed(chars))
+
+
+def list_messages(session, principal: Principal, *, limit: int, cursor: str | None = None,
+                  client_id: str | None = None, status: str | None = None, direction: str | None = None,
+                  contact: str | None = None, since: datetime | None = None, until: datetime | None = None) -> dict:
+    """Newest first. Each filter has an index ``(organization_id, <filter>, id DESC)``, and the time
+    range also bounds the id (ids begin with their creation time), so a page is one index range."""
+    stmt = scoped_select(Message, principal.organization_id)
+    if client_id:
+        stmt = stmt.where(Message.client_id == client_id)
+    if principal.client_ids is not None:
+        stmt = stmt.where(Message.client_id.in_(sorted(principal.client_ids)))
+    if status:
+        stmt = stmt.where(Message.status == status)
+    if direction:
+        stmt = stmt.where(Message.direction == direction)
+    if contact:
+        if contact.startswith("ctc_"):
+            contact_id = contact
+        else:
+            phone = contacts.e164(contact, "contact")
+            contact_id = session.scalar(select(Contact.id).where(Contact.organization_id == principal.organization_id,
+                                                                 Contact.phone == phone))
+        stmt = stmt.where(Message.contact_id == (contact_id or ""))
+    if since is not None:
+        stmt = stmt.where(Message.id >= _id_bound(since - _ID_MARGIN), Message.created_at >= since)
+    if until is not None:
+        stmt = stmt.where(Message.id < _id_bound(until + _ID_MARGIN), Message.created_at < until)
+    return paginate(session, stmt, Message.id, limit=limit, cursor=cursor)
+
+
+def cancel_message(session, principal: Principal, message_id: str) -> Message:
+    """Cancel a message still ``queued`` (409 otherwise). The worker's claim fails on a cancelled
+    row, so this takes effect up to the moment of sending; its pacing slot is given back."""
+    from app.audit.service import record
+    from app.messages import dispatch
+
+    message = get_message(session, principal, message_id)
+    now = utcnow()
+    row = session.scalars(update(Message).where(Message.id == message.id, Message.status == "queued",
+                                                Message.direction == "outbound")
+                          .values(status="cancelled", cancelled_at=now, updated_at=now)
+                          .returning(Message), execution_options={"populate_existing": True}).first()
+    if row is None:
+        raise Conflict(f"Only a queued message can be cancelled; this one is {message.status}",
+                       code="message_not_cancellable", details={"status": message.status})
+    record_status(session, row, "cancelled", at=now, details={"by": principal.id or principal.kind})
+    record(session, principal, "message.cancel", target_type="message", target_id=row.id)
+    dispatch.release_reservation(row)
+    return row
+
+
+# ----------------------------------------------------------------------------- acks
+
+def apply_ack(session, client_id: str, external_id: str, status: str, error: dict | None = None,
+              at: datetime | None = None) -> Message | None:
+    """A transport's ack. None when no message has this external id (yet); statuses only move
+    forward, and a failed ack does not undo a delivery."""
+    message = session.scalars(select(Message).where(Message.client_id == client_id,
+                                                    Message.external_id == external_id,
+                                                    Message.direction == "outbound").with_for_update()).first()
+    if message is None:
+        return None
+    at = at or utcnow()
+    current = message.status
+    if current in TERMINAL:
+        return message
+    if status == "failed":
+        if RANK.get(current, 0) >= RANK["delivered"]:
+            return message
+        error = error or {}
+        message.status, message.failed_at = "failed", at
+        message.error_code = str(error.get("code") or "undelivered")[:100]
+        message.error_message = (str(error["message"])[:1000] if error.get("message") else None)
+    elif status in RANK and RANK[status] > RANK.get(current, 0):
+        message.status = status
+        for earlier in ("sent", "delivered", "read"):  # read implies delivered implies sent
+            column = TIMESTAMP_OF[earlier]
+            if getattr(message, column) is None:
+                setattr(message, column, at)
+            if earlier == status:
+                break
+    else:
+        return message  # late or repeated ack: nothing moves backwards
+    message.updated_at = utcnow()
+    session.flush()
+    record_status(session, message, message.status, at=at, details={"external_id": external_id, "ack": status})
+    return message
+
+
+# ----------------------------------------------------------------------------- inbound
+
+INBOUND_TYPES = {"text": "text", "image": "image", "video": "video", "audio": "audio", "document": "document",
+                 "sticker": "image", "voice": "audio", "ptt": "audio"}
+
+
+def _normalise_keyword(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text or "")
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return re.sub(r"[\s\W_]+$|^[\s\W_]+", "", text).casefold()
+
+
+def _keywords(session, organization_id: str) -> tuple[set[str], set[str]]:
+    """The organisation's opt-out and opt-in keywords (every language), normalised."""
+    from app.team.models import OrganizationSettings
+
+    row = session.get(OrganizationSettings, organization_id)
+    if row is None:  # the defaults live in schema.sql: create the row to get them
+        session.execute(pg_insert(OrganizationSettings).values(organization_id=organization_id)
+                        .on_conflict_do_nothing())
+        row = session.get(OrganizationSettings, organization_id)
+
+    def flat(value) -> set[str]:
+        words = value.values() if isinstance(value, dict) else [value or []]
+        return {_normalise_keyword(w) for group in words for w in (group or []) if isinstance(w, str) and w.strip()}
+
+    return flat(row.opt_out_keywords), flat(row.opt_in_keywords)
+
+
+def _store_media(session, client: Client, media: dict | None) -> str | None:
+    """Keep an inbound message's media through the media service when it offers a way to
+    (``app.media.service.store_inbound_media``); the message keeps its caption either way."""
+    if not media:
+        return None
+    try:
+        from app.media.service import store_inbound_media
+    except ImportError:
+        return None
+    try:
+        stored = store_inbound_media(session, client.organization_id, media)
+    except Exception:
+        log.warning("inbound media of client %s could not be stored", client.id, exc_info=True)
+        return None
+    return getattr(stored, "id", stored)
+
+
+def receive_inbound(session, client_id: str, payload: dict) -> Message | None:
+    """Store an inbound message once (dedupe on the transport's id), create or update its contact,
+    emit ``message.received``, and handle opt-out / opt-in keywords. None for a duplicate."""
+    client = session.get(Client, client_id)
+    if client is None or client.deleted_at is not None:
+        return None
+    try:
+        phone = contacts.e164(payload.get("from_phone"), "from")
+    except ValidationError:
+        log.warning("inbound message of client %s from an invalid number dropped", client_id)
+        return None
+    at = _parse_time(payload.get("timestamp")) or utcnow()
+    media = payload.get("media") or None
+    kind = INBOUND_TYPES.get(payload.get("type") or "text", "text")
+    text = payload.get("text")
+    if kind == "text" and not text and payload.get("type") not in (None, "text"):
+        text = f"[{payload.get('type')}]"
+    contact = contacts.touch_inbound(session, client.organization_id, phone, payload.get("contact_name"), at)
+    now = utcnow()
+    values = {"id": new_id("msg"), "organization_id": client.organization_id, "client_id": client.id,
+              "direction": "inbound", "contact_id": contact.id, "from_phone": phone, "to_phone": client.phone,
+              "type": kind, "text": text, "caption": (media or {}).get("caption"), "status": "received",
+              "external_id": payload.get("external_id") or None, "created_at": now, "updated_at": now,
+              "media_id": _store_media(session, client, media)}
+    message = session.scalars(
+        pg_insert(Message).values(**values).on_conflict_do_nothing(
+            index_elements=[Message.client_id, Message.external_id],
+            index_where=and_(Message.direction == "inbound", Message.external_id.isnot(None)))
+        .returning(Message)).first()
+    if message is None:
+        return None
+    record_status(session, message, "received", at=at)
+    _handle_keywords(session, client, contact, message)
+    return message
+
+
+def _handle_keywords(session, client: Client, contact: Contact, message: Message) -> None:
+    if message.type != "text" or not message.text or len(message.text) > 64:
+        return
+    word = _normalise_keyword(message.text)
+    opt_out, opt_in = _keywords(session, client.organization_id)
+    system = SystemPrincipal(client.organization_id)
+    if word in opt_out and not contact.opted_out:
+        contacts.set_opted_out(session, system, contact, True, source=f"inbound:{message.id}")
+        accept_messages(session, system, client, [{"to": contact.phone, "text": settings.OPT_OUT_CONFIRMATION}],
+                        keys=[OPT_OUT_KEY_PREFIX + message.id])
+    elif word in opt_in and contact.opted_out:
+        contacts.set_opted_out(session, system, contact, False, source=f"inbound:{message.id}")
+
+
+def _parse_time(value) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+parse_time = _parse_time

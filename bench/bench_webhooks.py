@@ -1,0 +1,361 @@
+"""Webhook fan-out: events/s delivered to a local receiver with 1 and with 20 endpoints, and the
+latency from an event's creation to its receipt at a steady rate (goal: p99 < 1 s at 200 events/s).
+
+    python bench/bench_webhooks.py [--events 2000] [--rate 200] [--rate20 20] [--seconds 10] [--processes 2]
+
+Uses DATABASE_URL / REDIS_URL from the environment when set (temporary organisations are created
+and deleted again; the ``webhooks`` queue of that Redis is used), otherwise starts an embedded
+Postgres and Redis in a temporary directory, like the test suite. Runs real ``webhooks`` pool
+workers (``python -m workers run --pool webhooks``) and a receiver in its own process on loopback
+(HTTP/1.1 keep-alive, answers 200 at once). Events are emitted with ``app.webhooks.events.emit``
+exactly as the product does; latency is the receipt time minus the event's ``created_at``, so it
+covers the emitting transaction's outbox, the queue, the delivery job, signing and the HTTP request
+(and the fan-out job for the 20 endpoints).
+
+Scenarios: a burst of ``--events`` events (transactions of 100) to 1 endpoint, and of a tenth of
+that to 20 endpoints (throughput: until every delivery is received); then ``--rate`` events/s to
+1 endpoint and ``--rate20`` events/s to 20 endpoints for ``--seconds`` seconds, one event per
+transaction as status changes come (latency). A last row shows emit() for an organisation with no
+endpoint: no job is enqueued at all. Rows are printed as they are measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+# ----------------------------------------------------------------------------- the receiver process
+
+
+def _receiver_main(conn) -> None:
+    """Child process: a Receiver that notes (path, latency) of every request; answers commands."""
+    from tests.webhook_receiver import Receiver
+
+    lock = threading.Lock()
+    seen: list[tuple[str, float]] = []
+
+    def probe(item) -> None:
+        created = datetime.fromisoformat(json.loads(item.body)["created_at"]).timestamp()
+        with lock:
+            seen.append((item.path, item.received_at - created))
+
+    rx = Receiver().start()
+    rx.on_request = probe
+    conn.send(rx.port)
+    while True:
+        command = conn.recv()
+        if command == "stop":
+            break
+        with lock:
+            if command == "count":
+                conn.send(len(seen))
+            elif command == "take":
+                conn.send(list(seen))
+                seen.clear()
+    rx.stop()
+
+
+class ReceiverProcess:
+    def __init__(self):
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_receiver_main, args=(child,), daemon=True)
+        self.proc.start()
+        self.port = self.conn.recv()
+        self._lock = threading.Lock()
+
+    def ask(self, command: str):
+        with self._lock:
+            self.conn.send(command)
+            return self.conn.recv()
+
+    def wait_for(self, count: int, timeout: float) -> float:
+        """Blocks until ``count`` requests arrived; returns the time.time() it saw the last one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ask("count") >= count:
+                return time.time()
+            time.sleep(0.005)
+        raise SystemExit(f"bench: only {self.ask('count')} of {count} deliveries arrived within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        try:
+            self.conn.send("stop")
+        except OSError:
+            pass
+        self.proc.join(5)
+
+
+# ----------------------------------------------------------------------------- services and workers
+
+
+def services(tmp: Path) -> tuple[str, str, list]:
+    from config import settings
+
+    cleanup = []
+    db, rd = settings.DATABASE_URL, settings.REDIS_URL
+    if not db or not rd:
+        from workers.embedded import start_postgres, start_redis, stop_redis
+
+        if not db:
+            db, server = start_postgres(tmp, database="wa_bench_webhooks")
+            cleanup.append(server)
+        if not rd:
+            rd, proc = start_redis(tmp)
+            cleanup.append(lambda: stop_redis(proc, 5))
+    return db, rd, cleanup
+
+
+def start_workers(env: dict, processes: int, threads: int) -> subprocess.Popen:
+    from app.kv import redis_client
+    from workers.middleware import live_heartbeats
+
+    before = {b["pid"] for b in live_heartbeats(redis_client(), "pool")}
+    proc = subprocess.Popen([sys.executable, "-m", "workers", "run", "--pool", "webhooks", "--processes",
+                             str(processes), "--threads", str(threads), "--shutdown-timeout-ms", "3000"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("bench: the webhooks pool exited at start")
+        fresh = [b for b in live_heartbeats(redis_client(), "pool") if b["name"] == "webhooks" and b["pid"] not in before]
+        if len(fresh) >= processes:
+            return proc
+        time.sleep(0.2)
+    raise SystemExit("bench: the webhooks pool did not start within 60 s")
+
+
+def cpu_seconds(proc: subprocess.Popen) -> float:
+    """CPU time used so far by a process and its children (the pool's worker processes)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(proc.pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
+
+
+def stop_workers(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+
+def make_org(name: str, endpoints: int, port: int) -> str:
+    from app.db import job_session, new_id
+    from app.security.principal import SystemPrincipal
+    from app.team.models import Organization
+    from app.webhooks import service
+
+    with job_session() as session:
+        org = Organization(id=new_id("org"), name=name)
+        session.add(org)
+        session.flush()
+        for i in range(endpoints):
+            service.create_webhook(session, SystemPrincipal(org.id), url=f"http://127.0.0.1:{port}/e{i}", events=["*"])
+        return org.id
+
+
+def drop_org(org_id: str) -> None:
+    from app.db import job_session
+    from app.team.models import Organization
+
+    with job_session() as session:
+        org = session.get(Organization, org_id)
+        if org is not None:
+            session.delete(org)
+
+
+def data(i: int) -> dict:
+    return {"id": f"msg_bench{i:08d}", "client_id": "cli_bench", "direction": "outbound", "to": "+14155550123",
+            "from": None, "type": "text", "text": "Your order has shipped", "status": "delivered",
+            "error": None, "created_at": "2025-01-01T00:00:00+00:00"}
+
+
+def burst(org_id: str, events: int, batch: int = 100) -> float:
+    """Emit ``events`` as fast as possible; returns the time.time() the first emit started."""
+    from app.db import job_session
+    from app.webhooks.events import emit
+
+    started = time.time()
+    for start in range(0, events, batch):
+        with job_session() as session:
+            for i in range(start, min(events, start + batch)):
+                emit(session, org_id, "message.delivered", data(i))
+    return started
+
+
+def paced(org_id: str, rate: float, seconds: float, emitters: int = 4) -> tuple[int, float]:
+    """``rate`` events/s for ``seconds``, one event per transaction; returns (events, achieved rate)."""
+    from app.db import job_session
+    from app.webhooks.events import emit
+
+    total = int(rate * seconds)
+    counter = iter(range(total))
+    lock = threading.Lock()
+    t0 = time.monotonic() + 0.2
+
+    def run() -> None:
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            wait = t0 + i / rate - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            with job_session() as session:
+                emit(session, org_id, "message.delivered", data(i))
+
+    threads = [threading.Thread(target=run) for _ in range(emitters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return total, total / (time.monotonic() - t0)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def print_row(name: str, endpoints: int, eps: float | None, dps: float | None, lat: list[float] | None,
+              cpu_ms: float | None = None) -> None:
+    def num(value, width, fmt=".0f"):
+        return f"{value:>{width}{fmt}}" if value is not None else f"{'-':>{width}}"
+
+    p50 = statistics.median(lat) * 1000 if lat else None
+    p99 = pct(lat, 99) * 1000 if lat else None
+    print(f"| {name:<42} | {endpoints:>9} | {num(eps, 8)} | {num(dps, 12)} | {num(p50, 7)} | {num(p99, 7)} | "
+          f"{num(cpu_ms, 14, '.1f')} |", flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=2000, help="events of the burst to 1 endpoint (a tenth to 20)")
+    parser.add_argument("--rate", type=float, default=200, help="events/s of the latency scenario, 1 endpoint")
+    parser.add_argument("--rate20", type=float, default=20, help="events/s of the latency scenario, 20 endpoints")
+    parser.add_argument("--seconds", type=float, default=10, help="length of the latency scenarios")
+    parser.add_argument("--processes", type=int, default=2, help="webhooks pool worker processes")
+    parser.add_argument("--threads", type=int, default=16, help="threads per worker process")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup (workers, organisations)
+
+    receiver = ReceiverProcess()  # forked before any connection exists
+    tmp = Path(tempfile.mkdtemp(prefix="wa-bench-webhooks-"))
+    from config import settings
+
+    embedded = not settings.DATABASE_URL or not settings.REDIS_URL
+    data_dir = str(tmp) if embedded else str(settings.data_dir)  # workers must share the encryption keys
+    settings.override(DATA_DIR=data_dir, WEBHOOK_ALLOW_PRIVATE=True)
+    db_url, redis_url, cleanup = services(tmp)
+    settings.override(DATABASE_URL=db_url, REDIS_URL=redis_url)
+    from app.schema import apply_schema
+
+    apply_schema(db_url)
+    import jobs  # noqa: F401  (the broker, for the outbox)
+
+    env = {**os.environ, "DATABASE_URL": db_url, "REDIS_URL": redis_url, "DATA_DIR": data_dir, "LOG_LEVEL": "WARNING",
+           "WEBHOOK_ALLOW_PRIVATE": "true", "PYTHONPATH": str(ROOT)}
+    workers = start_workers(env, args.processes, args.threads)
+    orgs = []
+    p99_goal = None
+    print(f"\nwebhooks benchmark: {args.processes} webhooks worker process(es) x {args.threads} threads, receiver on "
+          f"loopback in its own process, {'embedded' if embedded else 'configured'} Postgres/Redis, "
+          f"{os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.1f} at start\n")
+    print(f"| {'scenario':<42} | {'endpoints':>9} | {'events/s':>8} | {'deliveries/s':>12} | {'p50 ms':>7} | {'p99 ms':>7} "
+          f"| {'worker CPU ms':>14} |")
+    print(f"|{'-' * 44}|{'-' * 11}|{'-' * 10}|{'-' * 14}|{'-' * 9}|{'-' * 9}|{'-' * 16}|", flush=True)
+    try:
+        for endpoints, events in ((1, args.events), (20, max(1, args.events // 10))):
+            org_id = make_org(f"bench-webhooks-burst-{endpoints}", endpoints, receiver.port)
+            orgs.append(org_id)
+            receiver.ask("take")
+            cpu = cpu_seconds(workers)
+            started = burst(org_id, events)
+            finished = receiver.wait_for(events * endpoints, timeout=1800)
+            cpu = cpu_seconds(workers) - cpu
+            latencies = [lat for _, lat in receiver.ask("take")]
+            elapsed = finished - started
+            print_row(f"burst of {events} events (throughput)", endpoints, events / elapsed,
+                      events * endpoints / elapsed, latencies, cpu * 1000 / (events * endpoints))
+        for endpoints, rate in ((1, args.rate), (20, args.rate20)):
+            org_id = make_org(f"bench-webhooks-paced-{endpoints}", endpoints, receiver.port)
+            orgs.append(org_id)
+            receiver.ask("take")
+            cpu = cpu_seconds(workers)
+            total, achieved = paced(org_id, rate, args.seconds)
+            receiver.wait_for(total * endpoints, timeout=1800)
+            cpu = cpu_seconds(workers) - cpu
+            latencies = [lat for _, lat in receiver.ask("take")]
+            if endpoints == 1:
+                p99_goal = (rate, achieved, pct(latencies, 99))
+            print_row(f"{rate:.0f} events/s x {args.seconds:.0f} s (emitted {achieved:.0f}/s)", endpoints,
+                      achieved, achieved * endpoints, latencies, cpu * 1000 / (total * endpoints))
+        # an organisation without endpoints: emit() enqueues nothing
+        from sqlalchemy import func, select
+
+        from app.db import job_session
+        from app.models import JobOutbox
+        from app.webhooks.events import emit
+
+        org_id = make_org("bench-webhooks-silent", 0, receiver.port)
+        orgs.append(org_id)
+        n = 1000
+        started = time.perf_counter()
+        with job_session() as session:
+            for i in range(n):
+                emit(session, org_id, "message.delivered", data(i))
+            queued = session.scalar(select(func.count()).select_from(JobOutbox))
+        print_row("emit() x 1000, no endpoint (1 transaction)", 0, n / (time.perf_counter() - started), None, None)
+    finally:
+        stop_workers(workers)
+        receiver.stop()
+        if not embedded:
+            for org_id in orgs:
+                drop_org(org_id)
+        for item in cleanup:
+            if callable(item):
+                item()
+
+    print("\nworker CPU ms: CPU time of the webhooks pool processes per delivery (Postgres, Redis and the "
+          "receiver not included);\n  with the machine to itself, 2 cores / that figure bounds deliveries/s.")
+    print(f"jobs enqueued by emit() for the organisation without endpoints: {queued}")
+    rate, achieved, p99 = p99_goal
+    print(f"p99 creation -> receipt at {achieved:.0f} events/s (asked {rate:.0f}), 1 endpoint: {p99 * 1000:.0f} ms "
+          f"({'under' if p99 < 1 else 'OVER'} the 1 s goal at 200 events/s)")
+
+
+if __name__ == "__main__":
+    main()

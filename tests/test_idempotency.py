@@ -1,0 +1,158 @@
+"""Idempotency-Key on creating POSTs (app/idempotency.py)."""
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, text
+
+from app.models import IdempotencyKey, Message
+from tests import factories as f
+from tests.auth_helpers import api_key_headers, principal_headers
+
+TO = "+14155550123"
+
+
+@pytest.fixture
+def setup(session):
+    org = f.make_organization(session)
+    client_row = f.make_client(session, organization_id=org.id, status="ready")
+    return org, client_row, api_key_headers(session, org, "admin")
+
+
+def count_messages(session) -> int:
+    return session.scalar(select(func.count()).select_from(Message))
+
+
+def test_same_key_and_body_replays_the_first_response(session, client, setup):
+    org, cli, headers = setup
+    h = {**headers, "Idempotency-Key": "order-1"}
+    first = client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "hi"}, headers=h)
+    assert first.status_code == 202
+    again = client.post(f"/api/clients/{cli.id}/send-message", json={"message": "hi", "to": TO}, headers=h)
+    assert again.status_code == 202 and again.get_json() == first.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert count_messages(session) == 1
+    row = session.scalars(select(IdempotencyKey)).one()
+    assert row.status == "completed" and row.response_status == 202 and row.response_body == first.get_json()
+    assert row.expires_at - row.created_at == timedelta(hours=24)
+
+
+def test_same_key_with_another_body_or_path_is_422(session, client, setup):
+    org, cli, headers = setup
+    h = {**headers, "Idempotency-Key": "k-2"}
+    assert client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "a"}, headers=h).status_code == 202
+    r = client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "b"}, headers=h)
+    assert r.status_code == 422 and r.get_json()["error"]["code"] == "idempotency_key_reused"
+    r = client.post("/api/messages", json={"client_id": cli.id, "to": TO, "text": "a"}, headers=h)
+    assert r.status_code == 422
+    assert count_messages(session) == 1
+
+
+def test_a_failed_request_does_not_keep_the_key(session, client, setup):
+    org, cli, headers = setup
+    h = {**headers, "Idempotency-Key": "k-3"}
+    r = client.post(f"/api/clients/{cli.id}/send-message", json={"to": "nope", "message": "a"}, headers=h)
+    assert r.status_code == 422
+    r = client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "a"}, headers=h)
+    assert r.status_code == 202 and "Idempotent-Replayed" not in r.headers
+
+
+def test_while_the_first_is_in_flight_409(session, app, client, setup):
+    org, cli, headers = setup
+    from app import idempotency
+
+    path, body = f"/api/clients/{cli.id}/send-message", {"to": TO, "message": "a"}
+    key_id = session.scalar(text("SELECT id FROM api_keys ORDER BY created_at DESC LIMIT 1"))
+    with app.test_request_context(path, method="POST", json=body):
+        fingerprint = idempotency._fingerprint()
+    f.make_idempotency_key(session, organization_id=org.id, key="k-4", status="in_flight", principal_id=key_id,
+                           request_hash=fingerprint, path=path)
+    r = client.post(path, json=body, headers={**headers, "Idempotency-Key": "k-4"})
+    assert r.status_code == 409 and r.get_json()["error"]["code"] == "idempotency_in_flight"
+    assert r.headers["Retry-After"] == "1"
+    # a claim abandoned by a dead process is taken over after the in-flight timeout
+    session.execute(text("UPDATE idempotency_keys SET created_at = now() - interval '1 hour' WHERE key = 'k-4'"))
+    r = client.post(path, json=body, headers={**headers, "Idempotency-Key": "k-4"})
+    assert r.status_code == 202
+    assert count_messages(session) == 1
+
+
+def test_keys_are_per_organisation_and_caller(session, client, setup):
+    org, cli, headers = setup
+    body = {"to": TO, "message": "a"}
+    assert client.post(f"/api/clients/{cli.id}/send-message", json=body,
+                       headers={**headers, "Idempotency-Key": "shared"}).status_code == 202
+    other_org = f.make_organization(session)
+    other_cli = f.make_client(session, organization_id=other_org.id, status="ready")
+    other = api_key_headers(session, other_org, "admin")
+    assert client.post(f"/api/clients/{other_cli.id}/send-message", json=body,
+                       headers={**other, "Idempotency-Key": "shared"}).status_code == 202
+    colleague = principal_headers(session, org, "admin")
+    r = client.post(f"/api/clients/{cli.id}/send-message", json=body, headers={**colleague, "Idempotency-Key": "shared"})
+    assert r.status_code == 422
+    assert count_messages(session) == 2
+
+
+def test_an_expired_key_can_be_used_again(session, client, setup):
+    org, cli, headers = setup
+    h = {**headers, "Idempotency-Key": "k-5"}
+    first = client.post("/api/messages", json={"client_id": cli.id, "to": TO, "text": "a"}, headers=h).get_json()
+    session.execute(text("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'"))
+    second = client.post("/api/messages", json={"client_id": cli.id, "to": TO, "text": "a"}, headers=h).get_json()
+    assert second["id"] != first["id"]
+
+
+@pytest.mark.parametrize("key", ["", "has space", "x" * 256, "é"])
+def test_invalid_keys_are_422(client, setup, key):
+    org, cli, headers = setup
+    r = client.post("/api/messages", json={"client_id": cli.id, "to": TO, "text": "a"},
+                    headers={**headers, "Idempotency-Key": key})
+    assert r.status_code == 422 and "Idempotency-Key" in r.get_json()["error"]["details"]
+
+
+def test_contacts_and_batches_take_keys_too(session, client, setup):
+    org, cli, headers = setup
+    h = {**headers, "Idempotency-Key": "contact-1"}
+    a = client.post("/api/contacts", json={"phone": TO, "name": "Ann"}, headers=h)
+    b = client.post("/api/contacts", json={"phone": TO, "name": "Ann"}, headers=h)
+    assert a.status_code == b.status_code == 201 and a.get_json() == b.get_json()
+    h = {**headers, "Idempotency-Key": "batch-1"}
+    body = {"client_id": cli.id, "messages": [{"to": TO, "text": "x"}, {"to": "+14155550124", "text": "y"}]}
+    a = client.post("/api/messages/batch", json=body, headers=h)
+    b = client.post("/api/messages/batch", json=body, headers=h)
+    assert a.get_json() == b.get_json() and count_messages(session) == 2
+
+
+def test_the_header_is_documented_in_openapi(client):
+    spec = client.get("/api/openapi.json").get_json()
+    params = spec["paths"]["/api/messages"]["post"].get("parameters", [])
+    assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in params)
+
+
+@pytest.mark.workers
+def test_concurrent_duplicates_create_one_message(committed, committed_client):
+    """Real transactions: of simultaneous requests with one key, one creates, the others replay or get 409."""
+    org = f.make_organization(committed)
+    cli = f.make_client(committed, organization_id=org.id, status="ready", config={"pacing": False})
+    headers = api_key_headers(committed, org, "admin")
+    committed.commit()
+    from app import create_app
+
+    results = []
+
+    def post():
+        with create_app(TESTING=True).test_client() as c:
+            r = c.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "once"},
+                       headers={**headers, "Idempotency-Key": "race"})
+            results.append((r.status_code, r.get_json()))
+
+    threads = [threading.Thread(target=post) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(code for code, _ in results)
+    assert set(codes) <= {202, 409} and 202 in codes, results
+    ids = {body["id"] for code, body in results if code == 202}
+    assert len(ids) == 1
+    assert committed.scalar(select(func.count()).select_from(Message)) == 1

@@ -1,0 +1,432 @@
+"""Delivering to a real receiver on loopback, in this process: Standard Webhooks signatures checked
+by an independent implementation and by the ``standardwebhooks`` package, rotation double-signing,
+the retry schedule on a test clock, Retry-After, 410, the 5-day disable, redirects, timeouts, the
+delivery log, duplicate jobs, the claimer, the per-endpoint in-flight limit and cleanup."""
+from __future__ import annotations
+
+import json
+import random
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+from standardwebhooks.webhooks import Webhook as StandardWebhook, WebhookVerificationError
+
+import jobs.webhooks as webhook_jobs
+from app.audit.models import AuditLog
+from app.clients.models import BanAlert
+from app.db import utcnow
+from app.security.principal import SystemPrincipal
+from app.webhooks import delivery, service
+from app.webhooks.events import emit
+from app.webhooks.models import Webhook, WebhookDelivery, WebhookDeliveryAttempt, WebhookEvent
+from config import settings
+from tests import factories as f
+from tests.webhook_receiver import Reply, allow_private, queued_jobs, receiver, verify_signature  # noqa: F401
+
+MESSAGE = {"id": "msg_01", "client_id": "cli_01", "direction": "outbound", "to": "+14155550123",
+           "type": "text", "text": "Olá — ünïcode ✓", "status": "sent"}
+
+
+@pytest.fixture
+def org(session):
+    return f.make_organization(session)
+
+
+@pytest.fixture
+def endpoint(session, org, receiver, allow_private):
+    """An endpoint on the receiver's /hook (created through the service: a real secret)."""
+    created = service.create_webhook(session, SystemPrincipal(org.id), url=receiver.url("/hook"), events=["*"])
+    return created
+
+
+def deliver_event(session, org_id, event_type="message.sent", data=None):
+    """Emit an event (in a new transaction, as a caller would), fan it out and run each delivery's
+    first attempt, as the workers would."""
+    session.commit()
+    event = emit(session, org_id, event_type, data or MESSAGE)
+    session.flush()
+    service.fan_out(session, event.id)
+    ids = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id)).all()
+    for delivery_id in ids:
+        webhook_jobs.deliver(delivery_id, 1)
+    return event, ids
+
+
+def attempts(session, delivery_id):
+    return session.scalars(select(WebhookDeliveryAttempt).where(WebhookDeliveryAttempt.delivery_id == delivery_id)
+                           .order_by(WebhookDeliveryAttempt.id)).all()
+
+
+def fresh(session, obj):
+    session.expire_all()
+    return session.get(type(obj), obj.id)
+
+
+def attempt_with_clock(session, delivery_id, n, now, rng=None):
+    """Attempt ``n`` at time ``now`` (the test clock) against the real receiver."""
+    req = service.prepare_attempt(session, delivery_id, n, now=now)
+    assert req is not None, f"attempt {n} could not be claimed"
+    outcome = delivery.send(req.url, req.body, req.headers)
+    return service.record_attempt(session, req, outcome, now=now, rng=rng)
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def test_a_delivery_is_a_signed_standard_webhook(session, org, endpoint, receiver):
+    event, [delivery_id] = deliver_event(session, org.id)
+    [got] = receiver.requests("/hook")
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers["user-agent"].startswith("WhatsAppService-Webhooks/")
+    assert got.headers["webhook-id"] == event.id
+    assert got.json == {"id": event.id, "type": "message.sent", "created_at": event.created_at.isoformat(),
+                        "organization_id": org.id, "data": MESSAGE}
+    assert verify_signature(endpoint["secret"], got.headers, got.body), "independent implementation"
+    assert StandardWebhook(endpoint["secret"]).verify(got.body, got.headers) == got.json
+    assert not verify_signature(endpoint["secret"], got.headers, got.body.replace(b"msg_01", b"msg_02"))
+    with pytest.raises(WebhookVerificationError):
+        StandardWebhook("whsec_" + "A" * 44).verify(got.body, got.headers)
+
+    [attempt] = attempts(session, delivery_id)
+    assert (attempt.attempt, attempt.status_code, attempt.error, attempt.response_excerpt) == (1, 200, None, "ok")
+    assert attempt.duration_ms >= 0 and attempt.next_attempt_at is None
+    row = session.get(WebhookDelivery, delivery_id)
+    session.refresh(row)
+    assert row.status == "succeeded" and row.delivered_at is not None
+    hook = fresh(session, session.get(Webhook, endpoint["id"]))
+    assert hook.last_success_at is not None and hook.consecutive_failures == 0
+
+
+def test_rotation_signs_with_both_secrets_for_24_hours(session, org, endpoint, receiver):
+    principal = SystemPrincipal(org.id)
+    rotated = service.rotate_secret(session, principal, endpoint["id"])
+    old, new = endpoint["secret"], rotated["secret"]
+    deliver_event(session, org.id)
+    [got] = receiver.requests("/hook")
+    signatures = got.headers["webhook-signature"].split(" ")
+    assert len(signatures) == 2 and all(s.startswith("v1,") for s in signatures)
+    for secret in (old, new):
+        assert verify_signature(secret, got.headers, got.body)
+        assert StandardWebhook(secret).verify(got.body, got.headers)
+        one_each = [verify_signature(secret, {**got.headers, "webhook-signature": s}, got.body) for s in signatures]
+        assert sorted(one_each) == [False, True]
+
+    # 25 hours later only the new secret signs
+    later = utcnow() + timedelta(hours=25)
+    event = emit(session, org.id, "message.read", MESSAGE)
+    session.flush()
+    service.fan_out(session, event.id)
+    [delivery_id] = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id)).all()
+    attempt_with_clock(session, delivery_id, 1, later)
+    last = receiver.requests("/hook")[-1]
+    assert len(last.headers["webhook-signature"].split(" ")) == 1
+    ts = int(last.headers["webhook-timestamp"])
+    assert verify_signature(new, last.headers, last.body, now=ts)
+    assert not verify_signature(old, last.headers, last.body, now=ts)
+
+    service.cleanup(session, now=later)
+    hook = fresh(session, session.get(Webhook, endpoint["id"]))
+    assert hook.previous_secret_encrypted is None and hook.previous_secret_expires_at is None
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def test_failures_follow_the_retry_schedule_until_dead(session, org, endpoint, receiver, redis_conn):
+    receiver.always("/hook", Reply(500, body="down for maintenance"))
+    event = emit(session, org.id, "message.failed", MESSAGE)
+    session.flush()
+    service.fan_out(session, event.id)
+    [delivery_id] = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id)).all()
+    session.commit()
+    clock = utcnow()
+    rng = random.Random(7)
+    for n in range(1, delivery.MAX_ATTEMPTS + 1):
+        before = queued_jobs(redis_conn)
+        status = attempt_with_clock(session, delivery_id, n, clock, rng)
+        last = attempts(session, delivery_id)[-1]
+        assert (last.attempt, last.status_code, last.error) == (n, 500, "HTTP 500")
+        assert last.response_excerpt == "down for maintenance"
+        if n == delivery.MAX_ATTEMPTS:
+            assert status == "dead" and last.next_attempt_at is None
+            break
+        assert status == "failed"
+        wait = (last.next_attempt_at - clock).total_seconds()
+        scheduled = delivery.RETRY_SCHEDULE_S[n - 1]
+        assert 0.8 * scheduled <= wait <= 1.2 * scheduled, (n, wait)
+        # nothing is due a moment before the scheduled time; at the time, the claimer sends attempt n+1
+        if wait > service.BROKER_CARRIES_S:
+            assert service.dispatch_due(session, now=last.next_attempt_at - timedelta(seconds=1)) == 0
+            assert service.dispatch_due(session, now=last.next_attempt_at) == 1
+        else:  # a short retry travels as a delayed broker message
+            assert service.dispatch_due(session, now=last.next_attempt_at) == 0
+        session.commit()
+        new = [(a, args, o) for a, args, o in queued_jobs(redis_conn) if (a, args, o) not in before]
+        assert [(a, args) for a, args, _ in new] == [("webhooks.deliver", [delivery_id, n + 1, endpoint["id"]])]
+        if wait <= service.BROKER_CARRIES_S:
+            assert new[0][2].get("eta"), "short retries wait in the broker's delay queue"
+        clock = last.next_attempt_at
+    assert receiver.count("/hook") == delivery.MAX_ATTEMPTS
+    assert len({r.headers["webhook-id"] for r in receiver.requests("/hook")}) == 1, "one id across retries"
+    assert len({r.body for r in receiver.requests("/hook")}) == 1
+    row = fresh(session, session.get(WebhookDelivery, delivery_id))
+    assert (row.status, row.attempt, row.next_attempt_at) == ("dead", 10, None)
+    hook = fresh(session, session.get(Webhook, endpoint["id"]))
+    assert hook.enabled, "3 days of retries are not 5 days of failures"
+    assert hook.consecutive_failures == 10
+
+
+def test_jitter_stays_within_20_percent():
+    for n, base in enumerate(delivery.RETRY_SCHEDULE_S, start=1):
+        delays = [delivery.next_delay(n, rng=random.Random(seed)) for seed in range(200)]
+        assert 0.8 * base <= min(delays) < max(delays) <= 1.2 * base
+    assert delivery.next_delay(delivery.MAX_ATTEMPTS) is None
+
+
+def test_retry_after_on_429_and_503_is_honoured(session, org, endpoint, receiver):
+    receiver.script("/hook", Reply(429, headers={"Retry-After": "120"}), Reply(503, headers={"Retry-After": "1"}),
+                    Reply(500, headers={"Retry-After": "7200"}))
+    _, [delivery_id] = deliver_event(session, org.id)
+    first = attempts(session, delivery_id)[-1]
+    assert first.status_code == 429
+    assert 120 <= (first.next_attempt_at - first.created_at).total_seconds() <= 121, "later than the 5 s schedule"
+
+    clock = first.next_attempt_at
+    attempt_with_clock(session, delivery_id, 2, clock)
+    second = attempts(session, delivery_id)[-1]
+    wait = (second.next_attempt_at - clock).total_seconds()
+    assert second.status_code == 503 and 0.8 * 300 <= wait <= 1.2 * 300, "Retry-After never shortens the schedule"
+
+    clock = second.next_attempt_at
+    attempt_with_clock(session, delivery_id, 3, clock)
+    third = attempts(session, delivery_id)[-1]
+    wait = (third.next_attempt_at - clock).total_seconds()
+    assert third.status_code == 500 and wait <= 1.2 * 1800, "Retry-After counts only on 429 and 503"
+
+
+def test_retry_after_as_an_http_date():
+    from email.utils import format_datetime
+
+    now = utcnow()
+    assert delivery.parse_retry_after(format_datetime(now + timedelta(seconds=90), usegmt=True), now) == pytest.approx(90, abs=1)
+    assert delivery.parse_retry_after("soon") is None and delivery.parse_retry_after(None) is None
+
+
+def test_410_gone_disables_the_endpoint_at_once(client, session, org, endpoint, receiver):
+    other_event = f.make_webhook_event(session, organization_id=org.id, type="message.read")
+    waiting = f.make_webhook_delivery(session, webhook_id=endpoint["id"], event_id=other_event.id, status="failed",
+                                      attempt=3, next_attempt_at=utcnow() + timedelta(hours=2))
+    receiver.always("/hook", Reply(410, body="gone"))
+    _, [delivery_id] = deliver_event(session, org.id)
+    hook = fresh(session, session.get(Webhook, endpoint["id"]))
+    assert (hook.enabled, hook.disabled_reason) == (False, "gone")
+    assert session.get(WebhookDelivery, delivery_id).status == "dead"
+    assert session.get(WebhookDelivery, waiting.id).status == "dead", "its waiting retries are abandoned"
+    [alert] = session.scalars(select(BanAlert).where(BanAlert.organization_id == org.id)).all()
+    assert alert.kind == "webhook_disabled" and alert.client_id is None and alert.details["webhook_id"] == hook.id
+    assert alert.details["reason"] == "gone"
+    [entry] = session.scalars(select(AuditLog).where(AuditLog.action == "webhook.disable")).all()
+    assert entry.actor_type == "system" and entry.target_id == hook.id
+
+    # new events go nowhere; re-enabling delivers nothing old by itself; redeliver does
+    _, none = deliver_event(session, org.id)
+    assert none == [] and receiver.count("/hook") == 1
+    receiver.always("/hook", Reply(204))
+    hook.enabled = True
+    hook.disabled_reason = None
+    session.flush()
+    assert service.dispatch_due(session, now=utcnow() + timedelta(days=3)) == 0
+    service.redeliver(session, SystemPrincipal(org.id), delivery_id)
+    webhook_jobs.deliver(delivery_id, 1)
+    assert receiver.count("/hook") == 2
+    assert fresh(session, session.get(WebhookDelivery, delivery_id)).status == "succeeded"
+
+
+def test_an_endpoint_failing_every_attempt_for_5_days_is_disabled(session, org, endpoint, receiver):
+    receiver.always("/hook", Reply(500))
+    t0 = utcnow()
+
+    def fail_at(when):
+        event = emit(session, org.id, "message.sent", MESSAGE)
+        session.flush()
+        service.fan_out(session, event.id)
+        [delivery_id] = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id)).all()
+        attempt_with_clock(session, delivery_id, 1, when)
+        return delivery_id
+
+    fail_at(t0)
+    fail_at(t0 + timedelta(days=4, hours=23))
+    hook = fresh(session, session.get(Webhook, endpoint["id"]))
+    assert hook.enabled and hook.failing_since == t0 and hook.consecutive_failures == 2
+
+    last = fail_at(t0 + timedelta(days=5, seconds=1))
+    hook = fresh(session, session.get(Webhook, endpoint["id"]))
+    assert (hook.enabled, hook.disabled_reason) == (False, "failing")
+    assert session.get(WebhookDelivery, last).status == "dead"
+    [alert] = session.scalars(select(BanAlert).where(BanAlert.organization_id == org.id)).all()
+    assert alert.kind == "webhook_disabled" and alert.details["consecutive_failures"] == 3
+    assert session.scalars(select(AuditLog).where(AuditLog.action == "webhook.disable",
+                                                  AuditLog.target_id == hook.id)).all()
+
+
+def test_a_success_resets_the_failure_streak(session, org, endpoint, receiver):
+    receiver.script("/hook", Reply(500))
+    t0 = utcnow()
+    deliver_event(session, org.id)
+    assert fresh(session, session.get(Webhook, endpoint["id"])).failing_since is not None
+    event = emit(session, org.id, "message.sent", MESSAGE)
+    session.flush()
+    service.fan_out(session, event.id)
+    [delivery_id] = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id)).all()
+    attempt_with_clock(session, delivery_id, 1, t0 + timedelta(days=6))
+    hook = fresh(session, session.get(Webhook, endpoint["id"]))
+    assert hook.enabled and hook.failing_since is None and hook.consecutive_failures == 0
+
+
+def test_redirects_are_not_followed(session, org, endpoint, receiver):
+    receiver.always("/hook", Reply(302, headers={"Location": receiver.url("/elsewhere")}))
+    _, [delivery_id] = deliver_event(session, org.id)
+    assert receiver.count("/hook") == 1 and receiver.count("/elsewhere") == 0
+    [attempt] = attempts(session, delivery_id)
+    assert attempt.status_code == 302 and "redirects are not followed" in attempt.error
+    assert fresh(session, session.get(WebhookDelivery, delivery_id)).status == "failed"
+
+
+def test_the_log_keeps_the_first_2_kb_of_the_response(session, org, endpoint, receiver):
+    receiver.always("/hook", Reply(400, body="é" * 3000))
+    _, [delivery_id] = deliver_event(session, org.id)
+    [attempt] = attempts(session, delivery_id)
+    assert attempt.status_code == 400 and 1000 <= len(attempt.response_excerpt) <= 2048
+    assert attempt.response_excerpt.startswith("éé")
+
+
+def test_a_timeout_is_a_failure_with_no_status(session, org, endpoint, receiver):
+    before = settings.WEBHOOK_TIMEOUT
+    settings.override(WEBHOOK_TIMEOUT=0.3)
+    try:
+        receiver.always("/hook", Reply(200, delay_s=2))
+        _, [delivery_id] = deliver_event(session, org.id)
+    finally:
+        settings.override(WEBHOOK_TIMEOUT=before)
+    [attempt] = attempts(session, delivery_id)
+    assert attempt.status_code is None and attempt.error.startswith("timeout")
+    assert fresh(session, session.get(WebhookDelivery, delivery_id)).status == "failed"
+
+
+def test_a_connection_error_is_a_failure(session, org, allow_private):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    hook = service.create_webhook(session, SystemPrincipal(org.id), url=f"http://127.0.0.1:{port}/x", events=["*"])
+    _, [delivery_id] = deliver_event(session, org.id)
+    [attempt] = attempts(session, delivery_id)
+    assert attempt.status_code is None and "refused" in attempt.error
+    assert hook["id"] == attempt.webhook_id
+
+
+# --------------------------------------------------------------------------- jobs: once, claimer, limit
+
+
+def test_duplicate_jobs_deliver_once(session, org, endpoint, receiver):
+    _, [delivery_id] = deliver_event(session, org.id)
+    webhook_jobs.deliver(delivery_id, 1)
+    webhook_jobs.deliver(delivery_id, 1)
+    webhook_jobs.deliver(delivery_id, 2)  # a stale job of a later attempt: the delivery succeeded
+    assert receiver.count("/hook") == 1
+    assert len(attempts(session, delivery_id)) == 1
+
+
+def test_the_claimer_resends_a_lost_job_after_its_lease(session, org, endpoint, receiver, redis_conn):
+    event = emit(session, org.id, "message.sent", MESSAGE)
+    session.flush()
+    service.fan_out(session, event.id)  # its job "is lost": we never run it
+    [row] = session.scalars(select(WebhookDelivery).where(WebhookDelivery.event_id == event.id)).all()
+    now = utcnow()
+    assert service.dispatch_due(session, now=now) == 0, "leased: the job may still be on its way"
+    later = now + timedelta(seconds=service.lease_s() + 1)
+    assert service.dispatch_due(session, now=later) == 1
+    assert service.dispatch_due(session, now=later) == 0, "leased again"
+    webhook_jobs.deliver(row.id, 1)
+    assert receiver.count("/hook") == 1
+
+
+def test_the_claimer_resends_an_attempt_whose_worker_died(session, org, endpoint, receiver, redis_conn):
+    event = f.make_webhook_event(session, organization_id=org.id, type="message.sent")
+    crashed = f.make_webhook_delivery(session, webhook_id=endpoint["id"], event_id=event.id, status="delivering",
+                                      attempt=1, next_attempt_at=utcnow() - timedelta(seconds=1))
+    assert service.dispatch_due(session) == 1
+    session.commit()
+    assert ("webhooks.deliver", [crashed.id, 2, endpoint["id"]]) in [(a, args) for a, args, _ in queued_jobs(redis_conn)]
+    webhook_jobs.deliver(crashed.id, 2, endpoint["id"])
+    assert receiver.count("/hook") == 1
+    assert [a.attempt for a in attempts(session, crashed.id)] == [2]
+
+
+def test_an_endpoint_at_its_in_flight_limit_parks_the_job_until_a_slot_frees(session, org, endpoint, receiver,
+                                                                             redis_conn):
+    before = settings.WEBHOOK_MAX_IN_FLIGHT
+    settings.override(WEBHOOK_MAX_IN_FLIGHT=1)
+    try:
+        held = delivery.acquire_slot(endpoint["id"], "another job")
+        assert held and redis_conn.zcard(f"wa:whk:waiting:{endpoint['id']}") == 0
+        _, [delivery_id] = deliver_event(session, org.id)
+        webhook_jobs.deliver(delivery_id, 1, endpoint["id"])  # a duplicate parks as the same entry
+        assert receiver.count("/hook") == 0
+        parked = [json.loads(m) for m in redis_conn.zrange(f"wa:whk:waiting:{endpoint['id']}", 0, -1)]
+        assert parked == [[delivery_id, 1, endpoint["id"]]]
+        assert not [a for a, _, _ in queued_jobs(redis_conn) if a == "webhooks.deliver"], "no polling job"
+        row = fresh(session, session.get(WebhookDelivery, delivery_id))
+        assert (row.attempt, row.status) == (0, "pending"), "waiting for a slot is not an attempt"
+
+        woken = delivery.release_slot(endpoint["id"], held)  # the holder finishes: the parked job is handed back
+        assert json.loads(woken) == [delivery_id, 1, endpoint["id"]]
+        webhook_jobs.deliver(*json.loads(woken))
+        assert receiver.count("/hook") == 1
+        assert redis_conn.zcard(f"wa:whk:inflight:{endpoint['id']}") == 0
+    finally:
+        settings.override(WEBHOOK_MAX_IN_FLIGHT=before)
+
+
+def test_a_finished_attempt_wakes_the_next_parked_job(session, org, endpoint, receiver, redis_conn):
+    before = settings.WEBHOOK_MAX_IN_FLIGHT
+    settings.override(WEBHOOK_MAX_IN_FLIGHT=1)
+    try:
+        held = delivery.acquire_slot(endpoint["id"], "x")
+        _, [first] = deliver_event(session, org.id)
+        _, [second] = deliver_event(session, org.id)
+        assert receiver.count("/hook") == 0  # both parked, in arrival order
+        woken = delivery.release_slot(endpoint["id"], held)
+        assert json.loads(woken)[0] == first
+        redis_conn.delete("dramatiq:webhooks", "dramatiq:webhooks.msgs")
+        webhook_jobs.deliver(*json.loads(woken))  # a real attempt: delivers, and its release wakes "second"
+        assert receiver.count("/hook") == 1
+        assert [args for a, args, _ in queued_jobs(redis_conn) if a == "webhooks.deliver"] == [[second, 1, endpoint["id"]]]
+    finally:
+        settings.override(WEBHOOK_MAX_IN_FLIGHT=before)
+
+
+def test_cleanup_keeps_30_days_of_log(session, org, endpoint):
+    now = utcnow()
+    old = f.make_webhook_event(session, organization_id=org.id, created_at=now - timedelta(days=31))
+    recent = f.make_webhook_event(session, organization_id=org.id, created_at=now - timedelta(days=29))
+    old_attempt = f.make_webhook_delivery_attempt(
+        session, delivery_id=f.make_webhook_delivery(session, webhook_id=endpoint["id"], event_id=old.id).id)
+    recent_attempt = f.make_webhook_delivery_attempt(
+        session, delivery_id=f.make_webhook_delivery(session, webhook_id=endpoint["id"], event_id=recent.id).id)
+    ids = (old.id, old_attempt.id, recent.id, recent_attempt.id)
+    assert service.cleanup(session, now=now) >= 1
+    session.expunge_all()
+    assert session.get(WebhookEvent, ids[0]) is None and session.get(WebhookDeliveryAttempt, ids[1]) is None
+    assert session.get(WebhookEvent, ids[2]) is not None
+    assert session.get(WebhookDeliveryAttempt, ids[3]) is not None
+
+
+def test_the_envelope_is_the_same_bytes_on_every_attempt(session, org):
+    event = emit(session, org.id, "contact.opted_out", {"id": "ctc_1", "opted_out": True})
+    session.flush()
+    body = service.envelope_bytes(event)
+    assert body == service.envelope_bytes(session.get(WebhookEvent, event.id))
+    assert json.loads(body)["data"] == {"id": "ctc_1", "opted_out": True}

@@ -15,6 +15,10 @@ from workers.embedded import free_port
 
 pytestmark = pytest.mark.workers
 
+#: databases of their own, named after the suite's so that two suites on one server cannot collide
+RUN_DB = os.environ.get("TEST_DATABASE_NAME", "wa_test") + "_makerun"
+KILLED_RUN_DB = os.environ.get("TEST_DATABASE_NAME", "wa_test") + "_makerun2"
+
 
 def health(port):
     try:
@@ -73,14 +77,14 @@ def test_make_run_with_given_services_starts_everything_and_stops_cleanly(tmp_pa
     from config import settings
 
     port = free_port()
-    url = with_database(settings.DATABASE_URL, "wa_test_makerun")
+    url = with_database(settings.DATABASE_URL, RUN_DB)
     out = run_and_stop({"DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL, "DATA_DIR": str(tmp_path),
                         "PORT": str(port)}, port)
     assert f"http://127.0.0.1:{port}/api/docs" in out
     assert f"http://127.0.0.1:{port}/dashboard" in out
     admin = with_database(settings.DATABASE_URL, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS wa_test_makerun WITH (FORCE)")
+        conn.execute(f"DROP DATABASE IF EXISTS {RUN_DB} WITH (FORCE)")
 
 
 def test_make_run_embedded_keeps_data_across_runs(tmp_path):
@@ -110,7 +114,7 @@ def test_children_do_not_outlive_a_killed_make_run(tmp_path):
     from config import settings
 
     port = free_port()
-    proc = spawn(["-m", "workers", "dev"], DATABASE_URL=with_database(settings.DATABASE_URL, "wa_test_makerun2"),
+    proc = spawn(["-m", "workers", "dev"], DATABASE_URL=with_database(settings.DATABASE_URL, KILLED_RUN_DB),
                  REDIS_URL=settings.REDIS_URL, DATA_DIR=str(tmp_path), PORT=str(port))
     try:
         wait_for(lambda: (health(port) or {}).get("status") in ("ok", "degraded"), timeout=120, interval=0.5,
@@ -125,4 +129,4 @@ def test_children_do_not_outlive_a_killed_make_run(tmp_path):
         stop(proc, signal.SIGKILL)
         admin = with_database(settings.DATABASE_URL, "postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS wa_test_makerun2 WITH (FORCE)")
+            conn.execute(f"DROP DATABASE IF EXISTS {KILLED_RUN_DB} WITH (FORCE)")

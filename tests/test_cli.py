@@ -100,3 +100,57 @@ def test_dead_letters_can_be_listed_retried_and_purged(redis_conn):
     redis_conn.hset("dramatiq:default.XQ.msgs", msg.message_id, msg.encode())
     assert "purge: 1 message(s)" in run("-m", "workers", "dlq", "purge").stdout
     assert redis_conn.zcard("dramatiq:default.XQ") == 0
+
+
+def test_dead_letters_of_session_host_queues_are_listed_and_retried_on_the_shared_queue(redis_conn):
+    """Per-host queues ``sessions.<host id>`` have dead letters too, and a dead host's queue has no
+    consumer: `dlq` finds them, says whose they are, and retries them on the shared ``sessions``
+    queue (whichever host takes one forwards it to the client's live owner)."""
+    import time
+
+    import dramatiq
+
+    import jobs  # noqa: F401
+    from workers.middleware import heartbeat_key
+    from workers.session_host import HEARTBEAT_KIND
+
+    def dead_letter(queue, actor, arg):
+        msg = dramatiq.Message(queue_name=queue, actor_name=actor, args=(arg,), kwargs={}, options={})
+        redis_conn.zadd(f"dramatiq:{queue}.XQ", {msg.message_id: time.time() * 1000})
+        redis_conn.hset(f"dramatiq:{queue}.XQ.msgs", msg.message_id, msg.encode())
+        return msg
+
+    live, dead = "hostlive-11-aaaa", "hostgone-12-bbbb"
+    redis_conn.set(heartbeat_key(HEARTBEAT_KIND, live), json.dumps(
+        {"kind": HEARTBEAT_KIND, "name": live, "host_id": live, "queue": f"sessions.{live}", "host": "h", "pid": 11,
+         "sessions": []}), ex=120)
+    on_live = dead_letter(f"sessions.{live}", "sessions.send", "msg_live")
+    on_dead = dead_letter(f"sessions.{dead}", "sessions.stop", "cli_dead")
+    on_default = dead_letter("default", "system.noop", "x")
+
+    listed = run("-m", "workers", "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    entries = {e["message_id"]: e for e in map(json.loads, listed.stdout.splitlines())}
+    assert set(entries) == {on_live.message_id, on_dead.message_id, on_default.message_id}
+    assert entries[on_live.message_id] == {
+        "queue": f"sessions.{live}", "message_id": on_live.message_id, "actor": "sessions.send", "args": ["msg_live"],
+        "error": "", "host_id": live, "host_live": True, "retry_queue": "sessions"}
+    assert entries[on_dead.message_id]["host_id"] == dead and entries[on_dead.message_id]["host_live"] is False
+    assert "host_id" not in entries[on_default.message_id]
+    one = run("-m", "workers", "dlq", "list", "--queue", f"sessions.{dead}")
+    assert [json.loads(line)["message_id"] for line in one.stdout.splitlines()] == [on_dead.message_id]
+
+    retried = run("-m", "workers", "dlq", "retry", "--queue", "sessions.*")
+    assert retried.returncode == 0 and "retry: 2 message(s)" in retried.stdout, retried.stderr
+    for host in (live, dead):
+        assert redis_conn.zcard(f"dramatiq:sessions.{host}.XQ") == 0
+        assert redis_conn.llen(f"dramatiq:sessions.{host}") == 0, "nothing goes back to a host's own queue"
+    assert redis_conn.llen("dramatiq:sessions") == 2
+    requeued = [dramatiq.Message.decode(raw) for raw in redis_conn.hvals("dramatiq:sessions.msgs")]
+    assert sorted((m.queue_name, m.actor_name, tuple(m.args)) for m in requeued) == [
+        ("sessions", "sessions.send", ("msg_live",)), ("sessions", "sessions.stop", ("cli_dead",))]
+    assert redis_conn.zcard("dramatiq:default.XQ") == 1, "the pattern kept to the host queues"
+
+    dead_letter(f"sessions.{dead}", "sessions.send", "msg_again")
+    assert "purge: 2 message(s)" in run("-m", "workers", "dlq", "purge").stdout
+    assert redis_conn.zcard(f"dramatiq:sessions.{dead}.XQ") == 0 and redis_conn.zcard("dramatiq:default.XQ") == 0

@@ -267,10 +267,29 @@ def qr_matrix_from_png(png: bytes, size: int, border: int = 4) -> list[list[bool
              for col in range(size)] for row in range(size)]
 
 
+def decode_qr_png(png: bytes) -> list[str]:
+    """What a scanner reads from the image: the payloads of every QR code zxing-cpp finds in it."""
+    import zxingcpp
+
+    image = Image.open(io.BytesIO(png))
+    return [r.text for r in zxingcpp.read_barcodes(image.convert("L"), formats=zxingcpp.BarcodeFormat.QRCode)]
+
+
 def assert_png_is_qr_of(png: bytes, payload: str) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert decode_qr_png(png) == [payload], "a QR scanner reads the payload back from the PNG"
     expected = [[bool(v) for v in row] for row in segno.make_qr(payload, error="m").matrix]
     assert qr_matrix_from_png(png, len(expected)) == expected
+
+
+def test_the_qr_decoder_of_these_tests_reads_what_it_is_shown():
+    """The check above can fail: another payload, or an image without a code, do not decode to it."""
+    from app.clients.service import qr_png
+
+    assert decode_qr_png(qr_png("2@other,payload")) != ["2@sim,expected"]
+    blank = io.BytesIO()
+    Image.new("L", (200, 200), 255).save(blank, format="PNG")
+    assert decode_qr_png(blank.getvalue()) == []
 
 
 def test_qr_endpoint_json_png_and_409(client, session, org, admin):

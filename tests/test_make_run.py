@@ -3,13 +3,17 @@ process it started within 20 s, and a second run on the same DATA_DIR keeps the 
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+import urllib.error
 import urllib.request
 
 import psutil
 import psycopg
 import pytest
 
+from config import ROOT
 from tests.procs import spawn, stop, wait_for
 from workers.embedded import free_port
 
@@ -73,18 +77,70 @@ def run_and_stop(env, port, during=None):
 
 
 def test_make_run_with_given_services_starts_everything_and_stops_cleanly(tmp_path, redis_conn):
+    """Besides starting and stopping: in `make run` a client created without a transport is a sim
+    client that goes created -> starting -> qr -> ready, and while it waits for the scan the QR
+    endpoint's PNG decodes to the code shown (issue 4's first "done when")."""
     from app.schema import with_database
     from config import settings
+    from tests.test_clients import decode_qr_png
 
     port = free_port()
     url = with_database(settings.DATABASE_URL, RUN_DB)
-    out = run_and_stop({"DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL, "DATA_DIR": str(tmp_path),
-                        "PORT": str(port)}, port)
+    base = f"http://127.0.0.1:{port}"
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "app", *args, "--json"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "DATABASE_URL": url, "DATA_DIR": str(tmp_path)})
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def call(method, path, key, body=None, accept="application/json"):
+        req = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body else None,
+                                     headers={"X-API-Key": key, "Content-Type": "application/json", "Accept": accept})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.headers.get_content_type(), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers.get_content_type(), exc.read()
+
+    seen: dict = {}
+
+    def sim_client_to_ready():
+        org = cli("org", "create", "--name", "Run", "--admin-email", "run@acme.test",
+                  "--admin-password", "a long enough secret")
+        key = cli("apikey", "create", "--org", org["organization"]["id"], "--name", "run", "--role", "admin")["key"]
+        status, _, body = call("POST", "/api/clients", key, {"name": "Phone", "config": {"scan_after_ms": 5000}})
+        assert status == 201, body
+        created = json.loads(body)
+        assert (created["transport"], created["status"]) == ("sim", "created")
+        cid = created["id"]
+        assert call("POST", f"/api/clients/{cid}/start", key)[0] == 202
+
+        def qr_png():
+            status, ctype, data = call("GET", f"/api/clients/{cid}/qr", key, accept="image/png")
+            if status == 200:
+                seen["png"], seen["ctype"] = data, ctype
+            return status == 200
+
+        wait_for(qr_png, timeout=60, interval=0.2, message="the QR code of the sim client in make run")
+        seen["qr"] = json.loads(call("GET", f"/api/clients/{cid}/qr", key)[2])["qr"]
+        wait_for(lambda: json.loads(call("GET", f"/api/clients/{cid}", key)[2])["status"] == "ready", timeout=60,
+                 message="the sim client in make run to be ready")
+        with psycopg.connect(url) as conn:
+            seen["history"] = conn.execute("SELECT from_status, status FROM client_status_history "
+                                           "WHERE client_id = %s ORDER BY id", (cid,)).fetchall()
+
+    try:
+        out = run_and_stop({"DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL, "DATA_DIR": str(tmp_path),
+                            "PORT": str(port)}, port, during=sim_client_to_ready)
+    finally:
+        with psycopg.connect(with_database(settings.DATABASE_URL, "postgres"), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {RUN_DB} WITH (FORCE)")
     assert f"http://127.0.0.1:{port}/api/docs" in out
     assert f"http://127.0.0.1:{port}/dashboard" in out
-    admin = with_database(settings.DATABASE_URL, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {RUN_DB} WITH (FORCE)")
+    assert seen["history"] == [(None, "created"), ("created", "starting"), ("starting", "qr"), ("qr", "ready")]
+    assert seen["ctype"] == "image/png" and decode_qr_png(seen["png"]) == [seen["qr"]]
+    assert seen["qr"].startswith("2@sim,")
 
 
 def test_make_run_embedded_keeps_data_across_runs(tmp_path):

@@ -63,6 +63,20 @@ def test_one_host_holds_a_lease_at_a_time(session):
     assert lease_owner(session, client.id) is None
 
 
+def test_by_default_a_dead_hosts_lease_runs_out_within_30_seconds(session):
+    """Issue 4: a host that dies loses its leases within 30 s; a live one renews well before."""
+    from config import Settings
+
+    defaults = Settings.from_env({})
+    assert 0 < defaults.SESSION_LEASE_TTL <= 30
+    assert 0 < defaults.SESSION_HEARTBEAT_INTERVAL * 2 <= defaults.SESSION_LEASE_TTL, "two renewals per lease"
+    client = f.make_client(session, transport="web", status="starting")
+    claim_lease(session, client.id, client.organization_id, "host-a")  # this suite runs with the defaults
+    lasts = session.scalar(text("SELECT extract(epoch FROM lease_expires_at - heartbeat_at) FROM client_sessions "
+                                "WHERE client_id = :c"), {"c": client.id})
+    assert 0 < float(lasts) <= 30
+
+
 def test_the_claim_returns_the_saved_login(session):
     row = f.make_client_session(session, state_encrypted="sealed-state")
     claim = claim_lease(session, row.client_id, row.organization_id, "host-a")

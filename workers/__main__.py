@@ -128,36 +128,77 @@ def cmd_ping(args) -> None:
     sys.exit(0 if mine else 1)
 
 
-def _dlq_queues(args) -> list[str]:
-    return [args.queue] if args.queue else [q for p in POOLS.values() for q in p.queues]
+def _host_queues(r) -> list[str]:
+    """Every per-host session queue ``sessions.<host id>`` that has dead letters, live host or not
+    (a host that died leaves its queue behind: nobody else consumes it)."""
+    from workers.session_host import HOST_QUEUE_PREFIX
+
+    found = set()
+    for key in r.scan_iter(match=f"dramatiq:{HOST_QUEUE_PREFIX}*.XQ", count=500):
+        name = key.decode() if isinstance(key, bytes) else key
+        found.add(name[len("dramatiq:"):-len(".XQ")])
+    return sorted(found)
+
+
+def _dlq_queues(r, args) -> list[str]:
+    """The pools' queues and the per-host session queues, or those ``--queue`` names (an exact
+    name, or a pattern such as ``sessions.*``)."""
+    import fnmatch
+
+    known = [q for p in POOLS.values() for q in p.queues] + _host_queues(r)
+    if not args.queue:
+        return known
+    if any(c in args.queue for c in "*?["):
+        return [q for q in known if fnmatch.fnmatchcase(q, args.queue)]
+    return [args.queue]
+
+
+def _retry_queue(queue: str) -> str:
+    """Where a dead letter is enqueued again. One of a per-host queue goes to the shared
+    ``sessions`` queue: its host may be gone, and whichever host takes it forwards it to the
+    client's live owner (``sessions.start`` / ``stop`` / ``logout``) or hands the message back
+    to the pipeline (``sessions.send``), which routes it to the owner of the moment."""
+    from workers.session_host import HOST_QUEUE_PREFIX, SESSIONS_QUEUE
+
+    return SESSIONS_QUEUE if queue.startswith(HOST_QUEUE_PREFIX) else queue
 
 
 def cmd_dlq(args) -> None:
     from dramatiq.common import xq_name
 
     from app.kv import redis_client
+    from workers.middleware import live_heartbeats
+    from workers.session_host import HEARTBEAT_KIND, HOST_QUEUE_PREFIX
 
     r = redis_client()
+    live_host_queues = {b.get("queue") for b in live_heartbeats(r, HEARTBEAT_KIND)}
     total = 0
-    for queue in _dlq_queues(args):
+    for queue in _dlq_queues(r, args):
         xq = f"dramatiq:{xq_name(queue)}"
         ids = [i.decode() for i in r.zrange(xq, 0, -1)]
         msgs = r.hmget(f"{xq}.msgs", ids) if ids else []
         for mid, raw in zip(ids, msgs):
-            if raw is None:
+            if raw is None:  # its body expired (dead_message_ttl): only the id is left
+                if args.action != "list":
+                    r.zrem(xq, mid)
                 continue
             total += 1
             data = json.loads(raw)
             if args.action == "list":
-                print(json.dumps({"queue": queue, "message_id": mid, "actor": data.get("actor_name"),
-                                  "args": data.get("args"), "error": data.get("options", {}).get("traceback", "")[-300:]}))
+                entry = {"queue": queue, "message_id": mid, "actor": data.get("actor_name"),
+                         "args": data.get("args"), "error": data.get("options", {}).get("traceback", "")[-300:]}
+                if queue.startswith(HOST_QUEUE_PREFIX):
+                    entry["host_id"] = queue[len(HOST_QUEUE_PREFIX):]
+                    entry["host_live"] = queue in live_host_queues
+                    entry["retry_queue"] = _retry_queue(queue)
+                print(json.dumps(entry))
             elif args.action == "retry":
                 import dramatiq
 
                 import workers.broker  # noqa: F401
 
-                msg = dramatiq.Message(queue_name=queue, actor_name=data["actor_name"], args=tuple(data["args"]),
-                                       kwargs=data.get("kwargs") or {}, options={})
+                msg = dramatiq.Message(queue_name=_retry_queue(queue), actor_name=data["actor_name"],
+                                       args=tuple(data["args"]), kwargs=data.get("kwargs") or {}, options={})
                 dramatiq.get_broker().enqueue(msg)
                 r.zrem(xq, mid)
                 r.hdel(f"{xq}.msgs", mid)
@@ -189,9 +230,9 @@ def main(argv=None) -> None:
     p.add_argument("--pool")
     p.add_argument("--scheduler", action="store_true")
     p.set_defaults(func=cmd_ping)
-    p = sub.add_parser("dlq", help="dead-letter queues: list, retry or purge")
+    p = sub.add_parser("dlq", help="dead-letter queues (the pools' and every session host's): list, retry or purge")
     p.add_argument("action", choices=["list", "retry", "purge"])
-    p.add_argument("--queue")
+    p.add_argument("--queue", help="one queue (e.g. default, sessions.<host id>) or a pattern (sessions.*)")
     p.set_defaults(func=cmd_dlq)
     args = parser.parse_args(argv)
     args.func(args)

@@ -267,6 +267,26 @@ def test_an_expired_refresh_token_is_refused(client, session):
     assert resp.status_code == 401 and error_code(resp) == "refresh_token_expired"
 
 
+def test_refresh_tokens_expired_over_a_week_are_purged_hourly(session):
+    from app.auth.service import purge_expired_refresh_tokens
+    from workers.periodic import PERIODIC
+    import jobs  # noqa: F401  (declares the periodic jobs)
+
+    user = f.make_user(session)
+    live = f.make_refresh_token(session, user_id=user.id)
+    recent = f.make_refresh_token(session, user_id=user.id, expires_at=utcnow() - timedelta(days=6))
+    old = f.make_refresh_token(session, user_id=user.id, expires_at=utcnow() - timedelta(days=8),
+                               replaced_by=recent.id)
+    recent.parent_id = old.id
+    session.flush()
+    assert purge_expired_refresh_tokens(session) == 1
+    session.expire_all()
+    left = set(session.scalars(select(RefreshToken.id).where(RefreshToken.user_id == user.id)))
+    assert left == {live.id, recent.id}
+    assert session.get(RefreshToken, recent.id).parent_id is None
+    assert ("auth.purge_expired_tokens", 3600) in [(p.actor_name, p.every_s) for p in PERIODIC]
+
+
 def test_an_unknown_refresh_token_is_refused(client):
     resp = client.post("/api/auth/refresh", json={"refresh_token": "rt_made-up"})
     assert resp.status_code == 401 and error_code(resp) == "invalid_refresh_token"

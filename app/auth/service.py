@@ -306,3 +306,16 @@ def change_password(session, principal: Principal, *, current_password: str, new
 def _user_principal(user: User) -> Principal:
     return Principal(organization_id=user.organization_id, kind="user", id=user.id, role=user.role,
                      email=user.email, name=user.name)
+
+
+#: expired refresh tokens are kept this long (for the audit trail of a login), then deleted
+EXPIRED_TOKENS_KEPT = timedelta(days=7)
+
+
+def purge_expired_refresh_tokens(session, limit: int = 10_000) -> int:
+    """Delete refresh tokens that expired more than EXPIRED_TOKENS_KEPT ago (at most ``limit``)."""
+    from sqlalchemy import delete
+
+    old = (select(RefreshToken.id).where(RefreshToken.expires_at < utcnow() - EXPIRED_TOKENS_KEPT)
+           .limit(limit).scalar_subquery())
+    return session.execute(delete(RefreshToken).where(RefreshToken.id.in_(old))).rowcount

@@ -1,0 +1,17 @@
+"""Housekeeping of logins: expired refresh tokens do not pile up forever."""
+import dramatiq
+
+from app.auth import service
+from app.db import job_session
+from workers.periodic import every
+
+
+@dramatiq.actor(actor_name="auth.purge_expired_tokens", queue_name="default", max_retries=0, time_limit=600_000)
+def purge_expired_tokens() -> None:
+    while True:
+        with job_session() as session:
+            if service.purge_expired_refresh_tokens(session) < 10_000:
+                return
+
+
+every(3600, "auth.purge_expired_tokens")

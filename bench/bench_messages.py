@@ -10,7 +10,8 @@
 
 Postgres and Redis: DATABASE_URL / REDIS_URL when set (a database ``BENCH_DATABASE_NAME``, default
 ``wa_bench``, is recreated on that server; use a Redis database of its own), else embedded servers
-in a temporary directory. Run: ``.venv/bin/python bench/bench_messages.py`` (``make bench``).
+in a temporary directory. Run: ``.venv/bin/python bench/bench_messages.py`` (``make bench``), about four
+minutes on an idle machine; ``--quick`` makes (a)-(c) smaller; ``BENCH_ONLY=ad`` runs some parts only.
 """
 from __future__ import annotations
 
@@ -403,14 +404,25 @@ def bench_pacing(org_id: str, pool) -> dict:
     from sqlalchemy import text
 
     from app.db import job_session
+    from app.kv import redis_client
+    from app.messages.dispatch import PARKED_KEY
 
     # the whole product now: acks on the default pool, and the scheduler's feeder that hands parked
-    # messages (slots more than MESSAGE_PARK_AFTER ahead) to the broker. The earlier parts' clients are
-    # paused (their paced backlogs hold) and their acks drained first, so this part measures itself.
-    count("UPDATE clients SET paused = true RETURNING 1")
+    # messages (slots more than MESSAGE_PARK_AFTER ahead) to the broker. This part measures itself:
+    # the earlier parts' paced backlogs (days of slots) are cancelled and their jobs removed, with the
+    # messages pool stopped, and their acks drained; then a fresh messages pool starts.
+    if pool is not None:
+        procs.stop(pool)
+    count("WITH c AS (UPDATE messages SET status = 'cancelled', cancelled_at = now(), updated_at = now() "
+          "WHERE status = 'queued' RETURNING 1) SELECT count(*) FROM c")
+    r = redis_client()
+    stale = [k for pattern in ("dramatiq:messages*", "dramatiq:__acks__.*.messages*", "wa:pace:*")
+             for k in r.scan_iter(pattern)]
+    r.delete(PARKED_KEY, *stale)
     start_pool(procs, "default", 1, 8)
     drain_time("default", 0)
     procs.start("scheduler", ["-m", "workers", "scheduler"])
+    pool = start_pool(procs, "messages", POOL_PROCESSES, POOL_THREADS)
     clients = make_clients(org_id, PACED_CLIENTS, pacing=True, limits=PACED_LIMITS, name="paced")
     conn = api.connection()
     plans = []
@@ -479,7 +491,10 @@ def _cleanup(keep: dict) -> None:
 
 
 def main() -> None:
-    global api, procs
+    global api, procs, INTAKE_REQUESTS, BATCHES, E2E_MESSAGES, NOOP_JOBS
+    if "--quick" in sys.argv[1:]:  # smaller (a)-(c) for a loaded machine; (d) needs its two minutes
+        INTAKE_REQUESTS, BATCHES, E2E_MESSAGES, NOOP_JOBS = 1000, 4, 2000, 3000
+    load_at_start = os.getloadavg()[0]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     keep = prepare_environment()
     procs = Processes(keep["data_dir"])
@@ -508,66 +523,72 @@ def main() -> None:
             return False
 
     wait_until(up, 60, "the api")
-    only = os.environ.get("BENCH_ONLY", "")  # e.g. "d": run one part (debugging)
-    if only == "d":
-        pool = start_pool(procs, "messages", POOL_PROCESSES, POOL_THREADS)
-        print(bench_pacing(org_id, pool), flush=True)
-        return
+    parts = os.environ.get("BENCH_ONLY", "") or "abcd"  # e.g. BENCH_ONLY=c: run some parts (profiling)
+    intake = batch = noop = e2e = paced = None
+
+    def show(result: dict) -> None:
+        print(f"bench:     { {k: v for k, v in result.items() if k != 'pool'} }", flush=True)
+
     try:
-        print("bench: (a) single-send intake ...", flush=True)
-        intake = bench_intake(org_id)
-        print(f"bench:     { {k: v for k, v in intake.items() if k != 'pool'} }", flush=True)
-        print("bench: (b) batch intake ...", flush=True)
-        batch = bench_batch(org_id)
-        print(f"bench:     { {k: v for k, v in batch.items() if k != 'pool'} }", flush=True)
-        print("bench: (c) Dramatiq no-op ceiling ...", flush=True)
-        noop = bench_noop()
-        print(f"bench:     { {k: v for k, v in noop.items() if k != 'pool'} }", flush=True)
-        print("bench: (c) end to end over sim ...", flush=True)
-        e2e = bench_end_to_end(org_id)
-        print(f"bench:     { {k: v for k, v in e2e.items() if k != 'pool'} }", flush=True)
-        print(f"bench: (d) pacing, {PACED_CLIENTS} clients, {PACED_SECONDS} s ...", flush=True)
-        paced = bench_pacing(org_id, e2e["pool"])
-        print(f"bench:     { {k: v for k, v in paced.items() if k != 'pool'} }", flush=True)
+        if "a" in parts:
+            print("bench: (a) single-send intake ...", flush=True)
+            show(intake := bench_intake(org_id))
+        if "b" in parts:
+            print("bench: (b) batch intake ...", flush=True)
+            show(batch := bench_batch(org_id))
+        if "c" in parts:
+            print("bench: (c) Dramatiq no-op ceiling ...", flush=True)
+            show(noop := bench_noop())
+            print("bench: (c) end to end over sim ...", flush=True)
+            show(e2e := bench_end_to_end(org_id))
+        if "d" in parts:
+            print(f"bench: (d) pacing, {PACED_CLIENTS} clients, {PACED_SECONDS} s ...", flush=True)
+            show(paced := bench_pacing(org_id, e2e["pool"] if e2e else None))
     finally:
         _cleanup(keep)
 
     cores = os.cpu_count()
     pool = f"{POOL_PROCESSES} processes x {POOL_THREADS} threads"
+
     def cost(r: dict, unit: str) -> str:
         return f"; {r['cpu_ms']:.2f} ms CPU per {unit} (load avg {r['load']:.1f})"
 
-    rows = [
-        ("(a) single-send intake, API key, gunicorn 2x4 threads, "
-         f"{INTAKE_CONNECTIONS} connections, {intake['n']} sends",
-         f"{intake['rate']:.0f} sends/s, p50 {intake['p50']:.1f} ms, p99 {intake['p99']:.1f} ms" + cost(intake, "send"),
-         ">= 500/s, p99 < 50 ms"),
-        (f"(b) batch intake, {BATCHES} x {BATCH_SIZE} messages, 2 connections",
-         f"{batch['rate']:.0f} messages/s ({batch['per_batch_ms']:.0f} ms per batch)" + cost(batch, "message"),
-         ">= 5,000/s"),
-        (f"(c) end to end accepted -> sent, sim, pacing off, {e2e['sent']} messages, {pool}",
-         f"{e2e['rate']:.0f} messages/s" + cost(e2e, "message"), ">= 500/s"),
-        (f"(c) Dramatiq no-op jobs, same pool shape ({NOOP_JOBS} jobs): the ceiling",
-         f"{noop['rate']:.0f} jobs/s" + cost(noop, "job"), "-"),
-        (f"(d) pacing, {PACED_CLIENTS} clients x {PACED_BACKLOG} backlog, "
-         f"{PACED_LIMITS['per_minute']}/min, gap {PACED_LIMITS['min_gap_ms']}-{PACED_LIMITS['max_gap_ms']} ms, "
-         f"{PACED_SECONDS} s: window or gap violations", f"{paced['violations']}", "0"),
-        ("(d) share of the allowed rate used (sends / most the limits allow)",
-         f"{100 * paced['used'] / paced['allowed']:.1f}% ({paced['used']}/{paced['allowed']})", ">= 95%"),
-        ("(d) while the backlog waits: jobs held by worker threads / messages delayed in the broker, "
-         "worker CPU", f"{paced['busy']:.2f} / {paced['waiting']:.0f}, {100 * paced['cpu']:.1f}% of a core", "~0"),
-    ]
+    rows = []
+    if intake:
+        rows.append(("(a) single-send intake, API key, gunicorn 2x4 threads, "
+                     f"{INTAKE_CONNECTIONS} connections, {intake['n']} sends",
+                     f"{intake['rate']:.0f} sends/s, p50 {intake['p50']:.1f} ms, p99 {intake['p99']:.1f} ms"
+                     + cost(intake, "send"), ">= 500/s, p99 < 50 ms"))
+    if batch:
+        rows.append((f"(b) batch intake, {BATCHES} x {BATCH_SIZE} messages, 2 connections",
+                     f"{batch['rate']:.0f} messages/s ({batch['per_batch_ms']:.0f} ms per batch)"
+                     + cost(batch, "message"), ">= 5,000/s"))
+    if e2e:
+        rows.append((f"(c) end to end accepted -> sent, sim, pacing off, {e2e['sent']} messages, {pool}",
+                     f"{e2e['rate']:.0f} messages/s" + cost(e2e, "message"), ">= 500/s"))
+        rows.append((f"(c) Dramatiq no-op jobs, same pool shape ({NOOP_JOBS} jobs): the ceiling",
+                     f"{noop['rate']:.0f} jobs/s" + cost(noop, "job"), "-"))
+    if paced:
+        rows += [
+            (f"(d) pacing, {PACED_CLIENTS} clients x {PACED_BACKLOG} backlog, "
+             f"{PACED_LIMITS['per_minute']}/min, gap {PACED_LIMITS['min_gap_ms']}-{PACED_LIMITS['max_gap_ms']} ms, "
+             f"{PACED_SECONDS} s: window or gap violations", f"{paced['violations']}", "0"),
+            ("(d) share of the allowed rate used (sends / most the limits allow)",
+             f"{100 * paced['used'] / paced['allowed']:.1f}% ({paced['used']}/{paced['allowed']})", ">= 95%"),
+            ("(d) while the backlog waits: jobs held by worker threads / messages delayed in the broker, "
+             "worker CPU", f"{paced['busy']:.2f} / {paced['waiting']:.0f}, {100 * paced['cpu']:.1f}% of a core", "~0"),
+        ]
     width = max(len(r[0]) for r in rows)
     rwidth = max(len(r[1]) for r in rows)
     print()
-    print(f"Message pipeline benchmark ({cores} cores, Python {sys.version.split()[0]}). CPU is that of the "
-          "benchmark's own processes (api, workers, Postgres, Redis, load generator); the load average shows "
-          "what else the machine was running.")
+    print(f"Message pipeline benchmark ({cores} cores, Python {sys.version.split()[0]}, 1-minute load average "
+          f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). CPU is that of the benchmark's own processes (api, workers, "
+          "Postgres and Redis when embedded, load generator); the load average shows what else the machine "
+          "was running.")
     print(f"| {'measure':<{width}} | {'result':<{rwidth}} | goal |")
     print(f"|{'-' * (width + 2)}|{'-' * (rwidth + 2)}|------|")
     for name, result, goal in rows:
         print(f"| {name:<{width}} | {result:<{rwidth}} | {goal} |")
-
 
 if __name__ == "__main__":
     main()

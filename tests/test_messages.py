@@ -163,6 +163,38 @@ def test_a_body_over_the_request_limit_is_413(client, ready, headers):
     assert r.status_code == 413
 
 
+def test_text_is_up_to_4096_characters_and_one_more_is_422_not_413(client, ready, headers):
+    longest = "é" * 4096  # characters, not bytes: 8 KB of UTF-8, far under the request limit
+    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "text": longest}, headers=headers)
+    assert r.status_code == 202 and r.get_json()["text"] == longest
+    r = client.post(f"/api/clients/{ready.id}/send-message", json={"to": TO, "message": longest}, headers=headers)
+    assert r.status_code == 202
+    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "text": longest + "x"}, headers=headers)
+    assert r.status_code == 422 and "text" in r.get_json()["error"]["details"]
+    r = client.post(f"/api/clients/{ready.id}/send-message", json={"to": TO, "message": longest + "x"},
+                    headers=headers)
+    assert r.status_code == 422 and "message" in r.get_json()["error"]["details"]
+    r = client.post("/api/messages/batch", json={"client_id": ready.id, "messages": [
+        {"to": TO, "text": longest}, {"to": TO, "text": longest + "x"}]}, headers=headers)
+    first, second = r.get_json()["messages"]
+    assert r.status_code == 202 and first["status"] == "queued" and "text" in second["error"]["details"]
+
+
+@pytest.mark.parametrize("mime_type,kind", [("image/jpeg", "image"), ("video/mp4", "video"), ("audio/ogg", "audio"),
+                                            ("application/pdf", "document")])
+def test_every_media_kind_is_accepted(session, client, ready, headers, org, mime_type, kind):
+    medium = f.make_media(session, organization_id=org.id, mime_type=mime_type)
+    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "media_id": medium.id}, headers=headers)
+    assert r.status_code == 202 and r.get_json()["type"] == kind and r.get_json()["media_id"] == medium.id
+    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "type": kind, "media_id": medium.id,
+                                           "caption": "see"}, headers=headers)
+    assert r.status_code == 202 and r.get_json()["caption"] == "see"
+    processing = f.make_media(session, organization_id=org.id, mime_type=mime_type, status="processing")
+    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "type": kind, "media_id": processing.id},
+                    headers=headers)
+    assert r.status_code == 422 and "media_id" in r.get_json()["error"]["details"]
+
+
 def test_sends_to_a_client_that_is_not_ready_are_accepted_and_wait(session, client, org, headers, redis_conn):
     offline = f.make_client(session, organization_id=org.id, status="disconnected")
     paused = f.make_client(session, organization_id=org.id, status="ready", paused=True)
@@ -256,6 +288,10 @@ def test_batch_validates_each_item_and_inserts_once(session, client, ready, head
 
 
 def test_batch_limits(client, ready, headers):
+    r = client.post("/api/messages/batch", json={"client_id": ready.id, "messages": [
+        {"to": f"+1415556{i:04d}", "text": f"n{i}"} for i in range(1000)]}, headers=headers)
+    assert r.status_code == 202 and len(r.get_json()["messages"]) == 1000
+    assert all(m["status"] == "queued" for m in r.get_json()["messages"])
     r = client.post("/api/messages/batch", json={"client_id": ready.id, "messages": [{"to": TO, "text": "x"}] * 1001},
                     headers=headers)
     assert r.status_code == 422 and "messages" in r.get_json()["error"]["details"]
@@ -314,13 +350,13 @@ def test_a_page_of_100k_messages_is_an_index_range_scan(session, org, ready):
     session.execute(text("SET LOCAL session_replication_role = replica"))  # skip FK triggers: a faster fill
     session.execute(text("""
         INSERT INTO messages (id, organization_id, client_id, direction, to_phone, from_phone, type, text, status,
-                              created_at)
+                              created_at, contact_id)
         SELECT 'msg_' || lpad(to_hex(g), 26, '0'),
                CASE WHEN g % 10 < 3 THEN :org ELSE :other_org END,
                CASE WHEN g % 10 < 2 THEN :cli WHEN g % 10 = 2 THEN :second ELSE :foreign END,
                CASE WHEN g % 7 = 0 THEN 'inbound' ELSE 'outbound' END, '+14155550123', '+14155550124', 'text', 'x',
                (ARRAY['queued','sent','delivered','read','failed','sending'])[1 + g % 6],
-               now() - make_interval(secs => 100000 - g)
+               now() - make_interval(secs => 100000 - g), 'ctc_bench' || (g % 50)
         FROM generate_series(1, 100000) AS g"""),
                     {"org": org.id, "other_org": other_org.id, "cli": ready.id, "second": second.id,
                      "foreign": foreign.id})
@@ -343,10 +379,11 @@ def test_a_page_of_100k_messages_is_an_index_range_scan(session, org, ready):
         service.list_messages(session, principal, limit=50, status="failed")
         service.list_messages(session, principal, limit=50, direction="inbound",
                               since=datetime.now(timezone.utc) - timedelta(hours=3))
+        service.list_messages(session, principal, limit=50, contact="ctc_bench7")
     finally:
         event.remove(conn, "before_cursor_execute", capture)
     assert len(first["items"]) == 50 and all(m.organization_id == org.id for m in first["items"])
-    assert len(captured) == 4
+    assert len(captured) == 5
     raw = conn.connection.dbapi_connection
     for statement, params in captured:
         with raw.cursor() as cur:
@@ -427,6 +464,12 @@ def test_permanent_error_fails_at_once_with_the_transports_code(session, unpaced
     msg = session.get(Message, msg.id)
     assert (msg.status, msg.error_code, msg.error_message) == ("failed", "invalid_recipient", "no such number")
     assert service.dump(msg)["error"] == {"code": "invalid_recipient", "message": "no such number"}
+    assert msg.failed_at is not None and len(transport.sent) == 1
+    history = session.scalars(select(MessageStatusHistory.status).where(MessageStatusHistory.message_id == msg.id)
+                              .order_by(MessageStatusHistory.id)).all()
+    assert history == ["queued", "sending", "failed"]
+    failed = session.scalars(select(WebhookEvent).where(WebhookEvent.type == "message.failed")).one()
+    assert failed.payload["id"] == msg.id and failed.payload["error"]["code"] == "invalid_recipient"
 
 
 def test_transient_errors_retry_then_fail_after_the_attempts(session, unpaced):
@@ -487,6 +530,73 @@ def test_a_held_client_keeps_its_messages_queued_and_resume_sends_them_on(sessio
     session.expire_all()
     assert all(session.get(Message, m.id).scheduled_for is not None for m in msgs)
     assert len(pacing.slots(ready.id)) == 3
+
+
+@pytest.mark.parametrize("state", ["paused", "banned", "deleted"])
+def test_a_paused_banned_or_deleted_clients_messages_are_held_not_failed_and_resume(session, ready, state):
+    from app.models import Client
+
+    msgs = [queue_one(session, ready) for _ in range(2)]
+    if state == "paused":
+        ready.paused = True
+    elif state == "banned":
+        ready.status, ready.paused = "banned", True
+    else:
+        ready.deleted_at = datetime.now(timezone.utc)
+    session.flush()
+    for m in msgs:
+        assert dispatch.run_send_job(m.id) == "held"
+    assert pacing.slots(ready.id) == []
+    # long past due: the sweeper neither fails nor re-sends a held message
+    session.execute(text("UPDATE messages SET updated_at = now() - interval '1 day' WHERE client_id = :c"),
+                    {"c": ready.id})
+    assert dispatch.sweep(session, sending_timeout_s=0, lost_after_s=0)["requeued"] == 0
+    session.expire_all()
+    held = [session.get(Message, m.id) for m in msgs]
+    assert [(m.status, m.scheduled_for, m.error_code) for m in held] == [("queued", None, None)] * 2
+    if state == "deleted":  # a deleted client never sends again; its messages stay as they are
+        assert dispatch.resume_client(session, ready.id) == 0
+        assert dispatch.run_send_job(msgs[0].id) == "held"
+        return
+    cli = session.get(Client, ready.id)
+    cli.status, cli.paused = "ready", False
+    session.flush()
+    assert dispatch.resume_client(session, cli.id) == 2
+    session.flush()
+    session.expire_all()
+    assert all(session.get(Message, m.id).scheduled_for is not None for m in msgs)
+    assert dispatch.run_send_job(msgs[0].id) == "sent"
+    session.expire_all()
+    assert session.get(Message, msgs[0].id).status == "sent"
+
+
+def test_a_job_before_its_slot_waits_again_without_using_retries(session, ready, redis_conn):
+    """However often a job runs before its slot, it is deferred with a new delayed broker message
+    (no retry counted, nothing failed), and its slot does not move."""
+    from dramatiq.common import dq_name
+
+    from jobs.messages import send
+
+    first, second = queue_one(session, ready), queue_one(session, ready)
+    assert second.scheduled_for > first.scheduled_for
+    slot = second.scheduled_for
+    session.commit()  # the intake's jobs reach the broker (a savepoint here)
+    redis_conn.delete("dramatiq:messages", "dramatiq:messages.DQ", "dramatiq:messages.DQ.msgs",
+                      "dramatiq:messages.msgs")
+    pacing.set_clock(pacing.FixedClock(int(first.scheduled_for.timestamp() * 1000)))  # before the slot
+    try:
+        for _ in range(send.options["max_retries"] + 3):
+            send.fn(second.id)  # the actor's body, run early each time
+    finally:
+        pacing.set_clock(None)
+    session.expire_all()
+    row = session.get(Message, second.id)
+    assert (row.status, row.attempts, row.scheduled_for) == ("queued", 0, slot)
+    ids = redis_conn.lrange(f"dramatiq:{dq_name('messages')}", 0, -1)
+    bodies = [json.loads(b) for b in redis_conn.hmget(f"dramatiq:{dq_name('messages')}.msgs", ids)]
+    assert len(bodies) == send.options["max_retries"] + 3
+    assert all(b["args"] == [second.id] and "retries" not in b["options"] and b["options"]["eta"] > 0
+               for b in bodies)
 
 
 def test_a_message_queued_before_its_contact_opted_out_is_not_sent(session, unpaced):

@@ -75,10 +75,26 @@ def test_stop_opts_out_with_one_confirmation_and_start_reverses_it(session, clie
     assert r.status_code == 202
 
 
-@pytest.mark.parametrize("word", ["BAJA", "arrêt", "Stopp", "cancel", "Quit."])
+@pytest.mark.parametrize("word", ["STOP", "stop", "UNSUBSCRIBE", "unsubscribe", "CANCEL", "cancel", "BAJA",
+                                  "arrêt", "Stopp", "abmelden", "Sair", "Quit."])
 def test_language_variants(session, cli, word):
     inbound(session, cli, word)
     assert session.scalars(select(Contact.opted_out).where(Contact.phone == PHONE)).one() is True
+    assert len(confirmations(session, cli)) == 1 and len(events(session, "contact.opted_out")) == 1
+
+
+@pytest.mark.parametrize("word", ["ALTA", "subscribe", "Unstop"])
+def test_opt_in_language_variants(session, cli, word):
+    inbound(session, cli, "stop")
+    inbound(session, cli, word)
+    assert session.scalars(select(Contact.opted_out).where(Contact.phone == PHONE)).one() is False
+
+
+def test_words_that_are_not_keywords_change_nothing(session, cli):
+    for text in ("please stop calling me at night", "stopwatch", "start", "canceled my order"):
+        inbound(session, cli, text)
+    assert session.scalars(select(Contact.opted_out).where(Contact.phone == PHONE)).one() is False
+    assert confirmations(session, cli) == [] and events(session, "contact.opted_out") == []
 
 
 def test_keywords_are_the_organisations(session, cli):

@@ -246,3 +246,49 @@ def test_transient_faults_retry_and_permanent_ones_fail_with_the_transports_code
     body = client.get(f"/api/messages/{second.get_json()['id']}", headers=headers).get_json()
     assert body["error"]["code"] == "sim_fault" and body["attempts"] == 1
     assert network(client, headers, cli.id)["received"] == 1
+
+
+def test_a_banned_clients_waiting_messages_are_held_then_sent_once_when_it_is_ready_again(committed, committed_client,
+                                                                                          headers, run_pool):
+    client = committed_client
+    created = client.post("/api/clients", json={"name": "Banned", "transport": "sim",
+                                                "config": {"scan_after_ms": 300, **FAST_ACKS},
+                                                "limits": {"min_gap_ms": 1500, "max_gap_ms": 1500}}, headers=headers)
+    assert created.status_code == 201, created.get_json()
+    cli = created.get_json()["id"]
+    run_pool("default")
+    run_pool("messages")
+
+    def client_status():
+        return client.get(f"/api/clients/{cli}", headers=headers).get_json()["status"]
+
+    assert client.post(f"/api/clients/{cli}/start", headers=headers).status_code == 202
+    wait_for(lambda: client_status() == "ready", timeout=30, message="the client to be ready")
+    batch = client.post("/api/messages/batch", json={"client_id": cli, "messages": [
+        {"to": f"+1415555{4000 + i:04d}", "text": f"b{i}"} for i in range(4)]}, headers=headers)
+    ids = [m["id"] for m in batch.get_json()["messages"]]
+    wait_for(lambda: rows(committed, Message.id == ids[0])[0].sent_at is not None, timeout=20,
+             message="the first send")
+    assert client.post(f"/api/clients/{cli}/sim/fault", json={"type": "ban"}, headers=headers).status_code == 202
+    wait_for(lambda: client_status() == "banned", timeout=20, message="the ban")
+
+    # the others' jobs come at their slots and hold them: queued, without a slot, nothing failed
+    def held():
+        waiting = [m for m in rows(committed, Message.id.in_(ids)) if m.sent_at is None]
+        return waiting and all(m.status == "queued" and m.scheduled_for is None for m in waiting) and waiting
+
+    waiting = wait_for(held, timeout=30, message="the waiting messages to be held")
+    assert pacing.reservations(cli) == []
+    sent_before = len(ids) - len(waiting)
+    assert network(client, headers, cli)["received"] == sent_before
+
+    assert client.post(f"/api/clients/{cli}/sim/fault", json={"type": "clear"}, headers=headers).status_code == 202
+    assert client.post(f"/api/clients/{cli}/start", headers=headers).status_code == 202
+    wait_for(lambda: all(m.sent_at for m in rows(committed, Message.id.in_(ids))), timeout=40,
+             message="the held messages to be sent once the client is ready again")
+    msgs = rows(committed, Message.id.in_(ids))
+    assert all(m.error_code is None for m in msgs)
+    sending = sorted(m.sending_at for m in msgs if m.id in {w.id for w in waiting})
+    assert all(b - a >= timedelta(milliseconds=1500) for a, b in zip(sending, sending[1:])), sending
+    net = network(client, headers, cli)
+    assert (net["received"], net["duplicates"]) == (len(ids), 0)

@@ -16,6 +16,7 @@ from typing import Iterator, TypeVar
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from config import settings
@@ -53,6 +54,33 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+#: A pooled connection unused for longer than this is pinged before it is handed out (a database
+#: restart, or an idle connection dropped by a firewall, is caught there and a fresh connection
+#: used instead). One in steady use is not: that saves a round trip per transaction, which is most
+#: of a short job's cost. A connection that broke within this window fails its first statement;
+#: SQLAlchemy then invalidates the pool, and the job's retry (or the client's) gets a new one.
+PING_AFTER_IDLE_S = 5.0
+
+
+def ping_when_idle(engine: Engine, idle_s: float = PING_AFTER_IDLE_S) -> None:
+    """SQLAlchemy's ``pool_pre_ping``, but only for connections idle more than ``idle_s``."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_connection, record) -> None:
+        if dbapi_connection is not None:
+            record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection, record, proxy) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since <= idle_s:
+            return  # new, or in steady use
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # the pool discards it and checks out another
+            raise DisconnectionError(f"a pooled connection idle for {time.monotonic() - since:.0f} s is dead") from exc
+
+
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _lock = threading.Lock()
@@ -70,10 +98,10 @@ def get_engine() -> Engine:
                 sqlalchemy_url(settings.DATABASE_URL),
                 pool_size=settings.DB_POOL_SIZE,
                 max_overflow=settings.DB_POOL_SIZE,
-                pool_pre_ping=True,
                 pool_recycle=1800,
                 connect_args={"connect_timeout": 5},
             )
+            ping_when_idle(_engine)
             _engine_pid = os.getpid()
             SessionFactory.configure(bind=_engine)
         return _engine

@@ -2,7 +2,7 @@
 
 ``enqueue(session, actor, *args)`` writes a ``job_outbox`` row in the caller's transaction and
 remembers it on the session. When (and only when) that transaction commits, the job is sent to the
-broker and its row deleted. On rollback nothing is sent and the row vanishes with the rest.
+broker and its row deleted (in the background, batched). On rollback nothing is sent and the row vanishes with the rest.
 
 If the process dies between the commit and the send, the row stays behind: ``sweep()`` (run by
 the scheduler) sends every row older than ``OUTBOX_SWEEP_AFTER`` seconds. A crash between send and
@@ -10,7 +10,10 @@ delete can therefore send a job twice, which is why actors are idempotent (ARCHI
 """
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import threading
 import time
 from datetime import timedelta
 
@@ -77,19 +80,57 @@ def _send(row: dict) -> None:
     get_broker().enqueue(message, delay=delay or None)
 
 
-def _forget_sent(session: Session, ids: list[int]) -> None:
-    """Delete dispatched rows on a fresh connection (the committed session cannot run SQL)."""
-    from app.models import JobOutbox
+class _Dispatched:
+    """Ids of rows whose jobs reached the broker, deleted by a daemon thread in one statement
+    every ``FLUSH_EVERY`` seconds rather than by each transaction (which would cost every request
+    and job three more round trips). Ids lost with the process only mean the sweeper sends those
+    jobs again, which actors tolerate."""
 
+    FLUSH_EVERY = 0.5
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: dict = {}  # engine -> [id, ...]
+        self._pid: int | None = None
+
+    def add(self, engine, ids: list[int]) -> None:
+        with self._lock:
+            self._ids.setdefault(engine, []).extend(ids)
+            if self._pid != os.getpid():  # first use in this process (or a forked child)
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="outbox-dispatched", daemon=True).start()
+
+    def flush(self) -> None:
+        """Delete every id collected so far (also called at exit and by tests)."""
+        from app.models import JobOutbox
+
+        with self._lock:
+            batches, self._ids = self._ids, {}
+        for engine, ids in batches.items():
+            try:
+                with engine.connect() as conn:
+                    for i in range(0, len(ids), 5000):
+                        conn.execute(delete(JobOutbox).where(JobOutbox.id.in_(ids[i:i + 5000])))
+                    conn.commit()
+            except Exception:  # the sweeper will resend; actors are idempotent
+                log.warning("outbox: could not mark %d job(s) dispatched", len(ids), exc_info=True)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.FLUSH_EVERY)
+            self.flush()
+
+
+_dispatched = _Dispatched()
+atexit.register(_dispatched.flush)
+flush_dispatched = _dispatched.flush
+
+
+def _forget_sent(session: Session, ids: list[int]) -> None:
     bind = session.get_bind()
     if not hasattr(bind, "connect"):
         return  # a session joined to an outer transaction (the tests'): rows stay, the tests read them
-    try:
-        with bind.connect() as conn:
-            conn.execute(delete(JobOutbox).where(JobOutbox.id.in_(ids)))
-            conn.commit()
-    except Exception:  # the sweeper will resend; actors are idempotent
-        log.warning("outbox: could not mark %d job(s) dispatched", len(ids), exc_info=True)
+    _dispatched.add(bind, ids)
 
 
 @event.listens_for(Session, "after_commit")

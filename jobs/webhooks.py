@@ -5,10 +5,13 @@ attempt; ``dispatch_due`` (every 5 s) sends what the Postgres schedule says is d
 lost with a worker or with Redis; ``cleanup`` (hourly) keeps the delivery log to 30 days.
 """
 import json
+import time
+from contextlib import contextmanager
 
 import dramatiq
+from sqlalchemy.engine import Engine
 
-from app.db import job_session
+from app.db import SessionFactory, get_engine, job_session
 from app.webhooks import delivery, service
 from config import settings
 from workers.periodic import every
@@ -24,17 +27,42 @@ def fan_out(event_id: str) -> None:
         service.fan_out(session, event_id)
 
 
+#: a thread that finished an attempt runs the endpoint's next parked job itself (the slot passes
+#: straight to it), at most this many times or for this long, then hands over through the broker
+CHAIN_MAX = 100
+CHAIN_SECONDS = 5.0
+
+
+@contextmanager
+def one_statement():
+    """Where a statement that is a transaction by itself runs (the claim; a success's record).
+
+    A connection of the engine in autocommit: one round trip, no BEGIN and COMMIT around it. When
+    sessions are bound to an outer connection instead (the tests' transaction), a job session
+    joining it."""
+    get_engine()  # (re)binds the session factory in a forked worker
+    bind = SessionFactory.kw.get("bind")
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+    else:
+        with job_session() as session:
+            yield session
+
+
 @dramatiq.actor(actor_name="webhooks.deliver", queue_name="webhooks", max_retries=5, min_backoff=1000,
                 max_backoff=60_000, time_limit=int((3 * float(settings.WEBHOOK_TIMEOUT) + 60) * 1000))
 def deliver(delivery_id: str, attempt: int, webhook_id: str | None = None) -> None:
     """Attempt ``attempt`` of a delivery to endpoint ``webhook_id``.
 
     First a slot among the endpoint's ``WEBHOOK_MAX_IN_FLIGHT`` (Redis only): without one, the job
-    is parked and returns at once, freeing its thread; the attempt that releases a slot sends the
-    longest-parked job again. No retry is used up. Then the HTTP request runs between two short
-    transactions, never inside one; what happened is written whatever the endpoint did. Only our
-    own failures (database, Redis) raise, and the retried job then finds the attempt claimed or
-    not, as it was.
+    is parked and returns at once, freeing its thread. With one: the attempt (``attempt_once``),
+    then the slot passes to the endpoint's longest-parked job, which this thread runs next (up to
+    ``CHAIN_MAX`` jobs or ``CHAIN_SECONDS``; then the slot is released and that job goes back
+    through the broker). No retry is used up by waiting. Only our own failures (database, Redis)
+    raise; the retried job then finds the attempt claimed or not, as it was (no pre-ping: a
+    connection broken since its last use fails the job once, and the retry gets a new one).
     """
     if webhook_id is None:  # a job sent before webhook ids travelled with it
         with job_session() as session:
@@ -44,17 +72,43 @@ def deliver(delivery_id: str, attempt: int, webhook_id: str | None = None) -> No
     slot = delivery.acquire_slot(webhook_id, json.dumps([delivery_id, attempt, webhook_id]))
     if slot is None:
         return
+    started, chained = time.monotonic(), 0
+    job = None  # a parked job this thread took over, until its attempt is done
     try:
-        with job_session() as session:
-            request = service.prepare_attempt(session, delivery_id, attempt)
-        if request is not None:
-            outcome = delivery.send(request.url, request.body, request.headers)
-            with job_session() as session:
-                service.record_attempt(session, request, outcome)
+        attempt_once(delivery_id, attempt)
+        while chained < CHAIN_MAX and time.monotonic() - started < CHAIN_SECONDS:
+            woken = delivery.pass_slot(webhook_id, slot)
+            if woken is None:
+                slot = None  # released: nobody was waiting
+                return
+            job = json.loads(woken)
+            chained += 1
+            attempt_once(job[0], job[1])
+            job = None
+    except BaseException:
+        if job is not None:  # its wake-up is not lost with this job's failure
+            deliver.send(*job)
+        raise
     finally:
-        woken = delivery.release_slot(webhook_id, slot)
-        if woken:
-            deliver.send(*json.loads(woken))
+        if slot is not None:
+            woken = delivery.release_slot(webhook_id, slot)
+            if woken:
+                deliver.send(*json.loads(woken))
+
+
+def attempt_once(delivery_id: str, attempt: int) -> str | None:
+    """Claim, send, record: the HTTP request runs between two statements, never inside a
+    transaction. Returns the delivery's new status (None: nothing to do)."""
+    with one_statement() as conn:
+        request = service.prepare_attempt(conn, delivery_id, attempt)
+    if request is None:
+        return None
+    outcome = delivery.send(request.url, request.body, request.headers)
+    if outcome.success:
+        with one_statement() as conn:
+            return service.record_attempt(conn, request, outcome)
+    with job_session() as session:
+        return service.record_attempt(session, request, outcome)
 
 
 @dramatiq.actor(actor_name="webhooks.dispatch_due", queue_name="webhooks", max_retries=0,

@@ -5,6 +5,7 @@ from sqlalchemy import func, select
 import jobs  # noqa: F401  (registers actors)
 from app import outbox
 from app.models import JobOutbox
+from tests.procs import wait_for
 
 
 def ready(redis_conn, queue="default") -> list[bytes]:
@@ -25,8 +26,9 @@ def test_commit_enqueues_exactly_once(committed, redis_conn):
     assert len(ready(redis_conn)) == 1
     committed.commit()  # a second commit must not resend
     assert len(ready(redis_conn)) == 1
-    # dispatched rows are gone, so the sweeper finds nothing to resend
-    assert committed.scalar(select(func.count()).select_from(JobOutbox)) == 0
+    # dispatched rows are deleted in the background, batched, so the sweeper finds nothing to resend
+    wait_for(lambda: committed.scalar(select(func.count()).select_from(JobOutbox)) == 0, timeout=10,
+             message="the dispatched row to be deleted")
     assert outbox.sweep(committed, older_than_s=0) == 0
     assert len(ready(redis_conn)) == 1
 

@@ -22,6 +22,7 @@ from app.webhooks.events import emit
 from app.webhooks.models import Webhook, WebhookDelivery, WebhookDeliveryAttempt, WebhookEvent
 from config import settings
 from tests import factories as f
+from tests.auth_helpers import principal_headers
 from tests.webhook_receiver import Reply, allow_private, queued_jobs, receiver, verify_signature  # noqa: F401
 
 MESSAGE = {"id": "msg_01", "client_id": "cli_01", "direction": "outbound", "to": "+14155550123",
@@ -38,6 +39,12 @@ def endpoint(session, org, receiver, allow_private):
     """An endpoint on the receiver's /hook (created through the service: a real secret)."""
     created = service.create_webhook(session, SystemPrincipal(org.id), url=receiver.url("/hook"), events=["*"])
     return created
+
+
+def deliver_jobs_in_outbox(session) -> list:
+    from app.models import JobOutbox
+
+    return sorted(map(str, session.scalars(select(JobOutbox.args).where(JobOutbox.actor_name == "webhooks.deliver"))))
 
 
 def deliver_event(session, org_id, event_type="message.sent", data=None):
@@ -229,14 +236,21 @@ def test_410_gone_disables_the_endpoint_at_once(client, session, org, endpoint, 
     [entry] = session.scalars(select(AuditLog).where(AuditLog.action == "webhook.disable")).all()
     assert entry.actor_type == "system" and entry.target_id == hook.id
 
-    # new events go nowhere; re-enabling delivers nothing old by itself; redeliver does
+    # new events go nowhere; re-enabling (through the API) delivers nothing old by itself; redeliver does
     _, none = deliver_event(session, org.id)
     assert none == [] and receiver.count("/hook") == 1
     receiver.always("/hook", Reply(204))
-    hook.enabled = True
-    hook.disabled_reason = None
-    session.flush()
+    jobs_before = deliver_jobs_in_outbox(session)
+    resp = client.patch(f"/api/webhooks/{hook.id}", json={"enabled": True},
+                        headers=principal_headers(session, org, "admin"))
+    assert resp.status_code == 200 and resp.get_json()["enabled"] is True, resp.get_json()
+    assert resp.get_json()["disabled_reason"] is None
+    session.expire_all()
+    assert deliver_jobs_in_outbox(session) == jobs_before, "re-enabling enqueues no delivery"
     assert service.dispatch_due(session, now=utcnow() + timedelta(days=3)) == 0
+    assert {d.status for d in session.scalars(select(WebhookDelivery).where(
+        WebhookDelivery.webhook_id == hook.id)).all()} == {"dead"}
+    assert receiver.count("/hook") == 1
     service.redeliver(session, SystemPrincipal(org.id), delivery_id)
     webhook_jobs.deliver(delivery_id, 1)
     assert receiver.count("/hook") == 2
@@ -299,6 +313,8 @@ def test_the_log_keeps_the_first_2_kb_of_the_response(session, org, endpoint, re
     [attempt] = attempts(session, delivery_id)
     assert attempt.status_code == 400 and 1000 <= len(attempt.response_excerpt) <= 2048
     assert attempt.response_excerpt.startswith("éé")
+    assert attempt.error == "HTTP 400" and attempt.next_attempt_at is not None, "a 4xx is a failure, retried"
+    assert fresh(session, session.get(WebhookDelivery, delivery_id)).status == "failed"
 
 
 def test_a_timeout_is_a_failure_with_no_status(session, org, endpoint, receiver):
@@ -312,6 +328,28 @@ def test_a_timeout_is_a_failure_with_no_status(session, org, endpoint, receiver)
     [attempt] = attempts(session, delivery_id)
     assert attempt.status_code is None and attempt.error.startswith("timeout")
     assert fresh(session, session.get(WebhookDelivery, delivery_id)).status == "failed"
+
+
+def test_the_request_timeout_is_15_seconds_by_default(monkeypatch):
+    from config import SETTINGS
+
+    assert {x.name: x.default for x in SETTINGS}["WEBHOOK_TIMEOUT"] == "15"
+    seen = {}
+
+    class Pools:
+        def urlopen(self, method, url, **kwargs):
+            seen.update(kwargs)
+            raise OSError("stop here")
+
+    monkeypatch.setattr(delivery.ssrf, "thread_pool_manager", lambda: Pools())
+    before = settings.WEBHOOK_TIMEOUT
+    settings.override(WEBHOOK_TIMEOUT=15.0)
+    try:
+        delivery.send("http://hooks.example.test/x", b"{}", {})
+    finally:
+        settings.override(WEBHOOK_TIMEOUT=before)
+    assert (seen["timeout"].connect_timeout, seen["timeout"].read_timeout) == (15.0, 15.0)
+    assert seen["redirect"] is False and seen["retries"] is False
 
 
 def test_a_connection_error_is_a_failure(session, org, allow_private):
@@ -390,22 +428,92 @@ def test_an_endpoint_at_its_in_flight_limit_parks_the_job_until_a_slot_frees(ses
         settings.override(WEBHOOK_MAX_IN_FLIGHT=before)
 
 
-def test_a_finished_attempt_wakes_the_next_parked_job(session, org, endpoint, receiver, redis_conn):
+def test_a_finished_attempt_passes_its_slot_to_the_next_parked_job(session, org, endpoint, receiver, redis_conn):
     before = settings.WEBHOOK_MAX_IN_FLIGHT
     settings.override(WEBHOOK_MAX_IN_FLIGHT=1)
     try:
         held = delivery.acquire_slot(endpoint["id"], "x")
         _, [first] = deliver_event(session, org.id)
         _, [second] = deliver_event(session, org.id)
-        assert receiver.count("/hook") == 0  # both parked, in arrival order
+        _, [third] = deliver_event(session, org.id)
+        assert receiver.count("/hook") == 0  # all parked, in arrival order
         woken = delivery.release_slot(endpoint["id"], held)
         assert json.loads(woken)[0] == first
         redis_conn.delete("dramatiq:webhooks", "dramatiq:webhooks.msgs")
-        webhook_jobs.deliver(*json.loads(woken))  # a real attempt: delivers, and its release wakes "second"
-        assert receiver.count("/hook") == 1
-        assert [args for a, args, _ in queued_jobs(redis_conn) if a == "webhooks.deliver"] == [[second, 1, endpoint["id"]]]
+        webhook_jobs.deliver(*json.loads(woken))  # delivers, then runs "second" and "third" with the same slot
+        assert [json.loads(r.body)["id"] for r in receiver.requests("/hook")] == [
+            session.get(WebhookDelivery, d).event_id for d in (first, second, third)]
+        assert not [a for a, _, _ in queued_jobs(redis_conn) if a == "webhooks.deliver"], "no broker round trip"
+        assert redis_conn.zcard(f"wa:whk:inflight:{endpoint['id']}") == 0, "the slot is released at the end"
+        assert redis_conn.zcard(f"wa:whk:waiting:{endpoint['id']}") == 0
     finally:
         settings.override(WEBHOOK_MAX_IN_FLIGHT=before)
+
+
+def test_a_thread_runs_a_bounded_chain_of_parked_jobs_then_wakes_the_next_through_the_broker(
+        session, org, endpoint, receiver, redis_conn, monkeypatch):
+    before = settings.WEBHOOK_MAX_IN_FLIGHT
+    settings.override(WEBHOOK_MAX_IN_FLIGHT=1)
+    monkeypatch.setattr(webhook_jobs, "CHAIN_MAX", 1)
+    try:
+        held = delivery.acquire_slot(endpoint["id"], "x")
+        ids = [deliver_event(session, org.id)[1][0] for _ in range(3)]
+        woken = delivery.release_slot(endpoint["id"], held)
+        redis_conn.delete("dramatiq:webhooks", "dramatiq:webhooks.msgs")
+        webhook_jobs.deliver(*json.loads(woken))  # its own attempt and one parked job, no more
+        assert receiver.count("/hook") == 2
+        assert [args for a, args, _ in queued_jobs(redis_conn) if a == "webhooks.deliver"] == [[ids[2], 1, endpoint["id"]]]
+        assert redis_conn.zcard(f"wa:whk:inflight:{endpoint['id']}") == 0
+    finally:
+        settings.override(WEBHOOK_MAX_IN_FLIGHT=before)
+
+
+def test_a_failure_of_a_chained_job_sends_it_back_to_the_broker(session, org, endpoint, receiver, redis_conn,
+                                                                monkeypatch):
+    before = settings.WEBHOOK_MAX_IN_FLIGHT
+    settings.override(WEBHOOK_MAX_IN_FLIGHT=1)
+    try:
+        held = delivery.acquire_slot(endpoint["id"], "x")
+        first, second = (deliver_event(session, org.id)[1][0] for _ in range(2))
+        woken = delivery.release_slot(endpoint["id"], held)
+        redis_conn.delete("dramatiq:webhooks", "dramatiq:webhooks.msgs")
+        real = webhook_jobs.attempt_once
+
+        def database_down_for_second(delivery_id, attempt):
+            if delivery_id == second:
+                raise RuntimeError("database down")
+            return real(delivery_id, attempt)
+
+        monkeypatch.setattr(webhook_jobs, "attempt_once", database_down_for_second)
+        with pytest.raises(RuntimeError):
+            webhook_jobs.deliver(*json.loads(woken))
+        assert receiver.count("/hook") == 1
+        assert [args for a, args, _ in queued_jobs(redis_conn) if a == "webhooks.deliver"] == [[second, 1, endpoint["id"]]]
+        assert redis_conn.zcard(f"wa:whk:inflight:{endpoint['id']}") == 0
+    finally:
+        settings.override(WEBHOOK_MAX_IN_FLIGHT=before)
+
+
+def test_the_cleanup_and_the_claimer_are_scheduled():
+    from workers.periodic import PERIODIC
+
+    schedule = {p.actor_name: p.every_s for p in PERIODIC}
+    assert schedule["webhooks.cleanup"] <= 3600, "the 30-day retention is enforced at least hourly"
+    assert schedule["webhooks.dispatch_due"] <= 10
+    assert webhook_jobs.cleanup.queue_name == webhook_jobs.dispatch_due.queue_name == "webhooks"
+
+
+def test_the_cleanup_job_drops_the_log_older_than_30_days(session, org, endpoint):
+    now = utcnow()
+    old = f.make_webhook_event(session, organization_id=org.id, created_at=now - timedelta(days=30, minutes=5))
+    f.make_webhook_delivery_attempt(
+        session, delivery_id=f.make_webhook_delivery(session, webhook_id=endpoint["id"], event_id=old.id).id)
+    recent = f.make_webhook_event(session, organization_id=org.id, created_at=now - timedelta(days=29, hours=23))
+    ids = old.id, recent.id
+    webhook_jobs.cleanup()  # the actor the scheduler sends, in this process
+    session.expunge_all()
+    assert session.get(WebhookEvent, ids[0]) is None and session.get(WebhookEvent, ids[1]) is not None
+    assert not session.scalars(select(WebhookDelivery).where(WebhookDelivery.event_id == ids[0])).all()
 
 
 def test_cleanup_keeps_30_days_of_log(session, org, endpoint):
@@ -430,3 +538,33 @@ def test_the_envelope_is_the_same_bytes_on_every_attempt(session, org):
     body = service.envelope_bytes(event)
     assert body == service.envelope_bytes(session.get(WebhookEvent, event.id))
     assert json.loads(body)["data"] == {"id": "ctc_1", "opted_out": True}
+
+
+def test_a_pooled_connection_is_pinged_only_after_idling_and_a_dead_one_is_replaced(engine, monkeypatch):
+    """Deliveries take two short statements; the pool does not ping a connection in steady use (a
+    round trip saved per statement), but one idle for a while is checked and replaced if dead."""
+    import time
+
+    from sqlalchemy import create_engine, text
+
+    from app.db import ping_when_idle
+
+    pool = create_engine(engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0)
+    ping_when_idle(pool, idle_s=0.3)
+    pings = []
+    real_ping = pool.dialect.do_ping
+    monkeypatch.setattr(pool.dialect, "do_ping", lambda conn: pings.append(1) or real_ping(conn))
+    pid = lambda c: c.execute(text("SELECT pg_backend_pid()")).scalar()  # noqa: E731
+    try:
+        with pool.connect() as c:
+            first = pid(c)
+        with pool.connect() as c:
+            assert pid(c) == first and pings == [], "in steady use: reused, not pinged"
+        time.sleep(0.4)
+        with engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": first})
+        with pool.connect() as c:
+            assert pid(c) != first, "the dead connection was replaced"
+        assert pings == [1]
+    finally:
+        pool.dispose()

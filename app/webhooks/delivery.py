@@ -10,11 +10,14 @@ import email.utils
 import random
 import secrets
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import requests
+from urllib3 import Timeout
+from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError,
+                                ReadTimeoutError, SSLError)
 
 from app.webhooks import ssrf
 from config import settings
@@ -100,14 +103,15 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     blocked = ssrf.find_blocked(exc)
     if blocked is not None:
         return str(blocked)
-    if isinstance(exc, requests.ConnectTimeout):
+    # urllib3's NewConnectionError subclasses ConnectTimeoutError: a refused connection is no timeout
+    if isinstance(exc, ConnectTimeoutError) and not isinstance(exc, NewConnectionError):
         return f"timeout: no connection within {timeout:g} s"
-    if isinstance(exc, requests.Timeout):
+    if isinstance(exc, ReadTimeoutError):
         return f"timeout: no response within {timeout:g} s"
     root = _root(exc)
-    if isinstance(exc, requests.exceptions.SSLError):
+    if isinstance(exc, SSLError) or isinstance(root, ssl.SSLError):
         return f"TLS error: {str(root)[:300]}"
-    if isinstance(root, socket.gaierror) or "NameResolution" in type(root).__name__:
+    if isinstance(exc, NameResolutionError) or isinstance(root, socket.gaierror):
         return "connection error: the host name does not resolve"
     if isinstance(root, ConnectionRefusedError) or "Connection refused" in str(root):
         return "connection error: connection refused"
@@ -115,46 +119,62 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     return f"connection error: {type(root).__name__}: {text[:300]}" if text else f"connection error: {type(root).__name__}"
 
 
+#: what a request to the endpoint may raise (urllib3 wraps socket errors; a bad URL is a ValueError)
+REQUEST_ERRORS = (HTTPError, OSError, ValueError)
+
+
 def send(url: str, body: bytes, headers: dict, timeout: float | None = None) -> Outcome:
-    """POST ``body`` to ``url``. Never raises for anything the endpoint or the network does."""
+    """POST ``body`` to ``url``. Never raises for anything the endpoint or the network does.
+
+    urllib3 straight, through this thread's guarded connection pools (kept alive per host): no
+    retries, no redirects, at most ``READ_LIMIT_BYTES`` of the answer read within the timeout.
+    """
     timeout = float(settings.WEBHOOK_TIMEOUT if timeout is None else timeout)
     started = time.monotonic()
     deadline = started + timeout
     outcome = Outcome()
     try:
-        resp = ssrf.thread_session().post(url, data=body, headers=headers, timeout=(timeout, timeout),
-                                          allow_redirects=False, stream=True)
-    except requests.RequestException as exc:
+        resp = ssrf.thread_pool_manager().urlopen(
+            "POST", url, body=body, headers=headers, redirect=False, retries=False,
+            timeout=Timeout(connect=timeout, read=timeout), preload_content=False)
+    except REQUEST_ERRORS as exc:
         outcome.error = describe_error(exc, timeout)
-    except ssrf.BlockedAddress as exc:  # pragma: no cover - requests wraps it; kept for safety
-        outcome.error = str(exc)
     else:
-        with resp:
-            outcome.status_code = resp.status_code
-            raw = bytearray()
-            try:
-                for chunk in resp.iter_content(8192):
-                    raw += chunk
-                    if len(raw) >= READ_LIMIT_BYTES or time.monotonic() > deadline:
-                        break
-            except (requests.RequestException, OSError) as exc:
-                outcome.error = "reading the response failed: " + describe_error(exc, timeout)
-            if raw:
-                outcome.response_excerpt = bytes(raw[:EXCERPT_BYTES]).decode("utf-8", "replace").replace("\x00", "")
-            if not outcome.success and outcome.error is None:
-                outcome.error = _status_error(resp)
-            if resp.status_code in RETRY_AFTER_STATUSES:
-                outcome.retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        outcome.status_code = resp.status
+        raw = bytearray()
+        complete = False
+        try:
+            while True:
+                chunk = resp.read(8192)
+                if not chunk:
+                    complete = True
+                    break
+                raw += chunk
+                if len(raw) >= READ_LIMIT_BYTES or time.monotonic() > deadline:
+                    break
+        except REQUEST_ERRORS as exc:
+            outcome.error = "reading the response failed: " + describe_error(exc, timeout)
+        finally:
+            if complete:
+                resp.release_conn()  # the whole answer was read: the connection is reused
+            else:
+                resp.close()  # an answer cut short: the connection is not reusable
+        if raw:
+            outcome.response_excerpt = bytes(raw[:EXCERPT_BYTES]).decode("utf-8", "replace").replace("\x00", "")
+        if not outcome.success and outcome.error is None:
+            outcome.error = _status_error(resp.status)
+        if resp.status in RETRY_AFTER_STATUSES:
+            outcome.retry_after = parse_retry_after(resp.headers.get("Retry-After"))
     outcome.duration_ms = int((time.monotonic() - started) * 1000)
     return outcome
 
 
-def _status_error(resp: requests.Response) -> str:
-    if 300 <= resp.status_code < 400:
-        return f"HTTP {resp.status_code}: redirects are not followed"
-    if resp.status_code == 410:
+def _status_error(status: int) -> str:
+    if 300 <= status < 400:
+        return f"HTTP {status}: redirects are not followed"
+    if status == 410:
         return "HTTP 410 Gone: the endpoint is disabled"
-    return f"HTTP {resp.status_code}"
+    return f"HTTP {status}"
 
 
 # --------------------------------------------------------------------------- in-flight limit
@@ -162,9 +182,10 @@ def _status_error(resp: requests.Response) -> str:
 # A semaphore per endpoint in Redis: ``wa:whk:inflight:<id>`` holds the running attempts (a sorted
 # set of tokens scored by when they expire, so a crashed worker's slot frees itself), and
 # ``wa:whk:waiting:<id>`` the jobs that found every slot taken (a sorted set by arrival: the same
-# job parked twice is one entry). Releasing a slot hands back the longest-waiting job, which the
-# caller sends to the broker: nobody polls. A parked job whose wake-up is lost (its releaser died)
-# is sent again by the claimer when its delivery's lease runs out.
+# job parked twice is one entry). Nobody polls: a finished attempt passes its slot to the
+# longest-waiting job (``pass_slot``), which the same thread then runs (no broker round trip), or
+# releasing a slot hands back that job, which the caller sends to the broker. A parked job whose
+# wake-up is lost (its releaser died) is sent again by the claimer when its delivery's lease runs out.
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -185,6 +206,19 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 local next = redis.call('ZPOPMIN', KEYS[2])
 return next[1]
 """
+# The slot stays taken (its expiry renewed) and now belongs to the longest-waiting job, returned.
+_PASS = """
+local next = redis.call('ZPOPMIN', KEYS[2])
+if next[1] == nil then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return nil
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return next[1]
+"""
 _scripts: dict = {}
 WAITING_TTL_MS = 24 * 3600 * 1000
 
@@ -201,6 +235,11 @@ def _keys(webhook_id: str) -> list[str]:
     return [f"wa:whk:inflight:{webhook_id}", f"wa:whk:waiting:{webhook_id}"]
 
 
+def _hold_ms() -> int:
+    """How long a slot lasts if its holder dies without releasing it."""
+    return int((2 * float(settings.WEBHOOK_TIMEOUT) + 30) * 1000)
+
+
 def acquire_slot(webhook_id: str, waiter: str) -> str | None:
     """A slot among the endpoint's ``WEBHOOK_MAX_IN_FLIGHT`` (a token to release), or None when
     they are all taken: ``waiter`` (the job, serialised) is then parked until a slot is released."""
@@ -210,8 +249,7 @@ def acquire_slot(webhook_id: str, waiter: str) -> str | None:
     token = secrets.token_hex(8)
     if limit <= 0:
         return token
-    hold_ms = int((2 * float(settings.WEBHOOK_TIMEOUT) + 30) * 1000)
-    got = _script("acquire", _ACQUIRE)(keys=_keys(webhook_id), args=[limit, hold_ms, token, waiter, WAITING_TTL_MS],
+    got = _script("acquire", _ACQUIRE)(keys=_keys(webhook_id), args=[limit, _hold_ms(), token, waiter, WAITING_TTL_MS],
                                        client=redis_client())
     return token if got else None
 
@@ -223,4 +261,16 @@ def release_slot(webhook_id: str, token: str) -> str | None:
     if settings.WEBHOOK_MAX_IN_FLIGHT <= 0:
         return None
     woken = _script("release", _RELEASE)(keys=_keys(webhook_id), args=[token], client=redis_client())
+    return woken.decode() if isinstance(woken, bytes) else woken
+
+
+def pass_slot(webhook_id: str, token: str) -> str | None:
+    """The attempt holding ``token`` finished: hand the slot to the endpoint's longest-parked job
+    and return that job (the caller runs it, still holding ``token``), or, when none waits,
+    release the slot and return None. One round trip either way."""
+    from app.kv import redis_client
+
+    if settings.WEBHOOK_MAX_IN_FLIGHT <= 0:
+        return None
+    woken = _script("pass", _PASS)(keys=_keys(webhook_id), args=[token, _hold_ms()], client=redis_client())
     return woken.decode() if isinstance(woken, bytes) else woken

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import outbox
 from app.audit.service import diff, record
@@ -302,6 +301,17 @@ def fan_out(session, event_id: str, *, now: datetime | None = None) -> int:
     return create_deliveries(session, event.organization_id, event_id, hook_ids, now=now)
 
 
+# One short statement whatever the number of endpoints (two array parameters, not a VALUES list).
+_CREATE_DELIVERIES = text("""
+INSERT INTO webhook_deliveries (id, organization_id, event_id, webhook_id, status, attempt, next_attempt_at,
+                                created_at, updated_at)
+SELECT d.id, :org, :event_id, d.webhook_id, 'pending', 0, :lease_end, :now, :now
+  FROM unnest(CAST(:ids AS text[]), CAST(:hooks AS text[])) AS d(id, webhook_id)
+    ON CONFLICT (webhook_id, event_id) DO NOTHING
+RETURNING id, webhook_id
+""")
+
+
 def create_deliveries(session, organization_id: str, event_id: str, webhook_ids: list[str], *,
                       now: datetime | None = None) -> int:
     """A delivery of the event to each endpoint (none twice) and its first attempt's job, sent after
@@ -309,14 +319,9 @@ def create_deliveries(session, organization_id: str, event_id: str, webhook_ids:
     if not webhook_ids:
         return 0
     now = now or utcnow()
-    lease_end = _lease_end(now)
-    rows = [{"id": new_id("dlv"), "organization_id": organization_id, "event_id": event_id, "webhook_id": hook_id,
-             "status": "pending", "attempt": 0, "next_attempt_at": lease_end, "created_at": now, "updated_at": now}
-            for hook_id in webhook_ids]
-    table = WebhookDelivery.__table__
-    stmt = (pg_insert(table).on_conflict_do_nothing(index_elements=["webhook_id", "event_id"])
-            .returning(table.c.id, table.c.webhook_id))
-    created = session.connection().execute(stmt, rows).all()
+    created = session.execute(_CREATE_DELIVERIES, {
+        "ids": [new_id("dlv") for _ in webhook_ids], "hooks": list(webhook_ids), "org": organization_id,
+        "event_id": event_id, "lease_end": _lease_end(now), "now": now}).all()
     outbox.enqueue_many(session, "webhooks.deliver", [(delivery_id, 1, hook_id) for delivery_id, hook_id in created],
                         queue_name="webhooks")
     return len(created)
@@ -400,18 +405,26 @@ RETURNING d.organization_id, d.webhook_id, w.url, (w.enabled AND w.deleted_at IS
 """)
 
 
+_ABANDON = text("""
+UPDATE webhook_deliveries SET status = 'dead', attempt = :attempt, next_attempt_at = NULL, updated_at = :now,
+       last_error = 'the endpoint is disabled or deleted'
+ WHERE id = :id
+""")
+
+
 def prepare_attempt(session, delivery_id: str, attempt: int, *, now: datetime | None = None) -> DeliveryRequest | None:
     """Claim attempt ``attempt`` of a delivery and build its signed request; None when there is
-    nothing to do (a duplicate or stale job, a disabled or deleted endpoint)."""
+    nothing to do (a duplicate or stale job, a disabled or deleted endpoint).
+
+    ``session``: a Session, or a Connection in autocommit (the claim is one statement, atomic by
+    itself: the delivery job runs it as its own transaction)."""
     now = now or utcnow()
     row = session.execute(_CLAIM, {"id": delivery_id, "attempt": attempt, "previous": attempt - 1, "now": now,
                                    "lease_end": _lease_end(now)}).first()
     if row is None:
         return None
     if not row.active:
-        session.execute(update(D).where(D.id == delivery_id)
-                        .values(status="dead", attempt=attempt - 1, next_attempt_at=None, updated_at=now,
-                                last_error="the endpoint is disabled or deleted").execution_options(**NO_SYNC))
+        session.execute(_ABANDON, {"id": delivery_id, "attempt": attempt - 1, "now": now})
         return None
     body = _body(_envelope(row.event_id, row.event_type, row.event_created_at, row.organization_id, row.payload))
     headers = signing.request_headers(active_secrets(row, now), row.event_id, int(now.timestamp()), body)
@@ -445,7 +458,11 @@ WITH d AS (
 
 def record_attempt(session, req: DeliveryRequest, outcome: delivery.Outcome, *, now: datetime | None = None,
                    rng: random.Random | None = None) -> str:
-    """Write the attempt to the log and decide what follows; returns the delivery's new status."""
+    """Write the attempt to the log and decide what follows; returns the delivery's new status.
+
+    A success is one statement (``session`` may then be a Connection in autocommit); a failure
+    takes several (the endpoint's health, the schedule, maybe the next job and a disable) and needs
+    a Session's transaction."""
     now = now or utcnow()
     attempt_row = {"org": req.organization_id, "delivery_id": req.delivery_id, "webhook_id": req.webhook_id,
                    "attempt": req.attempt, "status_code": outcome.status_code, "duration_ms": outcome.duration_ms,

@@ -4,9 +4,9 @@ Checked twice. At registration (``check_url``) a URL must be http(s), and an IP 
 that resolves to a non-public address is refused with a clear message. At connect time, which is
 what actually protects (DNS answers change, rebinding), ``guarded_session()`` resolves the host
 itself, refuses the request when ANY resolved address is non-public, and connects to the address
-it checked; the URL's host stays in the ``Host`` header and the TLS SNI/certificate check. Proxies
-from the environment are ignored and redirects are never followed (the caller passes
-``allow_redirects=False``; a 3xx is a failed delivery).
+it checked; the URL's host stays in the ``Host`` header and the TLS SNI/certificate check. Requests
+go through urllib3 directly (``thread_pool_manager()``): no proxy, nothing from the environment,
+and redirects are never followed (the caller passes ``redirect=False``; a 3xx is a failed delivery).
 
 Non-public: unspecified, loopback, private (RFC 1918), link-local (169.254.0.0/16, cloud metadata
 at 169.254.169.254), CGNAT shared space (100.64.0.0/10), multicast, reserved and other
@@ -21,8 +21,8 @@ import socket
 import threading
 from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import certifi
+from urllib3 import PoolManager
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
@@ -160,50 +160,43 @@ class GuardedHTTPSConnectionPool(HTTPSConnectionPool):
     ConnectionCls = GuardedHTTPSConnection
 
 
-class GuardedAdapter(HTTPAdapter):
-    """A requests adapter whose every connection goes through the guard; no automatic retries."""
+class GuardedPoolManager(PoolManager):
+    """A urllib3 pool manager (a pool of keep-alive connections per host) whose every connection
+    goes through the guard. No proxy ever (a proxy would connect for us, unchecked), nothing read
+    from the environment; the caller passes ``redirect=False`` and ``retries=False``."""
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("cert_reqs", "CERT_REQUIRED")
+        kwargs.setdefault("ca_certs", certifi.where())
         super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": GuardedHTTPConnectionPool,
-                                                   "https": GuardedHTTPSConnectionPool}
-
-    def proxy_manager_for(self, proxy, **proxy_kwargs):  # a proxy would connect for us, unchecked
-        raise requests.exceptions.InvalidURL("webhook requests never go through a proxy")
+        self.pool_classes_by_scheme = {"http": GuardedHTTPConnectionPool, "https": GuardedHTTPSConnectionPool}
 
 
-def guarded_session(pool_maxsize: int = 4) -> requests.Session:
-    """A requests session for webhook deliveries (not thread-safe: one per thread)."""
-    session = requests.Session()
-    session.trust_env = False  # no proxies, netrc or CA bundles from the environment
-    adapter = GuardedAdapter(pool_connections=32, pool_maxsize=pool_maxsize)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+def guarded_pool_manager(pool_maxsize: int = 4) -> GuardedPoolManager:
+    """Connection pools for webhook deliveries: up to 32 hosts, ``pool_maxsize`` kept-alive
+    connections each."""
+    return GuardedPoolManager(num_pools=32, maxsize=pool_maxsize, block=False)
 
 
 _local = threading.local()
 
 
-def thread_session() -> requests.Session:
-    """This thread's guarded session (kept for connection reuse; rebuilt when the guard setting
-    changes, so a connection opened while private targets were allowed is never reused after)."""
+def thread_pool_manager() -> GuardedPoolManager:
+    """This thread's guarded pool manager (kept for connection reuse: a worker thread delivering to
+    the same host again reuses its connection; rebuilt when the guard setting changes, so a
+    connection opened while private targets were allowed is never reused after)."""
     key = private_allowed()
-    cached = getattr(_local, "session", None)
+    cached = getattr(_local, "pools", None)
     if cached is None or cached[0] != key:
         if cached is not None:
-            cached[1].close()
-        cached = (key, guarded_session())
-        _local.session = cached
+            cached[1].clear()
+        cached = (key, guarded_pool_manager())
+        _local.pools = cached
     return cached[1]
 
 
 def find_blocked(exc: BaseException | None) -> BlockedAddress | None:
-    """The BlockedAddress behind a requests/urllib3 exception chain, if that is what failed."""
+    """The BlockedAddress behind a urllib3 exception chain, if that is what failed."""
     seen = set()
     stack = [exc]
     while stack:

@@ -287,6 +287,35 @@ def test_batch_validates_each_item_and_inserts_once(session, client, ready, head
     assert parked and sorted(send_jobs(redis_conn) + parked) == sorted(res["id"] for res in ok)
 
 
+def test_a_batch_records_its_events_and_deliveries_in_one_statement_each(session, client, ready, headers, engine):
+    from app.models import WebhookDelivery
+
+    hook = f.make_webhook(session, organization_id=ready.organization_id, events=["message.queued"])
+    f.make_webhook(session, organization_id=ready.organization_id, events=["message.sent"])  # not this type
+    statements = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement.lstrip().upper())
+
+    conn = session.connection()
+    event.listen(conn, "before_cursor_execute", count)
+    try:
+        items = [{"to": f"+1415555{2000 + i:04d}", "text": f"n{i}"} for i in range(20)]
+        r = client.post("/api/messages/batch", json={"client_id": ready.id, "messages": items}, headers=headers)
+    finally:
+        event.remove(conn, "before_cursor_execute", count)
+    assert r.status_code == 202, r.get_json()
+    ids = sorted(m["id"] for m in r.get_json()["messages"])
+    events = session.scalars(select(WebhookEvent).where(WebhookEvent.organization_id == ready.organization_id)).all()
+    assert sorted(e.payload["id"] for e in events) == ids and {e.type for e in events} == {"message.queued"}
+    assert all(e.payload["status"] == "queued" and e.payload["client_id"] == ready.id for e in events)
+    deliveries = session.scalars(select(WebhookDelivery).where(WebhookDelivery.organization_id == ready.organization_id)).all()
+    assert sorted(d.event_id for d in deliveries) == sorted(e.id for e in events)
+    assert {d.webhook_id for d in deliveries} == {hook.id}
+    assert len([s for s in statements if s.startswith("INSERT INTO WEBHOOK_EVENTS")]) == 1
+    assert len([s for s in statements if s.startswith("INSERT INTO WEBHOOK_DELIVERIES")]) == 1
+
+
 def test_batch_limits(client, ready, headers):
     r = client.post("/api/messages/batch", json={"client_id": ready.id, "messages": [
         {"to": f"+1415556{i:04d}", "text": f"n{i}"} for i in range(1000)]}, headers=headers)

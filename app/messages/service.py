@@ -285,11 +285,11 @@ def accept_messages(session, principal: Principal, client: Client, items: list[d
         dispatch.release_plans(client.id, [p for (_, _), v, p in zip(accepted, values, plans) if v["id"] not in inserted])
     if fresh:
         session.execute(_QUEUED_HISTORY, {"ids": [v["id"] for _, v, _ in fresh], "at": now})
-        from app.webhooks.events import emit
+        from app.webhooks.events import emit_many
 
         for i, v, _ in fresh:
-            results[i] = row = {**_BLANK, **v}
-            emit(session, client.organization_id, "message.queued", dump(row))
+            results[i] = {**_BLANK, **v}
+        emit_many(session, client.organization_id, "message.queued", [dump(results[i]) for i, _, _ in fresh])
         dispatch.enqueue_plans(session, [p for _, _, p in fresh])
     return results
 

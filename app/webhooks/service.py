@@ -305,8 +305,8 @@ def fan_out(session, event_id: str, *, now: datetime | None = None) -> int:
 _CREATE_DELIVERIES = text("""
 INSERT INTO webhook_deliveries (id, organization_id, event_id, webhook_id, status, attempt, next_attempt_at,
                                 created_at, updated_at)
-SELECT d.id, :org, :event_id, d.webhook_id, 'pending', 0, :lease_end, :now, :now
-  FROM unnest(CAST(:ids AS text[]), CAST(:hooks AS text[])) AS d(id, webhook_id)
+SELECT d.id, :org, d.event_id, d.webhook_id, 'pending', 0, :lease_end, :now, :now
+  FROM unnest(CAST(:ids AS text[]), CAST(:events AS text[]), CAST(:hooks AS text[])) AS d(id, event_id, webhook_id)
     ON CONFLICT (webhook_id, event_id) DO NOTHING
 RETURNING id, webhook_id
 """)
@@ -316,12 +316,18 @@ def create_deliveries(session, organization_id: str, event_id: str, webhook_ids:
                       now: datetime | None = None) -> int:
     """A delivery of the event to each endpoint (none twice) and its first attempt's job, sent after
     commit. Called by fan_out, and by emit() itself for the usual handful of endpoints."""
-    if not webhook_ids:
+    return create_deliveries_for(session, organization_id, [(event_id, hook) for hook in webhook_ids], now=now)
+
+
+def create_deliveries_for(session, organization_id: str, pairs: list[tuple[str, str]], *,
+                          now: datetime | None = None) -> int:
+    """``create_deliveries`` for many (event id, endpoint id) pairs in one statement (emit_many)."""
+    if not pairs:
         return 0
     now = now or utcnow()
     created = session.execute(_CREATE_DELIVERIES, {
-        "ids": [new_id("dlv") for _ in webhook_ids], "hooks": list(webhook_ids), "org": organization_id,
-        "event_id": event_id, "lease_end": _lease_end(now), "now": now}).all()
+        "ids": [new_id("dlv") for _ in pairs], "events": [e for e, _ in pairs], "hooks": [h for _, h in pairs],
+        "org": organization_id, "lease_end": _lease_end(now), "now": now}).all()
     outbox.enqueue_many(session, "webhooks.deliver", [(delivery_id, 1, hook_id) for delivery_id, hook_id in created],
                         queue_name="webhooks")
     return len(created)

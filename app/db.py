@@ -6,6 +6,7 @@ organisation's id is indistinguishable from a missing one.
 """
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import threading
@@ -22,20 +23,19 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from config import settings
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_FROM_B32 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
 
 
 def new_id(prefix: str) -> str:
     """A public id: ``prefix_`` + 26 Crockford base32 chars (48-bit ms time + 80 random bits).
 
     Ids sort by creation time (columns use ``COLLATE "C"``), so "newest first" is ``ORDER BY id
-    DESC`` and a cursor is simply the last id seen.
+    DESC`` and a cursor is simply the last id seen. (Encoded with the C base32 codec: a batch of a
+    thousand messages makes three thousand ids.)
     """
     value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return f"{prefix}_{''.join(reversed(chars))}"
+    # 160 bits are 32 base32 characters; the last 26 carry the 130 low bits
+    return f"{prefix}_{base64.b32encode(value.to_bytes(20, 'big'))[6:].decode().translate(_FROM_B32)}"
 
 
 def utcnow() -> datetime:

@@ -432,7 +432,8 @@ def apply_ack(session, client_id: str, external_id: str, status: str, error: dic
     forward, and a failed ack does not undo a delivery."""
     message = session.scalars(select(Message).where(Message.client_id == client_id,
                                                     Message.external_id == external_id,
-                                                    Message.direction == "outbound").with_for_update()).first()
+                                                    Message.direction == "outbound").with_for_update()
+                              .execution_options(populate_existing=True)).first()  # the locked row, not a stale copy
     if message is None:
         return None
     at = at or utcnow()
@@ -447,13 +448,18 @@ def apply_ack(session, client_id: str, external_id: str, status: str, error: dic
         message.error_code = str(error.get("code") or "undelivered")[:100]
         message.error_message = (str(error["message"])[:1000] if error.get("message") else None)
     elif status in RANK and RANK[status] > RANK.get(current, 0):
-        message.status = status
-        for earlier in ("sent", "delivered", "read"):  # read implies delivered implies sent
-            column = TIMESTAMP_OF[earlier]
-            if getattr(message, column) is None:
-                setattr(message, column, at)
-            if earlier == status:
-                break
+        # read implies delivered implies sent: a step the acks skipped (a read that overtook its
+        # delivery report) is recorded too, with its history row and event, so that integrators
+        # counting message.delivered miss none
+        for step in ("sent", "delivered", "read"):
+            if RANK.get(current, 0) < RANK[step] <= RANK[status]:
+                message.status = step
+                if getattr(message, TIMESTAMP_OF[step]) is None:
+                    setattr(message, TIMESTAMP_OF[step], at)
+                message.updated_at = utcnow()
+                session.flush()
+                record_status(session, message, step, at=at, details={"external_id": external_id, "ack": status})
+        return message
     else:
         return message  # late or repeated ack: nothing moves backwards
     message.updated_at = utcnow()

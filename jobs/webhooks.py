@@ -103,7 +103,10 @@ def attempt_once(delivery_id: str, attempt: int) -> str | None:
         request = service.prepare_attempt(conn, delivery_id, attempt)
     if request is None:
         return None
-    outcome = delivery.send(request.url, request.body, request.headers)
+    if request.unsendable:
+        outcome = delivery.Outcome(error=request.unsendable)
+    else:
+        outcome = delivery.send(request.url, request.body, request.headers)
     if outcome.success:
         with one_statement() as conn:
             return service.record_attempt(conn, request, outcome)

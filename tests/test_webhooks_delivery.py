@@ -365,6 +365,19 @@ def test_a_connection_error_is_a_failure(session, org, allow_private):
     assert hook["id"] == attempt.webhook_id
 
 
+def test_an_attempt_that_cannot_be_signed_is_logged_and_retried_not_lost(session, org, endpoint, receiver):
+    hook = session.get(Webhook, endpoint["id"])
+    hook.secret_encrypted = "v1:gone:" + "A" * 40  # encrypted with a key that is no longer configured
+    session.flush()
+    _, [delivery_id] = deliver_event(session, org.id)
+    assert receiver.count("/hook") == 0, "nothing unsigned is ever sent"
+    [attempt] = attempts(session, delivery_id)
+    assert attempt.attempt == 1 and attempt.status_code is None
+    assert "could not sign the request" in attempt.error and attempt.next_attempt_at is not None
+    row = fresh(session, session.get(WebhookDelivery, delivery_id))
+    assert row.status == "failed" and row.next_attempt_at is not None
+
+
 # --------------------------------------------------------------------------- jobs: once, claimer, limit
 
 

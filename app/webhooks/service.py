@@ -368,6 +368,9 @@ class DeliveryRequest:
     url: str
     body: bytes
     headers: dict
+    #: why the request could not be built (e.g. a secret no key can decrypt): the attempt is
+    #: recorded as failed with this error, and retried on schedule, instead of vanishing
+    unsendable: str | None = None
 
 
 def envelope(event: WebhookEvent) -> dict:
@@ -432,10 +435,17 @@ def prepare_attempt(session, delivery_id: str, attempt: int, *, now: datetime | 
     if not row.active:
         session.execute(_ABANDON, {"id": delivery_id, "attempt": attempt - 1, "now": now})
         return None
-    body = _body(_envelope(row.event_id, row.event_type, row.event_created_at, row.organization_id, row.payload))
-    headers = signing.request_headers(active_secrets(row, now), row.event_id, int(now.timestamp()), body)
-    return DeliveryRequest(delivery_id=delivery_id, webhook_id=row.webhook_id, organization_id=row.organization_id,
-                           event_id=row.event_id, attempt=attempt, url=row.url, body=body, headers=headers)
+    request = DeliveryRequest(delivery_id=delivery_id, webhook_id=row.webhook_id, organization_id=row.organization_id,
+                              event_id=row.event_id, attempt=attempt, url=row.url, body=b"", headers={})
+    try:
+        request.body = _body(_envelope(row.event_id, row.event_type, row.event_created_at, row.organization_id,
+                                       row.payload))
+        request.headers = signing.request_headers(active_secrets(row, now), row.event_id, int(now.timestamp()),
+                                                  request.body)
+    except Exception as exc:  # the attempt is claimed already: record why it could not be made
+        log.exception("webhooks: could not build attempt %d of delivery %s", attempt, delivery_id)
+        request.unsendable = f"could not sign the request ({exc.__class__.__name__}); check APP_ENCRYPTION_KEYS"
+    return request
 
 
 def webhook_of(session, delivery_id: str) -> str | None:

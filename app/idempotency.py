@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import hmac
 import json
 import re
 from dataclasses import dataclass
@@ -63,7 +64,9 @@ class _Replay:
 
 
 def _fingerprint() -> str:
-    digest = hashlib.sha256()
+    """HMAC-SHA256 (keyed with SECRET_KEY) of the request: bodies may hold passwords (users,
+    proxies), and a plain hash of one would be an offline guessing target if the table leaked."""
+    digest = hmac.new(settings.secret("SECRET_KEY", 48).encode(), digestmod=hashlib.sha256)
     digest.update(f"{request.method}\n{request.path}\n{request.query_string.decode(errors='replace')}\n".encode())
     data = request.get_json(silent=True) if request.is_json else None
     if data is not None:
@@ -160,15 +163,40 @@ def purge_expired(session, limit: int = 10_000) -> int:
 
 
 def _replay_response(replay: _Replay) -> Response:
-    body = "" if replay.body is None else json.dumps(replay.body)
+    body = "" if replay.body is None else json.dumps(_replayed(replay.body))
     resp = Response(body, status=replay.status, mimetype="application/json")
     resp.headers[REPLAY_HEADER] = "true"
     return resp
 
 
-def idempotent(fn):
+#: a stored response that carries a secret (an API key, a webhook secret) is kept encrypted
+_ENCRYPTED = "encrypted_response"
+_AAD = b"idempotency-response"
+
+
+def _stored(body, secret: bool):
+    if not secret or body is None:
+        return body
+    from app.security import crypto
+
+    return {_ENCRYPTED: crypto.encrypt(json.dumps(body), aad=_AAD)}
+
+
+def _replayed(body):
+    if isinstance(body, dict) and set(body) == {_ENCRYPTED}:
+        from app.security import crypto
+
+        return json.loads(crypto.decrypt(body[_ENCRYPTED], aad=_AAD))
+    return body
+
+
+def idempotent(fn=None, *, secret: bool = False):
     """Route decorator: honour ``Idempotency-Key`` (see the module docstring). Put it above the
-    flask-smorest decorators of the method."""
+    flask-smorest decorators of the method. ``secret=True`` for responses that show a secret once
+    (``@idempotent(secret=True)``): the stored copy is encrypted like every other secret at rest,
+    and a replay shows it again only to the same caller with the same request."""
+    if fn is None:
+        return functools.partial(idempotent, secret=secret)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -194,7 +222,7 @@ def idempotent(fn):
             release(claimed)
             raise TypeError("@idempotent must be placed above the @blp.arguments/@blp.response decorators")
         if 200 <= response.status_code < 300 and (response.is_json or not response.get_data()):
-            complete(request_session(), claimed, response.status_code, response.get_json(silent=True))
+            complete(request_session(), claimed, response.status_code, _stored(response.get_json(silent=True), secret))
         else:
             release(claimed)
         return response

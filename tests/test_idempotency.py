@@ -156,3 +156,48 @@ def test_concurrent_duplicates_create_one_message(committed, committed_client):
     ids = {body["id"] for code, body in results if code == 202}
     assert len(ids) == 1
     assert committed.scalar(select(func.count()).select_from(Message)) == 1
+
+
+CREATING = {  # every creating POST of API.md that a principal calls, with a valid body
+    "/api/clients": ({"name": "Phone", "transport": "sim"}, None),
+    "/api/proxies": ({"scheme": "http", "host": "proxy.example.test", "port": 8080, "username": "u",
+                      "password": "proxy-pass-1"}, None),
+    "/api/users": ({"email": "new.agent@example.test", "name": "New", "password": "a long enough secret 1",
+                    "role": "agent"}, None),
+    "/api/api-keys": ({"name": "script", "role": "viewer"}, "key"),
+    "/api/webhooks": ({"url": "https://hooks.example.test/wa", "events": ["*"]}, "secret"),
+    "/api/contacts": ({"phone": TO, "name": "Ann"}, None),
+}
+
+
+@pytest.mark.parametrize("path", sorted(CREATING))
+def test_every_creating_post_replays_and_creates_once(session, client, setup, path):
+    org, cli, headers = setup
+    body, secret_field = CREATING[path]
+    h = {**headers, "Idempotency-Key": f"create-{path}"}
+    first = client.post(path, json=body, headers=h)
+    assert first.status_code == 201, first.get_json()
+    again = client.post(path, json=body, headers=h)
+    assert again.status_code == 201 and again.get_json() == first.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    listed = client.get(path, headers=headers).get_json()["items"]
+    assert [item["id"] for item in listed].count(first.get_json()["id"]) == 1
+    row = session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == f"create-{path}")).one()
+    stored = str(row.response_body) + row.request_hash
+    if secret_field:  # shown again to the same caller, but never kept in clear
+        shown = first.get_json()[secret_field]
+        assert shown and shown not in stored and list(row.response_body) == ["encrypted_response"]
+    for password in ("proxy-pass-1", "a long enough secret 1"):
+        assert password not in stored
+    other = client.post(path, json={**body, "name": "Another"}, headers=h)
+    assert other.status_code == 422 and other.get_json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_every_creating_post_documents_the_header(client):
+    spec = client.get("/api/openapi.json").get_json()
+    creating = sorted(path for path, ops in spec["paths"].items()
+                      if "201" in ops.get("post", {}).get("responses", {}) and not path.startswith("/api/auth/"))
+    assert set(CREATING) <= set(creating), creating
+    for path in creating:
+        params = spec["paths"][path]["post"].get("parameters", [])
+        assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in params), path

@@ -5,6 +5,7 @@ from flask_smorest import Blueprint
 from app.apikeys import service
 from app.apikeys.schemas import ApiKeyCreatedSchema, ApiKeyCreateSchema, ApiKeyListArgs, ApiKeySchema
 from app.db import request_session
+from app.idempotency import idempotent
 from app.pagination import page_schema
 from app.security.auth import current_principal
 from app.security.permissions import requires
@@ -21,6 +22,7 @@ class ApiKeys(MethodView):
         """Keys of the organisation, newest first (revoked ones with ?include_revoked=true)"""
         return service.list_api_keys(request_session(), current_principal(), **args)
 
+    @idempotent(secret=True)
     @blp.arguments(ApiKeyCreateSchema)
     @blp.response(201, ApiKeyCreatedSchema)
     @requires("apikeys:write")

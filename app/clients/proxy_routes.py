@@ -5,6 +5,7 @@ from flask_smorest import Blueprint
 from app.clients import proxy_service as service
 from app.clients.schemas import ProxyCreateSchema, ProxyListArgs, ProxySchema, ProxyUpdateSchema
 from app.db import request_session
+from app.idempotency import idempotent
 from app.pagination import page_schema
 from app.security.auth import current_principal
 from app.security.permissions import requires
@@ -21,6 +22,7 @@ class Proxies(MethodView):
         """Proxies of the organisation, newest first (?status=unchecked|ok|failing|dead)"""
         return service.list_proxies(request_session(), current_principal(), **args)
 
+    @idempotent
     @blp.arguments(ProxyCreateSchema)
     @blp.response(201, ProxySchema)
     @requires("proxies:write")

@@ -6,6 +6,7 @@ from flask_smorest import Blueprint
 from app.clients import service
 from app.clients.schemas import ClientCreateSchema, ClientListArgs, ClientSchema, ClientUpdateSchema, QrSchema
 from app.db import request_session
+from app.idempotency import idempotent
 from app.pagination import page_schema
 from app.security.auth import current_principal
 from app.security.permissions import requires
@@ -24,6 +25,7 @@ class Clients(MethodView):
         """Clients of the organisation (agents: those assigned to them), newest first (?status=&transport=)"""
         return service.list_clients(request_session(), current_principal(), **args)
 
+    @idempotent
     @blp.arguments(ClientCreateSchema)
     @blp.response(201, ClientSchema)
     @requires("clients:write")

@@ -3,6 +3,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.db import request_session
+from app.idempotency import idempotent
 from app.pagination import page_schema
 from app.security.auth import current_principal
 from app.security.permissions import requires
@@ -21,6 +22,7 @@ class Users(MethodView):
         """Users of the organisation, newest first (?role=&status=)"""
         return service.list_users(request_session(), current_principal(), **args)
 
+    @idempotent
     @blp.arguments(UserCreateSchema)
     @blp.response(201, UserSchema)
     @requires("users:write")

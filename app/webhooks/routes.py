@@ -3,6 +3,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.db import request_session
+from app.idempotency import idempotent
 from app.pagination import page_schema
 from app.security.auth import current_principal
 from app.security.permissions import requires
@@ -23,6 +24,7 @@ class Webhooks(MethodView):
         """Endpoints of the organisation, newest first (?enabled=)"""
         return service.list_webhooks(request_session(), current_principal(), **args)
 
+    @idempotent(secret=True)
     @blp.arguments(WebhookCreateSchema)
     @blp.response(201, WebhookWithSecretSchema)
     @requires("webhooks:write")

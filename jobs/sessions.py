@@ -15,6 +15,7 @@ import dramatiq
 from app.transports.base import TransientSendError
 from config import settings
 from workers.broker import get_broker
+from workers.periodic import every
 from workers.session_host import SESSIONS_QUEUE, SessionHostMiddleware, current_host
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,18 @@ def send(message_id: str) -> None:
     except TransientSendError as exc:
         # perform_send put the message back to queued: the retry paces it again (messages.send)
         raise dramatiq.Retry(f"{exc.code}: {exc}", delay=exc.retry_after_ms) from exc
+
+
+@dramatiq.actor(actor_name="sessions.reap_dead_host_queues", queue_name="default", max_retries=0)
+def reap_dead_host_queues() -> None:
+    """Jobs left in a dead host's own queue go to the shared ``sessions`` queue (session_host.py)."""
+    from app.kv import redis_client
+    from workers import session_host
+
+    session_host.reap_dead_host_queues(redis_client())
+
+
+every(30, "sessions.reap_dead_host_queues")
 
 
 def _install_middleware() -> None:

@@ -351,3 +351,48 @@ def test_two_hosts_one_lease_sends_through_the_owner_and_takeover_after_it_dies(
              message="the lease released")
     wait_for(lambda: all(h["sessions"] == [] for h in _hosts()), timeout=30, message="no session left")
 
+
+
+def test_jobs_left_in_a_dead_hosts_queue_move_to_the_shared_queue(redis_conn):
+    """A stop forwarded to a host that then died, and a send it had delayed, are not stranded: the
+    periodic reaper hands them to the shared ``sessions`` queue (delay kept); a live host's queue
+    and every dead letter stay where they are."""
+    import time
+
+    import dramatiq
+
+    import jobs  # noqa: F401  (declares the queues and the periodic jobs)
+    from workers.middleware import heartbeat_key
+    from workers.periodic import PERIODIC
+    from workers.session_host import HEARTBEAT_KIND, reap_dead_host_queues
+
+    broker = dramatiq.get_broker()
+    live, dead = "hostlive-1-aaaa", "hostgone-2-bbbb"
+    redis_conn.set(heartbeat_key(HEARTBEAT_KIND, live), json.dumps(
+        {"kind": HEARTBEAT_KIND, "name": live, "host_id": live, "queue": f"sessions.{live}"}), ex=120)
+    for host in (live, dead):
+        broker.declare_queue(f"sessions.{host}")
+
+    def job(queue, actor, arg, delay=None):
+        return broker.enqueue(dramatiq.Message(queue_name=queue, actor_name=actor, args=(arg,), kwargs={},
+                                               options={}), delay=delay)
+
+    job(f"sessions.{dead}", "sessions.stop", "cli_stop")
+    job(f"sessions.{dead}", "sessions.send", "msg_later", delay=60_000)
+    job(f"sessions.{live}", "sessions.send", "msg_live")
+    redis_conn.zadd(f"dramatiq:sessions.{dead}.XQ", {"dead-letter": time.time() * 1000})
+    redis_conn.hset(f"dramatiq:sessions.{dead}.XQ.msgs", "dead-letter", b"{}")
+
+    assert reap_dead_host_queues(redis_conn) == 2
+    assert reap_dead_host_queues(redis_conn) == 0, "nothing is moved twice"
+    for key in (f"dramatiq:sessions.{dead}", f"dramatiq:sessions.{dead}.msgs",
+                f"dramatiq:sessions.{dead}.DQ", f"dramatiq:sessions.{dead}.DQ.msgs"):
+        assert not redis_conn.exists(key), key
+    ready = [dramatiq.Message.decode(raw) for raw in redis_conn.hvals("dramatiq:sessions.msgs")]
+    assert [(m.queue_name, m.actor_name, m.args) for m in ready] == [("sessions", "sessions.stop", ("cli_stop",))]
+    (later,) = [dramatiq.Message.decode(raw) for raw in redis_conn.hvals("dramatiq:sessions.DQ.msgs")]
+    assert (later.actor_name, later.args) == ("sessions.send", ("msg_later",))
+    assert 50_000 < later.options["eta"] - time.time() * 1000 <= 60_000, "its delay is kept"
+    assert redis_conn.llen(f"dramatiq:sessions.{live}") == 1, "a live host's queue is its own"
+    assert redis_conn.zcard(f"dramatiq:sessions.{dead}.XQ") == 1, "dead letters are for `workers dlq`"
+    assert ("sessions.reap_dead_host_queues", 30) in [(p.actor_name, p.every_s) for p in PERIODIC]

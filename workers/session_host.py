@@ -138,6 +138,38 @@ def orphaned_clients(session, grace_s: float | None = None, limit: int = 100) ->
     return [r.id for r in rows]
 
 
+def reap_dead_host_queues(r) -> int:
+    """Hand the jobs waiting in dead hosts' own queues (``sessions.<host id>``, ready or delayed)
+    to the shared ``sessions`` queue, and return how many. Nobody consumes a dead host's queue, so
+    without this a stop or logout forwarded to a host just before it died would be lost; on the
+    shared queue the host that takes it forwards it to the client's owner of the moment, and a
+    ``sessions.send`` is claimed atomically there, so a job moved twice still acts once. Dead
+    letters stay where they are, for ``python -m workers dlq``."""
+    import dramatiq
+
+    from workers.middleware import live_heartbeats
+
+    live = {b.get("queue") for b in live_heartbeats(r, HEARTBEAT_KIND)}
+    moved = 0
+    for key in list(r.scan_iter(match=f"dramatiq:{HOST_QUEUE_PREFIX}*.msgs", count=500)):
+        name = (key.decode() if isinstance(key, bytes) else key)[len("dramatiq:"):-len(".msgs")]
+        queue = name[:-len(".DQ")] if name.endswith(".DQ") else name
+        if name.endswith(".XQ") or queue == SESSIONS_QUEUE or queue in live:
+            continue
+        for mid, raw in r.hgetall(key).items():
+            old = dramatiq.Message.decode(raw)
+            eta = old.options.get("eta")
+            options = {k: v for k, v in old.options.items() if k not in ("eta", "redis_message_id")}
+            delay = max(0, int(eta - time.time() * 1000)) if eta else 0
+            dramatiq.get_broker().enqueue(old.copy(queue_name=SESSIONS_QUEUE, options=options), delay=delay or None)
+            r.hdel(key, mid)
+            r.lrem(f"dramatiq:{name}", 0, mid)
+            moved += 1
+    if moved:
+        log.info("session hosts: moved %d job(s) from dead hosts' queues to %r", moved, SESSIONS_QUEUE)
+    return moved
+
+
 # ----------------------------------------------------------------------------- memory
 
 def memory_usage(pid: int | None = None) -> dict:

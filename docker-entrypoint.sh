@@ -1,7 +1,7 @@
 #!/bin/sh
 # Entrypoint of the one image: the first argument picks the role.
 #
-#   api [GUNICORN ARGS...]      gunicorn wsgi:app on 0.0.0.0:$PORT
+#   api [GUNICORN ARGS...]      gunicorn wsgi:app on 0.0.0.0:$PORT (config: app/system/gunicorn_conf.py)
 #   worker POOL [ARGS...]       python -m workers run --pool POOL [ARGS...]
 #   scheduler [ARGS...]         python -m workers scheduler [ARGS...]
 #   migrate                     python -m app db init (idempotent; run once before the api)
@@ -64,7 +64,7 @@ case "$1" in
     api|server)
         shift
         remember_role api
-        exec gunicorn wsgi:app \
+        exec gunicorn -c python:app.system.gunicorn_conf wsgi:app \
             --bind "0.0.0.0:${PORT:-3002}" \
             --workers "${WEB_CONCURRENCY:-2}" \
             --threads "${GUNICORN_THREADS:-4}" \

@@ -328,7 +328,7 @@ def test_entrypoint_dispatches_roles_to_the_process_commands():
     sh = shutil.which("sh")
     assert sh, "no sh"
     cases = {
-        ("api",): "gunicorn wsgi:app --bind 0.0.0.0:4000 --workers 3 --threads 4",
+        ("api",): "gunicorn -c python:app.system.gunicorn_conf wsgi:app --bind 0.0.0.0:4000 --workers 3 --threads 4",
         ("worker", "messages"): "python -m workers run --pool messages",
         ("worker", "sessions", "--processes", "2"): "python -m workers run --pool sessions --processes 2",
         ("scheduler",): "python -m workers scheduler",

@@ -90,3 +90,44 @@ def test_metrics_count_requests_by_route(client):
     assert 'http_requests_total{method="GET",route="/health",status="200"}' in text
     assert 'route="unmatched",status="404"' in text
     assert "http_request_duration_seconds_bucket" in text
+
+
+@pytest.mark.workers
+def test_metrics_sum_every_api_process_and_show_queue_depths(redis_conn):
+    """Under gunicorn with two worker processes (as `make run` and the image run it), every scrape
+    counts the requests of both, and queue depths come from Redis at scrape time."""
+    import re
+    import urllib.request
+
+    from tests.procs import spawn, stop, wait_for
+    from workers.embedded import free_port
+
+    redis_conn.rpush("dramatiq:messages", "a", "b", "c")
+    port = free_port()
+    proc = spawn(["-m", "gunicorn", "-c", "python:app.system.gunicorn_conf", "wsgi:app",
+                  "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2"])
+
+    def get(path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.read().decode()
+
+    def up():
+        assert proc.poll() is None, stop(proc)
+        try:
+            return get("/api/openapi.json")
+        except OSError:
+            return None
+
+    try:
+        wait_for(up, timeout=60, message="gunicorn")
+        for _ in range(30):
+            get("/api/openapi.json")
+        for _ in range(4):  # whichever process answers the scrape, it reports both
+            text = get("/metrics")
+            counts = re.findall(r'^http_requests_total\{method="GET",route="/api/openapi.json",status="200"\} (\S+)$',
+                                text, re.M)
+            assert [float(c) for c in counts] == [31.0], counts
+        assert 'wa_queue_messages{queue="messages",state="ready"} 3.0' in text
+        assert 'wa_workers_live{pool="messages"} 0.0' in text
+    finally:
+        stop(proc)

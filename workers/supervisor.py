@@ -102,7 +102,7 @@ def main() -> None:
                     WEBHOOK_ALLOW_PRIVATE="true" if settings.APP_ENV == "development" else str(settings.WEBHOOK_ALLOW_PRIVATE).lower(),
                     PYTHONUNBUFFERED="1")
     py = sys.executable
-    children = [Child("api", [py, "-m", "gunicorn", "wsgi:app", "--bind", f"0.0.0.0:{settings.PORT}",
+    children = [Child("api", [py, "-m", "gunicorn", "-c", "python:app.system.gunicorn_conf", "wsgi:app", "--bind", f"0.0.0.0:{settings.PORT}",
                               "--workers", "2", "--threads", "4", "--graceful-timeout", "8"],
                       env, COLORS[0])]
     for i, pool in enumerate(POOLS):

@@ -1,5 +1,13 @@
-"""Prometheus metrics of the api process (served at /metrics)."""
-from prometheus_client import Counter, Histogram
+"""Prometheus metrics served at /metrics: the api's requests (summed over every gunicorn worker
+process, see app/system/gunicorn_conf.py) and, read from Redis at scrape time, the depth of every
+job queue and the live worker processes of every pool."""
+import logging
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger(__name__)
 
 REQUESTS = Counter("http_requests_total", "HTTP requests handled", ["method", "route", "status"])
 LATENCY = Histogram("http_request_duration_seconds", "HTTP request latency", ["method", "route"],
@@ -11,3 +19,54 @@ def observe(method: str, route: str | None, status: int, seconds: float) -> None
     route = route or "unmatched"
     REQUESTS.labels(method, route, str(status)).inc()
     LATENCY.labels(method, route).observe(seconds)
+
+
+class QueueCollector:
+    """Queue depths (ready, delayed, dead) and live workers per pool, read when scraped."""
+
+    def describe(self):
+        return []  # registering must not read Redis; the names are checked at scrape time
+
+    def collect(self):
+        from app.kv import redis_client
+        from workers.middleware import live_heartbeats
+        from workers.pools import POOLS
+
+        depth = GaugeMetricFamily("wa_queue_messages", "Jobs in a queue, by state", labels=["queue", "state"])
+        workers = GaugeMetricFamily("wa_workers_live", "Worker processes with a live heartbeat", labels=["pool"])
+        try:
+            r = redis_client()
+            for pool in POOLS.values():
+                for queue in pool.queues:
+                    counts = {"ready": r.llen(f"dramatiq:{queue}"), "delayed": r.llen(f"dramatiq:{queue}.DQ"),
+                              "dead": r.zcard(f"dramatiq:{queue}.XQ")}
+                    for state, n in counts.items():
+                        depth.add_metric([queue, state], n)
+            beats = live_heartbeats(r, "pool")
+            for name in POOLS:
+                workers.add_metric([name], sum(1 for b in beats if b.get("name") == name))
+        except Exception:  # Redis down: /health says so; the request metrics are still served
+            log.warning("metrics: queue depths unavailable", exc_info=True)
+            return
+        yield depth
+        yield workers
+
+
+def registry() -> CollectorRegistry:
+    """What /metrics serves: every api process's samples in multiprocess mode, else this one's."""
+    from prometheus_client import REGISTRY, multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        reg = CollectorRegistry()
+        multiprocess.MultiProcessCollector(reg)
+        reg.register(QUEUES)
+        return reg
+    global _registered
+    if not _registered:  # once per process
+        REGISTRY.register(QUEUES)
+        _registered = True
+    return REGISTRY
+
+
+QUEUES = QueueCollector()
+_registered = False

@@ -29,7 +29,9 @@ class Metrics(MethodView):
     @blp.doc(security=[], responses={"200": {"description": "Prometheus text format"}})
     @public
     def get(self):
-        """Prometheus metrics of this api process"""
+        """Prometheus metrics: requests of every api process, queue depths, live workers"""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+        from app.system.metrics import registry
+
+        return Response(generate_latest(registry()), mimetype=CONTENT_TYPE_LATEST)

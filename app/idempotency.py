@@ -66,7 +66,9 @@ class _Replay:
 def _fingerprint() -> str:
     """HMAC-SHA256 (keyed with SECRET_KEY) of the request: bodies may hold passwords (users,
     proxies), and a plain hash of one would be an offline guessing target if the table leaked."""
-    digest = hmac.new(settings.secret("SECRET_KEY", 48).encode(), digestmod=hashlib.sha256)
+    from app.security.tokens import secret_key
+
+    digest = hmac.new(secret_key().encode(), digestmod=hashlib.sha256)
     digest.update(f"{request.method}\n{request.path}\n{request.query_string.decode(errors='replace')}\n".encode())
     data = request.get_json(silent=True) if request.is_json else None
     if data is not None:

@@ -2,7 +2,8 @@
 
 ``enqueue(session, actor, *args)`` writes a ``job_outbox`` row in the caller's transaction and
 remembers it on the session. When (and only when) that transaction commits, the job is sent to the
-broker and its row deleted (in the background, batched). On rollback nothing is sent and the row vanishes with the rest.
+broker and its row deleted (in the background, batched). On rollback nothing is sent and the row
+vanishes with the rest.
 
 If the process dies between the commit and the send, the row stays behind: ``sweep()`` (run by
 the scheduler) sends every row older than ``OUTBOX_SWEEP_AFTER`` seconds. A crash between send and
@@ -101,7 +102,7 @@ class _Dispatched:
                 threading.Thread(target=self._run, name="outbox-dispatched", daemon=True).start()
 
     def flush(self) -> None:
-        """Delete every id collected so far (also called at exit and by tests)."""
+        """Delete every id collected so far (also called at exit)."""
         from app.models import JobOutbox
 
         with self._lock:
@@ -123,7 +124,6 @@ class _Dispatched:
 
 _dispatched = _Dispatched()
 atexit.register(_dispatched.flush)
-flush_dispatched = _dispatched.flush
 
 
 def _forget_sent(session: Session, ids: list[int]) -> None:

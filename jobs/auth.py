@@ -10,7 +10,7 @@ from workers.periodic import every
 def purge_expired_tokens() -> None:
     while True:
         with job_session() as session:
-            if service.purge_expired_refresh_tokens(session) < 10_000:
+            if service.purge_expired_refresh_tokens(session) < service.PURGE_BATCH:
                 return
 
 

@@ -334,7 +334,7 @@ def _claims(user, **changes):
 
 
 def _sign(claims, key=None, alg="HS256"):
-    return jwt.encode(claims, key or tokens._key(), algorithm=alg)
+    return jwt.encode(claims, key or tokens.secret_key(), algorithm=alg)
 
 
 def test_a_well_formed_token_is_accepted(client, session):

@@ -48,20 +48,9 @@ def cmd_dev(args) -> None:
     main()
 
 
-def _queue_counts(r, queue: str) -> dict:
-    from dramatiq.common import dq_name, xq_name
-
-    ns = "dramatiq"
-    return {
-        "queue": queue,
-        "ready": r.llen(f"{ns}:{queue}"),
-        "delayed": r.llen(f"{ns}:{dq_name(queue)}"),
-        "dead": r.zcard(f"{ns}:{xq_name(queue)}"),
-    }
-
-
 def status_report() -> dict:
     from app.kv import redis_client
+    from workers.broker import queue_counts
     from workers.middleware import live_heartbeats
 
     r = redis_client()
@@ -70,18 +59,19 @@ def status_report() -> dict:
     for pool in POOLS.values():
         workers = [b for b in beats if b["kind"] == "pool" and b["name"] == pool.name]
         report["pools"].append({"pool": pool.name, "live_workers": len(workers), "workers": workers,
-                                "queues": [_queue_counts(r, q) for q in pool.queues]})
+                                "queues": [queue_counts(r, q) for q in pool.queues]})
     report["session_hosts"] = _session_hosts(r, beats)
     return report
 
 
 def _session_hosts(r, beats: list[dict]) -> list[dict]:
     """Live session hosts (workers/session_host.py): their sessions, own queue and memory."""
+    from workers.broker import queue_counts
     from workers.session_host import HEARTBEAT_KIND
 
     hosts = sorted((b for b in beats if b["kind"] == HEARTBEAT_KIND), key=lambda b: b.get("host_id", ""))
     for host in hosts:
-        host["queue_counts"] = _queue_counts(r, host["queue"]) if host.get("queue") else None
+        host["queue_counts"] = queue_counts(r, host["queue"]) if host.get("queue") else None
     return hosts
 
 

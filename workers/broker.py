@@ -50,3 +50,11 @@ def use_stub_broker() -> dramatiq.Broker:
 
 
 broker = get_broker()
+
+
+def queue_counts(r, queue: str) -> dict:
+    """Jobs in one queue of the Redis broker: ready, delayed (its ``.DQ``) and dead (its ``.XQ``)."""
+    from dramatiq.common import dq_name, xq_name
+
+    return {"queue": queue, "ready": r.llen(f"dramatiq:{queue}"), "delayed": r.llen(f"dramatiq:{dq_name(queue)}"),
+            "dead": r.zcard(f"dramatiq:{xq_name(queue)}")}

@@ -150,6 +150,7 @@ def reap_dead_host_queues(r) -> int:
     from workers.middleware import live_heartbeats
 
     live = {b.get("queue") for b in live_heartbeats(r, HEARTBEAT_KIND)}
+    broker = dramatiq.get_broker()
     moved = 0
     for key in list(r.scan_iter(match=f"dramatiq:{HOST_QUEUE_PREFIX}*.msgs", count=500)):
         name = (key.decode() if isinstance(key, bytes) else key)[len("dramatiq:"):-len(".msgs")]
@@ -161,7 +162,7 @@ def reap_dead_host_queues(r) -> int:
             eta = old.options.get("eta")
             options = {k: v for k, v in old.options.items() if k not in ("eta", "redis_message_id")}
             delay = max(0, int(eta - time.time() * 1000)) if eta else 0
-            dramatiq.get_broker().enqueue(old.copy(queue_name=SESSIONS_QUEUE, options=options), delay=delay or None)
+            broker.enqueue(old.copy(queue_name=SESSIONS_QUEUE, options=options), delay=delay or None)
             r.hdel(key, mid)
             r.lrem(f"dramatiq:{name}", 0, mid)
             moved += 1

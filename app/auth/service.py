@@ -17,7 +17,7 @@ import logging
 from datetime import timedelta
 from functools import lru_cache
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from app.audit.service import record
 from app.auth.models import RefreshToken
@@ -310,12 +310,11 @@ def _user_principal(user: User) -> Principal:
 
 #: expired refresh tokens are kept this long (for the audit trail of a login), then deleted
 EXPIRED_TOKENS_KEPT = timedelta(days=7)
+PURGE_BATCH = 10_000
 
 
-def purge_expired_refresh_tokens(session, limit: int = 10_000) -> int:
+def purge_expired_refresh_tokens(session, limit: int = PURGE_BATCH) -> int:
     """Delete refresh tokens that expired more than EXPIRED_TOKENS_KEPT ago (at most ``limit``)."""
-    from sqlalchemy import delete
-
     old = (select(RefreshToken.id).where(RefreshToken.expires_at < utcnow() - EXPIRED_TOKENS_KEPT)
            .limit(limit).scalar_subquery())
     return session.execute(delete(RefreshToken).where(RefreshToken.id.in_(old))).rowcount

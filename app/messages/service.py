@@ -444,27 +444,24 @@ def apply_ack(session, client_id: str, external_id: str, status: str, error: dic
         if RANK.get(current, 0) >= RANK["delivered"]:
             return message
         error = error or {}
-        message.status, message.failed_at = "failed", at
+        message.failed_at = at
         message.error_code = str(error.get("code") or "undelivered")[:100]
         message.error_message = (str(error["message"])[:1000] if error.get("message") else None)
+        steps = ["failed"]
     elif status in RANK and RANK[status] > RANK.get(current, 0):
         # read implies delivered implies sent: a step the acks skipped (a read that overtook its
         # delivery report) is recorded too, with its history row and event, so that integrators
         # counting message.delivered miss none
-        for step in ("sent", "delivered", "read"):
-            if RANK.get(current, 0) < RANK[step] <= RANK[status]:
-                message.status = step
-                if getattr(message, TIMESTAMP_OF[step]) is None:
-                    setattr(message, TIMESTAMP_OF[step], at)
-                message.updated_at = utcnow()
-                session.flush()
-                record_status(session, message, step, at=at, details={"external_id": external_id, "ack": status})
-        return message
+        steps = [step for step in ("sent", "delivered", "read") if RANK.get(current, 0) < RANK[step] <= RANK[status]]
     else:
         return message  # late or repeated ack: nothing moves backwards
-    message.updated_at = utcnow()
-    session.flush()
-    record_status(session, message, message.status, at=at, details={"external_id": external_id, "ack": status})
+    for step in steps:
+        message.status = step
+        if getattr(message, TIMESTAMP_OF[step]) is None:
+            setattr(message, TIMESTAMP_OF[step], at)
+        message.updated_at = utcnow()
+        session.flush()
+        record_status(session, message, step, at=at, details={"external_id": external_id, "ack": status})
     return message
 
 

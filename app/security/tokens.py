@@ -20,7 +20,8 @@ REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "jti", "org"]
 _secret: str | None = None
 
 
-def _key() -> str:
+def secret_key() -> str:
+    """SECRET_KEY, read once: it signs access tokens and keys request fingerprints (idempotency)."""
     global _secret
     if _secret is None:
         _secret = settings.secret("SECRET_KEY", 48)
@@ -37,12 +38,12 @@ def issue_access_token(user_id: str, organization_id: str, role: str, *,
               "role": role, "iat": now, "nbf": now, "exp": now + ttl, "jti": secrets.token_urlsafe(16)}
     if session_id:
         claims["sid"] = session_id
-    return jwt.encode(claims, _key(), algorithm=ALGORITHM), ttl
+    return jwt.encode(claims, secret_key(), algorithm=ALGORITHM), ttl
 
 
 def decode_access_token(token: str) -> dict:
     try:
-        return jwt.decode(token, _key(), algorithms=[ALGORITHM], audience=settings.JWT_AUDIENCE,
+        return jwt.decode(token, secret_key(), algorithms=[ALGORITHM], audience=settings.JWT_AUDIENCE,
                           issuer=settings.JWT_ISSUER, leeway=5, options={"require": REQUIRED_CLAIMS})
     except jwt.ExpiredSignatureError:
         raise Unauthorized("Access token expired", code="token_expired")

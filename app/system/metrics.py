@@ -29,6 +29,7 @@ class QueueCollector:
 
     def collect(self):
         from app.kv import redis_client
+        from workers.broker import queue_counts
         from workers.middleware import live_heartbeats
         from workers.pools import POOLS
 
@@ -38,10 +39,9 @@ class QueueCollector:
             r = redis_client()
             for pool in POOLS.values():
                 for queue in pool.queues:
-                    counts = {"ready": r.llen(f"dramatiq:{queue}"), "delayed": r.llen(f"dramatiq:{queue}.DQ"),
-                              "dead": r.zcard(f"dramatiq:{queue}.XQ")}
-                    for state, n in counts.items():
-                        depth.add_metric([queue, state], n)
+                    counts = queue_counts(r, queue)
+                    for state in ("ready", "delayed", "dead"):
+                        depth.add_metric([queue, state], counts[state])
             beats = live_heartbeats(r, "pool")
             for name in POOLS:
                 workers.add_metric([name], sum(1 for b in beats if b.get("name") == name))
@@ -56,7 +56,7 @@ def registry() -> CollectorRegistry:
     """What /metrics serves: every api process's samples in multiprocess mode, else this one's."""
     from prometheus_client import REGISTRY, multiprocess
 
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # prometheus_client's own switch, set by gunicorn_conf
         reg = CollectorRegistry()
         multiprocess.MultiProcessCollector(reg)
         reg.register(QUEUES)

@@ -66,26 +66,36 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def _payload(data: dict | None) -> dict:
+    """``data`` as the JSON it will be stored and sent as (datetimes in ISO 8601)."""
+    return json.loads(json.dumps(data or {}, default=_json_default))
+
+
+def _route(session, organization_id: str, event_type: str, event_ids: list[str]) -> None:
+    """Deliveries of recorded events: written here for a few subscribed endpoints, left to one
+    ``webhooks.fan_out`` job per event for many, nothing at all for none."""
+    endpoints = subscribed_endpoints(session, organization_id, event_type)
+    if len(endpoints) > INLINE_FAN_OUT_MAX:
+        outbox.enqueue_many(session, "webhooks.fan_out", [(event_id,) for event_id in event_ids],
+                            queue_name="webhooks")
+    elif endpoints:
+        from app.webhooks.service import create_deliveries_for
+
+        session.flush()  # the deliveries reference the event rows
+        create_deliveries_for(session, organization_id, [(e, hook) for e in event_ids for hook in endpoints])
+
+
 def emit(session, organization_id: str, event_type: str, data: dict):
     """Record ``event_type`` with ``data`` for ``organization_id``; deliveries follow the commit."""
     from app.webhooks.models import WebhookEvent
 
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}; add it to EVENT_TYPES and API.md")
-    payload = json.loads(json.dumps(data or {}, default=_json_default))
-    event = WebhookEvent(id=new_id("evt"), organization_id=organization_id, type=event_type, payload=payload,
+    event = WebhookEvent(id=new_id("evt"), organization_id=organization_id, type=event_type, payload=_payload(data),
                          created_at=utcnow())
     session.add(event)
-    if event_type == TEST_EVENT:
-        return event
-    endpoints = subscribed_endpoints(session, organization_id, event_type)
-    if len(endpoints) > INLINE_FAN_OUT_MAX:
-        outbox.enqueue(session, "webhooks.fan_out", event.id, queue_name="webhooks")
-    elif endpoints:
-        from app.webhooks.service import create_deliveries
-
-        session.flush()  # the deliveries reference the event row
-        create_deliveries(session, organization_id, event.id, endpoints)
+    if event_type != TEST_EVENT:
+        _route(session, organization_id, event_type, [event.id])
     return event
 
 
@@ -95,21 +105,15 @@ def emit_many(session, organization_id: str, event_type: str, items: list[dict])
     from sqlalchemy import insert
 
     from app.webhooks.models import WebhookEvent
-    from app.webhooks.service import create_deliveries_for
 
     if event_type not in EVENT_TYPES or event_type == TEST_EVENT:
         raise ValueError(f"emit_many cannot record {event_type!r}")
     if not items:
         return []
     now = utcnow()
-    rows = [{"id": new_id("evt"), "organization_id": organization_id, "type": event_type,
-             "payload": json.loads(json.dumps(data or {}, default=_json_default)), "created_at": now}
-            for data in items]
+    rows = [{"id": new_id("evt"), "organization_id": organization_id, "type": event_type, "payload": _payload(data),
+             "created_at": now} for data in items]
     session.execute(insert(WebhookEvent.__table__), rows)
     ids = [row["id"] for row in rows]
-    endpoints = subscribed_endpoints(session, organization_id, event_type)
-    if len(endpoints) > INLINE_FAN_OUT_MAX:
-        outbox.enqueue_many(session, "webhooks.fan_out", [(event_id,) for event_id in ids], queue_name="webhooks")
-    elif endpoints:
-        create_deliveries_for(session, organization_id, [(e, hook) for e in ids for hook in endpoints], now=now)
+    _route(session, organization_id, event_type, ids)
     return ids

@@ -12,7 +12,8 @@ from sqlalchemy import select
 import jobs.webhooks as webhook_jobs
 from app.security import crypto
 from app.security.principal import SystemPrincipal
-from app.webhooks import delivery, service, ssrf
+from app.security import ssrf
+from app.webhooks import delivery, service
 from app.webhooks.events import emit
 from app.webhooks.models import WebhookDelivery, WebhookDeliveryAttempt
 from config import settings

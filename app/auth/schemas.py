@@ -55,6 +55,9 @@ class RegisterResponseSchema(TokensSchema):
 
 class MeKeySchema(ma.Schema):
     prefix = fields.String()
+    role = fields.String(metadata={"description": "The role the key was created with; `role` above is the one "
+                                                  "it acts with now (at most its creator's current role)."})
+    created_by = fields.String(allow_none=True)
     expires_at = fields.DateTime(allow_none=True)
     created_at = fields.DateTime()
 

@@ -282,7 +282,8 @@ def me(session, principal: Principal) -> dict:
             "client_ids": sorted(principal.client_ids) if principal.client_ids is not None else None,
             "permissions": sorted(p for p, roles in MATRIX.items() if principal.role in roles)}
     if principal.kind == "api_key":
-        body["api_key"] = {k: principal.extra.get(k) for k in ("prefix", "expires_at", "created_at")}
+        body["api_key"] = {k: principal.extra.get(k) for k in ("prefix", "expires_at", "created_at", "created_by")}
+        body["api_key"]["role"] = principal.extra.get("key_role")
     return body
 
 

@@ -206,7 +206,10 @@ def update_user(session, principal: Principal, user_id: str, *, name: str | None
             record(session, principal, "user.role_change", target_type="user", target_id=user.id,
                    changes={"role": changes["role"]})
     from app.auth.service import revoke_user_sessions
+    from app.security.auth import forget_keys_of
 
+    if "role" in fields or "status" in fields:
+        forget_keys_of(session, user.id)  # their keys act with at most the new role, or not at all
     if fields.get("status") == "disabled":
         revoke_user_sessions(session, user.id, "user_disabled")
     elif password is not None and not is_self:
@@ -226,9 +229,11 @@ def delete_user(session, principal: Principal, user_id: str) -> None:
     user.deleted_at = user.updated_at = utcnow()
     user.status = "disabled"
     session.execute(delete(UserClient).where(UserClient.user_id == user.id))
+    from app.apikeys.service import revoke_keys_of
     from app.auth.service import revoke_user_sessions
 
     revoke_user_sessions(session, user.id, "admin")
+    revoke_keys_of(session, principal, user.id, "creator_deleted")
     session.flush()
     record(session, principal, "user.delete", target_type="user", target_id=user.id,
            changes={"email": user.email, "role": user.role})

@@ -38,7 +38,7 @@ SETTINGS: list[Setting] = [
     Setting("JWT_ISSUER", "whatsapp-service", "`iss` claim of access tokens."),
     Setting("JWT_AUDIENCE", "whatsapp-service-api", "`aud` claim of access tokens."),
     Setting("ALLOW_SIGNUP", "true", "Whether `POST /api/auth/register` is open.", "bool"),
-    Setting("LOGIN_FAILURES_PER_ACCOUNT", "5 per 15 minutes", "Failed logins allowed per email address; beyond it login answers 429 with `Retry-After` until the window ends."),
+    Setting("LOGIN_FAILURES_PER_ACCOUNT", "5 per 15 minutes", "Failed logins allowed per email address from one client address; beyond it login from that address answers 429 with `Retry-After` until the window ends. Others' failures never lock the owner out."),
     Setting("LOGIN_FAILURES_PER_IP", "20 per 15 minutes", "Failed logins allowed per client IP; beyond it login answers 429 with `Retry-After` until the window ends."),
     Setting("MAX_REQUEST_BYTES", "1048576", "Largest JSON request body accepted (413 above).", "int"),
     Setting("MAX_UPLOAD_BYTES", "16777216", "Largest media upload accepted (413 above).", "int"),

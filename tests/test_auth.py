@@ -171,25 +171,38 @@ def test_a_disabled_user_cannot_log_in(client, session):
     assert audit_rows(session, "auth.login_failed", target_id=user.id)[0].changes["reason"] == "disabled"
 
 
-def test_login_is_throttled_per_account_with_retry_after(client, session, override):
+def test_login_is_throttled_per_account_and_source_with_retry_after(client, session, override):
     override(LOGIN_FAILURES_PER_ACCOUNT="3 per 15 minutes")
     user = make_user_with_password(session)
     for _ in range(3):
-        assert login(client, user.email, "wrong password!").status_code == 401
-    resp = login(client, user.email)  # even the right password, until the window ends
+        assert login(client, user.email, "wrong password!", ip="203.0.113.66").status_code == 401
+    resp = login(client, user.email, ip="203.0.113.66")  # even the right password, until the window ends
     assert resp.status_code == 429
     assert error_code(resp) == "login_throttled"
     assert 0 < int(resp.headers["Retry-After"]) <= 900
-    assert login(client, user.email, ip="10.9.9.9").status_code == 429  # from anywhere
     assert audit_rows(session, "auth.login_failed", target_id=user.id)[-1].changes["reason"] == "throttled"
     other = make_user_with_password(session)
-    assert login(client, other.email).status_code == 200  # other accounts are not affected
+    assert login(client, other.email, ip="203.0.113.66").status_code == 200  # other accounts are not affected
+
+
+def test_someone_elses_failures_never_lock_the_owner_out(client, session, override):
+    """Five wrong passwords used to lock the real owner out for 15 minutes, from anywhere."""
+    override(LOGIN_FAILURES_PER_ACCOUNT="5 per 15 minutes")
+    user = make_user_with_password(session)
+    for attacker in ("203.0.113.66", "198.51.100.7", "2001:db8:66::1"):
+        for _ in range(5):
+            login(client, user.email, "wrong password!", ip=attacker)
+        assert login(client, user.email, ip=attacker).status_code == 429, "each guessing source is stopped"
+    resp = login(client, user.email, ip="192.0.2.10")  # the owner, from their own address
+    assert resp.status_code == 200, resp.get_json()
+    assert login(client, user.email, ip="203.0.113.66").status_code == 429, "the owner's login does not free them"
 
 
 def test_an_unknown_email_is_throttled_like_a_known_one(client, override):
     override(LOGIN_FAILURES_PER_ACCOUNT="2 per 15 minutes")
     answers = [login(client, "ghost@nowhere.test", "wrong password!").status_code for _ in range(3)]
     assert answers == [401, 401, 429]
+    assert login(client, "ghost@nowhere.test", "wrong password!", ip="192.0.2.99").status_code == 401
 
 
 def test_login_is_throttled_per_ip(client, session, override):

@@ -5,10 +5,14 @@ Sessions: a login starts a refresh token *family*; each refresh revokes the toke
 it was copied: the whole family is revoked (``reuse_detected``) and the family's access tokens are
 refused from then on (their ``sid`` claim is the family id).
 
-Login throttling counts attempts in Redis per email and per client IP before the password is
-checked (so parallel guesses cannot slip past the count); a successful login takes its attempt
-back. Beyond the limit the answer is 429 with ``Retry-After`` until the window ends. An unknown
-email, a wrong password and a disabled account get the same 401 after the same bcrypt work.
+Login throttling counts attempts in Redis per email *and source address* and per source address
+before the password is checked (so parallel guesses cannot slip past the count); a successful
+login takes its attempt back. Beyond a limit the answer is 429 with ``Retry-After`` until the
+window ends. Failures are never counted against the account alone: someone guessing a password
+from their address locks out only themselves, and the owner signing in from another address gets
+in. Guessing from many addresses is bounded by the per-address limits, bcrypt's cost and the
+password policy (common passwords are refused). An unknown email, a wrong password and a disabled
+account get the same 401 after the same bcrypt work.
 """
 from __future__ import annotations
 
@@ -102,9 +106,13 @@ def _limit(spec: str) -> tuple[int, int]:
 
 
 def _throttle_keys(email: str, ip: str | None) -> list[tuple[str, int, int]]:
-    account = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:40]
-    return [(f"{THROTTLE_PREFIX}acct:{account}", *_limit(settings.LOGIN_FAILURES_PER_ACCOUNT)),
-            (f"{THROTTLE_PREFIX}ip:{ip or 'unknown'}", *_limit(settings.LOGIN_FAILURES_PER_IP))]
+    """The two counters of an attempt: this email from this source, and this source."""
+    from app.security.protection import client_ip_bucket
+
+    source = client_ip_bucket(ip)
+    account = hashlib.sha256(f"{email.strip().lower()}|{source}".encode()).hexdigest()[:40]
+    return [(f"{THROTTLE_PREFIX}acct-src:{account}", *_limit(settings.LOGIN_FAILURES_PER_ACCOUNT)),
+            (f"{THROTTLE_PREFIX}ip:{source}", *_limit(settings.LOGIN_FAILURES_PER_IP))]
 
 
 def _count_attempt(email: str, ip: str | None) -> list[tuple[str, int, int]]:
@@ -135,7 +143,8 @@ def _count_attempt(email: str, ip: str | None) -> list[tuple[str, int, int]]:
 
 
 def _forgive_attempt(keys: list[tuple[str, int, int]]) -> None:
-    """After a successful login: forget the account's failures, take this attempt off the IP."""
+    """After a successful login: forget this source's failures on the account, take this attempt off
+    the source's count."""
     if not keys:
         return
     from app.kv import redis_client

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import jwt
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.audit.models import AuditLog
 from app.auth.models import RefreshToken
@@ -62,23 +62,51 @@ def error_code(resp):
 REGISTRATION = {"organization": "Acme", "name": "Ada Admin", "email": "ada@acme.test", "password": "a long passphrase"}
 
 
-def test_register_creates_the_organisation_and_its_admin_signed_in(client, session):
+def test_register_creates_the_organisation_and_its_admin_then_login_works(client, session):
     resp = client.post("/api/auth/register", json=REGISTRATION)
-    assert resp.status_code == 201, resp.get_json()
-    body = resp.get_json()
-    assert body["organization"]["name"] == "Acme" and body["organization"]["id"].startswith("org_")
-    assert body["user"]["email"] == "ada@acme.test" and body["user"]["role"] == "admin"
-    assert body["user"]["name"] == "Ada Admin"
-    assert body["expires_in"] == settings.ACCESS_TOKEN_TTL
-    assert body["refresh_token"].startswith("rt_")
-    assert "password" not in body["user"] and "password_hash" not in body["user"]
-
-    who = me(client, auth(body["access_token"])).get_json()
-    assert who["id"] == body["user"]["id"] and who["organization"] == body["organization"]
-    user = session.get(User, body["user"]["id"])
+    assert resp.status_code == 202, resp.get_json()
+    assert resp.get_json()["status"] == "accepted" and "POST /api/auth/login" in resp.get_json()["message"]
+    user = session.scalar(select(User).where(User.email == "ada@acme.test"))
+    assert user.role == "admin" and user.name == "Ada Admin"
     assert user.password_hash.startswith("$2") and PASSWORD not in user.password_hash
-    created = audit_rows(session, "organization.create", organization_id=body["organization"]["id"])
+    created = audit_rows(session, "organization.create", organization_id=user.organization_id)
     assert created and created[0].actor_id == user.id and created[0].actor_type == "user"
+
+    body = login(client, "ada@acme.test", REGISTRATION["password"]).get_json()
+    assert body["user"]["id"] == user.id and body["user"]["role"] == "admin"
+    assert body["expires_in"] == settings.ACCESS_TOKEN_TTL and body["refresh_token"].startswith("rt_")
+    who = me(client, auth(body["access_token"])).get_json()
+    assert who["organization"]["name"] == "Acme" and who["organization"]["id"] == user.organization_id
+
+
+def test_register_answers_a_taken_email_exactly_like_a_free_one(client, session, monkeypatch):
+    """It used to answer 409 email_taken (40x faster): a free oracle of who has an account."""
+    import bcrypt
+
+    from app.security import passwords
+
+    hashed = []
+    real = bcrypt.hashpw
+    monkeypatch.setattr(passwords.bcrypt, "hashpw", lambda pw, salt: hashed.append(salt[:7]) or real(pw, salt))
+    f.make_user(session, email="ada@acme.test")
+    taken = client.post("/api/auth/register", json={**REGISTRATION, "email": "Ada@ACME.test"})
+    free = client.post("/api/auth/register", json={**REGISTRATION, "email": "grace@acme.test"})
+    assert taken.status_code == free.status_code == 202
+    assert taken.get_json() == free.get_json()
+    assert {k: v for k, v in taken.headers if k not in ("X-Request-ID",)} == \
+        {k: v for k, v in free.headers if k not in ("X-Request-ID",)}
+    assert len(hashed) == 2 and hashed[0] == hashed[1], "both cost one bcrypt hash of the same cost"
+    assert session.scalar(select(func.count()).select_from(User).where(func.lower(User.email) == "ada@acme.test")) == 1
+    assert login(client, "ada@acme.test", REGISTRATION["password"]).status_code == 401, "the account is not touched"
+
+
+def test_register_racing_another_for_the_same_address_answers_the_same(client, session, monkeypatch):
+    from app.team import service as team
+
+    f.make_user(session, email="ada@acme.test")
+    monkeypatch.setattr(team, "email_taken", lambda *a, **k: False)  # checked just before the other committed
+    resp = client.post("/api/auth/register", json=REGISTRATION)
+    assert resp.status_code == 202 and resp.get_json()["status"] == "accepted"
 
 
 def test_register_is_refused_when_signup_is_off(client, override):
@@ -91,6 +119,11 @@ def test_register_is_refused_when_signup_is_off(client, override):
 @pytest.mark.parametrize("password, problem", [
     ("short1", "at least 10"),
     ("ada@acme.test", "email"),
+    ("1234567890", "most common"),
+    ("qwertyuiop", "most common"),
+    ("Password123", "most common"),
+    ("password1234", "easy to guess"),
+    ("adaadmin2024", "easy to guess"),
 ])
 def test_register_enforces_the_password_policy(client, session, password, problem):
     resp = client.post("/api/auth/register", json={**REGISTRATION, "password": password})
@@ -99,11 +132,11 @@ def test_register_enforces_the_password_policy(client, session, password, proble
     assert session.scalar(select(User).where(User.email == "ada@acme.test")) is None
 
 
-def test_register_refuses_a_taken_email_whatever_its_case(client, session):
-    f.make_user(session, email="ada@acme.test")
-    resp = client.post("/api/auth/register", json={**REGISTRATION, "email": "Ada@ACME.test"})
-    assert resp.status_code == 409
-    assert error_code(resp) == "email_taken"
+def test_strong_passwords_pass_the_policy():
+    from app.security.passwords import check_policy
+
+    for password in ("correct horse battery staple", "a long passphrase", "Tr0ub4dor&3-xylophone", "zq8#Lm2@vK"):
+        check_policy(password, "ada@acme.test", "Ada Admin")
 
 
 @pytest.mark.parametrize("extra", [{"role": "viewer"}, {"organization_id": "org_x"}, {"status": "active"}])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from app import quotas
 from app.apikeys.models import ApiKey
 from app.audit.service import record
 from app.db import get_scoped, scoped_select, utcnow
@@ -42,6 +43,7 @@ def create_api_key(session, principal: Principal, *, name: str, role: str,
             expires_at = expires_at.replace(tzinfo=timezone.utc)
         if expires_at <= utcnow():
             raise ValidationError(details={"expires_at": ["Must be in the future."]})
+    quotas.enforce(session, principal.organization_id, "api_keys", ApiKey, ApiKey.revoked_at.is_(None))
     secret, prefix = generate_key()
     creator = principal.id if principal.kind == "user" else principal.extra.get("created_by")
     key = ApiKey(organization_id=principal.organization_id, name=name, role=role, prefix=prefix,

@@ -16,10 +16,13 @@ blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Sign-up, 
 class Register(MethodView):
     @blp.doc(security=[])
     @blp.arguments(RegisterSchema)
-    @blp.response(201, RegisterResponseSchema)
+    @blp.response(202, RegisterResponseSchema)
     @public
     def post(self, body):
-        """Create an organisation and its first admin, signed in (403 when ALLOW_SIGNUP=false)"""
+        """Create an organisation and its first admin, then sign in with POST /api/auth/login.
+
+        The answer is the same whether or not the email address is registered already, so that
+        sign-up does not tell who has an account (403 when ALLOW_SIGNUP=false)."""
         return service.register(request_session(), **body)
 
 

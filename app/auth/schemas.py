@@ -49,8 +49,9 @@ class OrganizationRefSchema(ma.Schema):
     name = fields.String()
 
 
-class RegisterResponseSchema(TokensSchema):
-    organization = fields.Nested(OrganizationRefSchema)
+class RegisterResponseSchema(ma.Schema):
+    status = fields.String(metadata={"description": "Always `accepted`."})
+    message = fields.String(metadata={"description": "What to do next: sign in with POST /api/auth/login."})
 
 
 class MeKeySchema(ma.Schema):

@@ -176,18 +176,35 @@ def _audit_refused_login(user: User | None, email: str, reason: str) -> None:
 # ----------------------------------------------------------------------------- the endpoints
 
 
+SIGNUP_ACCEPTED = ("If this email address was not registered yet, the organisation and its admin account exist "
+                   "now: sign in with POST /api/auth/login. If it was, sign in with that account's password.")
+
+
 def register(session, *, organization: str, name: str, email: str, password: str) -> dict:
-    """Self-service sign-up: a new organisation and its first admin, signed in."""
+    """Self-service sign-up: a new organisation and its first admin; then sign in (``login``).
+
+    The answer and its cost are the same whether or not the email is taken (one bcrypt hash,
+    ``202 accepted``), so sign-up cannot be used to learn who has an account. Every check that
+    does not depend on existing accounts (the names, the password policy) is a 422 as usual."""
     if not settings.ALLOW_SIGNUP:
         raise Forbidden("Sign-up is closed on this server; ask an administrator for an account",
                         code="signup_disabled")
-    org, user = team.create_organization(session, name=organization, admin_email=email, admin_password=password,
-                                         admin_name=name, signup=True)
-    user.last_login_at = utcnow()
-    tokens = _start_session(session, user)
-    body = _tokens_response(session, user, tokens)
-    body["organization"] = org
-    return body
+    from sqlalchemy.exc import IntegrityError
+
+    org_name = team.checked_organization_name(organization)
+    address = team.normalise_email(email)
+    check_policy(password, address, name)
+    password_hash = hash_password(password)  # the same work whether or not the address is free
+    if team.email_taken(session, address):
+        log.info("sign-up for an address that is registered already (answered as any other)")
+    else:
+        try:
+            with session.begin_nested():
+                team.create_organization(session, name=org_name, admin_email=address,
+                                         admin_password_hash=password_hash, admin_name=name, signup=True)
+        except IntegrityError:  # the same address signed up at the same moment: the same answer
+            log.info("sign-up raced another one for the same address")
+    return {"status": "accepted", "message": SIGNUP_ACCEPTED}
 
 
 def login(session, *, email: str, password: str) -> dict:
@@ -305,7 +322,7 @@ def change_password(session, principal: Principal, *, current_password: str, new
     if not verify_password(current_password, user.password_hash):
         raise ValidationError("The current password is wrong", details={"current_password": ["Incorrect."]})
     _forgive_attempt(counted)
-    check_policy(new_password, user.email)
+    check_policy(new_password, user.email, user.name)
     user.password_hash = hash_password(new_password)
     user.updated_at = utcnow()
     revoke_user_sessions(session, user.id, "password_changed", except_family=principal.extra.get("sid"))

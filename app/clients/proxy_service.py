@@ -23,7 +23,7 @@ import ssl
 
 from sqlalchemy import select
 
-from app import outbox
+from app import outbox, quotas
 from app.audit import service as audit
 from app.clients.models import Client, Proxy
 from app.db import get_scoped, scoped_select, utcnow
@@ -69,6 +69,7 @@ def check_host(host: str, port: int) -> None:
 def create_proxy(session, principal: Principal, *, scheme: str, host: str, port: int, name: str | None = None,
                  username: str | None = None, password: str | None = None) -> Proxy:
     check_host(host, port)
+    quotas.enforce(session, principal.organization_id, "proxies", Proxy, Proxy.deleted_at.is_(None))
     proxy = Proxy(organization_id=principal.organization_id, name=name, scheme=scheme, host=host, port=port,
                   username=username, password_encrypted=encrypt(password) if password else None, status="unchecked")
     session.add(proxy)

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
 
-from app import outbox
+from app import outbox, quotas
 from app.audit import service as audit
 from app.clients.models import BanAlert, Client, ClientSession, ClientStatusHistory, Proxy
 from app.clients.schemas import SECRET_CONFIG_KEYS, ClientSchema
@@ -118,6 +118,7 @@ def create_client(session, principal: Principal, *, name: str, transport: str | 
     merged_limits = _checked_limits({**DEFAULT_LIMITS, **(limits or {})})
     if proxy_id is not None:
         _check_proxy(session, principal.organization_id, proxy_id)
+    quotas.enforce(session, principal.organization_id, "clients", Client, Client.deleted_at.is_(None))
     client = Client(organization_id=principal.organization_id, name=name, transport=transport, config=public,
                     secrets_encrypted=encrypt_json(secrets) if secrets else None, proxy_id=proxy_id,
                     status="created", status_changed_at=utcnow(), **merged_limits)

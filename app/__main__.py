@@ -28,10 +28,11 @@ def cmd_db_init(args) -> None:
     from app.schema import apply_schema, schema_version
 
     try:
-        applied = apply_schema(settings.DATABASE_URL)
+        done = apply_schema(settings.DATABASE_URL)
     except Exception as exc:
         sys.exit(f"app db init: {exc.__class__.__name__}: {exc}")
-    print(f"schema {'applied' if applied else 'already applied'} (version {schema_version(settings.DATABASE_URL)})")
+    said = {"created": "applied", "upgraded": "upgraded"}.get(done, "already applied")
+    print(f"schema {said} (version {schema_version(settings.DATABASE_URL)})")
 
 
 def cmd_db_status(args) -> None:

@@ -18,7 +18,7 @@ def run(*args, env=None):
 def test_db_init_is_a_no_op_on_an_applied_database():
     result = run("-m", "app", "db", "init")
     assert result.returncode == 0, result.stderr
-    assert "already applied (version 1)" in result.stdout
+    assert "already applied (version " in result.stdout
 
 
 def test_db_init_creates_and_applies_an_empty_database():

@@ -127,7 +127,8 @@ def main() -> None:
         applied = apply_schema(database_url)
     except Exception as exc:
         sys.exit(f"make run: cannot apply the schema to {database_url}: {exc}")
-    say("db", "90", "schema applied" if applied else "schema already present (data kept)")
+    say("db", "90", {"created": "schema applied", "upgraded": "schema upgraded (data kept)"}.get(
+        applied, "schema already present (data kept)"))
 
     env = children_env(database_url, redis_url, data_dir)
     py = sys.executable

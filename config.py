@@ -77,7 +77,7 @@ SETTINGS: list[Setting] = [
     Setting("PACING_SLACK_MS", "500", "Pad (ms) added to the minimum gap and to the windows of paced sends: the time a granted send has to reach the transport (a send later than that is paced again).", "int"),
     Setting("WORKER_POLL_MS", "100", "Longest idle poll of a worker's queue consumers: a delayed job (a pacing slot) starts at most about twice this late.", "int"),
     Setting("MESSAGE_PARK_AFTER", "60", "Seconds: a message due later than this (its pacing slot or `scheduled_at`) waits parked in Redis, not in the broker, until the feeder releases it this long before its time; keeps workers' delay queues small whatever the backlog.", "int"),
-    Setting("MESSAGE_SENDING_TIMEOUT", "120", "Seconds after which the sweeper marks a message stuck in `sending` (its worker died mid-send) as failed with code `interrupted`; it is never resent.", "int"),
+    Setting("MESSAGE_SENDING_TIMEOUT", "120", "Seconds after which the sweeper marks a message stuck in `sending` (its worker died mid-send) `unknown` with code `interrupted` and asks the transport what became of it; it is never resent unless the transport is certain it never got it.", "int"),
     Setting("MESSAGE_LOST_AFTER", "300", "Seconds past its due time after which the sweeper re-enqueues a `queued` message whose job was lost.", "int"),
     Setting("MESSAGE_SWEEP_EVERY", "30", "Seconds between two runs of the message sweeper (interrupted sends, lost jobs, expired idempotency keys).", "int"),
     Setting("MESSAGE_MAX_ATTEMPTS", "5", "Transport attempts of one message on transient errors before it fails.", "int"),

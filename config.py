@@ -82,6 +82,7 @@ SETTINGS: list[Setting] = [
     Setting("MESSAGE_SWEEP_EVERY", "30", "Seconds between two runs of the message sweeper (interrupted sends, lost jobs, expired idempotency keys).", "int"),
     Setting("MESSAGE_MAX_ATTEMPTS", "5", "Transport attempts of one message on transient errors before it fails.", "int"),
     Setting("OPT_OUT_CONFIRMATION", "You have been unsubscribed and will receive no more messages. Reply START to subscribe again.", "The one message sent to a contact who opts out (STOP)."),
+    Setting("INBOX_REDISPATCH_AFTER", "30", "Seconds a transport report (status, ack, inbound message) may stay unapplied past its time before its job is sent again (the broker lost it).", "int"),
     Setting("IDEMPOTENCY_IN_FLIGHT_TIMEOUT", "60", "Seconds after which a request holding an `Idempotency-Key` that never finished (its process died) is abandoned, and the key may be used again.", "int"),
     Setting("CLIENT_RECONNECT_BASE_MS", "2000", "First reconnect delay of a client that disconnected; it doubles with each failed attempt.", "int"),
     Setting("CLIENT_RECONNECT_MAX_MS", "300000", "Longest delay between two reconnect attempts of a client.", "int"),

@@ -8,7 +8,8 @@ the commit and delayed to the report's ``due_at``, applies it (clients.service.r
 messages.service.apply_ack, messages.service.receive_inbound) and marks the row applied.
 
 The row is what survives: if the broker loses the job (a Redis restart, a worker whose delayed
-jobs were dropped), ``redispatch`` (periodic) sends it again once it is overdue; applying twice is
+jobs were dropped), ``redispatch`` (periodic) sends it again once it is overdue by
+``INBOX_REDISPATCH_AFTER``; applying twice is
 harmless (the row is locked and checked, and every apply is idempotent). An ack that finds no
 message yet (it overtook the recording of its send) is tried again with backoff, and given up as
 ``orphaned`` after ``ACK_PATIENCE``. Applied rows are purged after ``KEEP_APPLIED``.
@@ -32,13 +33,12 @@ from app import outbox
 from app.db import job_session, utcnow
 from app.inbox.models import TransportEvent
 from app.transports.base import ClientInfo, InboundMessage
+from config import settings
 
 log = logging.getLogger(__name__)
 
 APPLY_ACTOR = "inbox.apply"
 QUEUE = "default"
-#: an overdue row whose job was sent this long ago and did not apply it is sent again
-REDISPATCH_AFTER = timedelta(seconds=30)
 #: how long an ack waits for its message to be recorded before it is given up (orphaned)
 ACK_PATIENCE = timedelta(hours=1)
 #: applied rows are kept this long (for inspection), then purged
@@ -184,9 +184,12 @@ def _apply(session, event: TransportEvent) -> str:
 # ----------------------------------------------------------------------------- sweeping
 
 
-def redispatch(session, *, overdue: timedelta = REDISPATCH_AFTER, limit: int = 5000) -> int:
+def redispatch(session, *, overdue: timedelta | None = None, limit: int = 5000) -> int:
     """Send again the ``inbox.apply`` jobs of rows that should have been applied by now (the
-    broker lost them, or their worker dropped them). A duplicate only finds the row applied."""
+    broker lost them, or their worker dropped them): overdue by ``INBOX_REDISPATCH_AFTER``. A
+    duplicate only finds the row applied."""
+    if overdue is None:
+        overdue = timedelta(seconds=settings.INBOX_REDISPATCH_AFTER)
     ids = list(session.scalars(
         select(TransportEvent.id).where(TransportEvent.applied_at.is_(None),
                                         TransportEvent.due_at <= func.now() - overdue,

@@ -637,6 +637,20 @@ def requeue_lost(session, lost_after_s: float | None = None, limit: int = 5000) 
     return len(ids)
 
 
+def reschedule_queued(session, after_id: str = "", limit: int = 5000) -> list[str]:
+    """Every ``queued`` message of sendable clients (from ``after_id``, at most ``limit``) gets a
+    new job at its time (its slot or ``scheduled_at``, else now): for a broker that lost all of
+    them, delayed and parked ones included. Returns the ids, to go on from the last."""
+    rows = session.execute(
+        select(Message.id, Message.scheduled_for, Message.scheduled_at).join(Client, Client.id == Message.client_id)
+        .where(Message.status == "queued", Message.direction == "outbound", Message.id > after_id,
+               Client.status == "ready", Client.paused.is_(False), Client.deleted_at.is_(None))
+        .order_by(Message.id).limit(limit)).all()
+    now = pacing.now_ms()
+    schedule(session, [(r.id, max([0] + [_ms(t) - now for t in (r.scheduled_for, r.scheduled_at) if t])) for r in rows])
+    return [r.id for r in rows]
+
+
 def sweep(session, *, sending_timeout_s: float | None = None, lost_after_s: float | None = None) -> dict:
     """Everything the periodic ``messages.sweep`` does, in the caller's transaction."""
     from app import idempotency

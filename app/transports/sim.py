@@ -15,8 +15,7 @@ The simulated network per client (Redis, ``wa:sim:<client_id>:*``):
 - ``banned``, ``refuse`` (reconnects to refuse), ``fail_next`` (sends to fail): injected faults;
 - ``received`` / ``ids``: every send by message id (``GET /api/clients/{id}/sim/network``);
 - ``sent_at``: when each message id first arrived (epoch ms), so ``lookup`` can tell what happened
-  to a message whose sender died, and ``since``: when this memory began (a Redis that lost it
-  cannot say a message never arrived).
+  to a message whose sender died.
 
 Config knobs (``clients.config``) are listed in ``DEFAULTS``; docs/clients.md explains them.
 Every random choice is a hash of ``seed`` (default: the client id) and the message id, so a run is
@@ -57,6 +56,19 @@ _MAX_MS = 24 * 3600 * 1000
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 #: how long the simulated network remembers a client that stopped writing to it
 NETWORK_TTL_S = 7 * 24 * 3600
+
+
+def refused_before_running(exc: BaseException) -> bool:
+    """Whether a Redis error means a MULTI/EXEC block certainly did not run: the server refused it
+    (full, read-only, loading) or no connection could be made. Any other failure (a connection
+    reset, a timeout) may come after it ran."""
+    import redis
+
+    if isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ExecAbortError,
+                        redis.exceptions.ReadOnlyError, redis.exceptions.BusyLoadingError)):
+        return True
+    return isinstance(exc, redis.exceptions.ConnectionError) and isinstance(
+        exc.__cause__ or exc.__context__, ConnectionRefusedError)
 
 
 def validate_config(config: dict) -> dict[str, list[str]]:
@@ -222,20 +234,14 @@ class SimNetwork:
         pipe = self.redis.pipeline()
         pipe.hincrby(self.key("ids"), message_id, 1)
         pipe.hsetnx(self.key("sent_at"), message_id, now)
-        pipe.set(self.key("since"), now, nx=True)
         pipe.incr(self.key("received"))
-        for name in ("ids", "sent_at", "since", "received"):
+        for name in ("ids", "sent_at", "received"):
             pipe.expire(self.key(name), NETWORK_TTL_S)
         times, *_ = pipe.execute()
         return int(times)
 
     def sent_at(self, message_id: str) -> int | None:
         raw = self.redis.hget(self.key("sent_at"), message_id)
-        return int(raw) if raw else None
-
-    def remembers_since(self) -> int | None:
-        """Since when (epoch ms) the network remembers this client's traffic; None: nothing yet."""
-        raw = self.redis.get(self.key("since"))
         return int(raw) if raw else None
 
     def counts(self) -> dict:
@@ -342,7 +348,14 @@ class SimTransport(Transport):
         if self.chance(message.message_id, "fail") < float(self.config["fail_rate"]):
             raise PermanentSendError(f"{message.to} is not on the simulated network", code="invalid_recipient")
         external_id = self.external_id(message.message_id)
-        if self.network.record_send(message.message_id) > 1:
+        try:
+            arrivals = self.network.record_send(message.message_id)
+        except Exception as exc:
+            if refused_before_running(exc):  # the network never took it: safe to try again
+                raise TransientSendError(f"the simulated network refused the send ({exc.__class__.__name__})",
+                                         code="transport_unavailable") from exc
+            raise  # it may have arrived: the platform asks ``lookup`` once it can
+        if arrivals > 1:
             return SendResult(external_id)  # a resend: the network counted it, the contact already has it
         now = datetime.now(timezone.utc)
         for status, after_ms in self._receipts(message.message_id):
@@ -367,14 +380,11 @@ class SimTransport(Transport):
 
     def lookup(self, message_id: str, attempted_at: datetime | None = None) -> Lookup | None:
         """What the simulated network knows of ``message_id``: when it arrived and which of its
-        receipts are due by now; certainly never sent when the network's memory of this client
-        began before the send was attempted and has no trace of it; None when its memory is
-        younger (a Redis that lost it cannot tell)."""
+        receipts are due by now, or that it never arrived. The network's memory is the truth of
+        the simulation (a contact has what the network delivered), so no trace means not sent."""
         arrived = self.network.sent_at(message_id)
         if arrived is None:
-            since = self.network.remembers_since()
-            covered = since is not None and attempted_at is not None and since <= attempted_at.timestamp() * 1000
-            return Lookup(sent=False) if covered else None
+            return Lookup(sent=False)
         times = {"sent": _dt(arrived)}
         status = "sent"
         for receipt, after_ms in self._receipts(message_id):

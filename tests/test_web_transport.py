@@ -21,6 +21,9 @@ from config import settings
 from tests.fixtures.wa_web.server import FakeWhatsAppWeb
 from tests.fixtures.wa_web.sink import RecordingSink, start_and_scan
 
+#: Chromium is heavy: the browser tests run one at a time, on one xdist worker (one module-wide browser)
+pytestmark = pytest.mark.xdist_group("browser")
+
 PHONE = "+15550100200"
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
 

@@ -88,6 +88,36 @@ def test_a_late_background_delete_cannot_remove_a_row_of_the_next_test(committed
     assert len(ready(redis_conn)) == 2
 
 
+def test_a_job_enqueued_during_a_request_carries_its_request_id_even_when_swept(committed, redis_conn, monkeypatch):
+    import dramatiq
+
+    from app.logs import current_request_id
+
+    def crash(row):
+        raise ConnectionError("process died before the send")
+
+    real_send = outbox._send
+    token = current_request_id.set("req-77")
+    try:
+        outbox.enqueue(committed, "system.noop", "traced")
+        committed.commit()
+        monkeypatch.setattr(outbox, "_send", crash)
+        outbox.enqueue(committed, "system.noop", "lost", delay_ms=5)
+        committed.commit()  # its send fails: only the row remembers the request
+    finally:
+        current_request_id.reset(token)
+        monkeypatch.setattr(outbox, "_send", real_send)
+    outbox.enqueue(committed, "system.noop", "untraced")
+    committed.commit()
+    outbox._dispatched.flush()  # the dispatched rows' background delete, now
+    assert outbox.sweep(committed, older_than_s=0) == 1  # the scheduler's sweep: no request of its own
+    committed.commit()
+    raw = [*redis_conn.hvals("dramatiq:default.msgs"), *redis_conn.hvals("dramatiq:default.DQ.msgs")]
+    options = {m.args[0]: m.options for m in map(dramatiq.Message.decode, raw)}
+    assert options["traced"]["request_id"] == "req-77" and options["lost"]["request_id"] == "req-77"
+    assert "request_id" not in options["untraced"]
+
+
 def test_enqueue_inside_request_transaction_is_rolled_back_on_error(session, redis_conn):
     outbox.enqueue(session, "system.noop")
     session.rollback()

@@ -5,6 +5,7 @@ pinned, so an upgrade of something we call directly is a decision, not an accide
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import sys
@@ -33,7 +34,14 @@ def pins() -> dict[str, str | None]:
     return found
 
 
-def imported_modules() -> set[str]:
+@functools.cache
+def provided_by() -> dict[str, list[str]]:
+    """{top-level module: the installed distributions providing it} (slow to build: once)."""
+    return importlib.metadata.packages_distributions()
+
+
+@functools.cache
+def imported_modules() -> frozenset[str]:
     """Top-level names of every absolute import in the project's Python files."""
     names = set()
     for path in ROOT.rglob("*.py"):
@@ -44,15 +52,14 @@ def imported_modules() -> set[str]:
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
-    return names - set(sys.stdlib_module_names) - FIRST_PARTY
+    return frozenset(names - set(sys.stdlib_module_names) - FIRST_PARTY)
 
 
-def distributions_of(modules: set[str]) -> dict[str, set[str]]:
+def distributions_of(modules: frozenset[str] | set[str]) -> dict[str, set[str]]:
     """{distribution: the imported modules it provides}."""
-    provided = importlib.metadata.packages_distributions()
     out: dict[str, set[str]] = {}
     for module in modules:
-        for dist in provided.get(module, []):
+        for dist in provided_by().get(module, []):
             out.setdefault(canonical(dist), set()).add(module)
     return out
 
@@ -66,7 +73,7 @@ def test_every_pin_is_imported_or_says_why_it_is_there():
 
 def test_every_imported_package_is_pinned():
     modules = imported_modules()
-    unknown = sorted(m for m in modules if m not in importlib.metadata.packages_distributions())
+    unknown = sorted(m for m in modules if m not in provided_by())
     assert not unknown, f"imported but not installed: {unknown}"
     missing = sorted(f"{dist} ({', '.join(sorted(mods))})" for dist, mods in distributions_of(modules).items()
                      if dist not in pins())

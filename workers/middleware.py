@@ -92,8 +92,8 @@ class RequestContext(Middleware):
     (app/outbox.py); it becomes the current request id while the job runs, so every line the job
     logs, and every job it enqueues in turn, carries it. A job nobody's request caused (periodic,
     CLI) runs under its own message id. Each job logs its start and its end: actor, message id,
-    duration and outcome (``ok``, ``failed`` — retried or dead-lettered by Retries — or
-    ``skipped``)."""
+    duration and outcome: ``ok``, ``failed`` (an error: Retries retries it or dead-letters it),
+    ``retry`` (the actor asked for a later run) or ``skipped``."""
 
     def __init__(self):
         self._started = threading.local()
@@ -121,7 +121,11 @@ class RequestContext(Middleware):
         log.info("job start %s %s", message.actor_name, message.message_id, extra=_job_fields(message))
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        self._finish(message, "ok" if exception is None else "failed", exception)
+        if exception is None:
+            outcome = "ok"
+        else:
+            outcome = "retry" if isinstance(exception, dramatiq.Retry) else "failed"
+        self._finish(message, outcome, exception)
 
     def after_skip_message(self, broker, message):
         self._finish(message, "skipped", None)
@@ -132,9 +136,8 @@ class RequestContext(Middleware):
         started = getattr(self._started, "at", None)
         duration_ms = round((time.perf_counter() - started) * 1000, 1) if started is not None else None
         fields = {**_job_fields(message), "outcome": outcome, "duration_ms": duration_ms}
-        if exception is not None:
-            fields["error"] = f"{exception.__class__.__name__}: {exception}"[:500]
-        # a failure's traceback is Dramatiq's own (error) line; this one closes the job's story
+        if exception is not None:  # its message and traceback are in Dramatiq's own line
+            fields["error"] = exception.__class__.__name__
         log.info("job %s %s %s in %s ms", outcome, message.actor_name, message.message_id, duration_ms,
                  extra=fields)
         self._started.at = None

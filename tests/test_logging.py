@@ -155,3 +155,47 @@ def worker_idle() -> bool:
 
     r = redis_client()
     return not any(r.hlen(f"dramatiq:{q}.msgs") for q in ("default", "default.DQ"))
+
+
+def test_each_job_logs_its_start_and_outcome_under_the_request_id_it_carries():
+    import dramatiq
+
+    from app.logs import current_request_id
+    from workers.middleware import RequestContext
+
+    context = RequestContext()
+
+    def message(**options):
+        return dramatiq.Message(queue_name="default", actor_name="system.noop", args=(), kwargs={}, options=options)
+
+    traced, failing, deferred, untraced, skipped = (message(request_id="req-9"), message(request_id="req-9"),
+                                                   message(request_id="req-9", retries=2), message(), message())
+    done = capture("workers.middleware", process="worker:default")
+    try:
+        during = []
+        for msg, exception in ((traced, None), (failing, ValueError("boom")), (deferred, dramatiq.Retry("later")),
+                               (untraced, None)):
+            context.before_process_message(None, msg)
+            during.append(current_request_id.get())
+            sent = message()
+            context.before_enqueue(None, sent, None)  # a job it sends in turn
+            during.append(sent.options["request_id"])
+            context.after_process_message(None, msg, exception=exception)
+            assert current_request_id.get() is None
+        context.after_skip_message(None, skipped)
+    finally:
+        out = done()
+    assert during == ["req-9"] * 6 + [untraced.message_id] * 2
+    lines = [json.loads(line) for line in out.splitlines()]
+    ends = [(line["message_id"], line["request_id"], line["outcome"], line.get("error"), line["retries"])
+            for line in lines if "outcome" in line]
+    assert ends == [(traced.message_id, "req-9", "ok", None, 0), (failing.message_id, "req-9", "failed", "ValueError", 0),
+                    (deferred.message_id, "req-9", "retry", "Retry", 2),
+                    (untraced.message_id, untraced.message_id, "ok", None, 0),
+                    (skipped.message_id, None, "skipped", None, 0)]
+    assert [line["message"] for line in lines if line["message"].startswith("job start")] == [
+        f"job start system.noop {m.message_id}" for m in (traced, failing, deferred, untraced)]
+    assert all(line["duration_ms"] >= 0 for line in lines if line.get("outcome") not in (None, "skipped"))
+    assert not message().options, "outside a request or a job nothing is added"
+    context.before_enqueue(None, plain := message(), None)
+    assert "request_id" not in plain.options

@@ -344,13 +344,14 @@ def test_two_hosts_one_lease_sends_through_the_owner_and_takeover_after_it_dies(
     wait_for(lambda: _message(api, headers, r.get_json()["id"])["status"] == "sent", timeout=120,
              message="the send through the new owner")
     assert fake.sent(PHONE)[-1].text == "after takeover"
-    def status_text() -> str:
-        return subprocess.run([sys.executable, "-m", "workers", "status"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=120, env=dict(os.environ)).stdout
+    def survivor_alone() -> str | None:
+        """`workers status`, once it lists one host: the dead one is listed until its heartbeat
+        expires (WORKER_HEARTBEAT_TTL after its last beat)."""
+        out = subprocess.run([sys.executable, "-m", "workers", "status"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120, env=dict(os.environ)).stdout
+        return out if "session hosts: 1" in out else None
 
-    # the dead host is listed until its heartbeat expires (WORKER_HEARTBEAT_TTL after its last beat)
-    shown = wait_for(lambda: (out := status_text()) if "session hosts: 1" in out else None, timeout=30,
-                     interval=1, message="`workers status` to list the survivor alone")
+    shown = wait_for(survivor_alone, timeout=30, interval=1, message="`workers status` to list the survivor alone")
     assert survivor in shown and cid in shown and "MB RSS" in shown
 
     # stop: the owner closes the session and gives up the lease

@@ -309,7 +309,7 @@ def test_two_hosts_one_lease_sends_through_the_owner_and_takeover_after_it_dies(
     # the message accepted before the start was sent through the owner's session, typed
     wait_for(lambda: _message(api, headers, early_id)["status"] == "sent", timeout=120,
              message="the early message sent")
-    sent = fake.sent(PHONE)
+    sent = fake.wait_sent(PHONE, 1)
     assert [m.text for m in sent] == ["queued early"] and len(sent[0].typing) == len("queued early")
     assert _message(api, headers, early_id)["attempts"] == 1
     fake.ack(sent[0].id, "delivered")
@@ -343,7 +343,7 @@ def test_two_hosts_one_lease_sends_through_the_owner_and_takeover_after_it_dies(
     assert r.status_code == 202
     wait_for(lambda: _message(api, headers, r.get_json()["id"])["status"] == "sent", timeout=120,
              message="the send through the new owner")
-    assert fake.sent(PHONE)[-1].text == "after takeover"
+    assert fake.wait_sent(PHONE, 2)[-1].text == "after takeover"
     def survivor_alone() -> str | None:
         """`workers status`, once it lists one host: the dead one is listed until its heartbeat
         expires (WORKER_HEARTBEAT_TTL after its last beat)."""

@@ -292,7 +292,7 @@ def test_send_text_types_it_at_60_to_100_ms_per_character(fake, ready, monkeypat
     monkeypatch.setattr(web, "random", Recording())
     text = "Hello from the web transport"
     result = transport.send(_text("+15550999001", text))
-    sent = fake.sent(PHONE)[-1]
+    sent = fake.wait_sent(PHONE, 1)[-1]
     assert (sent.text, sent.chat, sent.id) == (text, "15550999001@c.us", result.external_id)
     assert result.status == "sent"
     stamps = sent.typing  # the page's time of each typed character
@@ -302,8 +302,9 @@ def test_send_text_types_it_at_60_to_100_ms_per_character(fake, ready, monkeypat
 
     # a second message to the same chat: typed again, new lines kept, its own id
     second = transport.send(_text("+15550999001", "line one\nline two", "msg_2"))
-    assert fake.sent(PHONE)[-1].text == "line one\nline two"
-    assert second.external_id != result.external_id and fake.sent(PHONE)[-1].id == second.external_id
+    again = fake.wait_sent(PHONE, 2)[-1]
+    assert again.text == "line one\nline two"
+    assert second.external_id != result.external_id and again.id == second.external_id
 
 
 class _VirtualClock(selectors.DefaultSelector):
@@ -375,7 +376,7 @@ def test_long_text_types_within_the_budget_and_pastes_the_rest(fake, ready):
     settings.override(WEB_TYPING_MAX_MS=600)
     text = "x" * 40 + " and the rest is pasted"
     transport.send(_text("+15550999002", text))
-    sent = fake.sent(PHONE)[-1]
+    sent = fake.wait_sent(PHONE, 1)[-1]
     assert sent.text == text
     assert 6 <= len(sent.typing) <= 11, "only ~600 ms worth of characters are typed"
 
@@ -387,7 +388,7 @@ def test_send_media_uploads_the_file_with_its_caption(fake, ready, tmp_path):
     ref = MediaRef(media_id="med_1", mime_type="image/png", filename="photo.png", path=str(image), size=len(PNG))
     result = transport.send(OutboundMessage(message_id="msg_img", to="+15550999003", type="image", media=ref,
                                             caption="Look at this"))
-    sent = fake.sent(PHONE)[-1]
+    sent = fake.wait_sent(PHONE, 1)[-1]
     assert sent.id == result.external_id and sent.caption == "Look at this"
     assert sent.media["name"] == "photo.png" and sent.media["mime"] == "image/png"
     assert base64.b64decode(sent.media["data_b64"]) == PNG
@@ -398,7 +399,7 @@ def test_send_media_uploads_the_file_with_its_caption(fake, ready, tmp_path):
     transport.send(OutboundMessage(message_id="msg_doc", to="+15550999003", type="document",
                                    media=MediaRef(media_id="med_2", mime_type="application/pdf",
                                                   filename="report.pdf", path=str(doc))))
-    sent = fake.sent(PHONE)[-1]
+    sent = fake.wait_sent(PHONE, 2)[-1]
     assert sent.media["name"] == "report.pdf" and base64.b64decode(sent.media["data_b64"]) == b"%PDF-1.4 test"
     assert sent.caption is None
 

@@ -202,7 +202,8 @@ def test_qr_code_is_read_from_the_page_and_every_rotation_reported(fake, open_tr
     detail = sink.status_detail("qr")
     assert datetime.fromisoformat(detail["expires_at"]) > datetime.now(timezone.utc)
     assert transport.state == "qr"
-    fake.scan(fake.qr_refs()[0], PHONE)  # the code the page shows now was reported
+    with fake.lock:  # the code the page shows now (no rotation between reading and scanning it)
+        fake.scan(fake.qr_refs()[0], PHONE)
     assert sink.wait_status("ready")["phone"] == PHONE
 
 

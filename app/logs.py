@@ -1,9 +1,11 @@
-"""JSON logs to stdout with the request id (or job id) on every line."""
+"""JSON logs to stdout with the request id on every line: the HTTP request's, and in a job the id
+of the request that enqueued it (or the job's own message id when no request did)."""
 from __future__ import annotations
 
 import contextvars
 import logging
 import sys
+from datetime import datetime, timezone
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -19,6 +21,25 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+class _IsoJsonFormatter(JsonFormatter):
+    """``ts`` in ISO 8601, UTC, with milliseconds: ``2026-01-31T12:34:56.789Z``."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        at = datetime.fromtimestamp(record.created, timezone.utc)
+        return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def formatter(process: str) -> logging.Formatter:
+    """The formatter of every process's log lines: JSON, or text with ``LOG_FORMAT=text``."""
+    if settings.LOG_FORMAT == "text":
+        return logging.Formatter("%(asctime)s %(levelname)-5s %(name)s [%(request_id)s] %(message)s", "%H:%M:%S")
+    return _IsoJsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+        rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
+        static_fields={"process": process},
+    )
+
+
 _configured = False
 
 
@@ -28,15 +49,7 @@ def configure_logging(process: str) -> None:
     if _configured:
         return
     handler = logging.StreamHandler(sys.stdout)
-    if settings.LOG_FORMAT == "text":
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s %(name)s [%(request_id)s] %(message)s",
-                                               "%H:%M:%S"))
-    else:
-        handler.setFormatter(JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
-            rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
-            static_fields={"process": process},
-        ))
+    handler.setFormatter(formatter(process))
     handler.addFilter(_ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -5,6 +5,10 @@ remembers it on the session. When (and only when) that transaction commits, the 
 broker and its row deleted (in the background, batched). On rollback nothing is sent and the row
 vanishes with the rest.
 
+A job enqueued while a request (or another job) is handled carries its request id in the message
+options (``request_id``); the worker logs the job under it, so a request can be followed into the
+jobs it caused (workers/middleware.py).
+
 If the process dies between the commit and the send, the row stays behind: ``sweep()`` (run by
 the scheduler) sends every row older than ``OUTBOX_SWEEP_AFTER`` seconds. A crash between send and
 delete can therefore send a job twice, which is why actors are idempotent (ARCHITECTURE rule 6).
@@ -24,6 +28,7 @@ from workers.broker import get_broker  # the configured broker, never dramatiq's
 from sqlalchemy import delete, event, insert, select
 from sqlalchemy.orm import Session
 
+from app.logs import current_request_id
 from config import settings
 
 log = logging.getLogger(__name__)
@@ -50,9 +55,11 @@ def enqueue_many(session: Session, actor: dramatiq.Actor | str, arg_lists: list,
     now_ms = int(time.time() * 1000)
     if delays_ms is None:
         delays_ms = [delay_ms] * len(arg_lists)
+    # the request (or the job) enqueueing it: its workers log under the same request id
+    origin = {"request_id": rid} if (rid := current_request_id.get()) else {}
     rows = [
         {"actor_name": actor_name, "queue_name": queue_name or default_queue, "args": list(a),
-         "kwargs": kwargs or {}, "options": {"eta": now_ms + int(d)} if d and d > 0 else {}}
+         "kwargs": kwargs or {}, "options": {**origin, "eta": now_ms + int(d)} if d and d > 0 else origin}
         for a, d in zip(arg_lists, delays_ms, strict=True)
     ]
     ids = session.scalars(insert(JobOutbox).returning(JobOutbox.id), rows).all()

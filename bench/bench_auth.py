@@ -121,7 +121,7 @@ def start_server(env: dict) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
          "--worker-class", "gthread", "--threads", "1", "--keep-alive", "30", "--log-level", "warning",
-         "bench.bench_auth:bench_app()"],
+         "--no-control-socket", "bench.bench_auth:bench_app()"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

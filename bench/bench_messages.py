@@ -511,7 +511,8 @@ def main() -> None:
 
     port = free_port()
     gunicorn = procs.start("api", ["-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                                   "--threads", "4", "--keep-alive", "30", "--log-level", "warning"])
+                                   "--threads", "4", "--keep-alive", "30", "--log-level", "warning",
+                                   "--no-control-socket"])
     api = Api(port, key)
 
     def up():

@@ -1,10 +1,18 @@
 """Real Postgres and Redis for every test (ARCHITECTURE rule 12).
 
-Before anything from the app is imported, the environment is pointed at a fresh test database
-(``wa_test`` on the TEST_DATABASE_URL server, recreated and given ``schema.sql`` once per run) and
-at the test Redis. Each test runs inside a transaction that is rolled back (``session``), and Redis
-is flushed between tests. Tests that start real worker processes use ``committed`` instead: their
-data is really committed, so other processes see it, and every table is truncated afterwards.
+Before anything from the app is imported (``pytest_configure`` runs before any test module is
+collected), the environment is pointed at this process's own test database (``TEST_DATABASE_NAME``,
+default ``wa_test``, on the TEST_DATABASE_URL server, recreated and given ``schema.sql`` once per
+run) and at its own Redis database. Each test runs inside a transaction that is rolled back
+(``session``), and Redis is flushed between tests. Tests that start real worker processes use
+``committed`` instead: their data is really committed, so other processes see it, and every table
+is emptied afterwards.
+
+Parallel runs (pytest-xdist; ``make test`` uses it): worker ``gwN`` gets the database
+``<TEST_DATABASE_NAME>_gwN`` and the Redis database ``base + N`` (mod 16) of TEST_REDIS_URL, so no
+worker sees what another commits, enqueues or flushes; the processes a test starts inherit both
+through the environment. Embedded servers (no TEST_DATABASE_URL / TEST_REDIS_URL) are started once,
+by tests/run.py or by the xdist controller, and shared by the workers.
 """
 from __future__ import annotations
 
@@ -12,60 +20,68 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.services import ensure_services  # noqa: E402
-
-_server_url, _redis_url = ensure_services()
-
-
-
 
 def with_database(url: str, name: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
     return urlunsplit(urlsplit(url)._replace(path="/" + name))
 
 
-TEST_DB = os.environ.get("TEST_DATABASE_NAME", "wa_test")
-os.environ.update({
-    "APP_ENV": "test",
-    "DATABASE_URL": with_database(_server_url, TEST_DB),
-    "REDIS_URL": _redis_url,
-    "DATA_DIR": os.environ.get("TEST_DATA_DIR") or tempfile.mkdtemp(prefix="wa-test-data-"),
-    "RATE_LIMIT_ENABLED": os.environ.get("RATE_LIMIT_ENABLED", "false"),
-    "LOG_LEVEL": "WARNING",
-    "WORKER_HEARTBEAT_TTL": "3",
-})
-
-import psycopg  # noqa: E402
-import pytest  # noqa: E402
-from psycopg import sql  # noqa: E402
+def with_redis_db(url: str, offset: int) -> str:
+    """``url`` with its database number moved ``offset`` up (mod 16, Redis' default count)."""
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(base + offset) % 16}"))
 
 
-def _recreate_database() -> None:
+def pytest_configure(config):
+    from tests.services import ensure_services
+
+    worker = getattr(config, "workerinput", {}).get("workerid")  # "gw0", ... in an xdist worker
+    server_url, redis_url = ensure_services()  # sets TEST_DATABASE_URL / TEST_REDIS_URL for the workers
+    if worker is None and getattr(config.option, "dist", "no") != "no":
+        return  # the xdist controller runs no test: its workers set themselves up
+    name = os.environ.get("TEST_DATABASE_NAME", "wa_test")
+    if worker:
+        name = f"{name}_{worker}"
+        redis_url = with_redis_db(redis_url, int(worker.removeprefix("gw")))
+    os.environ.update({
+        "TEST_DATABASE_NAME": name,  # tests derive the names of their extra databases from it
+        "APP_ENV": "test",
+        "DATABASE_URL": with_database(server_url, name),
+        "REDIS_URL": redis_url,
+        "DATA_DIR": os.environ.get("TEST_DATA_DIR") or tempfile.mkdtemp(prefix="wa-test-data-"),
+        "RATE_LIMIT_ENABLED": os.environ.get("RATE_LIMIT_ENABLED", "false"),
+        "LOG_LEVEL": "WARNING",
+        "WORKER_HEARTBEAT_TTL": "3",
+    })
+    _recreate_database(name)
+
+
+def _recreate_database(name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
     admin = with_database(os.environ["DATABASE_URL"], "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                     (TEST_DB,))
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TEST_DB)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEST_DB)))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    # only now may the app be imported: config reads the environment once
     from app.schema import apply_schema
 
     apply_schema(os.environ["DATABASE_URL"])
 
 
-_recreate_database()
-
-# only now may the app be imported: config reads the environment once
-import app.models  # noqa: E402,F401
-from app import db as app_db  # noqa: E402
-
-
 @pytest.fixture(scope="session")
 def engine():
+    import app.models  # noqa: F401  (registers every model)
+    from app import db as app_db
+
     return app_db.get_engine()
 
 
@@ -84,10 +100,23 @@ def _flush_redis():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_settings():
+    """A test that changes settings (``settings.override``) cannot leak them into the next one."""
+    from config import settings
+
+    saved = dict(settings.values)
+    yield
+    settings.values.clear()
+    settings.values.update(saved)
+
+
 @pytest.fixture
 def session(engine):
     """An ORM session in a transaction rolled back after the test. Request sessions opened by
     the app during the test join the same transaction (their commits become savepoints)."""
+    from app import db as app_db
+
     conn = engine.connect()
     outer = conn.begin()
     app_db.SessionFactory.configure(bind=conn, join_transaction_mode="create_savepoint")
@@ -102,19 +131,24 @@ def session(engine):
 
 
 def truncate_all(engine) -> None:
+    """Empty every table. Identities are not restarted: a row id is never used twice in a run, so a
+    late write about an earlier test's row (the outbox deleting dispatched rows in the background,
+    a worker finishing a job) cannot touch a later test's row that happens to get the same id."""
     from sqlalchemy import text
 
     with engine.begin() as conn:
         tables = [r[0] for r in conn.execute(text(
             "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'schema_version'"))]
         if tables:
-            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
 
 
 @pytest.fixture
 def committed(engine):
     """For tests where other processes (workers) must see the data: a plain session whose commits
-    are real; every table is truncated afterwards."""
+    are real; every table is emptied afterwards."""
+    from app import db as app_db
+
     s = app_db.SessionFactory(bind=engine)
     try:
         yield s

@@ -31,6 +31,42 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> str
     return (out or b"").decode(errors="replace")
 
 
+class Output:
+    """A process's output lines, read in the background (so its pipe never fills up)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        import threading
+
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self._reader.start()
+
+    def _pump(self, proc) -> None:
+        for raw in proc.stdout:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    def stop(self, proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> list[str]:
+        """Stop the process group (SIGKILL after ``timeout``) and return every line it wrote."""
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        self._reader.join(10)
+        return list(self.lines)
+
+
+def gunicorn(port: int, *args: str, **env) -> subprocess.Popen:
+    """The api under gunicorn, configured as `make run` and the Docker image run it."""
+    return spawn(["-m", "gunicorn", "-c", "python:app.system.gunicorn_conf", "wsgi:app",
+                  "--bind", f"127.0.0.1:{port}", *args], **env)
+
+
 def wait_for(predicate, timeout: float = 20, interval: float = 0.1, message: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

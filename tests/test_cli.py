@@ -25,7 +25,8 @@ def test_db_init_creates_and_applies_an_empty_database():
     from app.schema import with_database
     from config import settings
 
-    url = with_database(settings.DATABASE_URL, "wa_test_cli_init")
+    name = os.environ.get("TEST_DATABASE_NAME", "wa_test") + "_cli_init"  # this suite's (and xdist worker's) own
+    url = with_database(settings.DATABASE_URL, name)
     try:
         first = run("-m", "app", "db", "init", env={"DATABASE_URL": url})
         assert first.returncode == 0 and "schema applied" in first.stdout, first.stderr
@@ -35,7 +36,7 @@ def test_db_init_creates_and_applies_an_empty_database():
         import psycopg
 
         with psycopg.connect(with_database(settings.DATABASE_URL, "postgres"), autocommit=True) as conn:
-            conn.execute("DROP DATABASE IF EXISTS wa_test_cli_init WITH (FORCE)")
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_org_and_apikey_create_print_json(committed):

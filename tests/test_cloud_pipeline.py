@@ -23,7 +23,7 @@ from tests.procs import WorkerProcesses, stop, wait_for
 from tests.test_cloud_transport import APP_SECRET, VERIFY_TOKEN, allow_loopback, change, signed_post  # noqa: F401
 from tests.test_messages_workers import headers, org, rows  # noqa: F401  (fixtures)
 
-pytestmark = pytest.mark.workers
+pytestmark = [pytest.mark.workers, pytest.mark.xdist_group("cloud_pipeline")]  # one set of pools for the module
 
 TO = "+14155550123"
 BUSINESS_PHONE = "+15550783881"

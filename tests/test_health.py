@@ -92,38 +92,58 @@ def test_metrics_count_requests_by_route(client):
     assert "http_request_duration_seconds_bucket" in text
 
 
+def test_metrics_speak_the_prometheus_content_type(client):
+    """One Content-Type, with one charset: the text format by default, OpenMetrics to a scraper
+    that asks for it."""
+    plain = client.get("/metrics")
+    assert plain.headers.get_all("Content-Type") == ["text/plain; version=0.0.4; charset=utf-8"]
+    assert plain.headers["Vary"] == "Accept"
+    assert "# TYPE http_requests_total counter" in plain.get_data(as_text=True)
+    om = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0,text/plain;q=0.5"})
+    assert om.headers.get_all("Content-Type") == ["application/openmetrics-text; version=1.0.0; charset=utf-8; "
+                                                  "escaping=underscores"]
+    assert om.get_data(as_text=True).endswith("# EOF\n")
+
+
+def _get(port: int, path: str, timeout: float = 60) -> str:
+    """One request, never retried: a timeout fails the test instead of counting a request twice."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+        return resp.read().decode()
+
+
+def _wait_until_serving(proc, port: int) -> None:
+    from tests.procs import stop, wait_for
+
+    def up():
+        assert proc.poll() is None, stop(proc)
+        try:
+            return _get(port, "/metrics", timeout=5)  # not a route the tests count
+        except OSError:
+            return None
+
+    wait_for(up, timeout=60, message="gunicorn")
+
+
 @pytest.mark.workers
 def test_metrics_sum_every_api_process_and_show_queue_depths(redis_conn):
     """Under gunicorn with two worker processes (as `make run` and the image run it), every scrape
     counts the requests of both, and queue depths come from Redis at scrape time."""
     import re
-    import urllib.request
 
-    from tests.procs import spawn, stop, wait_for
+    from tests.procs import gunicorn, stop
     from workers.embedded import free_port
 
     redis_conn.rpush("dramatiq:messages", "a", "b", "c")
     port = free_port()
-    proc = spawn(["-m", "gunicorn", "-c", "python:app.system.gunicorn_conf", "wsgi:app",
-                  "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2"])
-
-    def get(path):
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.read().decode()
-
-    def up():
-        assert proc.poll() is None, stop(proc)
-        try:
-            return get("/api/openapi.json")
-        except OSError:
-            return None
-
+    proc = gunicorn(port, "--workers", "2", "--threads", "2")
     try:
-        wait_for(up, timeout=60, message="gunicorn")
-        for _ in range(30):
-            get("/api/openapi.json")
+        _wait_until_serving(proc, port)
+        for _ in range(31):
+            _get(port, "/api/openapi.json")
         for _ in range(4):  # whichever process answers the scrape, it reports both
-            text = get("/metrics")
+            text = _get(port, "/metrics")
             counts = re.findall(r'^http_requests_total\{method="GET",route="/api/openapi.json",status="200"\} (\S+)$',
                                 text, re.M)
             assert [float(c) for c in counts] == [31.0], counts
@@ -131,3 +151,25 @@ def test_metrics_sum_every_api_process_and_show_queue_depths(redis_conn):
         assert 'wa_workers_live{pool="messages"} 0.0' in text
     finally:
         stop(proc)
+
+
+@pytest.mark.workers
+def test_gunicorn_keeps_no_control_socket_shared_with_other_instances(tmp_path):
+    """gunicorn's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl, or
+    under XDG_RUNTIME_DIR): a second instance would take it over. The api runs without one."""
+    from tests.procs import Output, gunicorn
+    from workers.embedded import free_port
+
+    home, runtime = tmp_path / "home", tmp_path / "xdg"
+    home.mkdir()
+    runtime.mkdir()
+    port = free_port()
+    proc = gunicorn(port, "--workers", "1", HOME=str(home), XDG_RUNTIME_DIR=str(runtime), LOG_LEVEL="INFO")
+    out = Output(proc)
+    try:
+        _wait_until_serving(proc, port)
+    finally:
+        lines = out.stop(proc)
+    assert any("Booting worker" in line for line in lines), lines
+    assert not [line for line in lines if "Control socket" in line], lines
+    assert [p for p in tmp_path.rglob("*") if p.is_socket() or p.name.endswith(".ctl")] == []

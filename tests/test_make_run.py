@@ -17,7 +17,8 @@ from config import ROOT
 from tests.procs import spawn, stop, wait_for
 from workers.embedded import free_port
 
-pytestmark = pytest.mark.workers
+#: each test runs a whole stack (api, four pools, scheduler): one at a time, on one xdist worker
+pytestmark = [pytest.mark.workers, pytest.mark.xdist_group("make_run")]
 
 #: databases of their own, named after the suite's so that two suites on one server cannot collide
 RUN_DB = os.environ.get("TEST_DATABASE_NAME", "wa_test") + "_makerun"

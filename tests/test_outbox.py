@@ -60,6 +60,64 @@ def test_sweeper_recovers_a_job_lost_between_commit_and_enqueue(committed, redis
     assert outbox.sweep(committed, older_than_s=0) == 0
 
 
+def test_a_late_background_delete_cannot_remove_a_row_of_the_next_test(committed, engine, redis_conn, monkeypatch):
+    """Dispatched rows are deleted in the background, up to FLUSH_EVERY later: the test that sent
+    the job may be over by then, its tables emptied, and the next test's lost job written. That
+    row must not get the old id (the suite once restarted identities, and the late delete then
+    removed the next test's row before its sweep could find it)."""
+    from tests.conftest import truncate_all
+
+    late = outbox._Dispatched()
+    monkeypatch.setattr(late, "_run", lambda: None)  # no background thread: we flush by hand, late
+    monkeypatch.setattr(outbox, "_dispatched", late)
+    real_send = outbox._send
+    outbox.enqueue(committed, "system.noop", "sent")
+    committed.commit()  # dispatched: its row waits for the background delete
+    truncate_all(engine)  # the test is over; the next one begins
+
+    def crash(row):
+        raise ConnectionError("process died before the send")
+
+    monkeypatch.setattr(outbox, "_send", crash)
+    outbox.enqueue(committed, "system.noop", "lost")
+    committed.commit()
+    monkeypatch.setattr(outbox, "_send", real_send)
+    late.flush()  # the first job's delete, at last
+    assert outbox.sweep(committed, older_than_s=0) == 1
+    committed.commit()
+    assert len(ready(redis_conn)) == 2
+
+
+def test_a_job_enqueued_during_a_request_carries_its_request_id_even_when_swept(committed, redis_conn, monkeypatch):
+    import dramatiq
+
+    from app.logs import current_request_id
+
+    def crash(row):
+        raise ConnectionError("process died before the send")
+
+    real_send = outbox._send
+    token = current_request_id.set("req-77")
+    try:
+        outbox.enqueue(committed, "system.noop", "traced")
+        committed.commit()
+        monkeypatch.setattr(outbox, "_send", crash)
+        outbox.enqueue(committed, "system.noop", "lost", delay_ms=5)
+        committed.commit()  # its send fails: only the row remembers the request
+    finally:
+        current_request_id.reset(token)
+        monkeypatch.setattr(outbox, "_send", real_send)
+    outbox.enqueue(committed, "system.noop", "untraced")
+    committed.commit()
+    outbox._dispatched.flush()  # the dispatched rows' background delete, now
+    assert outbox.sweep(committed, older_than_s=0) == 1  # the scheduler's sweep: no request of its own
+    committed.commit()
+    raw = [*redis_conn.hvals("dramatiq:default.msgs"), *redis_conn.hvals("dramatiq:default.DQ.msgs")]
+    options = {m.args[0]: m.options for m in map(dramatiq.Message.decode, raw)}
+    assert options["traced"]["request_id"] == "req-77" and options["lost"]["request_id"] == "req-77"
+    assert "request_id" not in options["untraced"]
+
+
 def test_enqueue_inside_request_transaction_is_rolled_back_on_error(session, redis_conn):
     outbox.enqueue(session, "system.noop")
     session.rollback()

@@ -34,12 +34,23 @@ def test_bad_cursor_is_a_validation_error():
     assert decode_cursor(encode_cursor("msg_01ABC")) == "msg_01ABC"
 
 
-def test_new_ids_sort_by_creation_time():
-    from app.db import new_id
-
-    a = new_id("msg")
+def test_new_ids_sort_by_creation_time(monkeypatch):
+    """Across milliseconds by their time; within one (ids made back to back) in the order made."""
     import time
+    import types
 
-    time.sleep(0.002)
-    b = new_id("msg")
-    assert a < b and a.startswith("msg_") and len(a) == 30
+    from app import db
+
+    clock = types.SimpleNamespace(now=time.time() + 10)  # after every id made so far
+    monkeypatch.setattr(db, "time", types.SimpleNamespace(time=lambda: clock.now, monotonic=time.monotonic))
+    a = db.new_id("msg")
+    clock.now += 0.002
+    b = db.new_id("msg")
+    same_millisecond = [db.new_id("msg") for _ in range(200)]
+    clock.now -= 5  # the wall clock stepped back
+    after_the_step = db.new_id("msg")
+    made = [a, b, *same_millisecond, after_the_step]
+    assert made == sorted(made) and len(set(made)) == len(made)
+    assert a.startswith("msg_") and len(a) == 30 and all(len(i) == 30 for i in made)
+    clock.now += 3600
+    assert db.new_id("msg")[:14] > after_the_step[:14], "an hour later: a later time part"

@@ -653,8 +653,8 @@ def _send_chunked(port: int, body: bytes):
 def test_chunked_body_limit_under_gunicorn():
     """The real server: gunicorn decodes the chunked body, the app refuses it past the limit."""
     port = _free_port()
-    proc = spawn(["-m", "gunicorn", "tests.test_protection:build_app()", "--bind", f"127.0.0.1:{port}",
-                  "--workers", "1"], MAX_REQUEST_BYTES="1000")
+    proc = spawn(["-m", "gunicorn", "-c", "python:app.system.gunicorn_conf", "tests.test_protection:build_app()",
+                  "--bind", f"127.0.0.1:{port}", "--workers", "1"], MAX_REQUEST_BYTES="1000")
     try:
         def up():
             if proc.poll() is not None:

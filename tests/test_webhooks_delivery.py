@@ -560,11 +560,15 @@ def test_a_pooled_connection_is_pinged_only_after_idling_and_a_dead_one_is_repla
     """Deliveries take two short statements; the pool does not ping a connection in steady use (a
     round trip saved per statement), but one idle for a while is checked and replaced if dead."""
     import time
+    import types
 
     from sqlalchemy import create_engine, text
 
+    from app import db
     from app.db import ping_when_idle
 
+    clock = types.SimpleNamespace(now=1000.0)  # the pool's idle clock, moved by hand
+    monkeypatch.setattr(db, "time", types.SimpleNamespace(monotonic=lambda: clock.now, time=time.time))
     pool = create_engine(engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0)
     ping_when_idle(pool, idle_s=0.3)
     pings = []
@@ -574,9 +578,10 @@ def test_a_pooled_connection_is_pinged_only_after_idling_and_a_dead_one_is_repla
     try:
         with pool.connect() as c:
             first = pid(c)
+        clock.now += 0.3
         with pool.connect() as c:
             assert pid(c) == first and pings == [], "in steady use: reused, not pinged"
-        time.sleep(0.4)
+        clock.now += 0.31
         with engine.connect() as other:
             other.execute(text("SELECT pg_terminate_backend(:p)"), {"p": first})
         with pool.connect() as c:

@@ -86,7 +86,17 @@ class Heartbeat(Middleware):
 
 
 class RequestContext(Middleware):
-    """Put the message id in every log line of a job, and set up JSON logging in workers."""
+    """Set up JSON logging in workers, and log every job under the request id it carries.
+
+    A job enqueued during a request (or during another job) has that request's id in its options
+    (app/outbox.py); it becomes the current request id while the job runs, so every line the job
+    logs, and every job it enqueues in turn, carries it. A job nobody's request caused (periodic,
+    CLI) runs under its own message id. Each job logs its start and its end: actor, message id,
+    duration and outcome: ``ok``, ``failed`` (an error: Retries retries it or dead-letters it),
+    ``retry`` (the actor asked for a later run) or ``skipped``."""
+
+    def __init__(self):
+        self._started = threading.local()
 
     def after_process_boot(self, broker):
         from app.logs import configure_logging
@@ -94,14 +104,46 @@ class RequestContext(Middleware):
 
         configure_logging(f"worker:{current_pool() or '?'}")
 
+    def before_enqueue(self, broker, message, delay):
+        """A job sent while a request or a job is handled carries its request id, whichever way it
+        is sent (the outbox also keeps it in the row, for the sweeper)."""
+        from app.logs import current_request_id
+
+        request_id = current_request_id.get()
+        if request_id and "request_id" not in message.options:
+            message.options["request_id"] = request_id
+
     def before_process_message(self, broker, message):
         from app.logs import current_request_id
 
-        current_request_id.set(message.message_id)
+        current_request_id.set(message.options.get("request_id") or message.message_id)
+        self._started.at = time.perf_counter()
+        log.info("job start %s %s", message.actor_name, message.message_id, extra=_job_fields(message))
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
+        if exception is None:
+            outcome = "ok"
+        else:
+            outcome = "retry" if isinstance(exception, dramatiq.Retry) else "failed"
+        self._finish(message, outcome, exception)
+
+    def after_skip_message(self, broker, message):
+        self._finish(message, "skipped", None)
+
+    def _finish(self, message, outcome: str, exception) -> None:
         from app.logs import current_request_id
 
+        started = getattr(self._started, "at", None)
+        duration_ms = round((time.perf_counter() - started) * 1000, 1) if started is not None else None
+        fields = {**_job_fields(message), "outcome": outcome, "duration_ms": duration_ms}
+        if exception is not None:  # its message and traceback are in Dramatiq's own line
+            fields["error"] = exception.__class__.__name__
+        log.info("job %s %s %s in %s ms", outcome, message.actor_name, message.message_id, duration_ms,
+                 extra=fields)
+        self._started.at = None
         current_request_id.set(None)
 
-    after_skip_message = after_process_message
+
+def _job_fields(message) -> dict:
+    return {"actor": message.actor_name, "message_id": message.message_id, "queue": message.queue_name,
+            "retries": message.options.get("retries", 0)}

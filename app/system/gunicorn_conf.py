@@ -5,6 +5,10 @@ With several worker processes, each would count its own requests and /metrics wo
 process answered the scrape. Prometheus' multiprocess mode fixes that: every process writes its
 samples under ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per api start unless set) and
 /metrics sums them; a worker that exits is marked dead so its live gauges go away.
+
+gunicorn's own lines (start-up, workers booting and exiting, errors) go through the handler of
+app/logs.py, so they are JSON like every other line (text with ``LOG_FORMAT=text``), at
+``LOG_LEVEL``.
 """
 import os
 import shutil
@@ -13,6 +17,36 @@ import tempfile
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     # set in the master before the workers fork (and before any of them imports prometheus_client)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wa-prometheus-")
+
+from gunicorn.glogging import Logger  # noqa: E402
+
+from config import settings  # noqa: E402
+
+loglevel = settings.LOG_LEVEL.lower()
+
+# No control socket (``gunicornc``): its default path, ~/.gunicorn/gunicorn.ctl, is one per user,
+# so every api instance started by that user (a second `make run`, the test suite) would take it
+# over from the others, and remove it when it stops. Nothing here uses it.
+control_socket_disable = True
+
+
+class JsonLogger(Logger):
+    """gunicorn's logger, writing where every other logger of the process writes (stdout, JSON).
+    A log file given to gunicorn (``--error-logfile``, ``--access-logfile``) is kept."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        from app.logs import configure_logging
+
+        configure_logging("api")
+        for log, target in ((self.error_log, cfg.errorlog), (self.access_log, cfg.accesslog)):
+            if target == "-":
+                for handler in [h for h in log.handlers if getattr(h, "_gunicorn", False)]:
+                    log.removeHandler(handler)
+                log.propagate = True
+
+
+logger_class = JsonLogger
 
 
 def on_starting(server):

@@ -30,8 +30,12 @@ class Metrics(MethodView):
     @public
     def get(self):
         """Prometheus metrics: requests of every api process, queue depths, live workers"""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from flask import request
+        from prometheus_client.exposition import choose_encoder
 
         from app.system.metrics import registry
 
-        return Response(generate_latest(registry()), mimetype=CONTENT_TYPE_LATEST)
+        # the format the scraper asks for (Prometheus text 0.0.4 unless it accepts OpenMetrics);
+        # content_type is sent as is (mimetype= would append a second charset)
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return Response(encode(registry()), content_type=content_type, headers={"Vary": "Accept"})

@@ -39,8 +39,11 @@ def unavailable(exc: BaseException) -> bool:
 
     if isinstance(exc, (UNAVAILABLE, BrokerConnectionError)):
         return True
-    # a script's refused write comes back as a plain error reply that starts with the reason
-    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).lstrip().startswith(_UNAVAILABLE_REPLIES)
+    # a script's refused write comes back as a plain error reply quoting the reason ("... -OOM ...")
+    if not isinstance(exc, redis.exceptions.ResponseError):
+        return False
+    text = str(exc).lstrip()
+    return text.startswith(_UNAVAILABLE_REPLIES) or any(f"-{reply} " in text for reply in _UNAVAILABLE_REPLIES)
 
 
 def reset_redis_client() -> None:

@@ -155,8 +155,22 @@ def _forget_sent(session: Session, ids: list[int]) -> None:
     _dispatched.add(bind, ids)
 
 
+#: after the broker refused a job (Redis full or down), this process says so for this long
+#: (``broker_refusing``): intake answers 503 instead of piling work up in the outbox
+REFUSING_FOR_S = 5.0
+_refusing_until = 0.0
+
+
+def broker_refusing() -> bool:
+    """Whether this process's last attempt to hand a job to the broker failed because Redis could
+    not take it, less than ``REFUSING_FOR_S`` ago. What was committed then is safe in the outbox
+    and goes out once Redis takes it again; new work should wait (back-pressure)."""
+    return time.monotonic() < _refusing_until
+
+
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
+    global _refusing_until
     pending = session.info.pop(_PENDING, None)
     if not pending:
         return
@@ -164,9 +178,14 @@ def _after_commit(session: Session) -> None:
     for row in pending:
         try:
             _send(row)
+            _refusing_until = 0.0
             if row["id"] is not None:
                 sent.append(row["id"])
-        except Exception:
+        except Exception as exc:
+            from app.kv import unavailable
+
+            if unavailable(exc):
+                _refusing_until = time.monotonic() + REFUSING_FOR_S
             log.warning("outbox: send of %s failed; the sweeper will retry", row["actor_name"], exc_info=True)
     if sent:
         _forget_sent(session, sent)

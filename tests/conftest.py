@@ -138,7 +138,7 @@ def truncate_all(engine) -> None:
 
     with engine.begin() as conn:
         tables = [r[0] for r in conn.execute(text(
-            "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'schema_version'"))]
+            "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename NOT IN ('schema_version', 'alembic_version')"))]
         if tables:
             conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
 

@@ -33,6 +33,8 @@ FAST = {"MESSAGE_SENDING_TIMEOUT": "5", "MESSAGE_SWEEP_EVERY": "2", "MESSAGE_LOS
         "INBOX_REDISPATCH_AFTER": "3", "OUTBOX_SWEEP_AFTER": "3", "WORKER_HEARTBEAT_TTL": "5",
         "RATE_LIMIT_ENABLED": "false", "LOG_LEVEL": "WARNING", "APP_ENV": "test", "WORKER_POLL_MS": "100"}
 SIM_CONFIG = {"scan_after_ms": 100, "deliver_after_ms": 200, "read_after_ms": 400}
+#: the batch (of about 20) before which the fault happens: the flow is well under way
+FAULT_AT = 3
 UNPACED = {"per_minute": 100_000, "per_hour": 1_000_000, "per_day": 10_000_000, "min_gap_ms": 0, "max_gap_ms": 0}
 
 
@@ -243,6 +245,11 @@ class Stack:
         if self.postgres.server is not None:
             self.postgres.server.cleanup()
 
+    def logged(self, name: str, text: str) -> bool:
+        """Whether process ``name`` wrote ``text`` to its log (evidence that a fault bit)."""
+        path = self.workdir / f"{name}.log"
+        return path.exists() and text in path.read_text(errors="replace")
+
     def cli(self, *args: str) -> dict:
         out = subprocess.run([sys.executable, "-m", "app", *args, "--json"], cwd=ROOT, env=self.env,
                              capture_output=True, text=True, timeout=120)
@@ -281,12 +288,13 @@ class Stack:
         wait_for(lambda: self.call("GET", f"/api/clients/{client_id}")[1]["status"] == "ready", 60, "a ready client")
         return client_id
 
-    def send(self, client_id: str, count: int, *, batch: int = 100, pause_s: float = 0.0,
+    def send(self, client_id: str, count: int, *, batch: int | None = None, pause_s: float = 0.0,
              during=None) -> tuple[list[str], int]:
         """Send ``count`` messages in batches, each batch retried with its Idempotency-Key until the
         api takes it (a 503 or a dropped connection is retried after a moment). ``during(i)`` runs
         before batch ``i`` (to inject a fault mid-flow). Returns (accepted ids, refusals)."""
         accepted, refused = [], 0
+        batch = batch or max(10, min(500, count // 20))
         for i in range(0, count, batch):
             if during is not None:
                 during(i // batch)
@@ -366,7 +374,7 @@ def fault_kill_messages_pool(stack: Stack, count: int) -> Row:
     client_id, started = stack.ready_client("kill-pool"), time.monotonic()
 
     def during(i):
-        if i == max(1, count // 200):
+        if i == FAULT_AT:
             stack.kill_process("messages")
             time.sleep(1)
             stack.start_process("messages")
@@ -380,7 +388,7 @@ def fault_kill_api(stack: Stack, count: int) -> Row:
     client_id, started = stack.ready_client("kill-api"), time.monotonic()
 
     def during(i):
-        if i in (max(1, count // 300), max(2, count // 150)):
+        if i in (FAULT_AT, FAULT_AT + 3):
             stack.kill_process("api")
             stack.start_process("api")
 
@@ -405,7 +413,7 @@ def fault_redis_restart(stack: Stack, count: int, *, empty: bool) -> Row:
         pass
 
     def during(i):
-        if i == max(1, count // 200):
+        if i == FAULT_AT:
             _redis_restart(stack, empty)
 
     ids, refused = stack.send(client_id, count, during=during)
@@ -419,14 +427,15 @@ def fault_redis_full(stack: Stack, count: int, seconds: float = 8) -> Row:
     seen: dict = {}
 
     def during(i):
-        if i == max(1, count // 200):
+        if i == FAULT_AT:
             r = stack.redis.client()
             used = int(r.info("memory")["used_memory"])
-            r.config_set("maxmemory", used + 64 * 1024)
+            r.config_set("maxmemory", used // 2)  # well below use: every write that needs memory is refused
 
             def lift():
-                time.sleep(seconds)
+                time.sleep(seconds / 2)
                 seen["health"] = stack.health()
+                time.sleep(seconds / 2)
                 stack.redis.client().config_set("maxmemory", 0)
 
             import threading
@@ -435,7 +444,7 @@ def fault_redis_full(stack: Stack, count: int, seconds: float = 8) -> Row:
 
     ids, refused = stack.send(client_id, count, during=during)
     stack.settle(ids, 60 + count / 50)
-    row = stack.row("Redis full (maxmemory just above use, noeviction)", client_id, ids, refused, started)
+    row = stack.row("Redis full (maxmemory below use, noeviction)", client_id, ids, refused, started)
     row.notes["health_while_full"] = (seen.get("health") or {}).get("checks", {}).get("redis")
     return row
 
@@ -444,7 +453,7 @@ def fault_postgres_stop(stack: Stack, count: int, seconds: float = 8) -> Row:
     client_id, started = stack.ready_client("postgres-stop"), time.monotonic()
 
     def during(i):
-        if i == max(1, count // 200):
+        if i == FAULT_AT:
             stack.postgres.stop_immediately()
             time.sleep(seconds)
             stack.postgres.start()

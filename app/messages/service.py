@@ -236,8 +236,15 @@ def accept_messages(session, principal: Principal, client: Client, items: list[d
     details}}``. ``strict`` raises the first error instead (single sends). ``keys``
     (messages.idempotency_key) makes a repeated item a no-op returning the first message:
     campaigns and opt-out confirmations use it. Items are ``MessageItemSchema``-shaped dicts."""
+    from app import outbox
     from app.messages import dispatch
 
+    if outbox.broker_refusing():
+        from app.errors import ServiceUnavailable
+
+        raise ServiceUnavailable("The job queue is refusing work right now (Redis is full or down); nothing was "
+                                 f"accepted: retry in {int(outbox.REFUSING_FOR_S)} s", code="queue_unavailable",
+                                 headers={"Retry-After": str(int(outbox.REFUSING_FOR_S))})
     lookups = _Lookups(session, client.organization_id)
     results: list = [None] * len(items)
     rows: list[tuple[int, dict]] = []

@@ -55,6 +55,9 @@ def create_app(**overrides) -> Flask:
     from app.security import auth
 
     auth.init_app(app)  # permission check before the view; writes that outlive a refused request
+    from app import request_guard
+
+    app.before_request(request_guard.check_json_body)  # after the permission check: 401/403 come first
     register_error_handlers(app)
     for blp in _blueprints():
         api.register_blueprint(blp)
@@ -109,6 +112,7 @@ def _chunked_body_too_large() -> bool:
 
 
 def _register_lifecycle(app: Flask) -> None:
+    from app import request_guard
     from app.errors import PayloadTooLarge, UnsupportedMediaType
     from app.logs import current_request_id
 
@@ -118,6 +122,7 @@ def _register_lifecycle(app: Flask) -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID_OK.match(incoming) else secrets.token_hex(12)
         current_request_id.set(g.request_id)
+        request_guard.check_request_line()
         if request.method in _BODY_METHODS:
             ctype = request.mimetype or ""
             if ctype != "multipart/form-data":

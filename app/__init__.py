@@ -7,7 +7,6 @@ import secrets
 import time
 
 from flask import Flask, g, request
-from flask_smorest import Api
 
 from config import settings
 
@@ -31,9 +30,7 @@ def create_app(**overrides) -> Flask:
         API_VERSION=API_VERSION,
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api",
-        OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        OPENAPI_JSON_PATH="openapi.json",  # Swagger UI at /api/docs: app/system/docs.py (no CDN)
         MAX_CONTENT_LENGTH=max(settings.MAX_UPLOAD_BYTES, settings.MAX_REQUEST_BYTES),
         JSON_SORT_KEYS=False,
         PROPAGATE_EXCEPTIONS=False,
@@ -47,7 +44,9 @@ def create_app(**overrides) -> Flask:
         },
     )
     app.config.update(overrides)
-    api = Api(app)
+    from app.openapi import create_api
+
+    api = create_api(app)
     _register_lifecycle(app)
     from app.security import protection
 
@@ -61,6 +60,9 @@ def create_app(**overrides) -> Flask:
     register_error_handlers(app)
     for blp in _blueprints():
         api.register_blueprint(blp)
+    from app.system import docs
+
+    docs.init_app(app)
     app.extensions["smorest_api"] = api
     return app
 

@@ -19,7 +19,12 @@ class SimInbound(MethodView):
     @blp.alt_response(409, description="The client is not ready (`client_not_ready`)")
     @requires("sim:drive")
     def post(self, body, client_id):
-        """A simulated contact writes to this client (reported like any inbound message)"""
+        """A simulated contact writes to this client (reported like any inbound message)
+
+        Only for `sim` clients (404 for others): a simulated contact sends `text` from the number
+        `from`. The message arrives like any inbound one: a `message.received` event and a row in
+        the messages list.
+        """
         return service.sim_inbound(request_session(), current_principal(), client_id, **body)
 
 
@@ -30,7 +35,13 @@ class SimFault(MethodView):
     @blp.alt_response(409, description="disconnect: the client is not connected (`client_not_connected`)")
     @requires("sim:drive")
     def post(self, body, client_id):
-        """Inject a fault: disconnect, ban, fail_next (count sends), or clear them all"""
+        """Inject a fault: disconnect, ban, fail_next (count sends), or clear them all
+
+        Only for `sim` clients (404 for others): makes the simulated network misbehave, to see how
+        an integration copes. `disconnect` drops the connection (the client reconnects by itself),
+        `ban` bans the account, `fail_next` fails the next `count` sends, `clear` lifts every fault.
+        Answers the network counts.
+        """
         return service.sim_fault(request_session(), current_principal(), client_id, **body)
 
 
@@ -39,5 +50,10 @@ class SimNetwork(MethodView):
     @blp.response(200, SimNetworkSchema)
     @requires("sim:drive")
     def get(self, client_id):
-        """What the simulated network received from this client, counted by message id across every process"""
+        """What the simulated network received from this client, counted by message id across every process
+
+        Only for `sim` clients (404 for others): how many sends the simulated WhatsApp network
+        received from this client, how many distinct messages they were, and the duplicates, with
+        the faults in force.
+        """
         return service.sim_network(request_session(), current_principal(), client_id)

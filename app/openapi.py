@@ -4,16 +4,16 @@ flask-smorest documents each route from its own decorators: ``@blp.arguments`` (
 body), ``@blp.response`` (the success), ``@blp.alt_response`` (an error only that route answers,
 such as a 409 and its code) and the docstring (summary line, then description). ``OperationDocs``,
 an apispec plugin that sees every operation as it is registered, adds what routes share, from the
-markers the code relies on at run time — so the document cannot say something the code does not:
+markers the code itself acts on — so the document cannot say something the code does not:
 
 * ``operationId``: ``<path words>_<verb>`` (``clients_list``, ``clients_get``, ``clients_start``,
   ``auth_login``), unless the route sets one; a duplicate stops the app at start;
-* the errors each operation can answer, all with the ``Error`` body and an example:
-  400 and 422 everywhere (a NUL in a header, a query argument or the path; malformed JSON),
-  401 and 403 where ``@requires`` (naming the permission and the roles holding it), 404 where the
-  path holds an id, 409 where ``@idempotent`` (its key still in flight), 413 and 415 where a body
-  is taken, 429 with ``Retry-After`` where rate limited (``protection.limit_scope``), 503 with
-  ``Retry-After`` everywhere (a dependency down);
+* the errors each operation can answer (``error_reasons``), each with the ``Error`` body and an
+  example: 400 and 422 everywhere (``app/request_guard.py`` refuses a NUL in any header, query
+  argument or path; malformed JSON), 401 and 403 where ``@requires`` (naming the permission and
+  the roles holding it), 404 where the path holds an id, 409 where ``@idempotent`` (its key still
+  in flight), 413 and 415 where a body is taken, 429 where rate limited (``protection.limit_scope``)
+  and 503 everywhere, both with ``Retry-After``; a route's own ``alt_response`` comes first;
 * request and response examples, by schema name, from ``app/openapi_examples.py``.
 """
 from __future__ import annotations
@@ -29,12 +29,14 @@ from app.request_guard import MAX_JSON_DEPTH
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 RETRY_AFTER = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
+REPLAYED = {"Idempotent-Replayed": {"$ref": "#/components/headers/Idempotent-Replayed"}}
+ROLES = ("admin", "manager", "agent", "viewer")
 _CODE = re.compile(r"`([a-z][a-z0-9_]+)`")
 _VERBS = {"get": "get", "put": "replace", "patch": "update", "delete": "delete", "post": "post"}
 
 
 class Api(flask_smorest.Api):
-    """flask-smorest's Api documenting errors as they really are (``app/errors.py``)."""
+    """flask-smorest's Api, documenting errors as they really are (``app/errors.py``)."""
 
     ERROR_SCHEMA = ErrorSchema
 
@@ -50,8 +52,8 @@ def create_api(app) -> Api:
 
 
 def operation_id(path: str, method: str, *, paginated: bool, creates: bool) -> str:
-    """``/api/clients/{client_id}/start`` POST -> ``clients_start``; a collection answers
-    ``<name>_list`` (paginated GET) and ``<name>_create`` (creating POST), an item
+    """``POST /api/clients/{client_id}/start`` -> ``clients_start``. A collection answers
+    ``<name>_list`` (a paginated GET) and ``<name>_create`` (a creating POST), an item
     ``<name>_get``/``_update``/``_replace``/``_delete``; any other path is its words alone."""
     parts = [p for p in path.strip("/").split("/") if p]
     if parts[:1] == ["api"]:
@@ -68,17 +70,61 @@ def operation_id(path: str, method: str, *, paginated: bool, creates: bool) -> s
     return "_".join(words)
 
 
-def _example(status: int, reasons: list[str], field: str) -> dict:
-    """An error body for the first reason: its code in backticks, its words as the message."""
+def error_reasons(rule, handler, op: dict) -> dict[int, list[str]]:
+    """status -> why the operation of ``handler`` (answering ``rule``) can answer it, each reason
+    naming its error code in backticks."""
+    from app.security.permissions import MATRIX
+    from app.security.protection import limit_scope
+    from config import settings
+
+    permission = getattr(handler, "permission", None)
+    idempotent = getattr(handler, "idempotent", False)
+    body = "requestBody" in op
+    reasons: dict[int, list[str]] = {400: ["A header holds a NUL character (`invalid_header`)."]}
+    if body:
+        reasons[400].insert(0, f"The body is not valid JSON, or is nested deeper than {MAX_JSON_DEPTH} levels "
+                               "(`malformed_json`).")
+    if permission:
+        reasons[401] = ["No credentials, or bad ones (`unauthorized`; also `invalid_api_key`, `api_key_revoked`, "
+                        "`api_key_expired`, `invalid_token`, `token_expired`, `token_revoked`, "
+                        "`organization_suspended`)."]
+        roles = ", ".join(r for r in ROLES if r in MATRIX[permission])
+        reasons[403] = [f"Your role may not do this (`forbidden`): it takes the `{permission}` permission "
+                        f"(roles: {roles})."]
+    for name in sorted(rule.arguments):
+        noun = name.removesuffix("_id").replace("_", " ")
+        reasons.setdefault(404, []).append(
+            f"No such {noun} (`not_found`)" + (": an id of another organisation is not found either."
+                                               if permission else "."))
+    if idempotent:
+        reasons[409] = ["A request with this Idempotency-Key is still in flight (`idempotency_in_flight`): "
+                        "retry after `Retry-After` seconds."]
+    if body:
+        reasons[413] = [f"The body is larger than {settings.MAX_REQUEST_BYTES} bytes (`payload_too_large`)."]
+        reasons[415] = ["The body is not JSON: send it with `Content-Type: application/json` "
+                        "(`unsupported_media_type`)."]
+    reasons[422] = ["A path parameter, query argument or body field is invalid (`validation_error`): "
+                    "`details` names each one with its messages."]
+    if idempotent:
+        reasons[422].append("This Idempotency-Key was used for a different request (`idempotency_key_reused`).")
+    if limit_scope(rule.rule, handler):
+        reasons[429] = ["Rate limited (`rate_limited`): retry after `Retry-After` seconds."]
+    reasons[503] = ["A dependency (PostgreSQL or Redis) is unavailable (`service_unavailable`): "
+                    "retry after `Retry-After` seconds."]
+    return reasons
+
+
+def error_example(status: int, reasons: list[str], field: str) -> dict:
+    """The error body of the first reason: its code (in backticks) and its words."""
     text = reasons[0]
     code = (_CODE.search(text) or [None, "error"])[1]
-    message = re.sub(r"\s*\(`[^)]*\)", "", text).split(":")[0].strip().rstrip(".")
-    details = {field: ["Not a valid value."]} if code == "validation_error" else {}
+    message = re.sub(r"\s*\(`[^)]*\)", "", text).split(":")[0].strip().rstrip(".") + "."
+    details: dict = {}
     if code == "validation_error":
-        message = "Validation failed"
-    if status == 429:
+        message, details = "Validation failed", {field: ["Not a valid value."]}
+    elif status == 429:
         details = {"scope": "organization", "limit": 6000, "window_seconds": 60, "retry_after": 12}
-    return {"error": {"code": code, "message": message + ".", "details": details}}
+    return {"error": {"code": code, "message": message, "details": details}}
 
 
 class OperationDocs(BasePlugin):
@@ -96,105 +142,65 @@ class OperationDocs(BasePlugin):
         if rule is None or not operations:
             return
         view_class = getattr(self.app.view_functions.get(rule.endpoint), "view_class", None)
-        for method, operation in operations.items():
-            self._complete(path, rule, method, operation, getattr(view_class, method, None))
+        for method, op in operations.items():
+            self._complete(path, rule, method, op, getattr(view_class, method, None))
 
     def _complete(self, path: str, rule, method: str, op: dict, handler) -> None:
-        from app.security.permissions import MATRIX
-        from app.security.protection import limit_scope
-        from config import settings
-
-        permission = getattr(handler, "permission", None)
-        idempotent = getattr(handler, "idempotent", False)
-        body = "requestBody" in op
-        success = [int(s) for s in op.get("responses", {}) if str(s)[0] == "2"]
+        responses = {str(status): response for status, response in op.get("responses", {}).items()}
         params = [p for p in op.get("parameters", []) if isinstance(p, dict)]
-        paginated = any(p.get("name") == "cursor" for p in params)
-        op.setdefault("operationId", operation_id(path, method, paginated=paginated,
-                                                  creates=idempotent or 201 in success))
+        idempotent = getattr(handler, "idempotent", False)
+        op.setdefault("operationId", operation_id(
+            path, method, paginated=any(p.get("name") == "cursor" for p in params),
+            creates=idempotent or "201" in responses))
         where = f"{method.upper()} {path}"
         if self.ids.setdefault(op["operationId"], where) != where:
             raise APISpecError(f"operationId {op['operationId']!r} of {where} is also that of "
                                f"{self.ids[op['operationId']]}: give one of them @blp.doc(operationId=...)")
 
-        errors: dict[int, list[str]] = {400: ["A header holds a NUL character (`invalid_header`)."]}
-        if body:
-            errors[400].insert(0, f"The body is not valid JSON, or is nested deeper than {MAX_JSON_DEPTH} levels "
-                                  "(`malformed_json`).")
-        if permission:
-            errors[401] = ["No credentials, or bad ones (`unauthorized`; also `invalid_api_key`, `api_key_revoked`, "
-                           "`api_key_expired`, `invalid_token`, `token_expired`, `token_revoked`, "
-                           "`organization_suspended`)."]
-            roles = ", ".join(r for r in ("admin", "manager", "agent", "viewer") if r in MATRIX[permission])
-            errors[403] = [f"Your role may not do this (`forbidden`): it takes the `{permission}` permission "
-                           f"(roles: {roles})."]
-        for name in sorted(rule.arguments):
-            noun = name.removesuffix("_id").replace("_", " ")
-            errors.setdefault(404, []).append(
-                f"No such {noun} (`not_found`)" + (": an id of another organisation is not found either."
-                                                   if permission else "."))
-        if idempotent:
-            errors[409] = ["A request with this Idempotency-Key is still in flight (`idempotency_in_flight`): "
-                           "retry after `Retry-After` seconds."]
-        if body:
-            errors[413] = [f"The body is larger than {settings.MAX_REQUEST_BYTES} bytes (`payload_too_large`)."]
-            errors[415] = ["The body is not JSON: send it with `Content-Type: application/json` "
-                           "(`unsupported_media_type`)."]
-        errors[422] = ["A path parameter, query argument or body field is invalid (`validation_error`): "
-                       "`details` names each one with its messages."]
-        if idempotent:
-            errors[422].append("This Idempotency-Key was used for a different request (`idempotency_key_reused`).")
-        if limit_scope(rule.rule, handler):
-            errors[429] = ["Rate limited (`rate_limited`): retry after `Retry-After` seconds."]
-        errors[503] = ["A dependency (PostgreSQL or Redis) is unavailable (`service_unavailable`): "
-                       "retry after `Retry-After` seconds."]
-
-        responses = op.setdefault("responses", {})
-        for key in list(responses):  # flask-smorest's keys may be ints
-            responses[str(key)] = responses.pop(key)
-            if str(key)[0] in "45":  # the route's own (alt_response): completed like the others
-                errors.setdefault(int(key), [])
+        reasons = error_reasons(rule, handler, op)
+        for status in responses:
+            if status[0] in "45":  # the route's own (alt_response): completed like the others
+                reasons.setdefault(int(status), [])
         field = next((p["name"] for p in params if p.get("in") == "query" and p["name"] not in ("limit", "cursor")),
                      self._body_field(op) or "limit")
-        for status, reasons in sorted(errors.items()):
-            self._error_response(responses, status, reasons, field=field,
-                                 retry=status in (429, 503) or (status == 409 and idempotent))
+        for status, why in reasons.items():
+            retry = status in (429, 503) or (status == 409 and idempotent)
+            responses[str(status)] = self._error_response(responses.get(str(status)), why, status, field, retry)
         if idempotent:
-            for status in success:
-                responses[str(status)].setdefault("headers", {}).update(
-                    {"Idempotent-Replayed": {"$ref": "#/components/headers/Idempotent-Replayed"}})
-        if permission:
-            op["x-permission"] = permission
+            for status, response in responses.items():
+                if status[0] == "2":
+                    response.setdefault("headers", {}).update(REPLAYED)
+        if getattr(handler, "permission", None):
+            op["x-permission"] = handler.permission
         op["responses"] = dict(sorted(responses.items(), key=lambda item: (item[0] == "default", item[0])))
         self._examples(op)
 
     def _body_field(self, op: dict) -> str | None:
-        """The first required field of the operation's JSON body, for the example of its 422."""
+        """The first required field of the operation's JSON body (for the example of its 422)."""
         ref = op.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("$ref")
         schema = self.spec.components.schemas.get(ref.rsplit("/", 1)[-1], {}) if ref else {}
         return next(iter(schema.get("required") or schema.get("properties") or []), None)
 
     @staticmethod
-    def _error_response(responses: dict, status: int, reasons: list[str], *, field: str, retry: bool) -> None:
-        """Add ``reasons`` to the operation's ``status`` response; a route's own (``alt_response``)
-        comes first, and keeps its example if it has one."""
-        declared = responses.get(str(status))
-        declared = declared if isinstance(declared, dict) else {}
+    def _error_response(declared, reasons: list[str], status: int, field: str, retry: bool) -> dict:
+        """The response for ``status``: the route's own description first, then ``reasons``; a
+        declared body other than ``Error`` (``/health``'s 503) is kept as it is."""
+        declared = declared if isinstance(declared, dict) else {}  # flask-smorest's refs are replaced
         content = declared.get("content", {}).get("application/json", {})
-        if content.get("schema") not in (None, ERROR_REF):  # a body of its own (/health's 503): kept
+        if content.get("schema") not in (None, ERROR_REF):
             if retry:
                 declared.setdefault("headers", {}).update(RETRY_AFTER)
-            return
+            return declared
         if declared.get("description"):
             reasons = [declared["description"].rstrip(".") + "."] + reasons
-        example = content.get("example") or _example(status, reasons, field)
         response = {
             "description": reasons[0] if len(reasons) == 1 else "\n".join(f"- {r}" for r in reasons),
-            "content": {"application/json": {"schema": ERROR_REF, "example": example}},
+            "content": {"application/json": {"schema": ERROR_REF,
+                                             "example": content.get("example") or error_example(status, reasons, field)}},
         }
         if retry:
             response["headers"] = dict(RETRY_AFTER)
-        responses[str(status)] = response
+        return response
 
     @staticmethod
     def _examples(op: dict) -> None:
@@ -202,8 +208,8 @@ class OperationDocs(BasePlugin):
         from app.openapi_examples import example_for
 
         media = [op.get("requestBody", {}).get("content", {}).get("application/json")]
-        media += [r.get("content", {}).get("application/json") for s, r in op["responses"].items()
-                  if s[0] == "2" and isinstance(r, dict)]
+        media += [r.get("content", {}).get("application/json") for status, r in op["responses"].items()
+                  if status[0] == "2" and isinstance(r, dict)]
         for item in media:
             if item and "example" not in item and "examples" not in item:
                 ref = item.get("schema", {}).get("$ref", "")

@@ -104,3 +104,15 @@ def test_times_at_the_edges_of_the_calendar(client, session, admin):
                  422, "validation_error")
     assert list(err["details"]) == ["since"]
     assert client.get("/api/audit-logs?since=0001-01-01T00:00:00Z", headers=headers).status_code == 200
+
+
+def test_a_cursor_the_server_did_not_make_is_422(client, session, admin):
+    import base64
+
+    org, headers = admin
+    hook = f.make_webhook(session, organization_id=org.id)
+    for raw in (b"a_\x00", "cli_\u00e9".encode(), b"att_\xc2\xb2", b"cli_01J' OR 1=1", b"nounderscore"):
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        for path in ("/api/clients", "/api/messages", "/api/audit-logs", f"/api/webhooks/{hook.id}/deliveries"):
+            resp = client.get(f"{path}?cursor={cursor}", headers=headers)
+            assert _error(resp, 422, "validation_error")["details"] == {"cursor": ["Invalid cursor."]}, (path, raw)

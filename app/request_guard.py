@@ -8,13 +8,14 @@ it. Instead:
 * ``check_request_line`` (first thing of every request): a NUL in the path or in a query argument
   is 422 naming the argument; in a header, 400 ``invalid_header``;
 * ``check_json_body`` (after authentication, so a caller without rights still gets 401/403 first):
-  the JSON body is parsed here — malformed, or nested deeper than ``MAX_JSON_DEPTH``: 400
-  ``malformed_json`` — and a NUL or an unpaired surrogate in any string or key is 422 naming the
-  field (``messages.3.text``).
+  the JSON body is parsed here, strictly — malformed, ``NaN``/``Infinity`` or a number too large
+  for a float (``1e400``), or nested deeper than ``MAX_JSON_DEPTH``: 400 ``malformed_json`` — and
+  a NUL or an unpaired surrogate in any string or key is 422 naming the field (``messages.3.text``).
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from flask import request
@@ -59,10 +60,22 @@ def check_json_body() -> None:
     if not raw:
         return
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_not_json, parse_float=_finite)
     except (ValueError, RecursionError):  # ValueError: bad JSON or bad UTF-8
         raise BadRequest("The request body is not valid JSON", code="malformed_json") from None
     _check_value(data)
+
+
+def _not_json(name: str):
+    """Python reads ``NaN`` and ``Infinity``; JSON (and PostgreSQL's jsonb) has no such thing."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _check_value(data) -> None:

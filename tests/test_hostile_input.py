@@ -116,3 +116,13 @@ def test_a_cursor_the_server_did_not_make_is_422(client, session, admin):
         for path in ("/api/clients", "/api/messages", "/api/audit-logs", f"/api/webhooks/{hook.id}/deliveries"):
             resp = client.get(f"{path}?cursor={cursor}", headers=headers)
             assert _error(resp, 422, "validation_error")["details"] == {"cursor": ["Invalid cursor."]}, (path, raw)
+
+
+@pytest.mark.parametrize("number", ["1e400", "-1e400", "NaN", "Infinity", "-Infinity"])
+def test_numbers_json_does_not_have_are_400_malformed_json(client, admin, number):
+    _, headers = admin
+    raw = '{"phone": "+14155550123", "attributes": {"a": ' + number + "}}"
+    resp = client.post("/api/contacts", headers=headers, data=raw, content_type="application/json")
+    _error(resp, 400, "malformed_json")
+    raw = '{"phone": "+14155550123", "attributes": {"a": 1.5e300, "b": 12345678901234567890123}}'
+    assert client.post("/api/contacts", headers=headers, data=raw, content_type="application/json").status_code == 201

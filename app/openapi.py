@@ -31,7 +31,7 @@ ERROR_REF = {"$ref": "#/components/schemas/Error"}
 RETRY_AFTER = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
 REPLAYED = {"Idempotent-Replayed": {"$ref": "#/components/headers/Idempotent-Replayed"}}
 ROLES = ("admin", "manager", "agent", "viewer")
-_CODE = re.compile(r"`([a-z][a-z0-9_]+)`")
+_CODE = re.compile(r"\(`([a-z][a-z0-9_]+)`")  # a reason names its code first in its parentheses
 _VERBS = {"get": "get", "put": "replace", "patch": "update", "delete": "delete", "post": "post"}
 
 
@@ -92,10 +92,9 @@ def error_reasons(rule, handler, op: dict) -> dict[int, list[str]]:
         reasons[403] = [f"Your role may not do this (`forbidden`): it takes the `{permission}` permission "
                         f"(roles: {roles})."]
     for name in sorted(rule.arguments):
-        noun = name.removesuffix("_id").replace("_", " ")
+        what = f"No such {name[:-3].replace('_', ' ')}" if name.endswith("_id") else "Nothing at this path"
         reasons.setdefault(404, []).append(
-            f"No such {noun} (`not_found`)" + (": an id of another organisation is not found either."
-                                               if permission else "."))
+            f"{what} (`not_found`)" + (": an id of another organisation is not found either." if permission else "."))
     if idempotent:
         reasons[409] = ["A request with this Idempotency-Key is still in flight (`idempotency_in_flight`): "
                         "retry after `Retry-After` seconds."]
@@ -118,7 +117,7 @@ def error_example(status: int, reasons: list[str], field: str) -> dict:
     """The error body of the first reason: its code (in backticks) and its words."""
     text = reasons[0]
     code = (_CODE.search(text) or [None, "error"])[1]
-    message = re.sub(r"\s*\(`[^)]*\)", "", text).split(":")[0].strip().rstrip(".") + "."
+    message = re.sub(r"\s*\(`[^)]*\)", "", text).split(":")[0].strip().rstrip(".").replace("`", "") + "."
     details: dict = {}
     if code == "validation_error":
         message, details = "Validation failed", {field: ["Not a valid value."]}
@@ -193,10 +192,10 @@ class OperationDocs(BasePlugin):
             return declared
         if declared.get("description"):
             reasons = [declared["description"].rstrip(".") + "."] + reasons
+        example = content.get("example") or error_example(status, reasons, field)
         response = {
             "description": reasons[0] if len(reasons) == 1 else "\n".join(f"- {r}" for r in reasons),
-            "content": {"application/json": {"schema": ERROR_REF,
-                                             "example": content.get("example") or error_example(status, reasons, field)}},
+            "content": {"application/json": {"schema": ERROR_REF, "example": example}},
         }
         if retry:
             response["headers"] = dict(RETRY_AFTER)

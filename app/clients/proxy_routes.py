@@ -62,7 +62,7 @@ class ProxyById(MethodView):
         return service.update_proxy(request_session(), current_principal(), proxy_id, **body)
 
     @blp.response(204)
-    @blp.alt_response(409, description="Clients use it (`proxy_in_use`)")
+    @blp.alt_response(409, description="Clients use the proxy (`proxy_in_use`)")
     @requires("proxies:write")
     def delete(self, proxy_id):
         """Delete a proxy no client uses

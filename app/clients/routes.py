@@ -13,7 +13,8 @@ from app.security.permissions import requires
 
 blp = Blueprint("clients", __name__, url_prefix="/api/clients", description="WhatsApp accounts (clients)")
 
-_NOT_IN_QR = {"description": "The client shows no QR code (code `client_not_in_qr_state`)"}
+_NOT_IN_QR = {"description": "The client shows no QR code now, its status is not `qr` (`client_not_in_qr_state`; "
+                              "`details.status` is its status)"}
 
 
 @blp.route("")
@@ -81,7 +82,8 @@ class ClientById(MethodView):
 @blp.route("/<client_id>/start")
 class ClientStart(MethodView):
     @blp.response(202, ClientSchema)
-    @blp.alt_response(409, description="Already starting, showing a QR code or ready (`client_already_running`)")
+    @blp.alt_response(409, description="The client is already starting, showing a QR code or ready "
+                                        "(`client_already_running`)")
     @requires("clients:operate")
     def post(self, client_id):
         """Connect: status goes `starting` -> `qr` -> `ready` (or `failed`)
@@ -97,7 +99,7 @@ class ClientStart(MethodView):
 @blp.route("/<client_id>/stop")
 class ClientStop(MethodView):
     @blp.response(202, ClientSchema)
-    @blp.alt_response(409, description="Not running (`client_not_running`)")
+    @blp.alt_response(409, description="The client is not running (`client_not_running`)")
     @requires("clients:operate")
     def post(self, client_id):
         """Close the session and keep the login (the next start needs no QR)
@@ -111,7 +113,7 @@ class ClientStop(MethodView):
 @blp.route("/<client_id>/logout")
 class ClientLogout(MethodView):
     @blp.response(202, ClientSchema)
-    @blp.alt_response(409, description="Never started (`client_not_started`)")
+    @blp.alt_response(409, description="The client was never started (`client_not_started`)")
     @requires("clients:operate")
     def post(self, client_id):
         """Log the account out (the next start needs a new QR scan)

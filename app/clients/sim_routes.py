@@ -17,6 +17,7 @@ class SimInbound(MethodView):
     @blp.arguments(SimInboundSchema)
     @blp.response(202, SimInboundResultSchema)
     @blp.alt_response(409, description="The client is not ready (`client_not_ready`)")
+    @blp.alt_response(404, description="The client is not a `sim` client (`not_found`)")
     @requires("sim:drive")
     def post(self, body, client_id):
         """A simulated contact writes to this client (reported like any inbound message)
@@ -32,7 +33,8 @@ class SimInbound(MethodView):
 class SimFault(MethodView):
     @blp.arguments(SimFaultSchema)
     @blp.response(202, SimNetworkSchema)
-    @blp.alt_response(409, description="disconnect: the client is not connected (`client_not_connected`)")
+    @blp.alt_response(409, description="A disconnect of a client that is not connected (`client_not_connected`)")
+    @blp.alt_response(404, description="The client is not a `sim` client (`not_found`)")
     @requires("sim:drive")
     def post(self, body, client_id):
         """Inject a fault: disconnect, ban, fail_next (count sends), or clear them all
@@ -48,6 +50,7 @@ class SimFault(MethodView):
 @blp.route("/<client_id>/sim/network")
 class SimNetwork(MethodView):
     @blp.response(200, SimNetworkSchema)
+    @blp.alt_response(404, description="The client is not a `sim` client (`not_found`)")
     @requires("sim:drive")
     def get(self, client_id):
         """What the simulated network received from this client, counted by message id across every process

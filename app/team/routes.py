@@ -86,6 +86,8 @@ class UserClients(MethodView):
     @blp.response(200, UserSchema)
     @blp.alt_response(403, description="The user's role is above your own (`role_above_own`)")
     @blp.alt_response(409, description="The user is not an agent (`not_an_agent`)")
+    @blp.alt_response(404, description="A client id is not one of the organisation's (`not_found`; "
+                                        "`details.client_ids` lists them)")
     @requires("users:assign_clients")
     def put(self, body, user_id):
         """Set the clients an agent may use (replaces the list)

@@ -218,13 +218,12 @@ def limit_scope(path: str, handler) -> str | None:
 
 
 def route_access(app: Flask) -> str | None:
-    """``limit_scope`` of the current request."""
-    path = request.path
-    if request.method == "OPTIONS" or path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES):
+    """``limit_scope`` of the current request (CORS preflights are never limited)."""
+    if request.method == "OPTIONS":
         return None
     from app.security.permissions import handler_for_request
 
-    return limit_scope(path, handler_for_request(app))  # no handler (404 / 405): None unless public
+    return limit_scope(request.path, handler_for_request(app))  # no handler (404 / 405): None unless public
 
 
 def _enforce(buckets: list[Bucket]) -> None:
@@ -283,8 +282,8 @@ DASHBOARD_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-s
                  "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; "
                  "form-action 'self'; frame-ancestors 'none'")
 DOCS_PATH = "/api/docs"
-#: Swagger UI (app/system/docs.py): everything from this server. Its icons are data: URIs, and
-#: React sets inline styles on its elements; "Try it out" calls the API on the same origin.
+#: Swagger UI (app/system/docs.py): everything from this server (its icons are data: URIs); "Try it
+#: out" calls the API on the same origin.
 DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             "font-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
             "frame-ancestors 'none'")

@@ -65,6 +65,7 @@ ENV PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     APP_ENV=production \
+    HOST=0.0.0.0 \
     PORT=3002 \
     DATA_DIR=/data \
     CHROMIUM_PATH=/usr/bin/chromium \

@@ -24,6 +24,7 @@ class Setting:
 
 SETTINGS: list[Setting] = [
     Setting("APP_ENV", "development", "`development`, `test` or `production`. Production refuses to start without secrets."),
+    Setting("HOST", "127.0.0.1", "Address the api listens on (`make run`, `python -m app serve`): this machine only by default; `0.0.0.0` to accept connections from the network (the Docker image sets it)."),
     Setting("PORT", "3002", "HTTP port of the api (and of `make run`).", "int"),
     Setting("DATA_DIR", "./var", "Where embedded Postgres/Redis, generated dev keys and media files live."),
     Setting("DATABASE_URL", "", "PostgreSQL URL. Empty: `make run` starts an embedded Postgres under `DATA_DIR`."),
@@ -37,8 +38,13 @@ SETTINGS: list[Setting] = [
     Setting("JWT_ISSUER", "whatsapp-service", "`iss` claim of access tokens."),
     Setting("JWT_AUDIENCE", "whatsapp-service-api", "`aud` claim of access tokens."),
     Setting("ALLOW_SIGNUP", "true", "Whether `POST /api/auth/register` is open.", "bool"),
-    Setting("LOGIN_FAILURES_PER_ACCOUNT", "5 per 15 minutes", "Failed logins allowed per email address; beyond it login answers 429 with `Retry-After` until the window ends."),
+    Setting("LOGIN_FAILURES_PER_ACCOUNT", "5 per 15 minutes", "Failed logins allowed per email address from one client address; beyond it login from that address answers 429 with `Retry-After` until the window ends. Others' failures never lock the owner out."),
     Setting("LOGIN_FAILURES_PER_IP", "20 per 15 minutes", "Failed logins allowed per client IP; beyond it login answers 429 with `Retry-After` until the window ends."),
+    Setting("MAX_CLIENTS_PER_ORG", "50", "WhatsApp accounts (clients, not deleted) one organisation may have; a started `web` client is a Chromium session. Above it: 422 `limit_reached`.", "int"),
+    Setting("MAX_API_KEYS_PER_ORG", "100", "Live (not revoked) API keys one organisation may have.", "int"),
+    Setting("MAX_PROXIES_PER_ORG", "100", "Proxies one organisation may have.", "int"),
+    Setting("MAX_USERS_PER_ORG", "500", "Users (not deleted) one organisation may have.", "int"),
+    Setting("MAX_CONTACTS_PER_ORG", "100000", "Contacts one organisation may create through the API and imports (contacts the pipeline adds for new numbers are not refused).", "int"),
     Setting("MAX_REQUEST_BYTES", "1048576", "Largest JSON request body accepted (413 above).", "int"),
     Setting("MAX_UPLOAD_BYTES", "16777216", "Largest media upload accepted (413 above).", "int"),
     Setting("CORS_ORIGINS", "", "Comma-separated origins allowed by CORS (empty: same-origin only; `*` in development only)."),
@@ -46,7 +52,7 @@ SETTINGS: list[Setting] = [
     Setting("RATE_LIMIT_API", "6000 per minute", "Limit on the authenticated API for each organisation, and for each of its keys/users unless `RATE_LIMIT_PRINCIPAL` is set."),
     Setting("RATE_LIMIT_PRINCIPAL", "", "Limit on the authenticated API for each API key or user (empty: `RATE_LIMIT_API`). Lower it so one key cannot use its organisation's whole budget."),
     Setting("RATE_LIMIT_ENABLED", "true", "Turns request rate limiting on or off.", "bool"),
-    Setting("TRUSTED_PROXIES", "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7", "CIDRs of reverse proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (client IP for rate limits and audit, HTTPS for HSTS). Empty: trust none.", "list"),
+    Setting("TRUSTED_PROXIES", "127.0.0.1/32,::1/128", "CIDRs of reverse proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (client IP for rate limits and audit, HTTPS for HSTS): loopback only by default. Behind a proxy on another host, list exactly that proxy's address or network (compose sets its own network). Empty: trust none.", "list"),
     Setting("LOG_LEVEL", "INFO", "Log level of every process (JSON logs to stdout)."),
     Setting("LOG_FORMAT", "json", "`json` (one object per line, for log shippers) or `text` (`make run` uses it)."),
     Setting("WORKER_HEARTBEAT_TTL", "15", "Seconds after which a silent worker counts as gone in `/health`.", "int"),
@@ -54,7 +60,7 @@ SETTINGS: list[Setting] = [
     Setting("SCHEDULER_LOCK_ID", "727274", "Postgres advisory lock id held by the leading scheduler.", "int"),
     Setting("WORKER_POOL", "", "Set by `python -m workers run --pool NAME` for its worker processes; not set by hand."),
     Setting("WORKER_PROCESSES", "1", "Processes per worker pool started by `python -m workers run` unless `--processes` is given.", "int"),
-    Setting("WEBHOOK_ALLOW_PRIVATE", "false", "Allow webhook targets on private/loopback addresses (development only).", "bool"),
+    Setting("WEBHOOK_ALLOW_PRIVATE", "", "Which non-public addresses the connections tenants choose may reach (webhook URLs, proxy hosts and their health checks, the cloud transport's `base_url`): `false` none, `loopback` this machine only, `true` every private range. Empty: `loopback` when `APP_ENV=development` and `HOST` is a loopback address, else `false`."),
     Setting("WEBHOOK_TIMEOUT", "15", "Seconds a webhook delivery may take to connect and to answer before it counts as failed.", "float"),
     Setting("WEBHOOK_MAX_IN_FLIGHT", "8", "Deliveries to one webhook endpoint running at the same time, across every worker (the others wait their turn without holding a thread), so a slow endpoint cannot take every thread. 0: no limit.", "int"),
     Setting("WEBHOOK_TIME_SCALE", "1", "Multiplies webhook retry delays, `Retry-After` waits and the 5-day disable window. Keep 1; tests and demos shrink time with e.g. 0.001.", "float"),
@@ -116,7 +122,14 @@ class Settings:
                 values[s.name] = _parse(s, raw)
             except ValueError:
                 raise SystemExit(f"config: {s.name}={raw!r} is not a valid {s.kind}")
-        return cls(values)
+        built = cls(values)
+        if not values["DATABASE_URL"] or not values["REDIS_URL"]:
+            # a shell next to `make run`: use the embedded servers it started
+            running = running_services(built.data_dir)
+            for name in ("DATABASE_URL", "REDIS_URL"):
+                if not values[name] and running.get(name):
+                    values[name] = running[name]
+        return built
 
     def __getattr__(self, name: str):
         try:
@@ -134,6 +147,26 @@ class Settings:
     @property
     def is_production(self) -> bool:
         return self.APP_ENV == "production"
+
+    @property
+    def private_targets(self) -> str:
+        """``WEBHOOK_ALLOW_PRIVATE`` resolved: ``all``, ``loopback`` or ``none`` (ValueError if bad).
+
+        Unset, this machine's own addresses are allowed only in development with the api listening
+        on loopback: then only this machine's users can register targets at all."""
+        raw = self.WEBHOOK_ALLOW_PRIVATE
+        if isinstance(raw, bool):  # tests override the setting with a bool
+            return "all" if raw else "none"
+        value = str(raw or "").strip().lower()
+        if value in ("1", "true", "yes", "on", "all"):
+            return "all"
+        if value in ("0", "false", "no", "off", "none"):
+            return "none"
+        if value == "loopback":
+            return "loopback"
+        if value in ("", "auto"):
+            return "loopback" if self.APP_ENV == "development" and is_loopback_host(self.HOST) else "none"
+        raise ValueError(f"{raw!r} is not one of true, loopback, false")
 
     @property
     def data_dir(self) -> Path:
@@ -163,6 +196,41 @@ class Settings:
         return path.read_text().strip()
 
 
+#: written by `make run` under DATA_DIR while it runs: the URLs of the servers it uses
+RUN_FILE = "run.json"
+
+
+def running_services(data_dir: Path) -> dict:
+    """What a live `make run` on ``data_dir`` wrote to ``RUN_FILE`` ({} when none runs): its pid,
+    ``DATABASE_URL``, ``REDIS_URL`` and ``api`` (the api's base URL)."""
+    import json
+
+    try:
+        found = json.loads((data_dir / RUN_FILE).read_text())
+        os.kill(int(found["pid"]), 0)  # raises if that process is gone (a `make run` killed hard)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def bind_address(host: str, port: int) -> str:
+    """gunicorn's ``--bind`` for ``host`` and ``port`` (an IPv6 literal in brackets)."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listening address (``HOST``) accepts connections from this machine only."""
+    import ipaddress
+
+    host = (host or "").strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 settings = Settings.from_env()
 
 #: secrets every process needs in production (config.secret() generates them elsewhere)
@@ -184,6 +252,10 @@ def check_production_settings(s: Settings | None = None) -> None:
             problems.append("SECRET_KEY must be at least 32 characters")
         if (s.values.get("API_KEY_PEPPER") or "") and len(s.API_KEY_PEPPER) < 16:
             problems.append("API_KEY_PEPPER must be at least 16 characters")
+    try:
+        s.private_targets
+    except ValueError as exc:
+        problems.append(f"WEBHOOK_ALLOW_PRIVATE: {exc}")
     if (s.values.get("APP_ENCRYPTION_KEYS") or "").strip():
         from app.security.crypto import parse_keys
 

@@ -65,11 +65,10 @@ case "$1" in
         shift
         remember_role api
         exec gunicorn -c python:app.system.gunicorn_conf wsgi:app \
-            --bind "0.0.0.0:${PORT:-3002}" \
+            --bind "${HOST:-0.0.0.0}:${PORT:-3002}" \
             --workers "${WEB_CONCURRENCY:-2}" \
             --threads "${GUNICORN_THREADS:-4}" \
             --worker-tmp-dir /dev/shm \
-            --forwarded-allow-ips "*" \
             --timeout 60 \
             --graceful-timeout 30 \
             --keep-alive 75 \

@@ -6,7 +6,7 @@
   apikey create --org ID --name NAME --role ROLE [--json]
   encryption rotate [--batch-size N]   re-encrypt every *_encrypted value under the newest key
   encryption status [--json]           how many values each key id protects
-  serve [--port N]               the api with gunicorn
+  serve [--host H] [--port N]    the api with gunicorn (on HOST:PORT; 127.0.0.1 by default)
 """
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import argparse
 import json
 import sys
 
-from config import child_env, settings
+from config import bind_address, child_env, settings
 
 
 def _need_db() -> None:
     if not settings.DATABASE_URL:
-        sys.exit("app: DATABASE_URL is not set (or use `make run`, which starts an embedded Postgres)")
+        sys.exit(f"app: DATABASE_URL is not set, and no `make run` is running on {settings.data_dir} "
+                 "(start `make run`, which starts an embedded Postgres, or set DATABASE_URL)")
 
 
 def cmd_db_init(args) -> None:
@@ -27,10 +28,11 @@ def cmd_db_init(args) -> None:
     from app.schema import apply_schema, schema_version
 
     try:
-        applied = apply_schema(settings.DATABASE_URL)
+        done = apply_schema(settings.DATABASE_URL)
     except Exception as exc:
         sys.exit(f"app db init: {exc.__class__.__name__}: {exc}")
-    print(f"schema {'applied' if applied else 'already applied'} (version {schema_version(settings.DATABASE_URL)})")
+    said = {"created": "applied", "upgraded": "upgraded"}.get(done, "already applied")
+    print(f"schema {said} (version {schema_version(settings.DATABASE_URL)})")
 
 
 def cmd_db_status(args) -> None:
@@ -154,9 +156,10 @@ def cmd_encryption_status(args) -> None:
 def cmd_serve(args) -> None:
     import os
 
-    port = args.port or settings.PORT
-    argv = [sys.executable, "-m", "gunicorn", "wsgi:app", "--bind", f"0.0.0.0:{port}"]
-    os.execve(sys.executable, argv, child_env())
+    host, port = args.host or settings.HOST, args.port or settings.PORT
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:app.system.gunicorn_conf", "wsgi:app",
+            "--bind", bind_address(host, port)]
+    os.execve(sys.executable, argv, child_env(HOST=host))
 
 
 def main(argv=None) -> None:
@@ -194,6 +197,7 @@ def main(argv=None) -> None:
     p.set_defaults(func=cmd_encryption_status)
 
     p = sub.add_parser("serve", help="run the api (gunicorn)")
+    p.add_argument("--host", help="address to listen on (default HOST, 127.0.0.1)")
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_serve)
 

@@ -165,3 +165,69 @@ def test_a_revoked_key_cannot_be_cached_again_by_a_late_reader(session, org, red
     forget_api_key(row.prefix)  # what the revocation does after its commit
     assert _load_key(session, row.prefix)["id"] == row.id  # a late reader still sees the old row...
     assert redis_conn.get(KEY_CACHE_PREFIX + row.prefix) is None  # ...but cannot cache it
+
+
+# ----------------------------------------------------------------------------- keys and their creator
+
+def _key_of(client, headers, role):
+    resp = client.post("/api/api-keys", json={"name": f"{role} key", "role": role}, headers=headers)
+    assert resp.status_code == 201, resp.get_json()
+    return resp.get_json()["id"], {"X-API-Key": resp.get_json()["key"]}
+
+
+def test_a_key_acts_with_at_most_its_creators_current_role(client, session, org, admin_headers):
+    manager, manager_headers = user_with_headers(session, org, "manager")
+    key_id, key = _key_of(client, manager_headers, "manager")
+    assert me(client, key).get_json()["role"] == "manager"
+    assert client.post("/api/webhooks", json={"url": "https://hooks.example.test/in", "events": ["*"]},
+                       headers=key).status_code == 201
+
+    resp = client.patch(f"/api/users/{manager.id}", json={"role": "viewer"}, headers=admin_headers)
+    assert resp.status_code == 200
+    who = me(client, key).get_json()
+    assert who["role"] == "viewer" and who["api_key"]["role"] == "manager"
+    assert who["api_key"]["created_by"] == manager.id
+    refused = client.post("/api/webhooks", json={"url": "https://hooks.example.test/in2", "events": ["*"]}, headers=key)
+    assert refused.status_code == 403, "the demoted creator's key lost the manager's rights at once"
+    [listed] = [k for k in client.get("/api/api-keys", headers=admin_headers).get_json()["items"] if k["id"] == key_id]
+    assert (listed["role"], listed["effective_role"]) == ("manager", "viewer")
+
+    client.patch(f"/api/users/{manager.id}", json={"role": "manager"}, headers=admin_headers)
+    assert me(client, key).get_json()["role"] == "manager", "promoted again: the key's own role is back"
+
+
+def test_a_disabled_creators_keys_stop_working_until_enabled(client, session, org, admin_headers):
+    manager, manager_headers = user_with_headers(session, org, "manager")
+    key_id, key = _key_of(client, manager_headers, "viewer")
+    assert me(client, key).status_code == 200
+    client.patch(f"/api/users/{manager.id}", json={"status": "disabled"}, headers=admin_headers)
+    resp = me(client, key)
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "api_key_creator_inactive"
+    [listed] = [k for k in client.get("/api/api-keys", headers=admin_headers).get_json()["items"] if k["id"] == key_id]
+    assert listed["effective_role"] is None
+    client.patch(f"/api/users/{manager.id}", json={"status": "active"}, headers=admin_headers)
+    assert me(client, key).status_code == 200
+
+
+def test_a_deleted_creators_keys_are_revoked_with_an_audit_entry(client, session, org, admin_headers):
+    manager, manager_headers = user_with_headers(session, org, "manager")
+    key_id, key = _key_of(client, manager_headers, "manager")
+    platform_key, platform_headers = api_key_with_headers(session, org, "admin")
+    assert me(client, key).status_code == 200
+    assert client.delete(f"/api/users/{manager.id}", headers=admin_headers).status_code == 204
+    resp = me(client, key)
+    assert resp.status_code == 401 and resp.get_json()["error"]["code"] == "api_key_revoked"
+    assert session.get(ApiKey, key_id).revoked_at is not None
+    [audit] = session.scalars(select(AuditLog).where(AuditLog.action == "api_key.revoke", AuditLog.target_id == key_id))
+    assert audit.changes["reason"] == "creator_deleted" and audit.changes["created_by"] == manager.id
+    assert me(client, platform_headers).get_json()["role"] == "admin", "keys made by the platform have no creator"
+
+
+def test_a_key_made_by_a_key_answers_to_the_same_person(client, session, org, admin_headers):
+    manager, manager_headers = user_with_headers(session, org, "manager")
+    _, key = _key_of(client, manager_headers, "manager")
+    child_id, child = _key_of(client, key, "manager")
+    assert session.get(ApiKey, child_id).created_by == manager.id
+    client.patch(f"/api/users/{manager.id}", json={"role": "agent"}, headers=admin_headers)
+    assert me(client, child).get_json()["role"] == "agent"
+    assert me(client, key).get_json()["client_ids"] == [], "an agent's key acts on the agent's clients only"

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import jwt
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.audit.models import AuditLog
 from app.auth.models import RefreshToken
@@ -62,23 +62,51 @@ def error_code(resp):
 REGISTRATION = {"organization": "Acme", "name": "Ada Admin", "email": "ada@acme.test", "password": "a long passphrase"}
 
 
-def test_register_creates_the_organisation_and_its_admin_signed_in(client, session):
+def test_register_creates_the_organisation_and_its_admin_then_login_works(client, session):
     resp = client.post("/api/auth/register", json=REGISTRATION)
-    assert resp.status_code == 201, resp.get_json()
-    body = resp.get_json()
-    assert body["organization"]["name"] == "Acme" and body["organization"]["id"].startswith("org_")
-    assert body["user"]["email"] == "ada@acme.test" and body["user"]["role"] == "admin"
-    assert body["user"]["name"] == "Ada Admin"
-    assert body["expires_in"] == settings.ACCESS_TOKEN_TTL
-    assert body["refresh_token"].startswith("rt_")
-    assert "password" not in body["user"] and "password_hash" not in body["user"]
-
-    who = me(client, auth(body["access_token"])).get_json()
-    assert who["id"] == body["user"]["id"] and who["organization"] == body["organization"]
-    user = session.get(User, body["user"]["id"])
+    assert resp.status_code == 202, resp.get_json()
+    assert resp.get_json()["status"] == "accepted" and "POST /api/auth/login" in resp.get_json()["message"]
+    user = session.scalar(select(User).where(User.email == "ada@acme.test"))
+    assert user.role == "admin" and user.name == "Ada Admin"
     assert user.password_hash.startswith("$2") and PASSWORD not in user.password_hash
-    created = audit_rows(session, "organization.create", organization_id=body["organization"]["id"])
+    created = audit_rows(session, "organization.create", organization_id=user.organization_id)
     assert created and created[0].actor_id == user.id and created[0].actor_type == "user"
+
+    body = login(client, "ada@acme.test", REGISTRATION["password"]).get_json()
+    assert body["user"]["id"] == user.id and body["user"]["role"] == "admin"
+    assert body["expires_in"] == settings.ACCESS_TOKEN_TTL and body["refresh_token"].startswith("rt_")
+    who = me(client, auth(body["access_token"])).get_json()
+    assert who["organization"]["name"] == "Acme" and who["organization"]["id"] == user.organization_id
+
+
+def test_register_answers_a_taken_email_exactly_like_a_free_one(client, session, monkeypatch):
+    """It used to answer 409 email_taken (40x faster): a free oracle of who has an account."""
+    import bcrypt
+
+    from app.security import passwords
+
+    hashed = []
+    real = bcrypt.hashpw
+    monkeypatch.setattr(passwords.bcrypt, "hashpw", lambda pw, salt: hashed.append(salt[:7]) or real(pw, salt))
+    f.make_user(session, email="ada@acme.test")
+    taken = client.post("/api/auth/register", json={**REGISTRATION, "email": "Ada@ACME.test"})
+    free = client.post("/api/auth/register", json={**REGISTRATION, "email": "grace@acme.test"})
+    assert taken.status_code == free.status_code == 202
+    assert taken.get_json() == free.get_json()
+    assert {k: v for k, v in taken.headers if k not in ("X-Request-ID",)} == \
+        {k: v for k, v in free.headers if k not in ("X-Request-ID",)}
+    assert len(hashed) == 2 and hashed[0] == hashed[1], "both cost one bcrypt hash of the same cost"
+    assert session.scalar(select(func.count()).select_from(User).where(func.lower(User.email) == "ada@acme.test")) == 1
+    assert login(client, "ada@acme.test", REGISTRATION["password"]).status_code == 401, "the account is not touched"
+
+
+def test_register_racing_another_for_the_same_address_answers_the_same(client, session, monkeypatch):
+    from app.team import service as team
+
+    f.make_user(session, email="ada@acme.test")
+    monkeypatch.setattr(team, "email_taken", lambda *a, **k: False)  # checked just before the other committed
+    resp = client.post("/api/auth/register", json=REGISTRATION)
+    assert resp.status_code == 202 and resp.get_json()["status"] == "accepted"
 
 
 def test_register_is_refused_when_signup_is_off(client, override):
@@ -91,6 +119,11 @@ def test_register_is_refused_when_signup_is_off(client, override):
 @pytest.mark.parametrize("password, problem", [
     ("short1", "at least 10"),
     ("ada@acme.test", "email"),
+    ("1234567890", "most common"),
+    ("qwertyuiop", "most common"),
+    ("Password123", "most common"),
+    ("password1234", "easy to guess"),
+    ("adaadmin2024", "easy to guess"),
 ])
 def test_register_enforces_the_password_policy(client, session, password, problem):
     resp = client.post("/api/auth/register", json={**REGISTRATION, "password": password})
@@ -99,11 +132,11 @@ def test_register_enforces_the_password_policy(client, session, password, proble
     assert session.scalar(select(User).where(User.email == "ada@acme.test")) is None
 
 
-def test_register_refuses_a_taken_email_whatever_its_case(client, session):
-    f.make_user(session, email="ada@acme.test")
-    resp = client.post("/api/auth/register", json={**REGISTRATION, "email": "Ada@ACME.test"})
-    assert resp.status_code == 409
-    assert error_code(resp) == "email_taken"
+def test_strong_passwords_pass_the_policy():
+    from app.security.passwords import check_policy
+
+    for password in ("correct horse battery staple", "a long passphrase", "Tr0ub4dor&3-xylophone", "zq8#Lm2@vK"):
+        check_policy(password, "ada@acme.test", "Ada Admin")
 
 
 @pytest.mark.parametrize("extra", [{"role": "viewer"}, {"organization_id": "org_x"}, {"status": "active"}])
@@ -171,25 +204,38 @@ def test_a_disabled_user_cannot_log_in(client, session):
     assert audit_rows(session, "auth.login_failed", target_id=user.id)[0].changes["reason"] == "disabled"
 
 
-def test_login_is_throttled_per_account_with_retry_after(client, session, override):
+def test_login_is_throttled_per_account_and_source_with_retry_after(client, session, override):
     override(LOGIN_FAILURES_PER_ACCOUNT="3 per 15 minutes")
     user = make_user_with_password(session)
     for _ in range(3):
-        assert login(client, user.email, "wrong password!").status_code == 401
-    resp = login(client, user.email)  # even the right password, until the window ends
+        assert login(client, user.email, "wrong password!", ip="203.0.113.66").status_code == 401
+    resp = login(client, user.email, ip="203.0.113.66")  # even the right password, until the window ends
     assert resp.status_code == 429
     assert error_code(resp) == "login_throttled"
     assert 0 < int(resp.headers["Retry-After"]) <= 900
-    assert login(client, user.email, ip="10.9.9.9").status_code == 429  # from anywhere
     assert audit_rows(session, "auth.login_failed", target_id=user.id)[-1].changes["reason"] == "throttled"
     other = make_user_with_password(session)
-    assert login(client, other.email).status_code == 200  # other accounts are not affected
+    assert login(client, other.email, ip="203.0.113.66").status_code == 200  # other accounts are not affected
+
+
+def test_someone_elses_failures_never_lock_the_owner_out(client, session, override):
+    """Five wrong passwords used to lock the real owner out for 15 minutes, from anywhere."""
+    override(LOGIN_FAILURES_PER_ACCOUNT="5 per 15 minutes")
+    user = make_user_with_password(session)
+    for attacker in ("203.0.113.66", "198.51.100.7", "2001:db8:66::1"):
+        for _ in range(5):
+            login(client, user.email, "wrong password!", ip=attacker)
+        assert login(client, user.email, ip=attacker).status_code == 429, "each guessing source is stopped"
+    resp = login(client, user.email, ip="192.0.2.10")  # the owner, from their own address
+    assert resp.status_code == 200, resp.get_json()
+    assert login(client, user.email, ip="203.0.113.66").status_code == 429, "the owner's login does not free them"
 
 
 def test_an_unknown_email_is_throttled_like_a_known_one(client, override):
     override(LOGIN_FAILURES_PER_ACCOUNT="2 per 15 minutes")
     answers = [login(client, "ghost@nowhere.test", "wrong password!").status_code for _ in range(3)]
     assert answers == [401, 401, 429]
+    assert login(client, "ghost@nowhere.test", "wrong password!", ip="192.0.2.99").status_code == 401
 
 
 def test_login_is_throttled_per_ip(client, session, override):

@@ -43,7 +43,19 @@ class RecordingSink:
 
 
 @pytest.fixture
-def graph():
+def allow_loopback():
+    """The fake Graph API (and the fake proxies) listen on loopback: allow this machine's addresses,
+    and only those, in the address guard for the test."""
+    from config import settings
+
+    before = settings.WEBHOOK_ALLOW_PRIVATE
+    settings.override(WEBHOOK_ALLOW_PRIVATE="loopback")
+    yield
+    settings.override(WEBHOOK_ALLOW_PRIVATE=before)
+
+
+@pytest.fixture
+def graph(allow_loopback):
     with FakeGraph() as g:
         yield g
 
@@ -134,7 +146,7 @@ def test_production_refuses_a_base_url_that_is_not_metas(graph):
     assert graph.requests == []
 
 
-def test_start_when_meta_is_unreachable_reports_disconnected_so_it_is_retried():
+def test_start_when_meta_is_unreachable_reports_disconnected_so_it_is_retried(allow_loopback):
     sink = RecordingSink()
     client = ClientInfo(id="cli_x", organization_id="org_x", transport="cloud",
                         config={"phone_number_id": "1", "base_url": f"http://127.0.0.1:{free_port()}"},
@@ -357,13 +369,55 @@ def test_a_timeout_is_transient(graph):
     assert err.value.code == "transport_unavailable" and "timed out" in str(err.value)
 
 
-def test_connection_refused_is_transient():
+def test_connection_refused_is_transient(allow_loopback):
     client = ClientInfo(id="cli_x", organization_id="org_x", transport="cloud",
                         config={"phone_number_id": "1", "base_url": f"http://127.0.0.1:{free_port()}"},
                         secrets={"access_token": "t"})
     with pytest.raises(TransientSendError) as err:
         CloudTransport(client, RecordingSink()).send(text())
     assert err.value.code == "transport_unavailable"
+
+
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:{port}", "http://localhost:{port}", "http://2130706433:{port}",
+                                      "http://[::ffff:127.0.0.1]:{port}", "http://10.0.0.9:{port}"])
+def test_a_base_url_on_an_internal_address_is_refused_and_never_called(graph, base_url, monkeypatch):
+    """With the guard's default (nothing internal): the token never leaves for this machine or the LAN."""
+    from config import settings
+
+    settings.override(WEBHOOK_ALLOW_PRIVATE="false")
+    port = graph.url.rsplit(":", 1)[1]
+    client = ClientInfo(id=new_id("cli"), organization_id="org_x", transport="cloud",
+                        config={"phone_number_id": graph.phone_number_id, "base_url": base_url.format(port=port)},
+                        secrets={"access_token": graph.access_token})
+    sink = RecordingSink()
+    CloudTransport(client, sink).start()
+    ((status, detail),) = sink.statuses
+    assert status == "failed" and detail["code"] == "invalid_config" and "config.base_url" in detail["reason"]
+    with pytest.raises(PermanentSendError) as err:
+        CloudTransport(client, RecordingSink()).send(text())
+    assert err.value.code == "invalid_config"
+    # a name that looked public when checked and resolves inside when connecting (DNS rebinding)
+    from app.security import ssrf
+
+    monkeypatch.setattr(ssrf, "check_url", lambda url: None)
+    with pytest.raises(PermanentSendError) as err:
+        CloudTransport(client, RecordingSink()).send(text())
+    assert err.value.code == "address_not_allowed"
+    assert graph.requests == []
+
+
+def test_a_proxy_on_an_internal_address_is_refused(graph):
+    from config import settings
+
+    settings.override(WEBHOOK_ALLOW_PRIVATE="false")
+    port = int(graph.url.rsplit(":", 1)[1])
+    client = ClientInfo(id=new_id("cli"), organization_id="org_x", transport="cloud",
+                        proxy=ProxyInfo(scheme="http", host="127.0.0.1", port=port),
+                        config={"phone_number_id": graph.phone_number_id, "base_url": "https://graph.facebook.com"},
+                        secrets={"access_token": graph.access_token})
+    with pytest.raises(PermanentSendError) as err:
+        CloudTransport(client, RecordingSink()).send(text())
+    assert err.value.code == "address_not_allowed" and graph.requests == []
 
 
 def test_error_table_covers_the_codes_of_the_issue():
@@ -624,7 +678,7 @@ def test_a_cloud_client_created_through_the_api_starts_ready_or_fails_on_a_bad_t
     org = factories.make_organization(committed)
     headers = principal_headers(committed, org, "admin")
     committed.commit()
-    run_pool("default")
+    run_pool("default", WEBHOOK_ALLOW_PRIVATE="loopback")
 
     def create(token: str) -> str:
         resp = committed_client.post("/api/clients", headers=headers, json={

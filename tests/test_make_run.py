@@ -60,6 +60,7 @@ def run_and_stop(env, port, during=None):
         for pool in ("messages", "sessions", "webhooks", "default"):
             assert f"--queues {pool}" in names
         assert "gunicorn" in names and "workers scheduler" in names
+        assert f"--bind 127.0.0.1:{port}" in names, "the api listens on this machine only unless HOST says so"
         if during:
             during()
         proc.send_signal(signal.SIGTERM)
@@ -76,10 +77,36 @@ def run_and_stop(env, port, during=None):
             stop(proc, signal.SIGKILL)
 
 
+def readme_quickstart(port: int) -> str:
+    """The README's quickstart, every shell block between its markers in order, as a user pastes
+    them into a shell at the root of the clone; only the port and the venv's python differ."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text.split("<!-- quickstart:begin -->", 1)[1].split("<!-- quickstart:end -->", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    assert len(blocks) >= 2, "the README's quickstart lost its shell blocks"
+    script = "\n".join(blocks)
+    return script.replace("localhost:3002", f"127.0.0.1:{port}").replace(".venv/bin/python", sys.executable)
+
+
+def run_readme_quickstart(port: int, data_dir, workdir) -> str:
+    """Run the quickstart with bash against a running `make run`: no DATABASE_URL / REDIS_URL in
+    the environment (the CLIs must find the servers of `make run` by themselves); every loop of
+    it must end (a bounded time for the whole: it waits on real workers)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(DATA_DIR=str(data_dir), PYTHONPATH=str(ROOT))  # files it writes (qr.png) go to workdir
+    script = "set -euo pipefail\n" + readme_quickstart(port)
+    done = subprocess.run(["bash", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, f"the README's quickstart failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
 def test_make_run_with_given_services_starts_everything_and_stops_cleanly(tmp_path, redis_conn):
-    """Besides starting and stopping: in `make run` a client created without a transport is a sim
+    """Besides starting and stopping: the README's quickstart runs as written against it (sign up
+    to webhook, and the CLIs without DATABASE_URL); a client created without a transport is a sim
     client that goes created -> starting -> qr -> ready, and while it waits for the scan the QR
-    endpoint's PNG decodes to the code shown (issue 4's first "done when")."""
+    endpoint's PNG decodes to the code shown."""
     from app.schema import with_database
     from config import settings
     from tests.test_clients import decode_qr_png
@@ -130,17 +157,63 @@ def test_make_run_with_given_services_starts_everything_and_stops_cleanly(tmp_pa
             seen["history"] = conn.execute("SELECT from_status, status FROM client_status_history "
                                            "WHERE client_id = %s ORDER BY id", (cid,)).fetchall()
 
+    def during():
+        workdir = tmp_path / "clone"
+        workdir.mkdir()
+        seen["quickstart"] = run_readme_quickstart(port, tmp_path, workdir)
+        seen["qr_file"] = (workdir / "qr.png").read_bytes()
+        sim_client_to_ready()
+
     try:
         out = run_and_stop({"DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL, "DATA_DIR": str(tmp_path),
-                            "PORT": str(port)}, port, during=sim_client_to_ready)
+                            "PORT": str(port)}, port, during=during)
     finally:
         with psycopg.connect(with_database(settings.DATABASE_URL, "postgres"), autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {RUN_DB} WITH (FORCE)")
     assert f"http://127.0.0.1:{port}/api/docs" in out
     assert f"http://127.0.0.1:{port}/dashboard" in out
+    assert url in out and settings.REDIS_URL in out, "make run prints the servers' URLs"
+    assert not (tmp_path / "run.json").exists(), "run.json goes when make run stops"
+    quickstart = seen["quickstart"]
+    assert '"status":"read"' in quickstart.replace(" ", "") and "When does my order arrive?" in quickstart
+    assert '"secret":"whsec_' in quickstart.replace(" ", "") and "sk_" in quickstart  # webhook; the CLI's key
+    assert decode_qr_png(seen["qr_file"])[0].startswith("2@sim,")
     assert seen["history"] == [(None, "created"), ("created", "starting"), ("starting", "qr"), ("qr", "ready")]
     assert seen["ctype"] == "image/png" and decode_qr_png(seen["png"]) == [seen["qr"]]
     assert seen["qr"].startswith("2@sim,")
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"APP_ENV": "development"}, "loopback"),                                  # api on 127.0.0.1
+    ({"APP_ENV": "development", "HOST": "0.0.0.0"}, "none"),                   # open to the LAN
+    ({"APP_ENV": "development", "WEBHOOK_ALLOW_PRIVATE": "false"}, "none"),    # the operator said no
+    ({"APP_ENV": "development", "HOST": "0.0.0.0", "WEBHOOK_ALLOW_PRIVATE": "true"}, "all"),
+    ({"APP_ENV": "production", "HOST": "127.0.0.1"}, "none"),
+])
+def test_make_run_children_keep_the_operators_guard(tmp_path, env, expected):
+    """`make run` used to force WEBHOOK_ALLOW_PRIVATE=true on every child in development, whatever
+    the operator set, with the api open to the LAN."""
+    import config
+    from workers import supervisor
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("WEBHOOK_ALLOW_PRIVATE", "HOST", "APP_ENV")}
+    before = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update({**clean, **env})
+        saved = {k: getattr(config.settings, k) for k in ("APP_ENV", "HOST")}
+        config.settings.override(APP_ENV=env["APP_ENV"], HOST=env.get("HOST", "127.0.0.1"))
+        try:
+            child = supervisor.children_env("postgresql://x/y", "redis://x/0", tmp_path)
+        finally:
+            config.settings.override(**saved)
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+    assert child.get("WEBHOOK_ALLOW_PRIVATE") == env.get("WEBHOOK_ALLOW_PRIVATE")
+    out = subprocess.run([sys.executable, "-c", "from config import settings; print(settings.private_targets)"],
+                         cwd=ROOT, env=child, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == expected, out.stderr
 
 
 def test_make_run_embedded_keeps_data_across_runs(tmp_path):

@@ -330,8 +330,9 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(pclient):
     via_proxy = pclient.get("/api/t/whoami", headers={"X-Forwarded-For": "203.0.113.9"}, **ip("127.0.0.1"))
     assert via_proxy.get_json()["ip"] == "203.0.113.9"
     # a client that sends the header itself: its proxy appends the real address, which wins
-    spoofed = pclient.get("/api/t/whoami", headers={"X-Forwarded-For": "10.9.9.9, 1.1.1.1, 203.0.113.9"},
-                          **ip("10.0.0.5"))
+    with overridden(TRUSTED_PROXIES=["127.0.0.1/32", "10.0.0.5/32"]):
+        spoofed = pclient.get("/api/t/whoami", headers={"X-Forwarded-For": "10.9.9.9, 1.1.1.1, 203.0.113.9"},
+                              **ip("10.0.0.5"))
     assert spoofed.get_json()["ip"] == "203.0.113.9"
     # a peer that is not a trusted proxy cannot choose its address
     direct = pclient.get("/api/t/whoami", headers={"X-Forwarded-For": "203.0.113.50"}, **ip("198.51.100.20"))
@@ -341,9 +342,30 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(pclient):
     assert untrusted.get_json()["ip"] == "127.0.0.1"
 
 
+def test_by_default_only_loopback_is_a_trusted_proxy(pclient):
+    """Any host of a private network used to be believed: it could send X-Forwarded-For and start
+    every per-IP limit afresh (login, sign-up) with each request."""
+    from config import SETTINGS
+
+    [default] = [s.default for s in SETTINGS if s.name == "TRUSTED_PROXIES"]
+    assert default == "127.0.0.1/32,::1/128"
+    with overridden(TRUSTED_PROXIES=default.split(",")), limits_on(RATE_LIMIT_PUBLIC="2 per minute"):
+        for peer in ("10.0.0.5", "172.18.0.3", "192.168.1.20", "fd00::5"):
+            seen = pclient.get("/api/t/whoami", headers={"X-Forwarded-For": "203.0.113.9"}, **ip(peer))
+            assert seen.get_json()["ip"] == peer
+        attacker = ip("10.0.0.66")
+        for n in range(2):
+            assert pclient.get("/api/t/public", headers={"X-Forwarded-For": f"198.51.100.{n}"},
+                               **attacker).status_code == 200
+        assert_limited(pclient.get("/api/t/public", headers={"X-Forwarded-For": "198.51.100.77"}, **attacker),
+                       "ip", 60)
+        assert pclient.get("/api/t/whoami", headers={"X-Forwarded-For": "203.0.113.9"},
+                           **ip("::1")).get_json()["ip"] == "203.0.113.9", "nginx on this host is believed"
+
+
 def test_per_ip_limit_keys_on_the_forwarded_client(pclient):
     behind_nginx = {"X-Forwarded-For": "203.0.113.9"}
-    with limits_on(RATE_LIMIT_PUBLIC="2 per minute"):
+    with overridden(TRUSTED_PROXIES=["172.18.0.3/32"]), limits_on(RATE_LIMIT_PUBLIC="2 per minute"):
         for _ in range(2):
             assert pclient.get("/api/t/public", headers=behind_nginx, **ip("172.18.0.3")).status_code == 200
         assert_limited(pclient.get("/api/t/public", headers=behind_nginx, **ip("172.18.0.3")), "ip", 60)

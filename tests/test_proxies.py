@@ -20,6 +20,7 @@ from app.security.crypto import decrypt
 from app.transports.base import ProxyInfo
 from tests import factories as f
 from tests.auth_helpers import principal_headers
+from tests.webhook_receiver import allow_private  # noqa: F401  (the fake proxies listen on loopback)
 
 
 @pytest.fixture
@@ -185,32 +186,110 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_probe_http_connect_with_credentials(fake_proxies):
+def test_probe_http_connect_with_credentials(fake_proxies, banner, allow_private):
     server = fake_proxies("http", "alice", "pw")
     good = ProxyInfo("http", "127.0.0.1", server.port, "alice", "pw")
     assert proxy_service.probe(good, target="web.whatsapp.com:443", timeout=5) is None
     assert server.targets == ["CONNECT web.whatsapp.com:443 HTTP/1.1"]
     wrong = ProxyInfo("http", "127.0.0.1", server.port, "alice", "nope")
-    assert "407" in proxy_service.probe(wrong, target="web.whatsapp.com:443", timeout=5)
-    assert proxy_service.probe(ProxyInfo("http", "127.0.0.1", closed_port()), timeout=2)
+    assert proxy_service.probe(wrong, target="web.whatsapp.com:443", timeout=5) == "auth_failed"
+    assert proxy_service.probe(ProxyInfo("http", "127.0.0.1", closed_port()), timeout=2) == "refused"
     # an https proxy is spoken to over TLS: a plain-text server fails the handshake
-    assert proxy_service.probe(ProxyInfo("https", "127.0.0.1", server.port), timeout=2)
+    plain = banner(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    assert proxy_service.probe(ProxyInfo("https", "127.0.0.1", plain.port), timeout=2) == "tls_failed"
 
 
-def test_probe_socks5_with_and_without_credentials(fake_proxies):
+def test_probe_socks5_with_and_without_credentials(fake_proxies, allow_private):
     server = fake_proxies("socks5", "bob", "pw")
     assert proxy_service.probe(ProxyInfo("socks5", "127.0.0.1", server.port, "bob", "pw"),
                                target="web.whatsapp.com:443", timeout=5) is None
     assert server.targets == ["web.whatsapp.com:443"]
-    assert "credentials" in proxy_service.probe(ProxyInfo("socks5", "127.0.0.1", server.port, "bob", "x"), timeout=5)
-    assert "authentication" in proxy_service.probe(ProxyInfo("socks5", "127.0.0.1", server.port), timeout=5)
+    assert proxy_service.probe(ProxyInfo("socks5", "127.0.0.1", server.port, "bob", "x"), timeout=5) == "auth_failed"
+    assert proxy_service.probe(ProxyInfo("socks5", "127.0.0.1", server.port), timeout=5) == "auth_failed"
     open_server = fake_proxies("socks5")
     assert proxy_service.probe(ProxyInfo("socks5", "127.0.0.1", open_server.port), timeout=5) is None
-    http = fake_proxies("http")
-    assert proxy_service.probe(ProxyInfo("socks5", "127.0.0.1", http.port), timeout=2)
+    http = fake_proxies("http")  # waits for a request line a SOCKS5 greeting never ends
+    assert proxy_service.probe(ProxyInfo("socks5", "127.0.0.1", http.port), timeout=1) == "timeout"
 
 
-def test_check_job_marks_failing_then_dead_with_one_alert_then_ok(session, fake_proxies):
+class Banner(socketserver.ThreadingTCPServer):
+    """Something that is not a proxy: it answers every connection with ``reply`` (say an SSH
+    banner, or an internal web page), and counts the connections it got."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, reply: bytes):
+        self.reply, self.connections = reply, 0
+        super().__init__(("127.0.0.1", 0), self.Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self):
+            self.server.connections += 1
+            self.request.sendall(self.server.reply)
+
+
+@pytest.fixture
+def banner():
+    servers = []
+
+    def start(reply: bytes):
+        servers.append(Banner(reply))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+SECRET_PAGE = b"HTTP/1.1 403 Forbidden\r\n\r\n<h1>internal admin: db password hunter2</h1>"
+
+
+def test_a_check_reports_a_fixed_word_never_what_the_peer_sent(session, banner, allow_private):
+    from jobs.clients import check_proxy
+
+    for reply, word in ((b"SSH-2.0-OpenSSH_9.2 hunter2\r\n", "not_a_proxy"), (SECRET_PAGE, "tunnel_refused"),
+                        (b"\x05\x01hunter2", "not_a_proxy")):
+        server = banner(reply)
+        assert proxy_service.probe(ProxyInfo("http", "127.0.0.1", server.port), timeout=5) == word
+        proxy = f.make_proxy(session, host="127.0.0.1", port=server.port)
+        check_proxy.fn(proxy.id)
+        session.expire_all()
+        assert session.get(Proxy, proxy.id).last_error == word
+    assert set(proxy_service.CHECK_FAILURES) == {"refused", "timeout", "unresolvable", "blocked_address",
+                                                 "tls_failed", "not_a_proxy", "auth_failed", "tunnel_refused"}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "10.0.0.7", "169.254.169.254", "2130706433", "::1",
+                                  "::ffff:127.0.0.1"])
+def test_proxies_on_internal_addresses_are_refused(client, session, admin, host):
+    resp = client.post("/api/proxies", json={**NEW, "host": host}, headers=admin)
+    assert resp.status_code == 422, resp.get_json()
+    assert "host" in resp.get_json()["error"]["details"]
+    assert session.scalars(select(Proxy)).all() == []
+
+
+def test_the_check_never_connects_to_an_internal_address(session, banner):
+    """A proxy row pointing inside (created before the guard, or a name that resolves there
+    later): the check refuses to connect at all."""
+    from jobs.clients import check_proxy
+
+    server = banner(SECRET_PAGE)
+    assert proxy_service.probe(ProxyInfo("http", "127.0.0.1", server.port), timeout=2) == "blocked_address"
+    proxy = f.make_proxy(session, host="localhost", port=server.port)
+    check_proxy.fn(proxy.id)
+    session.expire_all()
+    assert session.get(Proxy, proxy.id).last_error == "blocked_address"
+    assert server.connections == 0
+
+
+def test_check_job_marks_failing_then_dead_with_one_alert_then_ok(session, fake_proxies, allow_private):
     from jobs.clients import check_proxy
 
     server = fake_proxies("http")
@@ -224,7 +303,7 @@ def test_check_job_marks_failing_then_dead_with_one_alert_then_ok(session, fake_
     session.flush()
     check_proxy.fn(proxy.id)
     session.expire_all()
-    assert session.get(Proxy, proxy.id).status == "failing" and session.get(Proxy, proxy.id).last_error
+    assert (session.get(Proxy, proxy.id).status, session.get(Proxy, proxy.id).last_error) == ("failing", "refused")
     assert session.scalars(select(BanAlert).where(BanAlert.kind == "proxy_dead")).all() == []
     check_proxy.fn(proxy.id)
     check_proxy.fn(proxy.id)

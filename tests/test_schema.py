@@ -32,6 +32,8 @@ def db(engine):
     insp = inspect(engine)
     tables = {}
     for name in insp.get_table_names():
+        if name == "alembic_version":  # Alembic's bookkeeping (which migration the database has had)
+            continue
         tables[name] = {
             "columns": {c["name"]: c for c in insp.get_columns(name)},
             "pk": set(insp.get_pk_constraint(name)["constrained_columns"]),

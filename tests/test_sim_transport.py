@@ -81,6 +81,18 @@ def test_slow_scans_rotate_the_qr_and_unscanned_ones_time_out():
     assert never.events.statuses[-1][1]["reason"].startswith("qr_timeout")
 
 
+def test_a_scan_by_hand_links_the_account_and_makes_the_pending_reports_stale():
+    t = sim({"auto_scan": False, "qr_ttl_ms": 10000, "qr_rotations": 3})
+    t.start()
+    pending = [detail["session"] for _, detail, _ in t.events.statuses]  # later QR codes and the timeout
+    t.scan()
+    ready, detail, delay = t.events.statuses[-1]
+    assert (ready, delay) == ("ready", 0) and detail["phone"] == fake_phone(t.client.id)
+    assert SimTransport.is_current_session(t.client.id, detail["session"])
+    assert not any(SimTransport.is_current_session(t.client.id, token) for token in pending)
+    assert t.network.linked(), "the login is kept: the next start needs no QR"
+
+
 def test_the_login_survives_stop_but_not_logout():
     t = sim({"scan_after_ms": 0, "connect_after_ms": 50, "phone": "+447700900123"})
     t.start()
@@ -282,6 +294,35 @@ def test_inbound_endpoint_reports_an_inbound_message(client, session, org, admin
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "client_not_ready"
 
 
+def test_scan_endpoint_scans_the_qr_shown_now_and_only_then(client, session, org, admin, redis_conn):
+    c = f.make_client(session, organization_id=org.id, status="qr", config={"auto_scan": False})
+    resp = client.post(f"/api/clients/{c.id}/sim/scan", headers=admin)
+    assert resp.status_code == 202, resp.get_json()
+    assert resp.get_json()["id"] == c.id
+    [job] = queued(redis_conn, "clients.on_status")
+    client_id, status, detail = job["args"]
+    assert (client_id, status) == (c.id, "ready") and SimTransport.is_current_session(c.id, detail["session"])
+
+    for state in ("ready", "created", "starting"):
+        other = f.make_client(session, organization_id=org.id, status=state)
+        refused = client.post(f"/api/clients/{other.id}/sim/scan", headers=admin)
+        assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "client_not_in_qr_state"
+    viewer = principal_headers(session, org, "viewer")
+    assert client.post(f"/api/clients/{c.id}/sim/scan", headers=viewer).status_code == 403
+
+
+def test_the_qr_of_a_starting_client_says_when_to_ask_again(client, session, org, admin):
+    starting = f.make_client(session, organization_id=org.id, status="starting")
+    resp = client.get(f"/api/clients/{starting.id}/qr", headers=admin)
+    assert resp.status_code == 409 and resp.headers["Retry-After"] == "1"
+    error = resp.get_json()["error"]
+    assert error["code"] == "client_not_in_qr_state" and error["details"] == {"status": "starting", "retry_after": 1}
+    assert "retry in 1 s" in error["message"]
+    ready = f.make_client(session, organization_id=org.id, status="ready")
+    resp = client.get(f"/api/clients/{ready.id}/qr", headers=admin)
+    assert resp.status_code == 409 and "Retry-After" not in resp.headers and "already linked" in resp.get_json()["error"]["message"]
+
+
 def test_sim_endpoints_are_404_for_other_transports_and_other_organisations(client, session, org, admin):
     cloud = f.make_client(session, organization_id=org.id, transport="cloud", status="ready")
     foreign = f.make_client(session, status="ready")
@@ -290,6 +331,7 @@ def test_sim_endpoints_are_404_for_other_transports_and_other_organisations(clie
         assert client.post(f"/api/clients/{client_id}/sim/fault", json={"type": "ban"}, headers=admin).status_code == 404
         assert client.post(f"/api/clients/{client_id}/sim/inbound", json={"from": "+14155550199", "text": "x"},
                            headers=admin).status_code == 404
+        assert client.post(f"/api/clients/{client_id}/sim/scan", headers=admin).status_code == 404
 
 
 def test_network_endpoint_and_fail_next_fault(client, session, org, admin):
@@ -363,6 +405,25 @@ def test_a_dropped_connection_reconnects_by_itself(committed, committed_client, 
                                                    "disconnected", "failed"]
     alerts = committed.scalars(select(BanAlert).where(BanAlert.client_id == client_id)).all()
     assert [a.kind for a in alerts] == ["disconnected"]
+
+
+@pytest.mark.workers
+def test_a_client_without_auto_scan_waits_for_a_scan_and_stays_ready(committed, committed_client, ready_client,
+                                                                      run_pool, redis_conn):
+    run_pool("default")
+    _, status, headers = ready_client
+    created = committed_client.post("/api/clients", headers=headers, json={
+        "name": "Manual", "config": {"auto_scan": False, "qr_ttl_ms": 2000, "qr_rotations": 5}}).get_json()
+    cid = created["id"]
+    committed_client.post(f"/api/clients/{cid}/start", headers=headers)
+    wait_for(lambda: committed_client.get(f"/api/clients/{cid}/qr", headers=headers).status_code == 200,
+             timeout=30, message="the QR code")
+    assert committed_client.post(f"/api/clients/{cid}/sim/scan", headers=headers).status_code == 202
+    wait_for(lambda: status(cid) == "ready", timeout=30, message="ready after the scan")
+    # the start's later QR codes and its qr_timeout failure (10 s after the start) come and are ignored
+    wait_for(lambda: not queued(redis_conn, "clients.on_status"), timeout=30, message="every pending report handled")
+    assert status(cid) == "ready"
+    assert statuses(committed, cid) == ["created", "starting", "qr", "ready"]
 
 
 @pytest.mark.workers

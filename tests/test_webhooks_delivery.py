@@ -307,12 +307,15 @@ def test_redirects_are_not_followed(session, org, endpoint, receiver):
     assert fresh(session, session.get(WebhookDelivery, delivery_id)).status == "failed"
 
 
-def test_the_log_keeps_the_first_2_kb_of_the_response(session, org, endpoint, receiver):
-    receiver.always("/hook", Reply(400, body="é" * 3000))
+def test_the_log_keeps_only_a_short_printable_excerpt_of_the_response(session, org, endpoint, receiver):
+    page = "<html>\r\n<title>Admin</title>\x00\x1b[31m\u202esecret\t\t" + "é" * 3000
+    receiver.always("/hook", Reply(400, body=page))
     _, [delivery_id] = deliver_event(session, org.id)
     [attempt] = attempts(session, delivery_id)
-    assert attempt.status_code == 400 and 1000 <= len(attempt.response_excerpt) <= 2048
-    assert attempt.response_excerpt.startswith("éé")
+    assert attempt.status_code == 400 and len(attempt.response_excerpt) == delivery.EXCERPT_CHARS == 256
+    assert attempt.response_excerpt.startswith("<html> <title>Admin</title> [31m secret éé")
+    assert attempt.response_excerpt.endswith("é…")
+    assert not any(ord(c) < 32 or 0x7f <= ord(c) <= 0x9f or c == "\u202e" for c in attempt.response_excerpt)
     assert attempt.error == "HTTP 400" and attempt.next_attempt_at is not None, "a 4xx is a failure, retried"
     assert fresh(session, session.get(WebhookDelivery, delivery_id)).status == "failed"
 

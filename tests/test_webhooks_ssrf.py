@@ -12,7 +12,8 @@ from sqlalchemy import select
 import jobs.webhooks as webhook_jobs
 from app.security import crypto
 from app.security.principal import SystemPrincipal
-from app.webhooks import delivery, service, ssrf
+from app.security import ssrf
+from app.webhooks import delivery, service
 from app.webhooks.events import emit
 from app.webhooks.models import WebhookDelivery, WebhookDeliveryAttempt
 from config import settings
@@ -183,3 +184,48 @@ def test_the_system_principal_can_create_on_public_names(session):
     created = service.create_webhook(session, SystemPrincipal(org.id), url="https://hooks.example.test/in",
                                      events=["message.sent"])
     assert created["url"] == "https://hooks.example.test/in"
+
+
+# ----------------------------------------------------------------------------- the policy
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+def test_loopback_policy_allows_this_machine(address):
+    settings.override(WEBHOOK_ALLOW_PRIVATE="loopback")
+    assert ssrf.refusal(address) is None
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "192.168.1.1", "172.16.0.1", "169.254.169.254", "100.64.0.1",
+                                     "0.0.0.0", "fd00::1", "fe80::1", "::ffff:10.0.0.1", "2002:7f00:1::1"])
+def test_loopback_policy_still_refuses_the_network_around(address):
+    settings.override(WEBHOOK_ALLOW_PRIVATE="loopback")
+    assert ssrf.refusal(address) is not None
+
+
+@pytest.mark.parametrize("raw, app_env, host, expected", [
+    ("", "development", "127.0.0.1", "loopback"), ("", "development", "localhost", "loopback"),
+    ("", "development", "::1", "loopback"), ("", "development", "0.0.0.0", "none"),
+    ("", "development", "192.168.1.5", "none"), ("", "test", "127.0.0.1", "none"),
+    ("", "production", "127.0.0.1", "none"), ("true", "production", "0.0.0.0", "all"),
+    ("false", "development", "127.0.0.1", "none"), ("loopback", "production", "0.0.0.0", "loopback"),
+])
+def test_the_default_depends_on_where_the_api_listens(raw, app_env, host, expected):
+    from config import Settings
+
+    built = Settings.from_env({"WEBHOOK_ALLOW_PRIVATE": raw, "APP_ENV": app_env, "HOST": host,
+                               "DATABASE_URL": "postgresql://x/y", "REDIS_URL": "redis://x"})
+    assert built.private_targets == expected
+
+
+def test_a_bad_value_stops_every_process_at_start():
+    from config import Settings, check_production_settings
+
+    built = Settings.from_env({"WEBHOOK_ALLOW_PRIVATE": "sometimes", "DATABASE_URL": "x", "REDIS_URL": "x"})
+    with pytest.raises(SystemExit, match="WEBHOOK_ALLOW_PRIVATE"):
+        check_production_settings(built)
+
+
+def test_a_decimal_ip_is_judged_by_what_it_resolves_to(client, session):
+    """http://2130706433/ is 127.0.0.1: refused at registration with the guard on."""
+    assert "loopback" in ssrf.check_url("http://2130706433:3002/")
+    assert "loopback" in ssrf.check_url("http://0x7f.1:3002/")

@@ -13,7 +13,8 @@ from workers.pools import POOLS
 
 def _need(name: str) -> None:
     if not getattr(settings, name):
-        sys.exit(f"workers: {name} is not set (see README, 'Configuration')")
+        sys.exit(f"workers: {name} is not set, and no `make run` is running on {settings.data_dir} "
+                 "(see README, 'Configuration')")
 
 
 def cmd_run(args) -> None:

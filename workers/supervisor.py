@@ -1,10 +1,14 @@
 """``make run``: one command that runs the whole product on a laptop.
 
 Starts embedded Postgres and Redis under DATA_DIR unless DATABASE_URL / REDIS_URL are given,
-applies the schema, then runs the api (gunicorn), one process of every worker pool and the
-scheduler, prefixing each line of their output with its name. A child that dies is restarted
-with backoff. Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after 12 s) and the
-embedded services, well within 20 seconds.
+applies the schema, then runs the api (gunicorn, on HOST:PORT), one process of every worker pool
+and the scheduler, prefixing each line of their output with its name. A child that dies is
+restarted with backoff. Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after 12 s)
+and the embedded services, well within 20 seconds.
+
+While it runs, ``DATA_DIR/run.json`` holds the servers' URLs (``config.running_services``), so
+``python -m app ...`` and ``python -m workers ...`` in another shell find them by themselves.
+Settings are passed to the children as they are: nothing the operator set is overridden.
 """
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ import signal
 import subprocess
 import sys
 import time
+import json
 import urllib.request
 
-from config import ROOT, child_env, settings
+from config import ROOT, RUN_FILE, bind_address, child_env, is_loopback_host, running_services, settings
 from workers.pools import POOLS
 
 COLORS = ["36", "32", "35", "33", "34", "91", "96", "92"]
@@ -54,6 +59,29 @@ def _die_with_parent() -> None:
         pass
 
 
+def children_env(database_url: str, redis_url: str, data_dir) -> dict:
+    """The environment of every child: the operator's, plus where the servers are. Nothing the
+    operator set is overridden (a guard like WEBHOOK_ALLOW_PRIVATE keeps its value)."""
+    env = child_env(DATABASE_URL=database_url, REDIS_URL=redis_url, DATA_DIR=str(data_dir),
+                    APP_ENV=settings.APP_ENV, HOST=settings.HOST, PYTHONUNBUFFERED="1")
+    env.setdefault("LOG_FORMAT", "text")  # one combined log for a person, unless asked otherwise
+    return env
+
+
+def _local_host(host: str) -> str:
+    """How this machine reaches an api listening on ``host``."""
+    if host in ("0.0.0.0", "", "::", "[::]"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _write_run_file(path, content: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, indent=1))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
 def say(name: str, color: str, line: str) -> None:
     tty = sys.stdout.isatty()
     label = f"{name:<16}|"
@@ -68,6 +96,10 @@ def main() -> None:
 
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    other = running_services(data_dir)
+    if other and int(other.get("pid", 0)) != os.getpid():
+        sys.exit(f"make run: already running on {data_dir} (pid {other['pid']}, {other.get('api', '')}); "
+                 "stop it first, or give this one another DATA_DIR")
     stopping = {"flag": False}
 
     def _stop(*_):
@@ -95,14 +127,13 @@ def main() -> None:
         applied = apply_schema(database_url)
     except Exception as exc:
         sys.exit(f"make run: cannot apply the schema to {database_url}: {exc}")
-    say("db", "90", "schema applied" if applied else "schema already present (data kept)")
+    say("db", "90", {"created": "schema applied", "upgraded": "schema upgraded (data kept)"}.get(
+        applied, "schema already present (data kept)"))
 
-    env = child_env(DATABASE_URL=database_url, REDIS_URL=redis_url, DATA_DIR=str(data_dir),
-                    APP_ENV=settings.APP_ENV, LOG_FORMAT="text",
-                    WEBHOOK_ALLOW_PRIVATE="true" if settings.APP_ENV == "development" else str(settings.WEBHOOK_ALLOW_PRIVATE).lower(),
-                    PYTHONUNBUFFERED="1")
+    env = children_env(database_url, redis_url, data_dir)
     py = sys.executable
-    children = [Child("api", [py, "-m", "gunicorn", "-c", "python:app.system.gunicorn_conf", "wsgi:app", "--bind", f"0.0.0.0:{settings.PORT}",
+    children = [Child("api", [py, "-m", "gunicorn", "-c", "python:app.system.gunicorn_conf", "wsgi:app",
+                              "--bind", bind_address(settings.HOST, settings.PORT),
                               "--workers", "2", "--threads", "4", "--graceful-timeout", "8"],
                       env, COLORS[0])]
     for i, pool in enumerate(POOLS):
@@ -113,7 +144,10 @@ def main() -> None:
     for c in children:
         c.start()
 
-    base = f"http://127.0.0.1:{settings.PORT}"
+    base = f"http://{_local_host(settings.HOST)}:{settings.PORT}"
+    run_file = data_dir / RUN_FILE
+    _write_run_file(run_file, {"pid": os.getpid(), "api": base, "DATABASE_URL": database_url,
+                               "REDIS_URL": redis_url})
     announced = False
     started_at = time.monotonic()
     sel = selectors.DefaultSelector()
@@ -162,7 +196,14 @@ def main() -> None:
                                 f"  API docs   {base}/api/docs   (OpenAPI: {base}/api/openapi.json)",
                                 f"  Dashboard  {base}/dashboard",
                                 f"  Health     {base}/health",
+                                f"  Listening  {settings.HOST}:{settings.PORT}"
+                                + ("   (this machine only; HOST=0.0.0.0 to open it to the network)"
+                                   if is_loopback_host(settings.HOST) else ""),
                                 f"  Data       {data_dir}",
+                                f"  Postgres   {database_url}",
+                                f"  Redis      {redis_url}",
+                                f"  (written to {run_file}: `python -m app ...` and `python -m workers ...`"
+                                " in another shell use them)",
                                 "  Press Ctrl-C to stop.",
                             ]
                             for line in banner:
@@ -171,6 +212,10 @@ def main() -> None:
                     pass
     finally:
         say("make run", "1", "stopping...")
+        try:
+            run_file.unlink()
+        except OSError:
+            pass
         for c in children:
             c.signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S

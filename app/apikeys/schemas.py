@@ -12,7 +12,10 @@ from app.team.schemas import ROLES
 class ApiKeySchema(ma.Schema):
     id = fields.String()
     name = fields.String()
-    role = fields.String()
+    role = fields.String(metadata={"description": "The role the key was created with."})
+    effective_role = fields.String(allow_none=True, metadata={
+        "description": "The role the key acts with now: its role, capped at its creator's current role; "
+                       "null while its creator is disabled (the key is refused)."})
     prefix = fields.String(metadata={"description": "The first characters of the key, to recognise it."})
     created_by = fields.String(allow_none=True)
     expires_at = fields.DateTime(allow_none=True)

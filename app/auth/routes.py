@@ -16,17 +16,17 @@ blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Sign-up, 
 class Register(MethodView):
     @blp.doc(security=[])
     @blp.arguments(RegisterSchema)
-    @blp.response(201, RegisterResponseSchema)
+    @blp.response(202, RegisterResponseSchema)
     @blp.alt_response(403, description="Sign-up is closed on this server (`signup_disabled`)")
-    @blp.alt_response(409, description="A user with this email already exists (`email_taken`)")
     @public
     def post(self, body):
-        """Create an organisation and its first admin, signed in (403 when ALLOW_SIGNUP=false)
+        """Create an organisation and its first admin, then sign in with POST /api/auth/login.
 
-        Self-service sign-up: creates the organisation, its first user with the `admin` role, and a
-        session (an access token and a refresh token, as for login). The password must be at least
-        10 characters and not contain the email. Refused with 403 `signup_disabled` when the server
-        turns sign-up off.
+        Self-service sign-up: creates the organisation and its first user, with the `admin` role;
+        then sign in with `POST /api/auth/login`. The answer is the same whether or not the email
+        address is registered already, so that sign-up does not tell who has an account. The
+        password policy is checked as usual (422 naming `password`). Refused with 403
+        `signup_disabled` when the server turns sign-up off.
         """
         return service.register(request_session(), **body)
 

@@ -49,12 +49,16 @@ class OrganizationRefSchema(ma.Schema):
     name = fields.String()
 
 
-class RegisterResponseSchema(TokensSchema):
-    organization = fields.Nested(OrganizationRefSchema)
+class RegisterResponseSchema(ma.Schema):
+    status = fields.String(metadata={"description": "Always `accepted`."})
+    message = fields.String(metadata={"description": "What to do next: sign in with POST /api/auth/login."})
 
 
 class MeKeySchema(ma.Schema):
     prefix = fields.String()
+    role = fields.String(metadata={"description": "The role the key was created with; `role` above is the one "
+                                                  "it acts with now (at most its creator's current role)."})
+    created_by = fields.String(allow_none=True)
     expires_at = fields.DateTime(allow_none=True)
     created_at = fields.DateTime()
 

@@ -5,10 +5,14 @@ Sessions: a login starts a refresh token *family*; each refresh revokes the toke
 it was copied: the whole family is revoked (``reuse_detected``) and the family's access tokens are
 refused from then on (their ``sid`` claim is the family id).
 
-Login throttling counts attempts in Redis per email and per client IP before the password is
-checked (so parallel guesses cannot slip past the count); a successful login takes its attempt
-back. Beyond the limit the answer is 429 with ``Retry-After`` until the window ends. An unknown
-email, a wrong password and a disabled account get the same 401 after the same bcrypt work.
+Login throttling counts attempts in Redis per email *and source address* and per source address
+before the password is checked (so parallel guesses cannot slip past the count); a successful
+login takes its attempt back. Beyond a limit the answer is 429 with ``Retry-After`` until the
+window ends. Failures are never counted against the account alone: someone guessing a password
+from their address locks out only themselves, and the owner signing in from another address gets
+in. Guessing from many addresses is bounded by the per-address limits, bcrypt's cost and the
+password policy (common passwords are refused). An unknown email, a wrong password and a disabled
+account get the same 401 after the same bcrypt work.
 """
 from __future__ import annotations
 
@@ -102,9 +106,13 @@ def _limit(spec: str) -> tuple[int, int]:
 
 
 def _throttle_keys(email: str, ip: str | None) -> list[tuple[str, int, int]]:
-    account = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:40]
-    return [(f"{THROTTLE_PREFIX}acct:{account}", *_limit(settings.LOGIN_FAILURES_PER_ACCOUNT)),
-            (f"{THROTTLE_PREFIX}ip:{ip or 'unknown'}", *_limit(settings.LOGIN_FAILURES_PER_IP))]
+    """The two counters of an attempt: this email from this source, and this source."""
+    from app.security.protection import client_ip_bucket
+
+    source = client_ip_bucket(ip)
+    account = hashlib.sha256(f"{email.strip().lower()}|{source}".encode()).hexdigest()[:40]
+    return [(f"{THROTTLE_PREFIX}acct-src:{account}", *_limit(settings.LOGIN_FAILURES_PER_ACCOUNT)),
+            (f"{THROTTLE_PREFIX}ip:{source}", *_limit(settings.LOGIN_FAILURES_PER_IP))]
 
 
 def _count_attempt(email: str, ip: str | None) -> list[tuple[str, int, int]]:
@@ -135,7 +143,8 @@ def _count_attempt(email: str, ip: str | None) -> list[tuple[str, int, int]]:
 
 
 def _forgive_attempt(keys: list[tuple[str, int, int]]) -> None:
-    """After a successful login: forget the account's failures, take this attempt off the IP."""
+    """After a successful login: forget this source's failures on the account, take this attempt off
+    the source's count."""
     if not keys:
         return
     from app.kv import redis_client
@@ -167,18 +176,35 @@ def _audit_refused_login(user: User | None, email: str, reason: str) -> None:
 # ----------------------------------------------------------------------------- the endpoints
 
 
+SIGNUP_ACCEPTED = ("If this email address was not registered yet, the organisation and its admin account exist "
+                   "now: sign in with POST /api/auth/login. If it was, sign in with that account's password.")
+
+
 def register(session, *, organization: str, name: str, email: str, password: str) -> dict:
-    """Self-service sign-up: a new organisation and its first admin, signed in."""
+    """Self-service sign-up: a new organisation and its first admin; then sign in (``login``).
+
+    The answer and its cost are the same whether or not the email is taken (one bcrypt hash,
+    ``202 accepted``), so sign-up cannot be used to learn who has an account. Every check that
+    does not depend on existing accounts (the names, the password policy) is a 422 as usual."""
     if not settings.ALLOW_SIGNUP:
         raise Forbidden("Sign-up is closed on this server; ask an administrator for an account",
                         code="signup_disabled")
-    org, user = team.create_organization(session, name=organization, admin_email=email, admin_password=password,
-                                         admin_name=name, signup=True)
-    user.last_login_at = utcnow()
-    tokens = _start_session(session, user)
-    body = _tokens_response(session, user, tokens)
-    body["organization"] = org
-    return body
+    from sqlalchemy.exc import IntegrityError
+
+    org_name = team.checked_organization_name(organization)
+    address = team.normalise_email(email)
+    check_policy(password, address, name)
+    password_hash = hash_password(password)  # the same work whether or not the address is free
+    if team.email_taken(session, address):
+        log.info("sign-up for an address that is registered already (answered as any other)")
+    else:
+        try:
+            with session.begin_nested():
+                team.create_organization(session, name=org_name, admin_email=address,
+                                         admin_password_hash=password_hash, admin_name=name, signup=True)
+        except IntegrityError:  # the same address signed up at the same moment: the same answer
+            log.info("sign-up raced another one for the same address")
+    return {"status": "accepted", "message": SIGNUP_ACCEPTED}
 
 
 def login(session, *, email: str, password: str) -> dict:
@@ -282,7 +308,8 @@ def me(session, principal: Principal) -> dict:
             "client_ids": sorted(principal.client_ids) if principal.client_ids is not None else None,
             "permissions": sorted(p for p, roles in MATRIX.items() if principal.role in roles)}
     if principal.kind == "api_key":
-        body["api_key"] = {k: principal.extra.get(k) for k in ("prefix", "expires_at", "created_at")}
+        body["api_key"] = {k: principal.extra.get(k) for k in ("prefix", "expires_at", "created_at", "created_by")}
+        body["api_key"]["role"] = principal.extra.get("key_role")
     return body
 
 
@@ -295,7 +322,7 @@ def change_password(session, principal: Principal, *, current_password: str, new
     if not verify_password(current_password, user.password_hash):
         raise ValidationError("The current password is wrong", details={"current_password": ["Incorrect."]})
     _forgive_attempt(counted)
-    check_policy(new_password, user.email)
+    check_policy(new_password, user.email, user.name)
     user.password_hash = hash_password(new_password)
     user.updated_at = utcnow()
     revoke_user_sessions(session, user.id, "password_changed", except_family=principal.extra.get("sid"))

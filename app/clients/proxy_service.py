@@ -8,6 +8,12 @@ The health check opens a tunnel to ``PROXY_CHECK_TARGET`` through each proxy (HT
 over TLS for ``https`` proxies, or a SOCKS5 handshake), with credentials. A proxy that fails one
 check is ``failing``, a second one in a row makes it ``dead`` and raises a ``proxy_dead`` alert;
 one good check makes it ``ok`` again.
+
+Proxy hosts go through the same address guard as webhooks (app/security/ssrf.py): a tenant cannot
+make the check (or a transport) connect to this machine or the internal network, neither at
+creation nor later through DNS. A failed check is reported in a fixed vocabulary
+(``CHECK_FAILURES``), never with the bytes the peer sent: the check must not become a way to read
+what answers on some address.
 """
 from __future__ import annotations
 
@@ -17,12 +23,14 @@ import ssl
 
 from sqlalchemy import select
 
-from app import outbox
+from app import outbox, quotas
 from app.audit import service as audit
 from app.clients.models import Client, Proxy
 from app.db import get_scoped, scoped_select, utcnow
 from app.errors import Conflict
+from app.errors import ValidationError
 from app.pagination import paginate
+from app.security import ssrf
 from app.security.crypto import decrypt, encrypt
 from app.security.principal import Principal
 from app.transports.base import ProxyInfo
@@ -51,8 +59,17 @@ def get_proxy(session, principal: Principal, proxy_id: str) -> Proxy:
     return get_scoped(session, Proxy, principal.organization_id, proxy_id)
 
 
+def check_host(host: str, port: int) -> None:
+    """422 when ``host`` is an address (or resolves to one) that the guard refuses."""
+    problem = ssrf.check_url(f"http://{f'[{host}]' if ':' in host else host}:{port}/")
+    if problem:
+        raise ValidationError(details={"host": [problem]})
+
+
 def create_proxy(session, principal: Principal, *, scheme: str, host: str, port: int, name: str | None = None,
                  username: str | None = None, password: str | None = None) -> Proxy:
+    check_host(host, port)
+    quotas.enforce(session, principal.organization_id, "proxies", Proxy, Proxy.deleted_at.is_(None))
     proxy = Proxy(organization_id=principal.organization_id, name=name, scheme=scheme, host=host, port=port,
                   username=username, password_encrypted=encrypt(password) if password else None, status="unchecked")
     session.add(proxy)
@@ -65,6 +82,8 @@ def create_proxy(session, principal: Principal, *, scheme: str, host: str, port:
 
 def update_proxy(session, principal: Principal, proxy_id: str, **fields) -> Proxy:
     proxy = get_scoped(session, Proxy, principal.organization_id, proxy_id, for_update=True)
+    if "host" in fields or "port" in fields:
+        check_host(fields.get("host", proxy.host), fields.get("port", proxy.port))
     changes = audit.diff(proxy, {k: v for k, v in fields.items() if k != "password"})
     if "password" in fields:
         if fields["password"] or proxy.password_encrypted is not None:
@@ -133,24 +152,61 @@ def record_check(session, proxy_id: str, error: str | None) -> Proxy | None:
     return proxy
 
 
+#: what a failed check reports (``proxies.last_error``, the ``proxy_dead`` alert): nothing else
+CHECK_FAILURES = {
+    "refused": "the proxy refused the connection, or closed it",
+    "timeout": "the proxy did not answer in time",
+    "unresolvable": "the proxy's host name does not resolve",
+    "blocked_address": "the proxy's address is not allowed (not a public address)",
+    "tls_failed": "the TLS handshake with an https proxy failed",
+    "not_a_proxy": "what answers is not a proxy of this scheme",
+    "auth_failed": "the proxy refused the credentials",
+    "tunnel_refused": "the proxy refused to open a tunnel to the check target",
+}
+
+
+class CheckFailed(Exception):
+    def __init__(self, code: str):
+        super().__init__(code)
+        self.code = code
+
+
 def probe(proxy: ProxyInfo, target: str | None = None, timeout: float | None = None) -> str | None:
-    """Open a tunnel to ``target`` (``host:port``) through ``proxy``. None when it works, else why not."""
+    """Open a tunnel to ``target`` (``host:port``) through ``proxy``. None when it works, else one
+    of CHECK_FAILURES."""
     target = target or settings.PROXY_CHECK_TARGET
     timeout = settings.PROXY_CHECK_TIMEOUT if timeout is None else timeout
     host, _, port = target.rpartition(":")
     try:
-        with socket.create_connection((proxy.host, proxy.port), timeout=timeout) as raw:
+        with ssrf.guarded_create_connection((proxy.host, proxy.port), timeout) as raw:
+            raw.settimeout(timeout)
             if proxy.scheme == "socks5":
-                return _socks5_connect(raw, proxy, host, int(port))
-            if proxy.scheme == "https":
-                with ssl.create_default_context().wrap_socket(raw, server_hostname=proxy.host) as tls:
-                    return _http_connect(tls, proxy, host, int(port))
-            return _http_connect(raw, proxy, host, int(port))
-    except (OSError, ValueError) as exc:
-        return f"{type(exc).__name__}: {exc}"[:500]
+                _socks5_connect(raw, proxy, host, int(port))
+            elif proxy.scheme == "https":
+                try:
+                    tls = ssl.create_default_context().wrap_socket(raw, server_hostname=proxy.host)
+                except ssl.SSLError:
+                    raise CheckFailed("tls_failed") from None
+                with tls:
+                    _http_connect(tls, proxy, host, int(port))
+            else:
+                _http_connect(raw, proxy, host, int(port))
+    except CheckFailed as failed:
+        return failed.code
+    except ssrf.BlockedAddress:
+        return "blocked_address"
+    except socket.gaierror:
+        return "unresolvable"
+    except (TimeoutError, socket.timeout):
+        return "timeout"
+    except ssl.SSLError:
+        return "tls_failed"
+    except (OSError, ValueError, UnicodeError):
+        return "refused"
+    return None
 
 
-def _http_connect(sock, proxy: ProxyInfo, host: str, port: int) -> str | None:
+def _http_connect(sock, proxy: ProxyInfo, host: str, port: int) -> None:
     lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}"]
     if proxy.username:
         token = base64.b64encode(f"{proxy.username}:{proxy.password or ''}".encode()).decode()
@@ -162,16 +218,16 @@ def _http_connect(sock, proxy: ProxyInfo, host: str, port: int) -> str | None:
         if not chunk:
             break
         head += chunk
-    status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        return f"not an HTTP proxy (answered {status_line[:80]!r})"
+    if not head:
+        raise CheckFailed("refused")
+    parts = head.split(b"\r\n", 1)[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit() or len(parts[1]) != 3:
+        raise CheckFailed("not_a_proxy")
     code = int(parts[1])
-    if code == 200:
-        return None
     if code == 407:
-        return "the proxy refused the credentials (407)"
-    return f"CONNECT {host}:{port} answered {status_line[:120]}"
+        raise CheckFailed("auth_failed")
+    if code != 200:
+        raise CheckFailed("tunnel_refused")
 
 
 def _recv_exact(sock, n: int) -> bytes:
@@ -179,27 +235,25 @@ def _recv_exact(sock, n: int) -> bytes:
     while len(data) < n:
         chunk = sock.recv(n - len(data))
         if not chunk:
-            raise ConnectionError("the proxy closed the connection")
+            raise CheckFailed("refused" if not data else "not_a_proxy")
         data += chunk
     return data
 
 
-def _socks5_connect(sock, proxy: ProxyInfo, host: str, port: int) -> str | None:
+def _socks5_connect(sock, proxy: ProxyInfo, host: str, port: int) -> None:
     methods = b"\x00\x02" if proxy.username else b"\x00"
     sock.sendall(b"\x05" + bytes([len(methods)]) + methods)
     version, method = _recv_exact(sock, 2)
     if version != 5:
-        return "not a SOCKS5 proxy"
+        raise CheckFailed("not_a_proxy")
     if method == 0x02:
         user, password = (proxy.username or "").encode()[:255], (proxy.password or "").encode()[:255]
         sock.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password)
         if _recv_exact(sock, 2)[1] != 0:
-            return "the proxy refused the credentials (SOCKS5)"
+            raise CheckFailed("auth_failed")
     elif method != 0x00:
-        return "the proxy accepts none of our authentication methods (SOCKS5)"
+        raise CheckFailed("auth_failed")  # none of our authentication methods is accepted
     name = host.encode("idna")[:255]
     sock.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big"))
-    reply = _recv_exact(sock, 2)
-    if reply[1] != 0:
-        return f"SOCKS5 CONNECT {host}:{port} failed (reply code {reply[1]})"
-    return None
+    if _recv_exact(sock, 2)[1] != 0:
+        raise CheckFailed("tunnel_refused")

@@ -19,7 +19,7 @@ from datetime import datetime
 
 from sqlalchemy import and_, func, or_, select
 
-from app import outbox
+from app import outbox, quotas
 from app.audit import service as audit
 from app.clients.models import BanAlert, Client, ClientSession, ClientStatusHistory, Proxy
 from app.clients.schemas import SECRET_CONFIG_KEYS, ClientSchema
@@ -118,6 +118,7 @@ def create_client(session, principal: Principal, *, name: str, transport: str | 
     merged_limits = _checked_limits({**DEFAULT_LIMITS, **(limits or {})})
     if proxy_id is not None:
         _check_proxy(session, principal.organization_id, proxy_id)
+    quotas.enforce(session, principal.organization_id, "clients", Client, Client.deleted_at.is_(None))
     client = Client(organization_id=principal.organization_id, name=name, transport=transport, config=public,
                     secrets_encrypted=encrypt_json(secrets) if secrets else None, proxy_id=proxy_id,
                     status="created", status_changed_at=utcnow(), **merged_limits)
@@ -214,11 +215,28 @@ def logout_client(session, principal: Principal, client_id: str) -> Client:
     return client
 
 
+#: seconds a caller is told to wait for the QR code of a client that is still starting
+QR_RETRY_AFTER_S = 1
+
+
+def _not_in_qr(client: Client) -> Conflict:
+    """409 for a client without a QR code; while it is starting, when to ask again."""
+    if client.status == "starting":
+        return Conflict(f"The client is starting: its QR code is usually shown within seconds; "
+                        f"retry in {QR_RETRY_AFTER_S} s", code="client_not_in_qr_state",
+                        details={"status": client.status, "retry_after": QR_RETRY_AFTER_S},
+                        headers={"Retry-After": str(QR_RETRY_AFTER_S)})
+    hint = {"ready": "it is already linked", "created": "start it first (POST /api/clients/{id}/start)",
+            "stopped": "start it first (POST /api/clients/{id}/start)",
+            "failed": "start it again (POST /api/clients/{id}/start)"}.get(client.status)
+    return Conflict(f"The client shows no QR code (status {client.status})" + (f": {hint}" if hint else ""),
+                    code="client_not_in_qr_state", details={"status": client.status})
+
+
 def get_qr(session, principal: Principal, client_id: str) -> dict:
     client = visible_client(session, principal, client_id)
     if client.status != "qr" or not client.qr:
-        raise Conflict(f"The client shows no QR code (status {client.status})", code="client_not_in_qr_state",
-                       details={"status": client.status})
+        raise _not_in_qr(client)
     return {"qr": client.qr, "expires_at": client.qr_expires_at}
 
 
@@ -486,6 +504,16 @@ def sim_fault(session, principal: Principal, client_id: str, *, type: str, count
     audit.record(session, principal, "client.sim_fault", target_type="client", target_id=client.id,
                  changes={"type": type, "count": count, "permanent": permanent})
     return {**sim.network.counts(), "faults": sim.network.faults()}
+
+
+def sim_scan(session, principal: Principal, client_id: str) -> Client:
+    """The simulated phone scans the client's current QR code; it reports ``ready`` (a job)."""
+    client, sim = _sim(session, principal, client_id)
+    if client.status != "qr":
+        raise _not_in_qr(client)
+    sim.scan()
+    audit.record(session, principal, "client.sim_scan", target_type="client", target_id=client.id)
+    return client
 
 
 def sim_inbound(session, principal: Principal, client_id: str, *, from_: str, text: str) -> dict:

@@ -3,13 +3,25 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.clients import service
-from app.clients.schemas import SimFaultSchema, SimInboundResultSchema, SimInboundSchema, SimNetworkSchema
+from app.clients.schemas import (ClientSchema, SimFaultSchema, SimInboundResultSchema, SimInboundSchema,
+                                 SimNetworkSchema)
 from app.db import request_session
 from app.security.auth import current_principal
 from app.security.permissions import requires
 
 blp = Blueprint("clients_sim", __name__, url_prefix="/api/clients",
                 description="The sim transport's test hooks: inbound messages, faults, network counts")
+
+
+@blp.route("/<client_id>/sim/scan")
+class SimScan(MethodView):
+    @blp.response(202, ClientSchema)
+    @blp.alt_response(409, description="The client shows no QR code to scan (`client_not_in_qr_state`)")
+    @requires("sim:drive")
+    def post(self, client_id):
+        """The simulated phone scans the QR code shown now (clients created with `auto_scan: false`);
+        the client reports `ready` a moment later"""
+        return service.sim_scan(request_session(), current_principal(), client_id)
 
 
 @blp.route("/<client_id>/sim/inbound")

@@ -13,6 +13,7 @@ import phonenumbers
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
 
+from app import quotas
 from app.audit.service import diff, record
 from app.contacts.models import Contact
 from app.db import get_scoped, new_id, scoped_select, utcnow
@@ -76,6 +77,7 @@ def create_contact(session, principal: Principal, *, phone: str, name: str | Non
     if existing is not None and existing.deleted_at is None:
         raise Conflict("A contact with this phone number exists", code="contact_exists",
                        details={"phone": [phone], "contact_id": existing.id})
+    quotas.enforce(session, principal.organization_id, "contacts", Contact, Contact.deleted_at.is_(None))
     if existing is not None:
         contact, action = existing, "contact.restore"
         contact.deleted_at = None

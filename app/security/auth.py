@@ -7,6 +7,12 @@ revoked (its ``sid``) is refused through a Redis deny-list. API keys are read fr
 Redis copy of their row (see "API key cache" below): revocation drops the copy, so it too takes
 effect at once.
 
+A key never has more rights than the user who created it has now: its effective role is the lower
+of its own role and its creator's current one, and the keys of a disabled creator are refused
+until the creator is enabled again (a deleted creator's keys are revoked: ``apikeys.service``).
+Changing a user drops the cached copies of their keys (``forget_keys_of``). Keys made by the
+platform (the CLI) have no creator and keep their role.
+
 ``init_app`` installs the request hooks of this package: the permission check before the view
 (``permissions.authorize_request``) and the writes that must outlive a refused request
 (``after_refusal``).
@@ -18,7 +24,7 @@ import threading
 import time
 
 from flask import g, request
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 
 from app.errors import Unauthorized
 from app.security.principal import Principal
@@ -115,15 +121,29 @@ def principal_for_api_key(session, key: str) -> Principal:
         raise Unauthorized("API key expired", code="api_key_expired")
     if entry["org_status"] != "active":
         raise Unauthorized("The organisation of this API key is suspended", code="organization_suspended")
+    if entry["created_by"] and entry.get("creator_role") is None:
+        raise Unauthorized("The user who created this API key is disabled or deleted: the key works again only "
+                           "if that user is enabled", code="api_key_creator_inactive")
+    role = effective_key_role(entry["role"], entry.get("creator_role") if entry["created_by"] else None)
     if _should_touch(entry["id"]):
         from app.apikeys.models import ApiKey
 
         db().execute(update(ApiKey).where(ApiKey.id == entry["id"]).values(last_used_at=now))
-    return Principal(organization_id=entry["org"], kind="api_key", id=entry["id"], role=entry["role"],
-                     client_ids=_agent_clients(db(), entry["created_by"]) if entry["role"] == "agent" else None,
+    return Principal(organization_id=entry["org"], kind="api_key", id=entry["id"], role=role,
+                     client_ids=_agent_clients(db(), entry["created_by"]) if role == "agent" else None,
                      name=entry["name"],
                      extra={"organization_name": entry["org_name"], "prefix": prefix, "expires_at": expires_at,
-                            "created_at": _from_iso(entry["created_at"])})
+                            "created_at": _from_iso(entry["created_at"]), "created_by": entry["created_by"],
+                            "key_role": entry["role"]})
+
+
+def effective_key_role(key_role: str, creator_role: str | None) -> str:
+    """A key's rights: its own role, capped at its creator's current role (None: no creator)."""
+    from app.security.principal import ROLE_RANK
+
+    if creator_role is None or ROLE_RANK[key_role] <= ROLE_RANK[creator_role]:
+        return key_role
+    return creator_role
 
 
 # ----------------------------------------------------------------------------- API key cache
@@ -135,7 +155,7 @@ def principal_for_api_key(session, key: str) -> Principal:
 # working within KEY_CACHE_TTL_S; anything else about a key cannot change.
 
 KEY_CACHE_TTL_S = 60
-KEY_CACHE_PREFIX = "wa:apikey:"
+KEY_CACHE_PREFIX = "wa:apikey:v2:"  # v2: entries carry the creator's current role
 KEY_FORGOTTEN_PREFIX = "wa:apikey-forgotten:"
 _FILL_UNLESS_FORGOTTEN = """
 if redis.call('EXISTS', KEYS[2]) == 0 then
@@ -171,18 +191,20 @@ def _load_key(session, prefix: str) -> dict | None:
 
     from app.apikeys.models import ApiKey
     from app.kv import redis_client
-    from app.team.models import Organization
+    from app.team.models import Organization, User
 
     global _fill_script
     found = session.execute(
-        select(ApiKey, Organization.name, Organization.status)
+        select(ApiKey, Organization.name, Organization.status, User.role)
         .join(Organization, Organization.id == ApiKey.organization_id)
+        .outerjoin(User, and_(User.id == ApiKey.created_by, User.status == "active", User.deleted_at.is_(None)))
         .where(ApiKey.prefix == prefix)).first()
     if found is None:
         return None
-    row, org_name, org_status = found
+    row, org_name, org_status, creator_role = found
     entry = {"id": row.id, "org": row.organization_id, "role": row.role, "name": row.name, "hash": row.key_hash,
-             "created_by": row.created_by, "revoked": row.revoked_at is not None, "org_status": org_status,
+             "created_by": row.created_by, "creator_role": creator_role,
+             "revoked": row.revoked_at is not None, "org_status": org_status,
              "org_name": org_name, "expires_at": row.expires_at.isoformat() if row.expires_at else None,
              "created_at": row.created_at.isoformat() if row.created_at else None}
     if not entry["revoked"] and org_status == "active":
@@ -205,6 +227,16 @@ def forget_api_key(prefix: str) -> None:
     pipe.set(KEY_FORGOTTEN_PREFIX + prefix, 1, ex=KEY_CACHE_TTL_S * 2)
     pipe.delete(KEY_CACHE_PREFIX + prefix)
     pipe.execute()
+
+
+def forget_keys_of(session, user_id: str) -> None:
+    """Drop the cached copies of every key ``user_id`` created (their role or status changed), now
+    and after the commit (see ``forget_api_key_after_commit``)."""
+    from app.apikeys.models import ApiKey
+
+    for prefix in session.scalars(select(ApiKey.prefix).where(ApiKey.created_by == user_id,
+                                                              ApiKey.revoked_at.is_(None))):
+        forget_api_key_after_commit(session, prefix)
 
 
 def forget_api_key_after_commit(session, prefix: str) -> None:

@@ -1,4 +1,10 @@
-"""Password hashing (bcrypt) and the password policy."""
+"""Password hashing (bcrypt) and the password policy.
+
+The policy: 10 characters to 72 bytes, not the email address, not one of the 10,000 most common
+passwords, and not "very guessable" by zxcvbn's estimate (score 0 or 1: under a million guesses,
+e.g. ``password1234``, ``qwertyuiop1``, the user's own name with digits). zxcvbn ships its lists,
+so nothing is fetched.
+"""
 from __future__ import annotations
 
 import functools
@@ -19,7 +25,28 @@ def _dummy_hash() -> bytes:
     return bcrypt.hashpw(b"not-a-real-password-0123456789", bcrypt.gensalt(_ROUNDS))
 
 
-def check_policy(password: str, email: str | None = None) -> None:
+COMMON_COUNT = 10_000
+
+
+@functools.cache
+def _common_passwords() -> frozenset[str]:
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(FREQUENCY_LISTS["passwords"][:COMMON_COUNT])
+
+
+def _guessable(password: str, user_inputs: list[str]) -> str | None:
+    """Why zxcvbn finds ``password`` very guessable, or None."""
+    from zxcvbn import zxcvbn
+
+    result = zxcvbn(password, user_inputs=user_inputs)
+    if result["score"] >= 2:
+        return None
+    warning = (result.get("feedback") or {}).get("warning") or "It would be guessed quickly."
+    return f"Too easy to guess: {warning.rstrip('.')}. Use a few unrelated words, or a longer passphrase."
+
+
+def check_policy(password: str, email: str | None = None, name: str | None = None) -> None:
     problems = []
     if len(password) < MIN_LENGTH:
         problems.append(f"Must be at least {MIN_LENGTH} characters.")
@@ -29,6 +56,16 @@ def check_policy(password: str, email: str | None = None) -> None:
         problems.append("Must not be the email address.")
     if password and not password.strip():
         problems.append("Must not be only spaces.")
+    if not problems:
+        if password.lower() in _common_passwords():
+            problems.append("Is one of the most common passwords: choose another.")
+        else:
+            local = (email or "").split("@")[0]
+            parts = [p.replace(".", " ").replace("_", " ").replace("-", " ").split() for p in (local, name or "")]
+            inputs = [v for v in (email, local, name, *("".join(p) for p in parts), *sum(parts, [])) if v]
+            guessable = _guessable(password, inputs)
+            if guessable:
+                problems.append(guessable)
     if problems:
         raise ValidationError("Password does not meet the policy", details={"password": problems})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import delete, func, select
 
+from app import quotas
 from app.audit.service import diff, record
 from app.db import get_scoped, scoped_select, utcnow
 from app.errors import Conflict, Forbidden, NotFound, ValidationError
@@ -46,15 +47,24 @@ def find_user_by_email(session, email: str) -> User | None:
                                               User.deleted_at.is_(None))).first()
 
 
-def create_organization(session, *, name: str, admin_email: str, admin_password: str,
-                        admin_name: str = "Admin", signup: bool = False) -> tuple[Organization, User]:
-    """A new organisation with its settings row and its first admin. ``signup``: the new admin
-    is the audited actor (self-service sign-up) rather than the platform (CLI)."""
+def checked_organization_name(name: str) -> str:
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise ValidationError(details={"organization": ["Give a name of 1 to 200 characters."]})
+    return name
+
+
+def create_organization(session, *, name: str, admin_email: str, admin_password: str | None = None,
+                        admin_password_hash: str | None = None, admin_name: str = "Admin",
+                        signup: bool = False) -> tuple[Organization, User]:
+    """A new organisation with its settings row and its first admin (``admin_password``, or its
+    bcrypt hash already made). ``signup``: the new admin is the audited actor (self-service
+    sign-up) rather than the platform (CLI)."""
+    name = checked_organization_name(name)
     email = normalise_email(admin_email)
-    check_policy(admin_password, email)
+    if admin_password_hash is None:
+        check_policy(admin_password, email, admin_name)
+        admin_password_hash = hash_password(admin_password)
     if email_taken(session, email):
         raise Conflict("A user with this email already exists", code="email_taken", details={"email": [email]})
     org = Organization(name=name)
@@ -62,7 +72,7 @@ def create_organization(session, *, name: str, admin_email: str, admin_password:
     session.flush()
     session.add(OrganizationSettings(organization_id=org.id))
     user = User(organization_id=org.id, email=email, name=(admin_name or "Admin").strip()[:200] or "Admin",
-                password_hash=hash_password(admin_password), role="admin")
+                password_hash=admin_password_hash, role="admin")
     session.add(user)
     session.flush()
     actor = {"actor_type": "user", "actor_id": user.id} if signup else {}
@@ -149,9 +159,10 @@ def create_user(session, principal: Principal, *, email: str, name: str, passwor
     name = (name or "").strip()
     if not name:
         raise ValidationError(details={"name": ["Must not be blank."]})
-    check_policy(password, email)
+    check_policy(password, email, name)
     if email_taken(session, email):
         raise Conflict("A user with this email already exists", code="email_taken", details={"email": [email]})
+    quotas.enforce(session, principal.organization_id, "users", User, User.deleted_at.is_(None))
     user = User(organization_id=principal.organization_id, email=email, name=name, role=role,
                 password_hash=hash_password(password))
     session.add(user)
@@ -192,7 +203,7 @@ def update_user(session, principal: Principal, user_id: str, *, name: str | None
         _ensure_another_admin(admins, user)
     changes = diff(user, fields)
     if password is not None:
-        check_policy(password, fields.get("email", user.email))
+        check_policy(password, fields.get("email", user.email), fields.get("name", user.name))
     for key, value in fields.items():
         setattr(user, key, value)
     if password is not None:
@@ -206,7 +217,10 @@ def update_user(session, principal: Principal, user_id: str, *, name: str | None
             record(session, principal, "user.role_change", target_type="user", target_id=user.id,
                    changes={"role": changes["role"]})
     from app.auth.service import revoke_user_sessions
+    from app.security.auth import forget_keys_of
 
+    if "role" in fields or "status" in fields:
+        forget_keys_of(session, user.id)  # their keys act with at most the new role, or not at all
     if fields.get("status") == "disabled":
         revoke_user_sessions(session, user.id, "user_disabled")
     elif password is not None and not is_self:
@@ -226,9 +240,11 @@ def delete_user(session, principal: Principal, user_id: str) -> None:
     user.deleted_at = user.updated_at = utcnow()
     user.status = "disabled"
     session.execute(delete(UserClient).where(UserClient.user_id == user.id))
+    from app.apikeys.service import revoke_keys_of
     from app.auth.service import revoke_user_sessions
 
     revoke_user_sessions(session, user.id, "admin")
+    revoke_keys_of(session, principal, user.id, "creator_deleted")
     session.flush()
     record(session, principal, "user.delete", target_type="user", target_id=user.id,
            changes={"email": user.email, "role": user.role})

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 
+from app.security import ssrf
 from app.transports.base import (ClientInfo, EventSink, MediaRef, OutboundMessage, PermanentSendError, SendResult,
                                  Transport, TransientSendError)
 from config import settings
@@ -94,6 +96,8 @@ INVALID_RECIPIENT = ErrorRule(False, "invalid_recipient")
 HTTP_FALLBACK = {401: ErrorRule(False, "auth_failed", report="failed"), 429: ErrorRule(True, "rate_limited", 5_000)}
 SERVER_ERROR = ErrorRule(True, "provider_unavailable", 10_000)
 NETWORK_ERROR = ErrorRule(True, "transport_unavailable")
+#: base_url (or the proxy) is an address the guard refuses (app/security/ssrf.py): the config is wrong
+BLOCKED_ADDRESS = ErrorRule(False, "address_not_allowed", report="failed")
 UNKNOWN_ERROR = ErrorRule(False, "provider_error")
 
 
@@ -179,6 +183,30 @@ def proxies_for(client: ClientInfo) -> dict | None:
     return {"http": url, "https": url}
 
 
+class GuardedAdapter(HTTPAdapter):
+    """requests' adapter with every direct connection through the address guard, and the proxy's
+    address checked before it is used (a proxy connects onwards for us: base_url is checked at
+    start, ``CloudTransport._config_problem``)."""
+
+    def init_poolmanager(self, connections, maxsize, block=False, **pool_kwargs):
+        self.poolmanager = ssrf.GuardedPoolManager(num_pools=connections, maxsize=maxsize, block=block,
+                                                   **pool_kwargs)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        parts = urlsplit(proxy)
+        ssrf.resolve(parts.hostname or "", parts.port or 1080)  # BlockedAddress (an OSError) when refused
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
+
+def guarded_session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no proxy or CA bundle from the environment: only the client's own proxy
+    adapter = GuardedAdapter()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
 def template_components(template: dict, parameter_format: str | None = None) -> list[dict]:
     """Meta ``components`` for a template: given ones as they are, else one ``body`` component with
     a text parameter per variable. Variables named ``1``, ``2``... (or ``parameter_format``
@@ -224,7 +252,7 @@ class CloudTransport(Transport):
         self.api_version = str(config.get("api_version") or DEFAULT_API_VERSION)
         self.timeout = (CONNECT_TIMEOUT_S, float(config.get("timeout_s") or DEFAULT_TIMEOUT_S))
         self.proxies = proxies_for(client)
-        self.http = requests.Session()
+        self.http = guarded_session()
         self.http.headers.update({"Authorization": f"Bearer {(client.secrets or {}).get('access_token', '')}",
                                   "User-Agent": "whatsapp-service/cloud"})
         self._uploaded: dict[str, str] = {}
@@ -353,7 +381,10 @@ class CloudTransport(Transport):
             resp = self.http.get(info["url"], timeout=self.timeout, proxies=self.proxies)
         except (KeyError, TypeError):
             raise GraphError("the media lookup returned no url", UNKNOWN_ERROR) from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, ssrf.BlockedAddress) as exc:
+            blocked = ssrf.find_blocked(exc)
+            if blocked is not None:
+                raise GraphError(f"media download refused: {blocked}", BLOCKED_ADDRESS) from None
             raise GraphError(f"media download failed: {exc.__class__.__name__}", NETWORK_ERROR) from None
         if resp.status_code >= 400:
             raise error_from_response(resp)
@@ -367,6 +398,9 @@ class CloudTransport(Transport):
         if settings.is_production and not _is_meta_url(self.base_url):
             # a tenant's base_url must not point our workers (and the token) at another host
             return "config.base_url must be an https://*.facebook.com URL in production"
+        problem = ssrf.check_url(self.base_url)
+        if problem:
+            return f"config.base_url: {problem}"
         if not (self.client.secrets or {}).get("access_token"):
             return "the access_token secret is missing"
         return None
@@ -378,7 +412,10 @@ class CloudTransport(Transport):
             resp = self.http.request(method, url, timeout=self.timeout, proxies=self.proxies, **kwargs)
         except requests.Timeout:
             raise GraphError("the Graph API timed out", NETWORK_ERROR) from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, ssrf.BlockedAddress) as exc:
+            blocked = ssrf.find_blocked(exc)
+            if blocked is not None:
+                raise GraphError(f"the Graph API address is refused: {blocked}", BLOCKED_ADDRESS) from None
             raise GraphError(f"cannot reach the Graph API ({exc.__class__.__name__})", NETWORK_ERROR) from None
         if resp.status_code >= 400:
             exc = error_from_response(resp)

@@ -344,6 +344,14 @@ class SimTransport(Transport):
 
     # -- test hooks (POST /api/clients/{id}/sim/...) ----------------------------------------
 
+    def scan(self) -> None:
+        """The simulated phone scans the QR code shown now (for ``auto_scan: false``): the account
+        is linked and ready. A new session token makes this session's pending QR rotations and its
+        QR timeout stale, so they are ignored when they come."""
+        token, _ = self.network.new_session()
+        self.network.link_at(_now_ms())
+        self._status("ready", {"phone": self.phone(), "reason": "QR code scanned"}, token)
+
     def inject_disconnect(self, count: int = 1) -> None:
         """Drop the connection; the next ``count - 1`` reconnection attempts are refused too."""
         self.network.refuse_reconnects(count - 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import re
 import secrets
 import socket
 import ssl
@@ -19,7 +20,7 @@ from urllib3 import Timeout
 from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError,
                                 ReadTimeoutError, SSLError)
 
-from app.webhooks import ssrf
+from app.security import ssrf
 from config import settings
 
 #: Standard Webhooks' schedule: seconds after each failed attempt (attempt 1 fails -> 5 s, ...).
@@ -29,7 +30,8 @@ JITTER = 0.2
 MAX_RETRY_AFTER_S = 24 * 3600
 #: An endpoint whose every attempt failed for this long is disabled (scaled by WEBHOOK_TIME_SCALE).
 DISABLE_AFTER_S = 5 * 24 * 3600
-EXCERPT_BYTES = 2048
+#: the delivery log keeps this many characters of an answer at most (see ``excerpt``)
+EXCERPT_CHARS = 256
 READ_LIMIT_BYTES = 64 * 1024  # read this much at most (keeps the connection reusable for small answers)
 RETRY_AFTER_STATUSES = (429, 503)
 
@@ -160,13 +162,27 @@ def send(url: str, body: bytes, headers: dict, timeout: float | None = None) -> 
             else:
                 resp.close()  # an answer cut short: the connection is not reusable
         if raw:
-            outcome.response_excerpt = bytes(raw[:EXCERPT_BYTES]).decode("utf-8", "replace").replace("\x00", "")
+            outcome.response_excerpt = excerpt(bytes(raw[:EXCERPT_CHARS * 4]))
         if not outcome.success and outcome.error is None:
             outcome.error = _status_error(resp.status)
         if resp.status in RETRY_AFTER_STATUSES:
             outcome.retry_after = parse_retry_after(resp.headers.get("Retry-After"))
     outcome.duration_ms = int((time.monotonic() - started) * 1000)
     return outcome
+
+
+_UNPRINTABLE = re.compile(r"[^\S ]+|[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+
+
+def excerpt(raw: bytes) -> str | None:
+    """A short, printable excerpt of an answer for the delivery log: at most EXCERPT_CHARS
+    characters, control and invisible characters removed, runs of whitespace made one space.
+    The log is for telling why an endpoint refused a delivery, not for reading its pages."""
+    text = _UNPRINTABLE.sub(" ", raw.decode("utf-8", "replace"))
+    text = " ".join(text.split())
+    if len(text) > EXCERPT_CHARS:
+        text = text[:EXCERPT_CHARS - 1] + "…"
+    return text or None
 
 
 def _status_error(status: int) -> str:

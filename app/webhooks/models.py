@@ -84,7 +84,7 @@ class WebhookDeliveryAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     duration_ms: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
-    response_excerpt: Mapped[str | None] = mapped_column(Text)  # at most 2048 characters
+    response_excerpt: Mapped[str | None] = mapped_column(Text)  # at most delivery.EXCERPT_CHARS characters
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     next_attempt_at: Mapped[datetime | None] = mapped_column(TS)
 

@@ -30,7 +30,8 @@ from app.errors import Conflict, NotFound, ValidationError
 from app.pagination import decode_cursor, encode_cursor, paginate
 from app.security import crypto
 from app.security.principal import Principal
-from app.webhooks import delivery, signing, ssrf
+from app.security import ssrf
+from app.webhooks import delivery, signing
 from app.webhooks.events import _MEMO, EVENT_TYPES, TEST_EVENT, WILDCARD, emit, subscribed_endpoints
 from app.webhooks.models import Webhook, WebhookDelivery, WebhookDeliveryAttempt, WebhookEvent
 from config import settings

@@ -1,4 +1,7 @@
-"""The SSRF guard: webhook requests reach only public addresses.
+"""The SSRF guard: connections to addresses that users choose reach only public addresses.
+
+It guards every outbound connection whose target a tenant controls: webhook deliveries, proxy
+health checks (and the proxy hosts themselves), the cloud transport's ``base_url``.
 
 Checked twice. At registration (``check_url``) a URL must be http(s), and an IP literal or a name
 that resolves to a non-public address is refused with a clear message. At connect time, which is
@@ -12,7 +15,10 @@ Non-public: unspecified, loopback, private (RFC 1918), link-local (169.254.0.0/1
 at 169.254.169.254), CGNAT shared space (100.64.0.0/10), multicast, reserved and other
 non-global ranges; IPv6 loopback, ULA (fc00::/7), link-local (fe80::/10), site-local, multicast;
 and IPv4 embedded in IPv6 (IPv4-mapped ``::ffff:a.b.c.d``, 6to4, NAT64) judged by its IPv4 part.
-``WEBHOOK_ALLOW_PRIVATE=true`` (development) turns the address checks off.
+Which non-public addresses may be reached anyway is ``WEBHOOK_ALLOW_PRIVATE`` (``policy()``):
+``true`` all of them, ``loopback`` this machine only, ``false`` none. Unset, it is ``loopback`` in
+development when the api listens on a loopback address only (``HOST``), so nobody but this
+machine's own users can register targets, and ``false`` everywhere else.
 """
 from __future__ import annotations
 
@@ -37,12 +43,16 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _METADATA = ipaddress.ip_address("169.254.169.254")
 
 
+POLICIES = ("all", "loopback", "none")
+_LOOPBACK_REASONS = ("loopback", "IPv4-mapped loopback")
+
+
 class BlockedAddress(OSError):
     """A connection to a non-public address was refused."""
 
     def __init__(self, address: str, reason: str):
         super().__init__(f"refused to connect to {address}: {reason} address "
-                         "(webhook targets must be public; WEBHOOK_ALLOW_PRIVATE=true allows others in development)")
+                         "(targets must be public addresses; see WEBHOOK_ALLOW_PRIVATE)")
         self.address, self.reason = address, reason
 
 
@@ -82,20 +92,31 @@ def blocked_reason(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address)
     return None
 
 
-def private_allowed() -> bool:
-    return bool(settings.WEBHOOK_ALLOW_PRIVATE)
+def policy() -> str:
+    """Which non-public addresses outbound connections may reach: ``all``, ``loopback`` or ``none``."""
+    return settings.private_targets
+
+
+def refusal(address) -> str | None:
+    """Why a connection to ``address`` is refused under the current policy, or None."""
+    reason = blocked_reason(address)
+    if reason is None:
+        return None
+    allowed = policy()
+    if allowed == "all" or (allowed == "loopback" and reason in _LOOPBACK_REASONS):
+        return None
+    return reason
 
 
 def resolve(host: str, port: int) -> list[tuple]:
     """``getaddrinfo`` results for a TCP connection to ``host:port``, every one of them checked."""
     host = host.strip("[]")
     infos = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
-    if not private_allowed():
-        for info in infos:
-            address = info[4][0]
-            reason = blocked_reason(address)
-            if reason:
-                raise BlockedAddress(address, reason)
+    for info in infos:
+        address = info[4][0]
+        reason = refusal(address)
+        if reason:
+            raise BlockedAddress(address, reason)
     return infos
 
 
@@ -116,8 +137,8 @@ def guarded_create_connection(address: tuple[str, int], timeout=_DEFAULT_TIMEOUT
                 sock.bind(source_address)
             sock.connect(sockaddr)
             peer = sock.getpeername()[0]
-            if not private_allowed() and blocked_reason(peer):  # defence in depth: what we reached
-                raise BlockedAddress(peer, blocked_reason(peer))
+            if refusal(peer):  # defence in depth: what we reached
+                raise BlockedAddress(peer, refusal(peer))
             return sock
         except BlockedAddress:
             if sock is not None:
@@ -185,7 +206,7 @@ def thread_pool_manager() -> GuardedPoolManager:
     """This thread's guarded pool manager (kept for connection reuse: a worker thread delivering to
     the same host again reuses its connection; rebuilt when the guard setting changes, so a
     connection opened while private targets were allowed is never reused after)."""
-    key = private_allowed()
+    key = policy()
     cached = getattr(_local, "pools", None)
     if cached is None or cached[0] != key:
         if cached is not None:
@@ -228,20 +249,20 @@ def check_url(url: str) -> str | None:
     host = parts.hostname
     if not host:
         return "The URL has no host."
-    if private_allowed():
+    if policy() == "all":
         return None
     try:
-        reason = blocked_reason(host)
+        reason = refusal(host)
     except ValueError:
         reason = None  # a name, not an address
         try:
             resolve(host, port or (443 if parts.scheme == "https" else 80))
         except BlockedAddress as exc:
-            return f"{host} resolves to {exc.address}, a {exc.reason} address; webhook targets must be public."
+            return f"{host} resolves to {exc.address}, a {exc.reason} address; targets must be public."
         except (OSError, UnicodeError):
             return None  # not resolvable now; checked again at every connection
     if reason:
-        return f"{host} is a {reason} address; webhook targets must be public."
+        return f"{host} is a {reason} address; targets must be public."
     return None
 
 

@@ -1,0 +1,783 @@
+-- =============================================================================================
+-- WhatsApp Service — the whole PostgreSQL schema (PostgreSQL 15+). The source of truth.
+--
+-- Apply to an empty database in one transaction:  psql -v ON_ERROR_STOP=1 -1 -f schema.sql
+--
+-- Conventions
+--   * Public entities have `id text COLLATE "C"` holding a prefixed, time-sortable id generated in
+--     Python by app.db.new_id(prefix): "newest first" is ORDER BY id DESC and a cursor is an id.
+--     Every list filter has an index ending in `id`. Pure link / history tables use bigserial ids
+--     or composite keys.
+--   * Every tenant-owned table (all but organizations, schema_version and job_outbox) carries
+--     organization_id ... REFERENCES organizations(id) ON DELETE CASCADE, so every query can be
+--     scoped and deleting an organisation removes everything it owns.
+--   * Every status / enum column has a CHECK constraint.
+--   * Soft-deleted entities have deleted_at; updated_at is maintained by the application.
+--   * Secrets are stored only encrypted (*_encrypted) or hashed (*_hash).
+-- =============================================================================================
+
+CREATE TABLE schema_version (
+    version     integer PRIMARY KEY,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO schema_version (version) VALUES (1);
+
+-- ---------------------------------------------------------------------------------------------
+-- Jobs: transactional outbox (app/outbox.py). Not tenant-owned: rows only name actors and args.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE job_outbox (
+    id             bigserial PRIMARY KEY,
+    actor_name     text NOT NULL,
+    queue_name     text NOT NULL,
+    args           jsonb NOT NULL DEFAULT '[]'::jsonb,
+    kwargs         jsonb NOT NULL DEFAULT '{}'::jsonb,
+    options        jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    dispatched_at  timestamptz,
+    attempts       integer NOT NULL DEFAULT 0
+);
+CREATE INDEX job_outbox_pending_idx ON job_outbox (created_at) WHERE dispatched_at IS NULL;
+
+-- ---------------------------------------------------------------------------------------------
+-- Team: organisations, their settings, users (app/team/models.py)
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE organizations (
+    id          text COLLATE "C" PRIMARY KEY,                      -- org_
+    name        text NOT NULL,
+    status      text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per organisation (its primary key is the organisation id).
+CREATE TABLE organization_settings (
+    organization_id    text COLLATE "C" PRIMARY KEY REFERENCES organizations(id) ON DELETE CASCADE,
+    -- keyword lists per language: {"en": ["STOP", ...], "es": ["BAJA", ...]}; matched case-insensitively
+    opt_out_keywords   jsonb NOT NULL DEFAULT '{"en": ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"], "es": ["BAJA", "PARAR", "CANCELAR"], "fr": ["ARRET", "STOP"], "de": ["STOPP", "ABMELDEN"], "pt": ["PARAR", "SAIR"]}'::jsonb,
+    opt_in_keywords    jsonb NOT NULL DEFAULT '{"en": ["START", "UNSTOP", "SUBSCRIBE"], "es": ["ALTA"]}'::jsonb,
+    timezone           text NOT NULL DEFAULT 'UTC',                -- IANA name, for business hours
+    -- {"mon": [["09:00", "17:00"]], "tue": [...], ...}; a missing day means closed all day
+    business_hours     jsonb NOT NULL DEFAULT '{"mon": [["09:00", "17:00"]], "tue": [["09:00", "17:00"]], "wed": [["09:00", "17:00"]], "thu": [["09:00", "17:00"]], "fri": [["09:00", "17:00"]]}'::jsonb,
+    media_quota_bytes  bigint NOT NULL DEFAULT 1073741824 CHECK (media_quota_bytes >= 0),
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE users (
+    id               text COLLATE "C" PRIMARY KEY,                 -- usr_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    email            text NOT NULL,
+    password_hash    text NOT NULL,
+    name             text NOT NULL,
+    role             text NOT NULL CHECK (role IN ('admin', 'manager', 'agent', 'viewer')),
+    status           text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled')),
+    last_login_at    timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    deleted_at       timestamptz
+);
+-- Login takes only {email, password}: an email is unique across the whole service, case-insensitively
+-- (among users not deleted, so a deleted user's address can sign up again).
+CREATE UNIQUE INDEX users_email_lower_key ON users (lower(email)) WHERE deleted_at IS NULL;
+CREATE INDEX users_org_id_idx ON users (organization_id, id DESC);
+CREATE INDEX users_org_role_id_idx ON users (organization_id, role, id DESC);
+
+-- ---------------------------------------------------------------------------------------------
+-- Auth: refresh tokens with rotation and reuse detection (app/auth/models.py)
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE refresh_tokens (
+    id               text COLLATE "C" PRIMARY KEY,                 -- rtk_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    user_id          text COLLATE "C" NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    token_hash       text NOT NULL UNIQUE,                          -- sha256 of the token; the token is never stored
+    family_id        text COLLATE "C" NOT NULL,                     -- shared by every rotation of one login; reuse revokes the family
+    parent_id        text COLLATE "C" REFERENCES refresh_tokens(id) ON DELETE SET NULL,
+    replaced_by      text COLLATE "C" REFERENCES refresh_tokens(id) ON DELETE SET NULL,
+    expires_at       timestamptz NOT NULL,
+    revoked_at       timestamptz,
+    revoked_reason   text CHECK (revoked_reason IN ('rotated', 'logout', 'reuse_detected', 'user_disabled', 'password_changed', 'admin')),
+    user_agent       text,
+    ip               text,
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX refresh_tokens_family_idx ON refresh_tokens (family_id);
+CREATE INDEX refresh_tokens_user_idx ON refresh_tokens (user_id, id DESC);
+CREATE INDEX refresh_tokens_expires_idx ON refresh_tokens (expires_at);
+
+-- ---------------------------------------------------------------------------------------------
+-- API keys (app/apikeys/models.py)
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE api_keys (
+    id               text COLLATE "C" PRIMARY KEY,                 -- key_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name             text NOT NULL,
+    prefix           text COLLATE "C" NOT NULL UNIQUE,              -- the first characters of the key, used for lookup
+    key_hash         text NOT NULL,                                 -- HMAC-SHA256 of the whole key
+    role             text NOT NULL CHECK (role IN ('admin', 'manager', 'agent', 'viewer')),
+    created_by       text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
+    expires_at       timestamptz,
+    revoked_at       timestamptz,
+    last_used_at     timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX api_keys_org_id_idx ON api_keys (organization_id, id DESC);
+
+-- ---------------------------------------------------------------------------------------------
+-- Audit log (app/audit/models.py). Append-only; actor_id/target_id are not FKs so rows outlive them.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE audit_logs (
+    id               text COLLATE "C" PRIMARY KEY,                 -- aud_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    actor_type       text NOT NULL CHECK (actor_type IN ('user', 'api_key', 'system')),
+    actor_id         text COLLATE "C",
+    action           text NOT NULL,                                 -- e.g. "client.create", "user.update"
+    target_type      text,
+    target_id        text COLLATE "C",
+    ip               text,
+    user_agent       text,
+    request_id       text,
+    changes          jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX audit_logs_org_id_idx ON audit_logs (organization_id, id DESC);
+CREATE INDEX audit_logs_org_actor_id_idx ON audit_logs (organization_id, actor_id, id DESC);
+CREATE INDEX audit_logs_org_action_id_idx ON audit_logs (organization_id, action, id DESC);
+CREATE INDEX audit_logs_org_target_id_idx ON audit_logs (organization_id, target_id, id DESC);
+
+-- ---------------------------------------------------------------------------------------------
+-- Clients: WhatsApp accounts, their proxies, sessions, status history, alerts (app/clients/models.py)
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE proxies (
+    id                  text COLLATE "C" PRIMARY KEY,              -- prx_
+    organization_id     text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name                text,
+    scheme              text NOT NULL CHECK (scheme IN ('http', 'https', 'socks5')),
+    host                text NOT NULL,
+    port                integer NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    username            text,
+    password_encrypted  text,
+    status              text NOT NULL DEFAULT 'unchecked' CHECK (status IN ('unchecked', 'ok', 'failing', 'dead')),
+    last_checked_at     timestamptz,
+    last_error          text,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    deleted_at          timestamptz
+);
+CREATE INDEX proxies_org_id_idx ON proxies (organization_id, id DESC);
+
+CREATE TABLE clients (
+    id                 text COLLATE "C" PRIMARY KEY,               -- cli_
+    organization_id    text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name               text NOT NULL,
+    transport          text NOT NULL CHECK (transport IN ('sim', 'cloud', 'web')),
+    config             jsonb NOT NULL DEFAULT '{}'::jsonb,          -- non-secret transport config (returned by the API)
+    secrets_encrypted  text,                                        -- encrypted JSON of the secret config (tokens, app secret)
+    status             text NOT NULL DEFAULT 'created'
+                       CHECK (status IN ('created', 'starting', 'qr', 'ready', 'disconnected', 'banned', 'stopped', 'failed')),
+    status_changed_at  timestamptz NOT NULL DEFAULT now(),
+    last_error         text,
+    phone              text,                                        -- E.164, known once connected
+    per_minute         integer NOT NULL DEFAULT 20 CHECK (per_minute > 0),
+    per_hour           integer NOT NULL DEFAULT 100 CHECK (per_hour > 0),
+    per_day            integer NOT NULL DEFAULT 1000 CHECK (per_day > 0),
+    min_gap_ms         integer NOT NULL DEFAULT 2000 CHECK (min_gap_ms >= 0),
+    max_gap_ms         integer NOT NULL DEFAULT 5000 CHECK (max_gap_ms >= 0),
+    proxy_id           text COLLATE "C" REFERENCES proxies(id) ON DELETE SET NULL,
+    paused             boolean NOT NULL DEFAULT false,              -- sending paused (e.g. after a ban alert)
+    qr                 text,
+    qr_expires_at      timestamptz,
+    last_seen_at       timestamptz,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    deleted_at         timestamptz,
+    CONSTRAINT clients_gap_order_check CHECK (max_gap_ms >= min_gap_ms)
+);
+CREATE INDEX clients_org_id_idx ON clients (organization_id, id DESC);
+CREATE INDEX clients_org_status_id_idx ON clients (organization_id, status, id DESC);
+CREATE INDEX clients_proxy_idx ON clients (proxy_id) WHERE proxy_id IS NOT NULL;
+
+-- Team: which clients an agent may use (mapped in app/team/models.py; declared here after clients).
+CREATE TABLE user_clients (
+    user_id          text COLLATE "C" NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    client_id        text COLLATE "C" NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, client_id)
+);
+CREATE INDEX user_clients_client_idx ON user_clients (client_id);
+
+CREATE TABLE client_status_history (
+    id               bigserial PRIMARY KEY,
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    client_id        text COLLATE "C" NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    from_status      text CHECK (from_status IN ('created', 'starting', 'qr', 'ready', 'disconnected', 'banned', 'stopped', 'failed')),
+    status           text NOT NULL CHECK (status IN ('created', 'starting', 'qr', 'ready', 'disconnected', 'banned', 'stopped', 'failed')),
+    reason           text,
+    details          jsonb NOT NULL DEFAULT '{}'::jsonb,
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX client_status_history_client_idx ON client_status_history (client_id, id DESC);
+
+-- Stateful (web) sessions: the encrypted login state and which session host holds it (a lease).
+CREATE TABLE client_sessions (
+    client_id         text COLLATE "C" PRIMARY KEY REFERENCES clients(id) ON DELETE CASCADE,
+    organization_id   text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    state_encrypted   text,
+    host_id           text,
+    lease_expires_at  timestamptz,
+    heartbeat_at      timestamptz,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX client_sessions_host_idx ON client_sessions (host_id, lease_expires_at);
+
+-- Alerts that need a human: bans, logouts, dead proxies, auto-disabled webhooks.
+CREATE TABLE ban_alerts (
+    id               text COLLATE "C" PRIMARY KEY,                 -- alr_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    client_id        text COLLATE "C" REFERENCES clients(id) ON DELETE CASCADE,   -- null for non-client alerts
+    kind             text NOT NULL CHECK (kind IN ('banned', 'logged_out', 'disconnected', 'proxy_dead',
+                                                   'rate_limited', 'session_failed', 'webhook_disabled', 'quota_exceeded')),
+    details          jsonb NOT NULL DEFAULT '{}'::jsonb,
+    acknowledged_at  timestamptz,
+    acknowledged_by  text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX ban_alerts_org_id_idx ON ban_alerts (organization_id, id DESC);
+CREATE INDEX ban_alerts_org_open_id_idx ON ban_alerts (organization_id, id DESC) WHERE acknowledged_at IS NULL;
+CREATE INDEX ban_alerts_client_idx ON ban_alerts (client_id, id DESC) WHERE client_id IS NOT NULL;
+
+-- ---------------------------------------------------------------------------------------------
+-- Contacts, lists, imports (app/contacts/models.py)
+-- Tags are a text[] column on contacts with a GIN index (no tags table): the API reads and writes
+-- them as a list, and campaign audiences select with `tags && ARRAY[...]`.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE contacts (
+    id               text COLLATE "C" PRIMARY KEY,                 -- ctc_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    phone            text NOT NULL CHECK (phone ~ '^\+[1-9][0-9]{6,14}$'),   -- E.164
+    name             text,
+    tags             text[] NOT NULL DEFAULT '{}',
+    attributes       jsonb NOT NULL DEFAULT '{}'::jsonb,
+    opted_out        boolean NOT NULL DEFAULT false,
+    opted_out_at     timestamptz,
+    opted_in_at      timestamptz,
+    last_inbound_at  timestamptz,                                   -- also drives Cloud API 24-hour windows and first_message
+    last_outbound_at timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    deleted_at       timestamptz,
+    -- Not partial: a phone is one contact forever (messages point at it); re-creating a deleted one revives it.
+    CONSTRAINT contacts_org_phone_key UNIQUE (organization_id, phone)
+);
+CREATE INDEX contacts_org_id_idx ON contacts (organization_id, id DESC);
+CREATE INDEX contacts_org_opted_out_id_idx ON contacts (organization_id, opted_out, id DESC);
+CREATE INDEX contacts_tags_gin ON contacts USING gin (tags);
+
+CREATE TABLE contact_lists (
+    id               text COLLATE "C" PRIMARY KEY,                 -- lst_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name             text NOT NULL,
+    description      text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    deleted_at       timestamptz
+);
+CREATE UNIQUE INDEX contact_lists_org_name_key ON contact_lists (organization_id, name) WHERE deleted_at IS NULL;
+CREATE INDEX contact_lists_org_id_idx ON contact_lists (organization_id, id DESC);
+
+CREATE TABLE contact_list_members (
+    list_id          text COLLATE "C" NOT NULL REFERENCES contact_lists(id) ON DELETE CASCADE,
+    contact_id       text COLLATE "C" NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (list_id, contact_id)
+);
+CREATE INDEX contact_list_members_contact_idx ON contact_list_members (contact_id);
+
+-- One CSV import job (POST /api/contacts/import): where the upload is stored and the result counts.
+CREATE TABLE contact_imports (
+    id               text COLLATE "C" PRIMARY KEY,                 -- imp_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    created_by       text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
+    filename         text,
+    storage_key      text,                                          -- the uploaded CSV in media storage
+    status           text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'completed', 'failed')),
+    total_rows       integer NOT NULL DEFAULT 0,
+    created_count    integer NOT NULL DEFAULT 0,
+    updated_count    integer NOT NULL DEFAULT 0,
+    skipped_count    integer NOT NULL DEFAULT 0,
+    failed_count     integer NOT NULL DEFAULT 0,
+    errors           jsonb NOT NULL DEFAULT '[]'::jsonb,            -- first rows that failed: [{"row": 3, "error": "..."}]
+    error_message    text,
+    started_at       timestamptz,
+    completed_at     timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX contact_imports_org_id_idx ON contact_imports (organization_id, id DESC);
+
+-- ---------------------------------------------------------------------------------------------
+-- Templates (app/templates/models.py)
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE templates (
+    id               text COLLATE "C" PRIMARY KEY,                 -- tpl_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name             text NOT NULL,
+    language         text NOT NULL DEFAULT 'en',
+    body             text NOT NULL,                                 -- with {{variable}} placeholders
+    variables        text[] NOT NULL DEFAULT '{}',                  -- placeholder names parsed from body
+    category         text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    deleted_at       timestamptz
+);
+-- Unique among live templates, so a deleted template's name can be reused.
+CREATE UNIQUE INDEX templates_org_name_language_key ON templates (organization_id, name, language) WHERE deleted_at IS NULL;
+CREATE INDEX templates_org_id_idx ON templates (organization_id, id DESC);
+
+-- ---------------------------------------------------------------------------------------------
+-- Media (app/media/models.py)
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE media (
+    id               text COLLATE "C" PRIMARY KEY,                 -- med_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    filename         text NOT NULL,
+    mime_type        text NOT NULL,
+    size_bytes       bigint NOT NULL CHECK (size_bytes >= 0),
+    sha256           text NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
+    storage_key      text NOT NULL,
+    status           text NOT NULL DEFAULT 'ready' CHECK (status IN ('processing', 'ready', 'failed')),
+    created_by       text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    deleted_at       timestamptz
+);
+CREATE INDEX media_org_id_idx ON media (organization_id, id DESC);
+CREATE INDEX media_org_sha256_idx ON media (organization_id, sha256);
+-- Quota / GET /api/media/usage: SUM(size_bytes) of live media per organisation, index-only.
+CREATE INDEX media_org_usage_idx ON media (organization_id) INCLUDE (size_bytes) WHERE deleted_at IS NULL;
+
+-- ---------------------------------------------------------------------------------------------
+-- Campaigns (app/campaigns/models.py). campaign_recipients comes after messages (it references them).
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE campaigns (
+    id               text COLLATE "C" PRIMARY KEY,                 -- cmp_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    name             text NOT NULL,
+    status           text NOT NULL DEFAULT 'draft'
+                     CHECK (status IN ('draft', 'scheduled', 'running', 'paused', 'completed', 'cancelled', 'failed')),
+    template_id      text COLLATE "C" REFERENCES templates(id) ON DELETE SET NULL,
+    message          text,                                          -- the text when no template is used
+    variables        jsonb NOT NULL DEFAULT '{}'::jsonb,            -- template variables; contact attributes fill the rest
+    media_id         text COLLATE "C" REFERENCES media(id) ON DELETE SET NULL,
+    audience         jsonb NOT NULL DEFAULT '{}'::jsonb,            -- {"tags": [...], "contact_ids": [...]}
+    scheduled_at     timestamptz,
+    started_at       timestamptz,
+    paused_at        timestamptz,
+    completed_at     timestamptz,
+    cancelled_at     timestamptz,
+    last_error       text,
+    -- denormalised progress counters (v_campaign_progress computes the exact figures)
+    total_count      integer NOT NULL DEFAULT 0,
+    queued_count     integer NOT NULL DEFAULT 0,
+    sent_count       integer NOT NULL DEFAULT 0,
+    delivered_count  integer NOT NULL DEFAULT 0,
+    read_count       integer NOT NULL DEFAULT 0,
+    failed_count     integer NOT NULL DEFAULT 0,
+    skipped_count    integer NOT NULL DEFAULT 0,
+    created_by       text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    deleted_at       timestamptz
+);
+CREATE INDEX campaigns_org_id_idx ON campaigns (organization_id, id DESC);
+CREATE INDEX campaigns_org_status_id_idx ON campaigns (organization_id, status, id DESC);
+CREATE INDEX campaigns_due_idx ON campaigns (scheduled_at) WHERE status = 'scheduled';   -- the scheduler's claim
+
+CREATE TABLE campaign_clients (
+    campaign_id      text COLLATE "C" NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+    client_id        text COLLATE "C" NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (campaign_id, client_id)
+);
+CREATE INDEX campaign_clients_client_idx ON campaign_clients (client_id);
+
+-- ---------------------------------------------------------------------------------------------
+-- Automations (app/automations/models.py). automation_runs comes after messages.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE automations (
+    id               text COLLATE "C" PRIMARY KEY,                 -- aut_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    client_id        text COLLATE "C" REFERENCES clients(id) ON DELETE CASCADE,   -- null: every client
+    name             text NOT NULL,
+    trigger_type     text NOT NULL CHECK (trigger_type IN ('keyword', 'first_message', 'outside_hours')),
+    "trigger"        jsonb NOT NULL DEFAULT '{}'::jsonb,            -- the API's trigger object, type included
+    action           jsonb NOT NULL DEFAULT '{}'::jsonb,            -- {"type": "reply", "message" | "template_id"}
+    enabled          boolean NOT NULL DEFAULT true,
+    cooldown_seconds integer NOT NULL DEFAULT 0 CHECK (cooldown_seconds >= 0),   -- per contact
+    last_fired_at    timestamptz,
+    fire_count       integer NOT NULL DEFAULT 0,
+    created_by       text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    deleted_at       timestamptz
+);
+CREATE INDEX automations_org_id_idx ON automations (organization_id, id DESC);
+CREATE INDEX automations_org_client_id_idx ON automations (organization_id, client_id, id DESC);
+CREATE INDEX automations_active_idx ON automations (organization_id, trigger_type) WHERE enabled AND deleted_at IS NULL;
+
+-- ---------------------------------------------------------------------------------------------
+-- Messages (app/messages/models.py)
+-- API field names: `to` = to_phone, `from` = from_phone, `error` = {error_code, error_message}.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE messages (
+    id               text COLLATE "C" PRIMARY KEY,                 -- msg_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    client_id        text COLLATE "C" NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    direction        text NOT NULL CHECK (direction IN ('outbound', 'inbound')),
+    contact_id       text COLLATE "C" REFERENCES contacts(id) ON DELETE SET NULL,
+    to_phone         text,                                          -- outbound: the recipient; inbound: the client's number
+    from_phone       text,                                          -- inbound: the sender; outbound: the client's number
+    type             text NOT NULL DEFAULT 'text' CHECK (type IN ('text', 'image', 'video', 'audio', 'document', 'template')),
+    text             text,
+    media_id         text COLLATE "C" REFERENCES media(id) ON DELETE SET NULL,
+    caption          text,
+    template_id      text COLLATE "C" REFERENCES templates(id) ON DELETE SET NULL,
+    variables        jsonb NOT NULL DEFAULT '{}'::jsonb,
+    -- inbound messages are 'received' (an addition to the outbound lifecycle)
+    status           text NOT NULL DEFAULT 'queued'
+                     CHECK (status IN ('queued', 'sending', 'sent', 'delivered', 'read', 'failed', 'cancelled', 'received')),
+    error_code       text,
+    error_message    text,
+    external_id      text COLLATE "C",                              -- the transport's message id
+    campaign_id      text COLLATE "C",                              -- FK added below, with campaigns
+    automation_id    text COLLATE "C",                              -- FK added below, with automations
+    idempotency_key  text,
+    scheduled_at     timestamptz,                                   -- requested by the user
+    scheduled_for    timestamptz,                                   -- the pacing slot
+    attempts         integer NOT NULL DEFAULT 0,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    queued_at        timestamptz,
+    sending_at       timestamptz,
+    sent_at          timestamptz,
+    delivered_at     timestamptz,
+    read_at          timestamptz,
+    failed_at        timestamptz,
+    cancelled_at     timestamptz,
+    CONSTRAINT messages_phone_check CHECK (
+        (direction = 'outbound' AND to_phone IS NOT NULL) OR (direction = 'inbound' AND from_phone IS NOT NULL)
+    )
+);
+ALTER TABLE messages ADD CONSTRAINT messages_campaign_id_fkey
+    FOREIGN KEY (campaign_id) REFERENCES campaigns(id) ON DELETE SET NULL;
+ALTER TABLE messages ADD CONSTRAINT messages_automation_id_fkey
+    FOREIGN KEY (automation_id) REFERENCES automations(id) ON DELETE SET NULL;
+-- lists (GET /api/messages filters), newest first
+CREATE INDEX messages_org_id_idx ON messages (organization_id, id DESC);
+CREATE INDEX messages_org_client_id_idx ON messages (organization_id, client_id, id DESC);
+CREATE INDEX messages_org_status_id_idx ON messages (organization_id, status, id DESC);
+CREATE INDEX messages_org_direction_id_idx ON messages (organization_id, direction, id DESC);
+CREATE INDEX messages_org_contact_id_idx ON messages (organization_id, contact_id, id DESC);
+-- workers: claim due messages per client; match transport acks by external id
+CREATE INDEX messages_claim_idx ON messages (client_id, status, scheduled_for) WHERE status IN ('queued', 'sending');
+CREATE INDEX messages_client_external_idx ON messages (client_id, external_id);
+-- a transport may report the same inbound message twice: store it once
+CREATE UNIQUE INDEX messages_inbound_external_key ON messages (client_id, external_id)
+    WHERE direction = 'inbound' AND external_id IS NOT NULL;
+CREATE UNIQUE INDEX messages_org_idempotency_key ON messages (organization_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX messages_campaign_idx ON messages (campaign_id, status) WHERE campaign_id IS NOT NULL;
+CREATE INDEX messages_created_at_idx ON messages (created_at);    -- rollups, retention
+
+CREATE TABLE message_status_history (
+    id               bigserial PRIMARY KEY,
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    message_id       text COLLATE "C" NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    status           text NOT NULL
+                     CHECK (status IN ('queued', 'sending', 'sent', 'delivered', 'read', 'failed', 'cancelled', 'received')),
+    at               timestamptz NOT NULL DEFAULT now(),
+    details          jsonb NOT NULL DEFAULT '{}'::jsonb
+);
+CREATE INDEX message_status_history_message_idx ON message_status_history (message_id, id);
+CREATE INDEX message_status_history_at_idx ON message_status_history (at);
+
+-- ---------------------------------------------------------------------------------------------
+-- Campaigns, continued: one row per (campaign, contact) — the fan-out's idempotency key.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE campaign_recipients (
+    id               bigserial PRIMARY KEY,
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    campaign_id      text COLLATE "C" NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+    contact_id       text COLLATE "C" NOT NULL REFERENCES contacts(id) ON DELETE CASCADE,
+    client_id        text COLLATE "C" REFERENCES clients(id) ON DELETE SET NULL,     -- the client chosen to send
+    message_id       text COLLATE "C" REFERENCES messages(id) ON DELETE SET NULL,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'queued', 'sent', 'delivered', 'read', 'failed', 'skipped')),
+    reason           text,                                          -- why skipped / failed (e.g. opted_out)
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT campaign_recipients_campaign_contact_key UNIQUE (campaign_id, contact_id)
+);
+CREATE INDEX campaign_recipients_campaign_status_idx ON campaign_recipients (campaign_id, status, id);
+CREATE INDEX campaign_recipients_message_idx ON campaign_recipients (message_id) WHERE message_id IS NOT NULL;
+CREATE INDEX campaign_recipients_contact_idx ON campaign_recipients (contact_id);
+
+-- ---------------------------------------------------------------------------------------------
+-- Automations, continued: one row per firing (or decision not to fire) for an inbound message.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE automation_runs (
+    id                  bigserial PRIMARY KEY,
+    organization_id     text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    automation_id       text COLLATE "C" NOT NULL REFERENCES automations(id) ON DELETE CASCADE,
+    client_id           text COLLATE "C" REFERENCES clients(id) ON DELETE SET NULL,
+    contact_id          text COLLATE "C" REFERENCES contacts(id) ON DELETE SET NULL,
+    trigger_message_id  text COLLATE "C" REFERENCES messages(id) ON DELETE SET NULL,
+    reply_message_id    text COLLATE "C" REFERENCES messages(id) ON DELETE SET NULL,
+    status              text NOT NULL CHECK (status IN ('fired', 'skipped', 'failed')),
+    reason              text,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    -- an automation reacts to a given inbound message at most once (job retries are no-ops)
+    CONSTRAINT automation_runs_automation_trigger_key UNIQUE (automation_id, trigger_message_id)
+);
+CREATE INDEX automation_runs_automation_idx ON automation_runs (automation_id, id DESC);
+CREATE INDEX automation_runs_contact_idx ON automation_runs (automation_id, contact_id, created_at DESC);
+
+-- ---------------------------------------------------------------------------------------------
+-- Webhooks: endpoints, the event outbox, deliveries and their attempts (app/webhooks/models.py)
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE webhooks (
+    id                          text COLLATE "C" PRIMARY KEY,      -- whk_
+    organization_id             text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    url                         text NOT NULL,
+    events                      text[] NOT NULL DEFAULT '{}',       -- event types, or {'*'}
+    description                 text,
+    enabled                     boolean NOT NULL DEFAULT true,
+    secret_encrypted            text NOT NULL,                      -- whsec_... encrypted
+    previous_secret_encrypted   text,                               -- still signs until previous_secret_expires_at
+    previous_secret_expires_at  timestamptz,
+    disabled_reason             text,
+    failing_since               timestamptz,
+    consecutive_failures        integer NOT NULL DEFAULT 0,
+    last_success_at             timestamptz,
+    created_by                  text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
+    created_at                  timestamptz NOT NULL DEFAULT now(),
+    updated_at                  timestamptz NOT NULL DEFAULT now(),
+    deleted_at                  timestamptz
+);
+CREATE INDEX webhooks_org_id_idx ON webhooks (organization_id, id DESC);
+CREATE INDEX webhooks_active_idx ON webhooks (organization_id) WHERE enabled AND deleted_at IS NULL;
+
+-- Events are written in the transaction that causes them (an outbox), then fanned out to deliveries.
+CREATE TABLE webhook_events (
+    id               text COLLATE "C" PRIMARY KEY,                 -- evt_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    type             text NOT NULL CHECK (type ~ '^[a-z_]+\.[a-z_]+$'),   -- e.g. message.sent (API.md lists them)
+    payload          jsonb NOT NULL DEFAULT '{}'::jsonb,            -- the event's `data`
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX webhook_events_org_id_idx ON webhook_events (organization_id, id DESC);
+CREATE INDEX webhook_events_created_at_idx ON webhook_events (created_at);   -- retention
+
+CREATE TABLE webhook_deliveries (
+    id                text COLLATE "C" PRIMARY KEY,                -- dlv_
+    organization_id   text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    event_id          text COLLATE "C" NOT NULL REFERENCES webhook_events(id) ON DELETE CASCADE,
+    webhook_id        text COLLATE "C" NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,
+    status            text NOT NULL DEFAULT 'pending'
+                      CHECK (status IN ('pending', 'delivering', 'succeeded', 'failed', 'dead')),
+    attempt           integer NOT NULL DEFAULT 0,                   -- attempts made so far
+    next_attempt_at   timestamptz,
+    last_status_code  integer,
+    last_error        text,
+    delivered_at      timestamptz,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    -- one delivery per (webhook, event): fan-out is idempotent; redeliver resets this row
+    CONSTRAINT webhook_deliveries_webhook_event_key UNIQUE (webhook_id, event_id)
+);
+-- The claimer's scan: due retries, and leases of dispatched or running attempts that ran out.
+CREATE INDEX webhook_deliveries_retry_idx ON webhook_deliveries (next_attempt_at)
+    WHERE status IN ('pending', 'delivering', 'failed');
+CREATE INDEX webhook_deliveries_webhook_id_idx ON webhook_deliveries (webhook_id, id DESC);
+CREATE INDEX webhook_deliveries_event_idx ON webhook_deliveries (event_id);
+CREATE INDEX webhook_deliveries_org_id_idx ON webhook_deliveries (organization_id, id DESC);
+
+CREATE TABLE webhook_delivery_attempts (
+    id                bigserial PRIMARY KEY,
+    organization_id   text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    delivery_id       text COLLATE "C" NOT NULL REFERENCES webhook_deliveries(id) ON DELETE CASCADE,
+    webhook_id        text COLLATE "C" NOT NULL REFERENCES webhooks(id) ON DELETE CASCADE,   -- denormalised for listing
+    attempt           integer NOT NULL CHECK (attempt >= 1),
+    status_code       integer,                                      -- null: timeout / connection error
+    duration_ms       integer,
+    error             text,
+    response_excerpt  text CHECK (length(response_excerpt) <= 2048),   -- first 2 KB of the response body
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    next_attempt_at   timestamptz                                   -- when the next try is scheduled, if any
+);
+CREATE INDEX webhook_delivery_attempts_delivery_idx ON webhook_delivery_attempts (delivery_id, attempt);
+CREATE INDEX webhook_delivery_attempts_webhook_idx ON webhook_delivery_attempts (webhook_id, id DESC);
+
+-- ---------------------------------------------------------------------------------------------
+-- Analytics rollups (app/analytics/models.py). Buckets are UTC; upserted by the rollup job.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE analytics_hourly (
+    id                    bigserial PRIMARY KEY,
+    organization_id       text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    client_id             text COLLATE "C" NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    bucket                timestamptz NOT NULL,                     -- start of the hour
+    sent                  integer NOT NULL DEFAULT 0,
+    delivered             integer NOT NULL DEFAULT 0,
+    read                  integer NOT NULL DEFAULT 0,
+    failed                integer NOT NULL DEFAULT 0,
+    received              integer NOT NULL DEFAULT 0,
+    response_seconds_sum  double precision NOT NULL DEFAULT 0,      -- inbound -> our next outbound reply
+    response_count        integer NOT NULL DEFAULT 0,
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT analytics_hourly_client_bucket_key UNIQUE (client_id, bucket)
+);
+CREATE INDEX analytics_hourly_org_bucket_idx ON analytics_hourly (organization_id, bucket);
+
+CREATE TABLE analytics_daily (
+    id                    bigserial PRIMARY KEY,
+    organization_id       text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    client_id             text COLLATE "C" NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    bucket                date NOT NULL,                            -- the UTC day
+    sent                  integer NOT NULL DEFAULT 0,
+    delivered             integer NOT NULL DEFAULT 0,
+    read                  integer NOT NULL DEFAULT 0,
+    failed                integer NOT NULL DEFAULT 0,
+    received              integer NOT NULL DEFAULT 0,
+    response_seconds_sum  double precision NOT NULL DEFAULT 0,
+    response_count        integer NOT NULL DEFAULT 0,
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT analytics_daily_client_bucket_key UNIQUE (client_id, bucket)
+);
+CREATE INDEX analytics_daily_org_bucket_idx ON analytics_daily (organization_id, bucket);
+
+-- ---------------------------------------------------------------------------------------------
+-- Idempotency-Key for POSTs that create (app/models.py). Swept after expires_at (24 h).
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE idempotency_keys (
+    id               bigserial PRIMARY KEY,
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    principal_id     text COLLATE "C" NOT NULL,                     -- usr_ or key_ that sent the request
+    key              text NOT NULL,
+    method           text NOT NULL,
+    path             text NOT NULL,
+    request_hash     text NOT NULL,                                 -- sha256 of method, path and body
+    status           text NOT NULL DEFAULT 'in_flight' CHECK (status IN ('in_flight', 'completed')),
+    response_status  integer,
+    response_body    jsonb,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    expires_at       timestamptz NOT NULL DEFAULT now() + interval '24 hours',
+    CONSTRAINT idempotency_keys_org_key_key UNIQUE (organization_id, key)
+);
+CREATE INDEX idempotency_keys_expires_idx ON idempotency_keys (expires_at);
+
+-- =============================================================================================
+-- Views for the dashboard. "Today" is the current UTC day.
+-- =============================================================================================
+
+-- Per client: outbound messages that reached sent/delivered/read/failed today and in total, inbound
+-- received, and the last activity (latest message either way, or the client last being seen).
+CREATE VIEW v_client_stats AS
+SELECT
+    c.id               AS client_id,
+    c.organization_id,
+    c.name,
+    c.transport,
+    c.status,
+    COALESCE(m.sent_today, 0)       AS sent_today,
+    COALESCE(m.delivered_today, 0)  AS delivered_today,
+    COALESCE(m.read_today, 0)       AS read_today,
+    COALESCE(m.failed_today, 0)     AS failed_today,
+    COALESCE(m.received_today, 0)   AS received_today,
+    COALESCE(m.sent_total, 0)       AS sent_total,
+    COALESCE(m.delivered_total, 0)  AS delivered_total,
+    COALESCE(m.read_total, 0)       AS read_total,
+    COALESCE(m.failed_total, 0)     AS failed_total,
+    COALESCE(m.received_total, 0)   AS received_total,
+    GREATEST(m.last_message_at, c.last_seen_at) AS last_activity_at
+FROM clients c
+LEFT JOIN LATERAL (
+    SELECT
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.sent_at      >= x.today) AS sent_today,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.delivered_at >= x.today) AS delivered_today,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.read_at      >= x.today) AS read_today,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.failed_at    >= x.today) AS failed_today,
+        count(*) FILTER (WHERE x.direction = 'inbound'  AND x.created_at   >= x.today) AS received_today,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.sent_at      IS NOT NULL) AS sent_total,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.delivered_at IS NOT NULL) AS delivered_total,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.read_at      IS NOT NULL) AS read_total,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.status = 'failed')        AS failed_total,
+        count(*) FILTER (WHERE x.direction = 'inbound')                                 AS received_total,
+        max(x.created_at) AS last_message_at
+    FROM (
+        SELECT msg.direction, msg.status, msg.created_at, msg.sent_at, msg.delivered_at, msg.read_at, msg.failed_at,
+               date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS today
+        FROM messages msg
+        WHERE msg.client_id = c.id
+    ) x
+) m ON true
+WHERE c.deleted_at IS NULL;
+
+-- Per organisation: clients, and the traffic of messages created today (UTC) with its delivery / read
+-- rates: delivered / sent and read / sent over those messages (null when none was sent).
+CREATE VIEW v_organization_stats AS
+SELECT
+    o.id AS organization_id,
+    o.name,
+    COALESCE(c.total_clients, 0)   AS total_clients,
+    COALESCE(c.active_clients, 0)  AS active_clients,
+    COALESCE(m.messages_today, 0)  AS messages_today,
+    COALESCE(m.sent_today, 0)      AS sent_today,
+    COALESCE(m.delivered_today, 0) AS delivered_today,
+    COALESCE(m.read_today, 0)      AS read_today,
+    COALESCE(m.failed_today, 0)    AS failed_today,
+    COALESCE(m.received_today, 0)  AS received_today,
+    round(m.delivered_of_sent::numeric / NULLIF(m.sent_today, 0), 4) AS delivery_rate,
+    round(m.read_of_sent::numeric / NULLIF(m.sent_today, 0), 4)      AS read_rate
+FROM organizations o
+LEFT JOIN LATERAL (
+    SELECT count(*) AS total_clients,
+           count(*) FILTER (WHERE cl.status = 'ready') AS active_clients
+    FROM clients cl
+    WHERE cl.organization_id = o.id AND cl.deleted_at IS NULL
+) c ON true
+LEFT JOIN LATERAL (
+    SELECT
+        count(*) AS messages_today,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.sent_at IS NOT NULL) AS sent_today,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.delivered_at IS NOT NULL) AS delivered_today,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.read_at IS NOT NULL) AS read_today,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.status = 'failed') AS failed_today,
+        count(*) FILTER (WHERE x.direction = 'inbound') AS received_today,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.sent_at IS NOT NULL AND x.delivered_at IS NOT NULL) AS delivered_of_sent,
+        count(*) FILTER (WHERE x.direction = 'outbound' AND x.sent_at IS NOT NULL AND x.read_at IS NOT NULL) AS read_of_sent
+    FROM messages x
+    WHERE x.organization_id = o.id
+      AND x.created_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+) m ON true;
+
+-- Per campaign: recipients by current status (each recipient counted once, in its latest status).
+CREATE VIEW v_campaign_progress AS
+SELECT
+    cp.id AS campaign_id,
+    cp.organization_id,
+    cp.status,
+    count(r.id)                                       AS total,
+    count(r.id) FILTER (WHERE r.status = 'pending')   AS pending,
+    count(r.id) FILTER (WHERE r.status = 'queued')    AS queued,
+    count(r.id) FILTER (WHERE r.status = 'sent')      AS sent,
+    count(r.id) FILTER (WHERE r.status = 'delivered') AS delivered,
+    count(r.id) FILTER (WHERE r.status = 'read')      AS read,
+    count(r.id) FILTER (WHERE r.status = 'failed')    AS failed,
+    count(r.id) FILTER (WHERE r.status = 'skipped')   AS skipped
+FROM campaigns cp
+LEFT JOIN campaign_recipients r ON r.campaign_id = cp.id
+GROUP BY cp.id, cp.organization_id, cp.status;

@@ -86,8 +86,8 @@ def error_reasons(rule, handler, op: dict) -> dict[int, list[str]]:
                                "(`malformed_json`).")
     if permission:
         reasons[401] = ["No credentials, or bad ones (`unauthorized`; also `invalid_api_key`, `api_key_revoked`, "
-                        "`api_key_expired`, `invalid_token`, `token_expired`, `token_revoked`, "
-                        "`organization_suspended`)."]
+                        "`api_key_expired`, `api_key_creator_inactive`, `invalid_token`, `token_expired`, "
+                        "`token_revoked`, `organization_suspended`)."]
         roles = ", ".join(r for r in ROLES if r in MATRIX[permission])
         reasons[403] = [f"Your role may not do this (`forbidden`): it takes the `{permission}` permission "
                         f"(roles: {roles})."]
@@ -197,8 +197,9 @@ class OperationDocs(BasePlugin):
             "description": reasons[0] if len(reasons) == 1 else "\n".join(f"- {r}" for r in reasons),
             "content": {"application/json": {"schema": ERROR_REF, "example": example}},
         }
-        if retry:
-            response["headers"] = dict(RETRY_AFTER)
+        headers = {**declared.get("headers", {}), **(RETRY_AFTER if retry else {})}
+        if headers:
+            response["headers"] = headers
         return response
 
     @staticmethod

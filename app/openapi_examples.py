@@ -51,14 +51,16 @@ _webhook = {"id": WEBHOOK, "url": "https://hooks.acme.test/whatsapp", "events": 
 _attempt = {"id": DELIVERY, "attempt_id": 1, "event_id": EVENT, "event_type": "message.sent", "attempt": 1,
             "status_code": 200, "duration_ms": 84, "error": None, "response": "ok", "succeeded": True,
             "created_at": T1, "next_attempt_at": None}
-_api_key = {"id": KEY, "name": "CRM sync", "role": "manager", "prefix": "sk_7Hq2Lm9X", "created_by": USER,
-            "expires_at": None, "revoked_at": None, "last_used_at": T1, "created_at": T0}
+_api_key = {"id": KEY, "name": "CRM sync", "role": "manager", "effective_role": "manager", "prefix": "sk_7Hq2Lm9X",
+            "created_by": USER, "expires_at": None, "revoked_at": None, "last_used_at": T1, "created_at": T0}
 
 EXAMPLES: dict[str, dict] = {
     # auth
     "Register": {"organization": "Acme", "name": "Ada Lovelace", "email": "ada@acme.test",
                  "password": "correct horse battery"},
-    "RegisterResponse": {**_tokens, "organization": {"id": ORG, "name": "Acme"}},
+    "RegisterResponse": {"status": "accepted", "message": (
+        "If this email address was not registered yet, the organisation and its admin account exist now: "
+        "sign in with POST /api/auth/login. If it was, sign in with that account's password.")},
     "Login": {"email": "ada@acme.test", "password": "correct horse battery"},
     "Tokens": _tokens,
     "Refresh": {"refresh_token": REFRESH},
@@ -67,7 +69,8 @@ EXAMPLES: dict[str, dict] = {
     "Me": {"kind": "api_key", "id": KEY, "name": "CRM sync", "email": None, "role": "manager",
            "organization": {"id": ORG, "name": "Acme"}, "client_ids": None,
            "permissions": ["clients:read", "messages:read", "messages:send"],
-           "api_key": {"prefix": "sk_7Hq2Lm9X", "expires_at": None, "created_at": T0}},
+           "api_key": {"prefix": "sk_7Hq2Lm9X", "role": "manager", "created_by": USER, "expires_at": None,
+                       "created_at": T0}},
     # team, keys, audit
     "User": _user,
     "UserCreate": {"email": "alan@acme.test", "name": "Alan Turing", "password": "a long enough passphrase",

@@ -6,8 +6,8 @@ says (an error in the contract's format).
 Each operation is called with an admin's API key and without credentials. Path ids are tried as
 generated (not found) and replaced by the id of a real object of the organisation, so that fuzzed
 bodies and queries reach the services. Deterministic: Hypothesis is derandomized (the same
-examples every run, nothing stored between runs) and nothing leaves the machine (webhook URLs are
-not resolved). ``MAX_EXAMPLES`` bounds the run.
+examples every run, nothing stored between runs) and nothing leaves the machine (host names of
+webhook URLs and proxies are not resolved). ``MAX_EXAMPLES`` bounds the run.
 """
 from __future__ import annotations
 
@@ -49,12 +49,12 @@ class Target:
 @pytest.fixture
 def target(fuzz_app, session, monkeypatch):
     from app.apikeys.service import create_api_key
+    from app.security import ssrf
     from app.security.principal import Principal
     from app.webhooks import service as webhook_service
-    from app.webhooks import ssrf
 
     def no_dns(host, port):
-        raise OSError("no DNS in this test")  # a host name is then "not resolvable now": accepted
+        raise OSError("no DNS in this test")  # a host name (webhook, proxy) is then "not resolvable now"
 
     monkeypatch.setattr(ssrf, "resolve", no_dns)
     org = f.make_organization(session)

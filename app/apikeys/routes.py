@@ -30,6 +30,8 @@ class ApiKeys(MethodView):
     @blp.arguments(ApiKeyCreateSchema)
     @blp.response(201, ApiKeyCreatedSchema)
     @blp.alt_response(403, description="The role asked for is above your own (`role_above_own`)")
+    @blp.alt_response(422, description="The organisation has as many API keys as the server allows "
+                                        "(`limit_reached`; `details.limit` is the cap)")
     @requires("apikeys:write")
     def post(self, body):
         """Create a key (its role at most your own); the key is shown only in this response

@@ -29,6 +29,8 @@ class Proxies(MethodView):
     @idempotent
     @blp.arguments(ProxyCreateSchema)
     @blp.response(201, ProxySchema)
+    @blp.alt_response(422, description="The organisation has as many proxies as the server allows "
+                                        "(`limit_reached`; `details.limit` is the cap)")
     @requires("proxies:write")
     def post(self, body):
         """Add a proxy (the password is stored encrypted and never returned)

@@ -14,7 +14,9 @@ from app.security.permissions import requires
 blp = Blueprint("clients", __name__, url_prefix="/api/clients", description="WhatsApp accounts (clients)")
 
 _NOT_IN_QR = {"description": "The client shows no QR code now, its status is not `qr` (`client_not_in_qr_state`; "
-                              "`details.status` is its status)"}
+                              "`details.status` is its status). While it is `starting`, `Retry-After` (and "
+                              "`details.retry_after`) say when to ask again",
+              "headers": {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}}
 
 
 @blp.route("")
@@ -33,6 +35,8 @@ class Clients(MethodView):
     @idempotent
     @blp.arguments(ClientCreateSchema)
     @blp.response(201, ClientSchema)
+    @blp.alt_response(422, description="The organisation has as many clients as the server allows "
+                                        "(`limit_reached`; `details.limit` is the cap)")
     @requires("clients:write")
     def post(self, body):
         """Add a WhatsApp account (status `created`; start it to connect)

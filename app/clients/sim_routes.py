@@ -17,10 +17,15 @@ blp = Blueprint("clients_sim", __name__, url_prefix="/api/clients",
 class SimScan(MethodView):
     @blp.response(202, ClientSchema)
     @blp.alt_response(409, description="The client shows no QR code to scan (`client_not_in_qr_state`)")
+    @blp.alt_response(404, description="The client is not a `sim` client (`not_found`)")
     @requires("sim:drive")
     def post(self, client_id):
-        """The simulated phone scans the QR code shown now (clients created with `auto_scan: false`);
-        the client reports `ready` a moment later"""
+        """The simulated phone scans the QR code shown now (for clients with `auto_scan: false`)
+
+        Only for `sim` clients (404 for others): the simulated phone scans the QR code the client
+        shows now, as you would with a real phone, and the client reports `ready` a moment later.
+        Refused unless the client's status is `qr`.
+        """
         return service.sim_scan(request_session(), current_principal(), client_id)
 
 

@@ -31,6 +31,8 @@ class Contacts(MethodView):
     @blp.response(201, ContactSchema)
     @blp.alt_response(409, description="A contact with this phone number exists (`contact_exists`; "
                                         "`details.contact_id` is its id)")
+    @blp.alt_response(422, description="The organisation has as many contacts as the server allows "
+                                        "(`limit_reached`; `details.limit` is the cap)")
     @requires("contacts:write")
     def post(self, body):
         """Add a contact (409 contact_exists if the number is taken; a deleted one is revived)

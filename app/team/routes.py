@@ -31,6 +31,8 @@ class Users(MethodView):
     @blp.response(201, UserSchema)
     @blp.alt_response(403, description="The role asked for is above your own (`role_above_own`)")
     @blp.alt_response(409, description="A user with this email already exists (`email_taken`)")
+    @blp.alt_response(422, description="The organisation has as many users as the server allows "
+                                        "(`limit_reached`; `details.limit` is the cap)")
     @requires("users:write")
     def post(self, body):
         """Add a user (a role at most your own)

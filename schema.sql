@@ -449,7 +449,7 @@ CREATE TABLE messages (
     variables        jsonb NOT NULL DEFAULT '{}'::jsonb,
     -- inbound messages are 'received' (an addition to the outbound lifecycle)
     status           text NOT NULL DEFAULT 'queued'
-                     CHECK (status IN ('queued', 'sending', 'sent', 'delivered', 'read', 'failed', 'cancelled', 'received')),
+                     CHECK (status IN ('queued', 'sending', 'sent', 'delivered', 'read', 'failed', 'cancelled', 'received', 'unknown')),
     error_code       text,
     error_message    text,
     external_id      text COLLATE "C",                              -- the transport's message id
@@ -483,7 +483,7 @@ CREATE INDEX messages_org_status_id_idx ON messages (organization_id, status, id
 CREATE INDEX messages_org_direction_id_idx ON messages (organization_id, direction, id DESC);
 CREATE INDEX messages_org_contact_id_idx ON messages (organization_id, contact_id, id DESC);
 -- workers: claim due messages per client; match transport acks by external id
-CREATE INDEX messages_claim_idx ON messages (client_id, status, scheduled_for) WHERE status IN ('queued', 'sending');
+CREATE INDEX messages_claim_idx ON messages (client_id, status, scheduled_for) WHERE status IN ('queued', 'sending', 'unknown');
 CREATE INDEX messages_client_external_idx ON messages (client_id, external_id);
 -- a transport may report the same inbound message twice: store it once
 CREATE UNIQUE INDEX messages_inbound_external_key ON messages (client_id, external_id)
@@ -498,7 +498,7 @@ CREATE TABLE message_status_history (
     organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
     message_id       text COLLATE "C" NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
     status           text NOT NULL
-                     CHECK (status IN ('queued', 'sending', 'sent', 'delivered', 'read', 'failed', 'cancelled', 'received')),
+                     CHECK (status IN ('queued', 'sending', 'sent', 'delivered', 'read', 'failed', 'cancelled', 'received', 'unknown')),
     at               timestamptz NOT NULL DEFAULT now(),
     details          jsonb NOT NULL DEFAULT '{}'::jsonb
 );
@@ -545,6 +545,28 @@ CREATE TABLE automation_runs (
 );
 CREATE INDEX automation_runs_automation_idx ON automation_runs (automation_id, id DESC);
 CREATE INDEX automation_runs_contact_idx ON automation_runs (automation_id, contact_id, created_at DESC);
+
+-- ---------------------------------------------------------------------------------------------
+-- Transport reports (app/inbox): every status report, ack and inbound message a transport makes
+-- is a row here before the transport is answered, then applied by an inbox.apply job (at due_at:
+-- the simulator reports "later" events with a delay). A row not applied yet is dispatched again by
+-- the inbox sweeper, so a Redis that forgets its jobs loses no report; applied rows are purged.
+-- ---------------------------------------------------------------------------------------------
+CREATE TABLE transport_events (
+    id               bigserial PRIMARY KEY,
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    client_id        text COLLATE "C" NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    kind             text NOT NULL CHECK (kind IN ('status', 'ack', 'inbound')),
+    payload          jsonb NOT NULL,
+    due_at           timestamptz NOT NULL DEFAULT now(),
+    dispatched_at    timestamptz,                                   -- its inbox.apply job was last sent
+    attempts         integer NOT NULL DEFAULT 0,                    -- applications that found nothing to apply to yet
+    applied_at       timestamptz,
+    outcome          text CHECK (outcome IN ('applied', 'ignored', 'orphaned')),
+    created_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX transport_events_pending_idx ON transport_events (due_at) WHERE applied_at IS NULL;
+CREATE INDEX transport_events_applied_idx ON transport_events (applied_at) WHERE applied_at IS NOT NULL;
 
 -- ---------------------------------------------------------------------------------------------
 -- Webhooks: endpoints, the event outbox, deliveries and their attempts (app/webhooks/models.py)

@@ -148,9 +148,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
         from app.db import OperationalErrors
+        from app.kv import unavailable
 
         if isinstance(err, OperationalErrors):
             log.error("dependency unavailable: %s", err.__class__.__name__)
             return _response(503, "service_unavailable", "A dependency is unavailable, retry shortly")
+        if unavailable(err):  # Redis down or full: nothing was accepted, the client should slow down
+            log.error("Redis unavailable: %s: %s", err.__class__.__name__, str(err)[:200])
+            return _response(503, "service_unavailable",
+                             "The job queue cannot take more work right now; nothing was accepted, retry shortly",
+                             headers={"Retry-After": "10"})
         log.exception("unhandled error")
         return _response(500, "internal_error", "Internal server error")

@@ -141,7 +141,15 @@ def complete(session, key_id: int, status: int, body) -> None:
 
 
 def release(key_id: int) -> None:
-    """Forget a claim whose request failed, so the key may be used again."""
+    """Forget a claim whose request failed, so the key may be used again (a correct retry must
+    not get 409 for a minute). The database being away is often why the request failed: then a
+    background thread keeps trying, with backoff, until the in-flight timeout would free the key
+    anyway, while the failed request answers at once."""
+    if not _try_release(key_id):
+        _releaser.add(key_id)
+
+
+def _try_release(key_id: int) -> bool:
     from app.db import new_session
     from app.models import IdempotencyKey
 
@@ -150,10 +158,57 @@ def release(key_id: int) -> None:
         session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == key_id,
                                                      IdempotencyKey.status == "in_flight"))
         session.commit()
+        return True
     except Exception:
-        session.rollback()  # it will be taken over after the in-flight timeout
+        session.rollback()
+        return False
     finally:
         session.close()
+
+
+class _Releaser:
+    """Claims whose release failed, retried by one daemon thread per process."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self._pending: dict[int, float] = {}  # key id -> give up at (monotonic)
+        self._thread = None
+
+    def add(self, key_id: int) -> None:
+        import threading
+        import time
+
+        with self._lock:
+            self._pending[key_id] = time.monotonic() + settings.IDEMPOTENCY_IN_FLIGHT_TIMEOUT
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="idempotency-release", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        import logging
+        import time
+
+        pause = 0.5
+        while True:
+            time.sleep(pause)
+            with self._lock:
+                pending = dict(self._pending)
+            if not pending:
+                return
+            for key_id, give_up_at in pending.items():
+                done = _try_release(key_id)
+                if done or time.monotonic() > give_up_at:
+                    if not done:
+                        logging.getLogger(__name__).warning("idempotency key %s could not be released; it is "
+                                                            "free again after the in-flight timeout", key_id)
+                    with self._lock:
+                        self._pending.pop(key_id, None)
+            pause = min(pause * 2, 5.0)
+
+
+_releaser = _Releaser()
 
 
 def purge_expired(session, limit: int = 10_000) -> int:

@@ -25,6 +25,24 @@ def redis_client() -> redis.Redis:
         return _client
 
 
+#: Redis errors that mean "Redis cannot take this now" (down, loading, full, a read-only replica),
+#: as opposed to a bug in how it is used: the api answers 503 with Retry-After for these
+UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
+               redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError, redis.exceptions.MasterDownError,
+               redis.exceptions.TryAgainError)
+_UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "LOADING", "READONLY", "MASTERDOWN")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (also a Dramatiq broker error) says Redis cannot take work right now."""
+    from dramatiq.errors import ConnectionError as BrokerConnectionError
+
+    if isinstance(exc, (UNAVAILABLE, BrokerConnectionError)):
+        return True
+    # a script's refused write comes back as a plain error reply that starts with the reason
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).lstrip().startswith(_UNAVAILABLE_REPLIES)
+
+
 def reset_redis_client() -> None:
     global _client
     with _lock:

@@ -27,6 +27,7 @@ from app.messages.models import Message, MessageStatusHistory  # noqa: F401,E402
 from app.campaigns.models import Campaign, CampaignClient, CampaignRecipient  # noqa: F401,E402
 from app.automations.models import Automation, AutomationRun  # noqa: F401,E402
 from app.webhooks.models import Webhook, WebhookDelivery, WebhookDeliveryAttempt, WebhookEvent  # noqa: F401,E402
+from app.inbox.models import TransportEvent  # noqa: F401,E402
 from app.analytics.models import AnalyticsDaily, AnalyticsHourly  # noqa: F401,E402
 
 CID = Text(collation="C")

@@ -60,6 +60,21 @@ def enqueue_many(session: Session, actor: dramatiq.Actor | str, arg_lists: list,
     pending.extend({**row, "id": id_} for row, id_ in zip(rows, ids))
 
 
+def after_commit(session: Session, actor_name: str, queue_name: str, arg_lists: list, *,
+                 delays_ms: list[int | None] | None = None) -> None:
+    """Send jobs once ``session`` commits, without a ``job_outbox`` row: for jobs whose work is
+    already durable in rows of their own, which a sweeper of theirs sends again if the broker
+    loses them (app/inbox). Nothing is sent on rollback."""
+    if not arg_lists:
+        return
+    now_ms = int(time.time() * 1000)
+    delays_ms = delays_ms or [None] * len(arg_lists)
+    session.info.setdefault(_PENDING, []).extend(
+        {"id": None, "actor_name": actor_name, "queue_name": queue_name, "args": list(a), "kwargs": {},
+         "options": {"eta": now_ms + int(d)} if d and d > 0 else {}}
+        for a, d in zip(arg_lists, delays_ms, strict=True))
+
+
 def _actor_route(actor, queue_name: str | None = None) -> tuple[str, str]:
     """Name and queue of an actor; by name alone when the queue is given (the actor may live in a
     module this process does not import)."""
@@ -142,7 +157,8 @@ def _after_commit(session: Session) -> None:
     for row in pending:
         try:
             _send(row)
-            sent.append(row["id"])
+            if row["id"] is not None:
+                sent.append(row["id"])
         except Exception:
             log.warning("outbox: send of %s failed; the sweeper will retry", row["actor_name"], exc_info=True)
     if sent:

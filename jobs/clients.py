@@ -14,16 +14,16 @@ import dramatiq
 
 from app.clients import proxy_service, service
 from app.db import job_session
+from app.inbox.service import InboxSink
 from app.transports import transport_class
-from app.transports.events import JobEventSink
 from config import settings
 from workers.periodic import every
 
 log = logging.getLogger(__name__)
 
 
-def _transport(info):
-    return transport_class(info.transport)(info, JobEventSink())
+def _transport(info, sink=None):
+    return transport_class(info.transport)(info, sink or InboxSink())
 
 
 @dramatiq.actor(actor_name="clients.start", queue_name="default", max_retries=3)
@@ -33,8 +33,10 @@ def start(client_id: str) -> None:
         info = service.begin_start(session, client_id)
     if info is None:
         return
+    sink = InboxSink()
     try:
-        _transport(info).start()
+        with sink.batch():  # a start's reports (the sim's QR rotations) in one transaction
+            _transport(info, sink).start()
     except Exception as exc:  # a transport that cannot even begin: the client failed, no retry
         log.exception("client %s: transport start failed", client_id)
         with job_session() as session:
@@ -62,14 +64,16 @@ def logout(client_id: str) -> None:
 
 @dramatiq.actor(actor_name="clients.on_status", queue_name="default")
 def on_status(client_id: str, status: str, detail: dict | None = None) -> None:
-    """A transport reported a status (qr, ready, disconnected, banned, logged_out, failed...)."""
+    """A transport reported a status (qr, ready, ...). Reports are inbox.apply jobs now; this one
+    serves jobs sent before the upgrade."""
     with job_session() as session:
         service.record_status(session, client_id, status, detail or {})
 
 
 @dramatiq.actor(actor_name="clients.save_session_state", queue_name="default")
 def save_session_state(client_id: str, state_b64: str) -> None:
-    """A stateful transport's login state, stored encrypted (client_sessions.state_encrypted)."""
+    """A stateful transport's login state, stored encrypted (client_sessions.state_encrypted).
+    The sink stores it at once now; this job serves jobs sent before the upgrade."""
     with job_session() as session:
         service.save_session_state(session, client_id, base64.b64decode(state_b64))
 

@@ -30,7 +30,8 @@ def send(message_id: str) -> None:
 
 @dramatiq.actor(actor_name="messages.on_ack", queue_name="default", max_retries=ACK_RETRIES + 1)
 def on_ack(client_id: str, external_id: str, status: str, error=None, at_iso=None) -> None:
-    """A transport's delivery report (sent / delivered / read / failed) for a message it sent."""
+    """A transport's delivery report (sent / delivered / read / failed) for a message it sent.
+    Reports are inbox.apply jobs now; this one serves jobs sent before the upgrade."""
     from app.messages import service
 
     with job_session() as session:
@@ -45,16 +46,27 @@ def on_ack(client_id: str, external_id: str, status: str, error=None, at_iso=Non
 
 @dramatiq.actor(actor_name="messages.on_inbound", queue_name="default", max_retries=5, min_backoff=1000)
 def on_inbound(client_id: str, payload: dict) -> None:
-    """A contact wrote to a client: store it once, update the contact, handle STOP / START."""
+    """A contact wrote to a client: store it once, update the contact, handle STOP / START.
+    Reports are inbox.apply jobs now; this one serves jobs sent before the upgrade."""
     from app.messages import service
 
     with job_session() as session:
         service.receive_inbound(session, client_id, payload)
 
 
+@dramatiq.actor(actor_name="messages.reconcile", queue_name="default", max_retries=8, min_backoff=5000,
+                max_backoff=300_000)
+def reconcile(message_id: str) -> None:
+    """Ask the transport whether an ``unknown`` message went out, and record the truth."""
+    from app.messages import dispatch
+
+    dispatch.reconcile(message_id)
+
+
 @dramatiq.actor(actor_name="messages.sweep", queue_name="default", max_retries=0)
 def sweep() -> None:
-    """Interrupted sends, lost jobs, expired idempotency keys (app/messages/dispatch.py ``sweep``)."""
+    """Interrupted sends, unknown ones to ask about, lost jobs, expired idempotency keys
+    (app/messages/dispatch.py ``sweep``)."""
     from app.messages import dispatch
 
     with job_session() as session:

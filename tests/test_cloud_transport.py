@@ -20,6 +20,7 @@ from app.transports.base import (ClientInfo, MediaRef, OutboundMessage, Permanen
 from app.transports.cloud import META_ERRORS, CloudTransport
 from tests import factories
 from tests.fake_graph import FakeGraph, FakeSocks5
+from tests.reports import reported
 
 APP_SECRET = "meta-app-secret-for-tests"
 VERIFY_TOKEN = "verify-me-please"
@@ -32,7 +33,7 @@ class RecordingSink:
     def status(self, client, status, detail=None, *, delay_ms=0):
         self.statuses.append((status, detail or {}))
 
-    def ack(self, client, external_id, status, *, error=None, at=None, delay_ms=0):
+    def ack(self, client, external_id, status, *, error=None, at=None, delay_ms=0, message_id=None):
         self.acks.append((external_id, status, error, at))
 
     def inbound(self, client, message, *, delay_ms=0):
@@ -548,14 +549,15 @@ def test_verify_handshake_refuses_a_bad_token_or_mode(client, cloud_client, mode
     assert "42" not in resp.get_data(as_text=True)
 
 
-def test_signed_inbound_messages_become_jobs(client, cloud_client, redis_conn):
+def test_signed_inbound_messages_are_recorded_before_the_answer(client, session, cloud_client, redis_conn):
     resp = signed_post(client, cloud_client.id, INBOUND)
     assert resp.status_code == 200
     assert resp.get_json()["messages"] == 2
+    rows = reported(session)
+    assert [r.kind for r in rows] == ["inbound", "inbound"] and {r.client_id for r in rows} == {cloud_client.id}
+    first, second = (r.payload for r in rows)
     jobs = queued_jobs(redis_conn)
-    assert [j.actor_name for j in jobs] == ["messages.on_inbound", "messages.on_inbound"]
-    (cid1, first), (cid2, second) = (j.args for j in jobs)
-    assert cid1 == cid2 == cloud_client.id
+    assert [(j.actor_name, j.args) for j in jobs] == [("inbox.apply", (r.id,)) for r in rows]
     assert first == {"external_id": "wamid.IN1", "from_phone": "+16315551181", "type": "text",
                      "text": "Hi, is my order ready?", "media": None, "timestamp": "2025-06-25T13:16:24+00:00",
                      "contact_name": "Kerry Fisher"}
@@ -564,24 +566,36 @@ def test_signed_inbound_messages_become_jobs(client, cloud_client, redis_conn):
                                "caption": "this one", "provider": "meta"}
 
 
-def test_signed_statuses_become_ack_jobs_with_mapped_errors(client, cloud_client, redis_conn):
+def test_signed_statuses_are_recorded_acks_with_mapped_errors(client, session, cloud_client, redis_conn):
     resp = signed_post(client, cloud_client.id, STATUSES)
     assert resp.status_code == 200 and resp.get_json()["statuses"] == 3
-    jobs = queued_jobs(redis_conn)
-    assert {j.actor_name for j in jobs} == {"messages.on_ack"} and {j.queue_name for j in jobs} == {"default"}
-    delivered, failed, read = (list(j.args) for j in jobs)
-    assert delivered == [cloud_client.id, "wamid.OUT1", "delivered", None, "2025-06-25T13:16:40+00:00"]
-    assert read[1:3] == ["wamid.OUT3", "read"]
-    assert failed[:3] == [cloud_client.id, "wamid.OUT2", "failed"]
-    assert failed[3]["code"] == "outside_customer_window" and failed[3]["meta_code"] == 131047
+    rows = reported(session)
+    assert {r.kind for r in rows} == {"ack"} and {r.client_id for r in rows} == {cloud_client.id}
+    delivered, failed, read = (r.payload for r in rows)
+    assert delivered == {"external_id": "wamid.OUT1", "status": "delivered", "error": None,
+                         "at": "2025-06-25T13:16:40+00:00", "message_id": None}
+    assert (read["external_id"], read["status"]) == ("wamid.OUT3", "read")
+    assert (failed["external_id"], failed["status"]) == ("wamid.OUT2", "failed")
+    assert failed["error"]["code"] == "outside_customer_window" and failed["error"]["meta_code"] == 131047
+    assert {j.actor_name for j in queued_jobs(redis_conn)} == {"inbox.apply"}
+
+
+def test_an_ack_carries_our_message_id_when_meta_echoes_it(client, session, cloud_client):
+    echoed = change({"statuses": [{"id": "wamid.OUT9", "status": "sent", "timestamp": "1750857400",
+                                   "recipient_id": "16315551181", "biz_opaque_callback_data": "msg_01ABC"}]})
+    assert signed_post(client, cloud_client.id, echoed).status_code == 200
+    [row] = reported(session, "ack")
+    assert row.payload["message_id"] == "msg_01ABC"
 
 
 @pytest.mark.parametrize("signature", ["", "sha256=" + "0" * 64, "sha1=deadbeef", "garbage"])
-def test_missing_or_forged_signature_is_401_and_nothing_is_enqueued(client, cloud_client, redis_conn, signature):
+def test_missing_or_forged_signature_is_401_and_nothing_is_enqueued(client, session, cloud_client, redis_conn,
+                                                                    signature):
     resp = signed_post(client, cloud_client.id, INBOUND, signature=signature)
     assert resp.status_code == 401
     assert resp.get_json()["error"]["code"] == "invalid_signature"
     assert queued_jobs(redis_conn) == [] and redis_conn.llen("dramatiq:default.DQ") == 0
+    assert reported(session) == []
 
 
 def test_a_body_signed_with_another_secret_or_altered_after_signing_is_refused(client, cloud_client, redis_conn):
@@ -596,7 +610,7 @@ def test_a_body_signed_with_another_secret_or_altered_after_signing_is_refused(c
     assert queued_jobs(redis_conn) == []
 
 
-def test_signature_is_checked_over_the_raw_bytes(client, cloud_client, redis_conn):
+def test_signature_is_checked_over_the_raw_bytes(client, session, cloud_client, redis_conn):
     """Meta's bytes (escaped unicode, its own spacing) are what is signed, not a re-serialisation."""
     from app.clients.meta_service import sign
 
@@ -606,8 +620,8 @@ def test_signature_is_checked_over_the_raw_bytes(client, cloud_client, redis_con
     resp = client.post(f"/webhooks/meta/{cloud_client.id}", data=body,
                        headers={"Content-Type": "application/json", "X-Hub-Signature-256": sign(APP_SECRET, body)})
     assert resp.status_code == 200
-    ((_, payload),) = (j.args for j in queued_jobs(redis_conn))
-    assert payload["text"] == "Olá 😀" and payload["from_phone"] == "+351912345678"
+    [row] = reported(session, "inbound")
+    assert row.payload["text"] == "Olá 😀" and row.payload["from_phone"] == "+351912345678"
 
 
 def test_unknown_deleted_or_non_cloud_clients_are_404(client, session, cloud_client, redis_conn):
@@ -634,7 +648,7 @@ def test_changes_for_another_phone_number_are_skipped(client, cloud_client, redi
     assert queued_jobs(redis_conn) == []
 
 
-def test_other_inbound_kinds_become_text(client, cloud_client, redis_conn):
+def test_other_inbound_kinds_become_text(client, session, cloud_client, redis_conn):
     payload = change({"messages": [
         {"from": "16315551181", "id": "wamid.L", "timestamp": "1", "type": "location",
          "location": {"latitude": 38.7, "longitude": -9.1, "name": "Shop", "address": "Rua 1"}},
@@ -648,7 +662,7 @@ def test_other_inbound_kinds_become_text(client, cloud_client, redis_conn):
          "errors": [{"code": 131051, "title": "Message type unknown"}]},
     ]})
     assert signed_post(client, cloud_client.id, payload).status_code == 200
-    got = {p["external_id"]: p for _, p in (j.args for j in queued_jobs(redis_conn))}
+    got = {r.payload["external_id"]: r.payload for r in reported(session, "inbound")}
     assert got["wamid.L"]["text"] == "Shop, Rua 1 (38.7, -9.1)"
     assert got["wamid.B"]["text"] == "Yes please"
     assert got["wamid.S"]["type"] == "image" and got["wamid.S"]["media"]["id"] == "777"

@@ -677,7 +677,7 @@ def test_a_failed_ack_fails_a_sent_message(session, unpaced):
 
 # ----------------------------------------------------------------------------- sweeper
 
-def test_sweeper_fails_interrupted_sends_and_requeues_lost_jobs(session, unpaced, redis_conn):
+def test_sweeper_makes_interrupted_sends_unknown_and_requeues_lost_jobs(session, unpaced, redis_conn):
     stuck = f.make_message(session, client_id=unpaced.id, status="sending",
                            sending_at=datetime.now(timezone.utc) - timedelta(minutes=10))
     fresh = f.make_message(session, client_id=unpaced.id, status="sending", sending_at=datetime.now(timezone.utc))
@@ -692,12 +692,14 @@ def test_sweeper_fails_interrupted_sends_and_requeues_lost_jobs(session, unpaced
     f.make_idempotency_key(session, organization_id=unpaced.organization_id,
                            expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
     result = dispatch.sweep(session, sending_timeout_s=120, lost_after_s=300)
-    assert result == {"interrupted": 1, "requeued": 1, "idempotency_keys_purged": 1}
+    assert result == {"interrupted": 1, "reconciling": 0, "requeued": 1, "idempotency_keys_purged": 1}
     session.expire_all()
-    assert (session.get(Message, stuck.id).status, session.get(Message, stuck.id).error_code) == ("failed", "interrupted")
+    assert (session.get(Message, stuck.id).status, session.get(Message, stuck.id).error_code) == ("unknown", "interrupted")
     assert session.get(Message, fresh.id).status == "sending"
     session.commit()  # the outbox sends after commit (a savepoint here)
     assert send_jobs(redis_conn) == [lost.id]
+    reconciles = [json.loads(v) for v in redis_conn.hvals("dramatiq:default.DQ.msgs")]
+    assert [j["args"] for j in reconciles if j["actor_name"] == "messages.reconcile"] == [[stuck.id]]
     assert session.get(Message, waiting.id).status == "queued" and session.get(Message, held.id).status == "queued"
     assert dispatch.sweep(session, sending_timeout_s=120, lost_after_s=300)["requeued"] == 0
 

@@ -21,6 +21,7 @@ from app.transports.sim import SimNetwork, SimTransport, fake_phone, validate_co
 from tests import factories as f
 from tests.auth_helpers import principal_headers
 from tests.procs import ROOT, wait_for
+from tests.reports import reported
 
 
 class RecordingSink:
@@ -32,7 +33,7 @@ class RecordingSink:
     def status(self, client, status, detail=None, *, delay_ms=0):
         self.statuses.append((status, detail or {}, delay_ms))
 
-    def ack(self, client, external_id, status, *, error=None, at=None, delay_ms=0):
+    def ack(self, client, external_id, status, *, error=None, at=None, delay_ms=0, message_id=None):
         self.acks.append((external_id, status, delay_ms, at))
 
     def inbound(self, client, message, *, delay_ms=0):
@@ -281,10 +282,12 @@ def test_inbound_endpoint_reports_an_inbound_message(client, session, org, admin
     resp = client.post(f"/api/clients/{c.id}/sim/inbound", json={"from": "+14155550199", "text": "Hi there"},
                        headers=admin)
     assert resp.status_code == 202, resp.get_json()
-    [job] = queued(redis_conn, "messages.on_inbound")
-    client_id, payload = job["args"]
-    assert client_id == c.id and payload["from_phone"] == "+14155550199" and payload["text"] == "Hi there"
+    [row] = reported(session, "inbound")
+    payload = row.payload
+    assert row.client_id == c.id and payload["from_phone"] == "+14155550199" and payload["text"] == "Hi there"
     assert payload["external_id"] == resp.get_json()["external_id"]
+    [job] = queued(redis_conn, "inbox.apply")
+    assert job["args"] == [row.id]
 
     bad = client.post(f"/api/clients/{c.id}/sim/inbound", json={"from": "0612", "text": "x"}, headers=admin)
     assert bad.status_code == 422 and "from" in bad.get_json()["error"]["details"]
@@ -299,9 +302,9 @@ def test_scan_endpoint_scans_the_qr_shown_now_and_only_then(client, session, org
     resp = client.post(f"/api/clients/{c.id}/sim/scan", headers=admin)
     assert resp.status_code == 202, resp.get_json()
     assert resp.get_json()["id"] == c.id
-    [job] = queued(redis_conn, "clients.on_status")
-    client_id, status, detail = job["args"]
-    assert (client_id, status) == (c.id, "ready") and SimTransport.is_current_session(c.id, detail["session"])
+    [row] = reported(session, "status")
+    status, detail = row.payload["status"], row.payload["detail"]
+    assert (row.client_id, status) == (c.id, "ready") and SimTransport.is_current_session(c.id, detail["session"])
 
     for state in ("ready", "created", "starting"):
         other = f.make_client(session, organization_id=org.id, status=state)
@@ -421,7 +424,7 @@ def test_a_client_without_auto_scan_waits_for_a_scan_and_stays_ready(committed, 
     assert committed_client.post(f"/api/clients/{cid}/sim/scan", headers=headers).status_code == 202
     wait_for(lambda: status(cid) == "ready", timeout=30, message="ready after the scan")
     # the start's later QR codes and its qr_timeout failure (10 s after the start) come and are ignored
-    wait_for(lambda: not queued(redis_conn, "clients.on_status"), timeout=30, message="every pending report handled")
+    wait_for(lambda: not queued(redis_conn, "inbox.apply"), timeout=30, message="every pending report handled")
     assert status(cid) == "ready"
     assert statuses(committed, cid) == ["created", "starting", "qr", "ready"]
 

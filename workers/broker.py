@@ -25,12 +25,45 @@ def _middleware() -> list:
             RequestContext(), Heartbeat(), PromptDelays()]
 
 
+class RecoveringRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker, minus one way to strand jobs.
+
+    When a consumer hits a broker error, Dramatiq drops the delayed jobs it held in memory but
+    Redis keeps them in this worker's acknowledgement set of the delay queue, and puts them back
+    only once the worker is dead (heartbeat timeout). Nothing can be in that set when a delay
+    queue's consumer (re)starts: its memory is empty then. So every (re)start of one first puts
+    the set's jobs back on the delay queue, where the consumer fetches them again at once."""
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000):
+        if queue_name.endswith(".DQ"):
+            self.requeue_own_acks(queue_name)
+        return super().consume(queue_name, prefetch, timeout)
+
+    def requeue_own_acks(self, queue_name: str) -> int:
+        import logging
+
+        import redis
+
+        key = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
+        try:
+            ids = [i.decode() for i in self.client.smembers(key)]
+            if ids:
+                self.do_requeue(queue_name, *ids)
+        except redis.exceptions.RedisError:
+            return 0  # still disconnected: the consumer's own start fails too, and tries again
+        if ids:
+            logging.getLogger(__name__).warning("put %d delayed job(s) of %s back after a broker error",
+                                                len(ids), queue_name)
+        return len(ids)
+
+
 def build_broker(stub: bool = False) -> dramatiq.Broker:
     if stub:
         return StubBroker(middleware=_middleware())
     if not settings.REDIS_URL:
         raise RuntimeError("REDIS_URL is not set")
-    return RedisBroker(url=settings.REDIS_URL, middleware=_middleware(), dead_message_ttl=7 * 24 * 3600 * 1000)
+    return RecoveringRedisBroker(url=settings.REDIS_URL, middleware=_middleware(),
+                                 dead_message_ttl=7 * 24 * 3600 * 1000)
 
 
 def get_broker() -> dramatiq.Broker:

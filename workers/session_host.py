@@ -202,8 +202,8 @@ class HostSink:
             callback, self.on_first_ready = self.on_first_ready, None
             callback()
 
-    def ack(self, client, external_id, status, *, error=None, at=None, delay_ms: int = 0) -> None:
-        self.inner.ack(client, external_id, status, error=error, at=at, delay_ms=delay_ms)
+    def ack(self, client, external_id, status, *, error=None, at=None, delay_ms: int = 0, message_id=None) -> None:
+        self.inner.ack(client, external_id, status, error=error, at=at, delay_ms=delay_ms, message_id=message_id)
 
     def inbound(self, client, message, *, delay_ms: int = 0) -> None:
         self.inner.inbound(client, message, delay_ms=delay_ms)
@@ -252,9 +252,9 @@ class SessionHost:
     @property
     def sink(self):
         if self._sink is None:
-            from app.transports.events import JobEventSink
+            from app.inbox.service import InboxSink
 
-            self._sink = JobEventSink()
+            self._sink = InboxSink()
         return self._sink
 
     def _client_lock(self, client_id: str) -> threading.Lock:

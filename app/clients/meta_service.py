@@ -5,8 +5,8 @@ Meta calls ``/webhooks/meta/<client_id>``: a GET to verify the callback URL (``h
 secret (``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``). A POST whose signature
 does not verify is refused (401) before anything is parsed or reported. A verified one is mapped
 onto the transport interface — ``messages`` -> ``sink.inbound``, ``statuses`` -> ``sink.ack`` —
-and the sink turns each into a job, so the answer goes back to Meta at once (Meta retries
-anything but a 2xx). Nothing here writes to the database.
+and the sink records each in the request's transaction (app/inbox), so Meta gets its 200 only
+once every report is durable in Postgres (Meta retries anything but a 2xx); jobs apply them.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def receive(session, client_id: str, raw_body: bytes, signature: str | None, sin
         payload = json.loads(raw_body)
     except ValueError:
         raise BadRequest("The request body is not valid JSON", code="malformed_json") from None
-    return report(client, payload, sink or _job_sink())
+    return report(client, payload, sink or _inbox_sink(session))
 
 
 # ------------------------------------------------------------------------------- pieces
@@ -81,11 +81,10 @@ def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
-def _job_sink() -> EventSink:
-    import workers.broker  # noqa: F401  (the configured broker, before anything is enqueued)
-    from app.transports.events import JobEventSink
+def _inbox_sink(session) -> EventSink:
+    from app.inbox.service import InboxSink
 
-    return JobEventSink()
+    return InboxSink(session)
 
 
 def report(client: ClientInfo, payload: dict, sink: EventSink) -> dict:
@@ -119,7 +118,8 @@ def report(client: ClientInfo, payload: dict, sink: EventSink) -> dict:
                 if ack is None:
                     counts["skipped"] += 1
                     continue
-                sink.ack(client, ack["external_id"], ack["status"], error=ack["error"], at=ack["at"])
+                sink.ack(client, ack["external_id"], ack["status"], error=ack["error"], at=ack["at"],
+                         message_id=ack["message_id"])
                 counts["statuses"] += 1
             for err in _dicts(value.get("errors")):
                 # not tied to one message (e.g. an asynchronous throughput error): logged for operators
@@ -201,4 +201,6 @@ def status_ack(raw: dict) -> dict | None:
                  "meta_code": code}
         if details:
             error["details"] = str(details)[:500]
-    return {"external_id": wamid, "status": status, "error": error, "at": _timestamp(raw.get("timestamp"))}
+    ours = raw.get("biz_opaque_callback_data")  # our message id, echoed by Meta
+    return {"external_id": wamid, "status": status, "error": error, "at": _timestamp(raw.get("timestamp")),
+            "message_id": ours if isinstance(ours, str) and ours.startswith("msg_") else None}

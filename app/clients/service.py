@@ -472,14 +472,13 @@ def forget_session_state(session, client_id: str) -> None:
 # ------------------------------------------------------------------------------- sim hooks
 
 def _sim(session, principal: Principal, client_id: str):
-    import workers.broker  # noqa: F401  (the sink sends reports straight to the broker)
-    from app.transports.events import JobEventSink
+    from app.inbox.service import InboxSink
     from app.transports.sim import SimTransport
 
     client = visible_client(session, principal, client_id)
     if client.transport != "sim":
         raise NotFound("Not a sim client: /sim endpoints exist for sim clients only", code="not_found")
-    return client, SimTransport(client_info(session, client), JobEventSink())
+    return client, SimTransport(client_info(session, client), InboxSink(session))
 
 
 def sim_network(session, principal: Principal, client_id: str) -> dict:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -41,6 +42,7 @@ from app import outbox
 from app.clients.models import Client
 from app.contacts.models import Contact
 from app.db import job_session, utcnow
+from app.inbox.service import InboxSink, record
 from app.messages.models import Message
 from app.messages.service import (OPT_OUT_KEY_PREFIX, SEND_ACTOR, SEND_QUEUE, dump, record_status,
                                   render_template, sendable)
@@ -323,7 +325,8 @@ _CLAIM = text("""
 """)
 _SENT = text("""
     WITH m AS (
-        UPDATE messages SET status = 'sent', sent_at = :at, external_id = :external_id, updated_at = :at
+        UPDATE messages SET status = 'sent', sent_at = :at, external_id = :external_id, updated_at = :at,
+                            error_code = NULL, error_message = NULL
         WHERE id = :id AND status = 'sending'
         RETURNING *),
     h AS (
@@ -337,27 +340,85 @@ _SENT = text("""
 
 
 def _deliver(prepared: _Prepared, transport_for) -> str:
-    """Call the transport for a claimed (committed ``sending``) message and record the outcome."""
+    """Call the transport for a claimed (committed ``sending``) message and record the outcome.
+
+    What the transport reports during the send (the simulator's receipts, due later) is collected
+    and written with the ``sent`` record, in one transaction. Only ``TransientSendError`` means
+    "not sent, try again"; any other exception may have come after the transport accepted the
+    message, so it is never made sendable again: it is ``unknown`` until the transport is asked
+    (``reconcile``) or an ack tells."""
     message_id = prepared.message_id
-    try:
-        result = transport_for(prepared.client_id).send(prepared.outbound)
-    except PermanentSendError as exc:
-        with job_session() as session:
-            _fail(session, message_id, "sending", exc.code, str(exc))
-        return "failed"
-    except TransientSendError as exc:
-        if not _retry_later(message_id, prepared.attempt, exc):
+    transport = transport_for(prepared.client_id)
+    sink = getattr(transport, "events", None)
+    collecting = sink.batch() if isinstance(sink, InboxSink) else nullcontext([])
+    with collecting as reports:
+        try:
+            result = transport.send(prepared.outbound)
+        except PermanentSendError as exc:
+            reports.clear()
+            durably(lambda session: _fail(session, message_id, "sending", exc.code, str(exc)))
             return "failed"
-        raise
-    except Exception as exc:  # a transport bug or an unexpected network error: a transient failure
-        log.warning("send of %s raised %s", message_id, exc.__class__.__name__, exc_info=True)
-        error = TransientSendError(f"{exc.__class__.__name__}: {exc}"[:500], code="transport_error")
-        if not _retry_later(message_id, prepared.attempt, error):
-            return "failed"
-        raise error from exc
-    with job_session() as session:
-        _record_sent(session, message_id, result.external_id)
+        except TransientSendError as exc:
+            reports.clear()
+            if not _retry_later(message_id, prepared.attempt, exc):
+                return "failed"
+            raise
+        except Exception as exc:  # a transport bug, or a failure after the message went out
+            log.warning("send of %s raised %s: its outcome is unknown", message_id, exc.__class__.__name__,
+                        exc_info=True)
+            pending = list(reports)
+            reports.clear()
+            durably(lambda session: (record(session, pending),
+                                     _mark_unknown(session, message_id, "transport_error",
+                                                   f"{exc.__class__.__name__}: {exc}"[:500])))
+            return "unknown"
+        pending = list(reports)
+        reports.clear()
+    if not durably(lambda session: (record(session, pending), _record_sent(session, message_id, result.external_id))):
+        log.error("send of %s went out (%s) but could not be recorded; the sweeper will ask the transport",
+                  message_id, result.external_id)
     return "sent"
+
+
+#: how long a worker keeps trying to record the outcome of a send while the database is away
+RECORD_PATIENCE_S = 30.0
+
+
+def durably(work, patience_s: float | None = None) -> bool:
+    """Run ``work(session)`` in a transaction, retried with backoff while the database is
+    unreachable (at most ``patience_s``): the outcome of a send that happened must not be lost to
+    a database blip. False when it never succeeded (the sweeper then reconciles the message)."""
+    from app.db import OperationalErrors
+
+    deadline = time.monotonic() + (RECORD_PATIENCE_S if patience_s is None else patience_s)
+    pause = 0.2
+    while True:
+        try:
+            with job_session() as session:
+                work(session)
+            return True
+        except OperationalErrors as exc:
+            if time.monotonic() + pause > deadline:
+                log.error("database unavailable for %.0f s; giving up recording (%s)", RECORD_PATIENCE_S,
+                          exc.__class__.__name__)
+                return False
+            log.warning("database unavailable (%s); recording again in %.1f s", exc.__class__.__name__, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def _mark_unknown(session, message_id: str, code: str, text: str) -> Message | None:
+    """``sending`` -> ``unknown``: it may or may not have reached WhatsApp. Never sent again; a
+    ``messages.reconcile`` job asks the transport, and any ack moves it to the truth."""
+    now = utcnow()
+    row = session.scalars(
+        update(Message).where(Message.id == message_id, Message.status == "sending")
+        .values(status="unknown", error_code=code[:100], error_message=text[:1000], updated_at=now)
+        .returning(Message), execution_options={"populate_existing": True, "synchronize_session": False}).first()
+    if row is not None:
+        record_status(session, row, "unknown", at=now, details={"code": code})
+        outbox.enqueue(session, RECONCILE_ACTOR, row.id, queue_name="default", delay_ms=RECONCILE_FIRST_MS)
+    return row
 
 
 def _fail(session, message_id: str, from_status: str, code: str, text: str | None) -> Message | None:
@@ -374,35 +435,49 @@ def _fail(session, message_id: str, from_status: str, code: str, text: str | Non
 
 def _retry_later(message_id: str, attempt: int, exc: TransientSendError) -> bool:
     """Back to ``queued`` for another (paced) attempt: True; or ``failed`` once the attempts are
-    used up: False."""
+    used up: False. (The transport said it did not send: a retry cannot make a duplicate.)"""
+    if attempt >= settings.MESSAGE_MAX_ATTEMPTS:
+        durably(lambda session: _fail(session, message_id, "sending", exc.code, f"{exc} (after {attempt} attempts)"))
+        return False
+    requeued = []
+    if not durably(lambda session: requeued.append(requeue_after_error(session, message_id, attempt, exc.code,
+                                                                        str(exc)))):
+        return False
+    return bool(requeued and requeued[-1])
+
+
+def requeue_after_error(session, message_id: str, attempt: int, code: str, text: str) -> bool:
+    """``sending`` (or ``unknown``, when the transport said it never got it) -> ``queued``."""
     from app.messages.models import MessageStatusHistory
 
-    with job_session() as session:
-        if attempt >= settings.MESSAGE_MAX_ATTEMPTS:
-            _fail(session, message_id, "sending", exc.code, f"{exc} (after {attempt} attempts)")
-            return False
-        now = utcnow()
-        row = session.scalars(
-            update(Message).where(Message.id == message_id, Message.status == "sending")
-            .values(status="queued", scheduled_for=None, updated_at=now)
-            .returning(Message), execution_options={"populate_existing": True, "synchronize_session": False}).first()
-        if row is None:
-            return False
-        # a history row only: a retry is not a new message.queued event
-        session.add(MessageStatusHistory(organization_id=row.organization_id, message_id=row.id, status="queued",
-                                         at=now, details={"retry_after_attempt": attempt,
-                                                          "error": {"code": exc.code, "message": str(exc)[:500]}}))
-        return True
+    now = utcnow()
+    row = session.scalars(
+        update(Message).where(Message.id == message_id, Message.status.in_(("sending", "unknown")))
+        .values(status="queued", scheduled_for=None, error_code=None, error_message=None, updated_at=now)
+        .returning(Message), execution_options={"populate_existing": True, "synchronize_session": False}).first()
+    if row is None:
+        return False
+    # a history row only: a retry is not a new message.queued event
+    session.add(MessageStatusHistory(organization_id=row.organization_id, message_id=row.id, status="queued",
+                                     at=now, details={"retry_after_attempt": attempt,
+                                                      "error": {"code": code, "message": text[:500]}}))
+    return True
 
 
-def _record_sent(session, message_id: str, external_id: str) -> None:
+def _record_sent(session, message_id: str, external_id: str, at: datetime | None = None) -> None:
     from app.webhooks.events import emit
 
-    row = session.execute(_SENT, {"id": message_id, "at": utcnow(), "external_id": external_id}).first()
+    row = session.execute(_SENT, {"id": message_id, "at": at or utcnow(), "external_id": external_id}).first()
     if row is None:
-        # marked interrupted by the sweeper meanwhile: keep that, but let acks find the message
+        # reconciled meanwhile (unknown, or a late ack): keep the transport's id, and let an
+        # unknown message know it went out
         session.execute(update(Message).where(Message.id == message_id).values(external_id=external_id),
                         execution_options={"synchronize_session": False})
+        from app.messages.service import apply_ack
+
+        message = session.get(Message, message_id)
+        if message is not None and message.status == "unknown":
+            apply_ack(session, message.client_id, external_id, "sent", at=at, message_id=message_id)
         return
     emit(session, row.organization_id, "message.sent", dump(row))
 
@@ -455,41 +530,90 @@ class _StatelessTransports:
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
         from app.clients.service import load_client_info
-        from app.transports.events import JobEventSink
 
         with job_session() as session:
             info = load_client_info(session, client_id)
-        transport = transport_class(info.transport)(info, JobEventSink())
+        transport = transport_class(info.transport)(info, _sink)
         if len(cache) > 1000:
             cache.clear()
         cache[client_id] = (time.monotonic() + self.TTL_S, transport)
         return transport
 
 
+_sink = InboxSink()
 stateless_transport = _StatelessTransports()
 
 
 # ----------------------------------------------------------------------------- the sweeper
 
-def fail_interrupted(session, older_than_s: float | None = None, limit: int = 1000) -> int:
-    """``sending`` rows older than the timeout: their worker died mid-send. Failed with code
-    ``interrupted``, never resent (the message may have reached WhatsApp)."""
+RECONCILE_ACTOR = "messages.reconcile"
+#: the first question to the transport about a message whose send ended in doubt
+RECONCILE_FIRST_MS = 5_000
+#: how long ``unknown`` messages are asked about again (by the sweeper), after which they stay
+#: unknown until an ack comes
+RECONCILE_FOR = timedelta(days=1)
+
+
+def interrupted(session, older_than_s: float | None = None, limit: int = 1000) -> int:
+    """``sending`` rows older than the timeout (their worker died mid-send, or could not record
+    the outcome) become ``unknown`` (code ``interrupted``) and the transport is asked about them;
+    they are never resent unless the transport is certain it never got them."""
     older_than_s = settings.MESSAGE_SENDING_TIMEOUT if older_than_s is None else older_than_s
-    stuck = (select(Message.id).where(Message.status == "sending",
-                                      Message.sending_at < func.now() - timedelta(seconds=older_than_s))
-             .limit(limit).with_for_update(skip_locked=True).scalar_subquery())
-    now = utcnow()
-    rows = session.scalars(
-        update(Message).where(Message.id.in_(stuck), Message.status == "sending")
-        .values(status="failed", error_code="interrupted",
-                error_message="The worker stopped while sending; the message may or may not have been delivered",
-                failed_at=now, updated_at=now)
-        .returning(Message), execution_options={"populate_existing": True, "synchronize_session": False}).all()
-    for row in rows:
-        record_status(session, row, "failed", at=now, details={"code": "interrupted"})
-    if rows:
-        log.warning("sweeper: %d message(s) interrupted mid-send marked failed", len(rows))
-    return len(rows)
+    stuck = list(session.scalars(select(Message.id).where(
+        Message.status == "sending", Message.sending_at < func.now() - timedelta(seconds=older_than_s))
+        .limit(limit).with_for_update(skip_locked=True)))
+    for message_id in stuck:
+        _mark_unknown(session, message_id, "interrupted",
+                      "The worker stopped while sending; the transport is asked whether the message went out")
+    if stuck:
+        log.warning("sweeper: %d message(s) interrupted mid-send are unknown until the transport tells", len(stuck))
+    return len(stuck)
+
+
+def reconcile_unknown(session, limit: int = 500) -> int:
+    """Ask again about ``unknown`` messages of the last ``RECONCILE_FOR`` (periodic)."""
+    ids = list(session.scalars(select(Message.id).join(Client, Client.id == Message.client_id).where(
+        Message.status == "unknown", Message.updated_at > func.now() - RECONCILE_FOR,
+        Message.updated_at < func.now() - timedelta(milliseconds=RECONCILE_FIRST_MS),
+        Client.transport.notin_(STATEFUL)).order_by(Message.updated_at).limit(limit)))
+    outbox.enqueue_many(session, RECONCILE_ACTOR, [(i,) for i in ids], queue_name="default")
+    return len(ids)
+
+
+def reconcile(message_id: str) -> str:
+    """``messages.reconcile``: ask the transport whether an ``unknown`` message went out. Sent: the
+    truth is recorded (with the acks it knows of); certainly not sent: queued again; can't tell:
+    stays unknown. Returns what happened."""
+    from app.clients.service import load_client_info
+    from app.messages.service import apply_ack
+
+    with job_session() as session:
+        message = session.get(Message, message_id)
+        if message is None or message.status != "unknown" or message.direction != "outbound":
+            return "skipped"
+        info = load_client_info(session, message.client_id)
+        if info.transport in STATEFUL:
+            return "unknown"  # a browser session is asked by its own acks
+        attempted_at = message.sending_at
+    found = transport_class(info.transport)(info, _sink).lookup(message_id, attempted_at)  # may raise: retried
+    if found is None:
+        return "unknown"
+    with job_session() as session:
+        message = session.get(Message, message_id, with_for_update=True, populate_existing=True)
+        if message is None or message.status != "unknown":
+            return "skipped"
+        if not found.sent:
+            requeue_after_error(session, message_id, message.attempts, message.error_code or "interrupted",
+                                "the transport never received it")
+            schedule(session, [(message_id, 0)])
+            return "requeued"
+        status = found.status or "sent"
+        for step in ("sent", "delivered", "read"):  # each step at its own time
+            apply_ack(session, message.client_id, found.external_id, step, at=found.times.get(step),
+                      message_id=message_id)
+            if step == status:
+                break
+        return status
 
 
 def requeue_lost(session, lost_after_s: float | None = None, limit: int = 5000) -> int:
@@ -513,10 +637,25 @@ def requeue_lost(session, lost_after_s: float | None = None, limit: int = 5000) 
     return len(ids)
 
 
+def reschedule_queued(session, after_id: str = "", limit: int = 5000) -> list[str]:
+    """Every ``queued`` message of sendable clients (from ``after_id``, at most ``limit``) gets a
+    new job at its time (its slot or ``scheduled_at``, else now): for a broker that lost all of
+    them, delayed and parked ones included. Returns the ids, to go on from the last."""
+    rows = session.execute(
+        select(Message.id, Message.scheduled_for, Message.scheduled_at).join(Client, Client.id == Message.client_id)
+        .where(Message.status == "queued", Message.direction == "outbound", Message.id > after_id,
+               Client.status == "ready", Client.paused.is_(False), Client.deleted_at.is_(None))
+        .order_by(Message.id).limit(limit)).all()
+    now = pacing.now_ms()
+    schedule(session, [(r.id, max([0] + [_ms(t) - now for t in (r.scheduled_for, r.scheduled_at) if t])) for r in rows])
+    return [r.id for r in rows]
+
+
 def sweep(session, *, sending_timeout_s: float | None = None, lost_after_s: float | None = None) -> dict:
     """Everything the periodic ``messages.sweep`` does, in the caller's transaction."""
     from app import idempotency
 
-    return {"interrupted": fail_interrupted(session, sending_timeout_s),
+    return {"interrupted": interrupted(session, sending_timeout_s),
+            "reconciling": reconcile_unknown(session),
             "requeued": requeue_lost(session, lost_after_s),
             "idempotency_keys_purged": idempotency.purge_expired(session)}

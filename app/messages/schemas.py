@@ -12,7 +12,7 @@ CAPTION_MAX = 1024     # WhatsApp's limit for a media caption
 BATCH_MAX = 1000
 TYPES = ("text", "image", "video", "audio", "document", "template")
 MEDIA_TYPES = ("image", "video", "audio", "document")
-STATUSES = ("queued", "sending", "sent", "delivered", "read", "failed", "cancelled", "received")
+STATUSES = ("queued", "sending", "sent", "delivered", "read", "failed", "cancelled", "received", "unknown")
 DIRECTIONS = ("outbound", "inbound")
 
 
@@ -37,7 +37,9 @@ class MessageSchema(ma.Schema):
     template_id = fields.String(allow_none=True)
     variables = fields.Dict()
     status = fields.String(metadata={"description": "queued → sending → sent → delivered → read, or failed, "
-                                                    "or cancelled; inbound messages are received"})
+                                                    "or cancelled; unknown while it cannot be told whether a send "
+                                                    "that ended in doubt reached WhatsApp (never resent; the first "
+                                                    "receipt moves it on); inbound messages are received"})
     error = fields.Method("dump_error", metadata={"description": "{code, message} when failed, else null"})
     attempts = fields.Integer(metadata={"description": "transport attempts so far"})
     campaign_id = fields.String(allow_none=True)

@@ -42,12 +42,15 @@ SEND_ACTOR = "messages.send"
 SEND_QUEUE = "messages"
 #: messages.idempotency_key of the confirmation sent to a contact who opts out (it must reach them)
 OPT_OUT_KEY_PREFIX = "opt-out:"
-#: outbound statuses in order; an ack never moves a message to a lower rank
-RANK = {"queued": 0, "sending": 1, "sent": 2, "delivered": 3, "read": 4}
+#: outbound statuses in order; an ack never moves a message to a lower rank. ``unknown``: the send
+#: may or may not have gone out (its outcome was lost); the first ack tells.
+RANK = {"queued": 0, "sending": 1, "unknown": 1, "sent": 2, "delivered": 3, "read": 4}
 TERMINAL = ("failed", "cancelled")
+#: failures that did not come from the transport: an ack may still prove them wrong
+DOUBTFUL_FAILURES = ("interrupted",)
 TIMESTAMP_OF = {"queued": "queued_at", "sending": "sending_at", "sent": "sent_at", "delivered": "delivered_at",
                 "read": "read_at", "failed": "failed_at", "cancelled": "cancelled_at"}
-EVENTS = {"queued", "sent", "delivered", "read", "failed", "received"}
+EVENTS = {"queued", "sent", "delivered", "read", "failed", "received", "unknown"}
 PLACEHOLDER = re.compile(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}")
 _SCHEMA = MessageSchema()
 
@@ -429,33 +432,45 @@ def cancel_message(session, principal: Principal, message_id: str) -> Message:
 
 # ----------------------------------------------------------------------------- acks
 
-def apply_ack(session, client_id: str, external_id: str, status: str, error: dict | None = None,
-              at: datetime | None = None) -> Message | None:
-    """A transport's ack. None when no message has this external id (yet); statuses only move
-    forward, and a failed ack does not undo a delivery."""
-    message = session.scalars(select(Message).where(Message.client_id == client_id,
-                                                    Message.external_id == external_id,
-                                                    Message.direction == "outbound").with_for_update()
-                              .execution_options(populate_existing=True)).first()  # the locked row, not a stale copy
+def apply_ack(session, client_id: str, external_id: str | None, status: str, error: dict | None = None,
+              at: datetime | None = None, *, message_id: str | None = None) -> Message | None:
+    """A transport's ack. None when no message has this external id (yet) — nor this
+    ``message_id``, when the transport knows ours (a message whose send was never recorded).
+    Statuses only move forward, and a failed ack does not undo a delivery; an ``unknown`` message,
+    or one failed only because its worker was interrupted, takes what the ack says."""
+    found = select(Message).where(Message.client_id == client_id, Message.direction == "outbound")
+    message = None
+    if external_id:
+        message = session.scalars(found.where(Message.external_id == external_id).with_for_update()
+                                  .execution_options(populate_existing=True)).first()  # the locked row
+    if message is None and message_id:
+        message = session.scalars(found.where(Message.id == message_id).with_for_update()
+                                  .execution_options(populate_existing=True)).first()
+        if message is not None and external_id and message.external_id is None:
+            message.external_id = external_id
     if message is None:
         return None
     at = at or utcnow()
     current = message.status
-    if current in TERMINAL:
+    doubtful = current == "failed" and message.error_code in DOUBTFUL_FAILURES
+    if current in TERMINAL and not doubtful:
         return message
     if status == "failed":
-        if RANK.get(current, 0) >= RANK["delivered"]:
+        if doubtful or RANK.get(current, 0) >= RANK["delivered"]:
             return message
         error = error or {}
         message.failed_at = at
         message.error_code = str(error.get("code") or "undelivered")[:100]
         message.error_message = (str(error["message"])[:1000] if error.get("message") else None)
         steps = ["failed"]
-    elif status in RANK and RANK[status] > RANK.get(current, 0):
+    elif status in RANK and (doubtful or RANK[status] > RANK.get(current, 0)):
         # read implies delivered implies sent: a step the acks skipped (a read that overtook its
         # delivery report) is recorded too, with its history row and event, so that integrators
         # counting message.delivered miss none
-        steps = [step for step in ("sent", "delivered", "read") if RANK.get(current, 0) < RANK[step] <= RANK[status]]
+        base = 1 if doubtful else RANK.get(current, 0)
+        steps = [step for step in ("sent", "delivered", "read") if base < RANK[step] <= RANK[status]]
+        message.error_code = message.error_message = None
+        message.failed_at = None if doubtful else message.failed_at
     else:
         return message  # late or repeated ack: nothing moves backwards
     for step in steps:

@@ -20,15 +20,29 @@ def check_database() -> dict:
         return {"status": "down", "error": exc.__class__.__name__}
 
 
+HEALTH_PROBE_KEY = "wa:health:probe"
+
+
 def check_redis() -> dict:
+    """Redis must take a write, not only answer PING: a full Redis (``maxmemory`` with
+    ``noeviction``) answers PING and refuses every job. Also reports its memory use."""
     from app.kv import redis_client
 
     started = time.perf_counter()
+    client = redis_client()
     try:
-        redis_client().ping()
-        return {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+        client.set(HEALTH_PROBE_KEY, str(time.time()), px=60_000)
     except Exception as exc:
-        return {"status": "down", "error": exc.__class__.__name__}
+        status = "full" if "OOM" in str(exc) or exc.__class__.__name__ == "OutOfMemoryError" else "down"
+        return {"status": status, "error": exc.__class__.__name__}
+    out = {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+    try:
+        memory = client.info("memory")
+        if memory.get("maxmemory"):
+            out["memory_used_ratio"] = round(memory["used_memory"] / memory["maxmemory"], 3)
+    except Exception:
+        pass
+    return out
 
 
 def check_workers() -> dict:
@@ -55,7 +69,7 @@ def check_workers() -> dict:
 
 def health() -> tuple[dict, int]:
     """``ok`` when everything is up; ``degraded`` when a pool or the scheduler is missing (200);
-    503 when Postgres or Redis is down."""
+    503 when Postgres or Redis is down, or Redis refuses writes (full)."""
     checks = {"database": check_database(), "redis": check_redis(), "workers": check_workers()}
     if checks["database"]["status"] != "ok" or checks["redis"]["status"] != "ok":
         return {"status": "down", "checks": checks}, 503

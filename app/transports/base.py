@@ -2,9 +2,11 @@
 
 A transport is built for one client (``ClientInfo``: ids, non-secret config, decrypted secrets,
 proxy). It never touches the database: everything it learns — QR codes, status changes, acks,
-inbound messages — it reports to an ``EventSink``; the platform's sink turns each report into a
-job (``app/transports/events.py``). Sends return at once with the transport's message id or raise
-``TransientSendError`` (retry with backoff) / ``PermanentSendError`` (fail now, with a code).
+inbound messages — it reports to an ``EventSink``; the platform's sink records each report in
+Postgres before it returns (``app/inbox``), so a report survives whatever happens to the broker.
+Sends return at once with the transport's message id or raise ``TransientSendError`` (it was not
+sent: retry with backoff) / ``PermanentSendError`` (fail now, with a code). Any other exception
+means the transport cannot tell whether the message went out; ``lookup`` is then asked.
 """
 from __future__ import annotations
 
@@ -74,6 +76,18 @@ class SendResult:
 
 
 @dataclass(frozen=True)
+class Lookup:
+    """What a transport knows of one of our messages (``Transport.lookup``): ``sent`` False when
+    it is certain the message never reached WhatsApp; else its id and the furthest status known
+    (``sent``, ``delivered``, ``read``) with when each happened."""
+
+    sent: bool
+    external_id: str | None = None
+    status: str | None = None
+    times: dict = field(default_factory=dict)   # status -> datetime
+
+
+@dataclass(frozen=True)
 class InboundMessage:
     external_id: str
     from_phone: str           # E.164
@@ -112,8 +126,10 @@ class EventSink(Protocol):
         for ``ready`` detail may have ``phone``; for ``banned``/``failed``/``disconnected`` a ``reason``."""
 
     def ack(self, client: ClientInfo, external_id: str, status: str, *, error: dict | None = None,
-            at: datetime | None = None, delay_ms: int = 0) -> None:
-        """A message this client sent moved to ``status`` (ACK_STATUSES)."""
+            at: datetime | None = None, delay_ms: int = 0, message_id: str | None = None) -> None:
+        """A message this client sent moved to ``status`` (ACK_STATUSES). ``message_id`` (our
+        ``msg_`` id) when the transport knows it: the ack then finds a message whose transport id
+        was never recorded (its sender died right after the send)."""
 
     def inbound(self, client: ClientInfo, message: InboundMessage, *, delay_ms: int = 0) -> None:
         """A contact wrote to this client."""
@@ -146,6 +162,13 @@ class Transport(ABC):
     @abstractmethod
     def send(self, message: OutboundMessage) -> SendResult:
         """Send one message now. Pacing has already happened; typing indicators (web) happen here."""
+
+    def lookup(self, message_id: str, attempted_at: datetime | None = None) -> Lookup | None:
+        """Whether our message ``message_id`` (whose send was attempted at ``attempted_at``)
+        reached WhatsApp, when the platform cannot tell (its sender died, or the send raised
+        something unexpected). None: this transport cannot know (the message then waits as
+        ``unknown`` for an ack that tells)."""
+        return None
 
     def healthy(self) -> bool:
         return True

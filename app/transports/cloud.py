@@ -25,8 +25,8 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from app.security import ssrf
-from app.transports.base import (ClientInfo, EventSink, MediaRef, OutboundMessage, PermanentSendError, SendResult,
-                                 Transport, TransientSendError)
+from app.transports.base import (ClientInfo, EventSink, Lookup, MediaRef, OutboundMessage, PermanentSendError,
+                                 SendResult, Transport, TransientSendError)
 from config import settings
 
 log = logging.getLogger(__name__)
@@ -427,6 +427,13 @@ class CloudTransport(Transport):
         except ValueError:
             raise GraphError("the Graph API answered with something that is not JSON", SERVER_ERROR) from None
         return data if isinstance(data, dict) else {}
+
+    def lookup(self, message_id: str, attempted_at=None) -> Lookup | None:
+        """Meta accepted ``message_id`` if its wamid was remembered; otherwise nobody can tell
+        (the Cloud API has no lookup by our id): Meta's status callback will, since it carries our
+        id back (``biz_opaque_callback_data``)."""
+        known = self._already_sent(message_id)
+        return Lookup(sent=True, external_id=known, status="sent") if known else None
 
     def _sent_key(self, message_id: str) -> str:
         return f"wa:cloud:sent:{self.client.id}:{message_id}"

@@ -13,7 +13,9 @@ The simulated network per client (Redis, ``wa:sim:<client_id>:*``):
 - ``linked_at`` when the simulated phone scanned the QR (epoch ms): a later start needs no QR,
                 ``logout`` and a ban forget it;
 - ``banned``, ``refuse`` (reconnects to refuse), ``fail_next`` (sends to fail): injected faults;
-- ``received`` / ``ids``: every send by message id (``GET /api/clients/{id}/sim/network``).
+- ``received`` / ``ids``: every send by message id (``GET /api/clients/{id}/sim/network``);
+- ``sent_at``: when each message id first arrived (epoch ms), so ``lookup`` can tell what happened
+  to a message whose sender died.
 
 Config knobs (``clients.config``) are listed in ``DEFAULTS``; docs/clients.md explains them.
 Every random choice is a hash of ``seed`` (default: the client id) and the message id, so a run is
@@ -28,8 +30,8 @@ import secrets
 import time
 from datetime import datetime, timedelta, timezone
 
-from app.transports.base import (ClientInfo, EventSink, InboundMessage, OutboundMessage, PermanentSendError,
-                                 SendResult, TransientSendError, Transport)
+from app.transports.base import (ClientInfo, EventSink, InboundMessage, Lookup, OutboundMessage,
+                                 PermanentSendError, SendResult, TransientSendError, Transport)
 
 DEFAULTS: dict = {
     "phone": None,             # E.164 the account "has"; default a fake +1555... number derived from the client id
@@ -54,6 +56,19 @@ _MAX_MS = 24 * 3600 * 1000
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 #: how long the simulated network remembers a client that stopped writing to it
 NETWORK_TTL_S = 7 * 24 * 3600
+
+
+def refused_before_running(exc: BaseException) -> bool:
+    """Whether a Redis error means a MULTI/EXEC block certainly did not run: the server refused it
+    (full, read-only, loading) or no connection could be made. Any other failure (a connection
+    reset, a timeout) may come after it ran."""
+    import redis
+
+    if isinstance(exc, (redis.exceptions.OutOfMemoryError, redis.exceptions.ExecAbortError,
+                        redis.exceptions.ReadOnlyError, redis.exceptions.BusyLoadingError)):
+        return True
+    return isinstance(exc, redis.exceptions.ConnectionError) and isinstance(
+        exc.__cause__ or exc.__context__, ConnectionRefusedError)
 
 
 def validate_config(config: dict) -> dict[str, list[str]]:
@@ -93,6 +108,10 @@ def fake_phone(client_id: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _dt(epoch_ms: int) -> datetime:
+    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc)
 
 
 def _iso(epoch_ms: int) -> str:
@@ -211,13 +230,19 @@ class SimNetwork:
 
     def record_send(self, message_id: str) -> int:
         """Count a send the network received; returns how often this message id has arrived."""
+        now = _now_ms()
         pipe = self.redis.pipeline()
         pipe.hincrby(self.key("ids"), message_id, 1)
+        pipe.hsetnx(self.key("sent_at"), message_id, now)
         pipe.incr(self.key("received"))
-        pipe.expire(self.key("ids"), NETWORK_TTL_S)
-        pipe.expire(self.key("received"), NETWORK_TTL_S)
+        for name in ("ids", "sent_at", "received"):
+            pipe.expire(self.key(name), NETWORK_TTL_S)
         times, *_ = pipe.execute()
         return int(times)
+
+    def sent_at(self, message_id: str) -> int | None:
+        raw = self.redis.hget(self.key("sent_at"), message_id)
+        return int(raw) if raw else None
 
     def counts(self) -> dict:
         """``received`` sends, ``distinct`` message ids, ``duplicates`` = extra copies (received - distinct)."""
@@ -323,16 +348,19 @@ class SimTransport(Transport):
         if self.chance(message.message_id, "fail") < float(self.config["fail_rate"]):
             raise PermanentSendError(f"{message.to} is not on the simulated network", code="invalid_recipient")
         external_id = self.external_id(message.message_id)
-        if self.network.record_send(message.message_id) > 1:
+        try:
+            arrivals = self.network.record_send(message.message_id)
+        except Exception as exc:
+            if refused_before_running(exc):  # the network never took it: safe to try again
+                raise TransientSendError(f"the simulated network refused the send ({exc.__class__.__name__})",
+                                         code="transport_unavailable") from exc
+            raise  # it may have arrived: the platform asks ``lookup`` once it can
+        if arrivals > 1:
             return SendResult(external_id)  # a resend: the network counted it, the contact already has it
         now = datetime.now(timezone.utc)
-        deliver_ms = int(self.config["deliver_after_ms"])
-        self.events.ack(self.client, external_id, "delivered", at=now + timedelta(milliseconds=deliver_ms),
-                        delay_ms=deliver_ms)
-        if self.chance(message.message_id, "read") < float(self.config["read_rate"]):
-            read_ms = max(int(self.config["read_after_ms"]), deliver_ms)
-            self.events.ack(self.client, external_id, "read", at=now + timedelta(milliseconds=read_ms),
-                            delay_ms=read_ms)
+        for status, after_ms in self._receipts(message.message_id):
+            self.events.ack(self.client, external_id, status, at=now + timedelta(milliseconds=after_ms),
+                            delay_ms=after_ms, message_id=message.message_id)
         if self.chance(message.message_id, "reply") < float(self.config["reply_rate"]):
             reply_ms = int(self.config["reply_after_ms"])
             text = str(self.config["reply_text"]).replace("{text}", message.text or message.caption or "")
@@ -341,6 +369,28 @@ class SimTransport(Transport):
                 from_phone=message.to, type="text", text=text, timestamp=now + timedelta(milliseconds=reply_ms)),
                 delay_ms=reply_ms)
         return SendResult(external_id)
+
+    def _receipts(self, message_id: str) -> list[tuple[str, int]]:
+        """The receipts of a message: (status, ms after its arrival), fixed by the seed."""
+        deliver_ms = int(self.config["deliver_after_ms"])
+        receipts = [("delivered", deliver_ms)]
+        if self.chance(message_id, "read") < float(self.config["read_rate"]):
+            receipts.append(("read", max(int(self.config["read_after_ms"]), deliver_ms)))
+        return receipts
+
+    def lookup(self, message_id: str, attempted_at: datetime | None = None) -> Lookup | None:
+        """What the simulated network knows of ``message_id``: when it arrived and which of its
+        receipts are due by now, or that it never arrived. The network's memory is the truth of
+        the simulation (a contact has what the network delivered), so no trace means not sent."""
+        arrived = self.network.sent_at(message_id)
+        if arrived is None:
+            return Lookup(sent=False)
+        times = {"sent": _dt(arrived)}
+        status = "sent"
+        for receipt, after_ms in self._receipts(message_id):
+            if arrived + after_ms <= _now_ms():
+                times[receipt], status = _dt(arrived + after_ms), receipt
+        return Lookup(sent=True, external_id=self.external_id(message_id), status=status, times=times)
 
     # -- test hooks (POST /api/clients/{id}/sim/...) ----------------------------------------
 

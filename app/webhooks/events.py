@@ -24,6 +24,7 @@ from app.db import new_id, utcnow
 
 EVENT_TYPES = (
     "message.queued", "message.sent", "message.delivered", "message.read", "message.failed", "message.received",
+    "message.unknown",
     "client.qr", "client.connected", "client.disconnected", "client.banned",
     "campaign.started", "campaign.completed", "contact.opted_out", "webhook.test",
 )

@@ -108,7 +108,7 @@ def error_reasons(rule, handler, op: dict) -> dict[int, list[str]]:
         reasons[422].append("This Idempotency-Key was used for a different request (`idempotency_key_reused`).")
     if limit_scope(rule.rule, handler):
         reasons[429] = ["Rate limited (`rate_limited`): retry after `Retry-After` seconds."]
-    reasons[503] = ["A dependency (PostgreSQL or Redis) is unavailable (`service_unavailable`): "
+    reasons[503] = ["A dependency (PostgreSQL or Redis) is unavailable or full (`service_unavailable`): "
                     "retry after `Retry-After` seconds."]
     return reasons
 

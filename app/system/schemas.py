@@ -6,8 +6,9 @@ from marshmallow import fields
 
 
 class CheckSchema(ma.Schema):
-    status = fields.String(metadata={"description": "`ok` or `down`"})
+    status = fields.String(metadata={"description": "`ok` or `down`; for Redis also `full` (it refuses writes)"})
     latency_ms = fields.Float(metadata={"description": "When up: how long the check took."})
+    memory_used_ratio = fields.Float(metadata={"description": "Redis with a memory limit: the share of it in use."})
     error = fields.String(metadata={"description": "When down: the kind of failure."})
 
 

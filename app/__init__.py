@@ -7,7 +7,6 @@ import secrets
 import time
 
 from flask import Flask, g, request
-from flask_smorest import Api
 
 from config import settings
 
@@ -31,9 +30,7 @@ def create_app(**overrides) -> Flask:
         API_VERSION=API_VERSION,
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/api",
-        OPENAPI_JSON_PATH="openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/",
+        OPENAPI_JSON_PATH="openapi.json",  # Swagger UI at /api/docs: app/system/docs.py (no CDN)
         MAX_CONTENT_LENGTH=max(settings.MAX_UPLOAD_BYTES, settings.MAX_REQUEST_BYTES),
         JSON_SORT_KEYS=False,
         PROPAGATE_EXCEPTIONS=False,
@@ -47,7 +44,9 @@ def create_app(**overrides) -> Flask:
         },
     )
     app.config.update(overrides)
-    api = Api(app)
+    from app.openapi import create_api
+
+    api = create_api(app)
     _register_lifecycle(app)
     from app.security import protection
 
@@ -55,9 +54,15 @@ def create_app(**overrides) -> Flask:
     from app.security import auth
 
     auth.init_app(app)  # permission check before the view; writes that outlive a refused request
+    from app import request_guard
+
+    app.before_request(request_guard.check_json_body)  # after the permission check: 401/403 come first
     register_error_handlers(app)
     for blp in _blueprints():
         api.register_blueprint(blp)
+    from app.system import docs
+
+    docs.init_app(app)
     app.extensions["smorest_api"] = api
     return app
 
@@ -109,6 +114,7 @@ def _chunked_body_too_large() -> bool:
 
 
 def _register_lifecycle(app: Flask) -> None:
+    from app import request_guard
     from app.errors import PayloadTooLarge, UnsupportedMediaType
     from app.logs import current_request_id
 
@@ -118,6 +124,7 @@ def _register_lifecycle(app: Flask) -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _REQUEST_ID_OK.match(incoming) else secrets.token_hex(12)
         current_request_id.set(g.request_id)
+        request_guard.check_request_line()
         if request.method in _BODY_METHODS:
             ctype = request.mimetype or ""
             if ctype != "multipart/form-data":

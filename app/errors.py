@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import marshmallow as ma
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -78,6 +79,20 @@ _HTTP_CODES = {
 
 def error_body(code: str, message: str, details: dict | None = None) -> dict:
     return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+class ErrorInfoSchema(ma.Schema):
+    code = ma.fields.String(required=True, metadata={
+        "description": "What went wrong, in snake_case; stable, for programs to test."})
+    message = ma.fields.String(required=True, metadata={"description": "The same for people; may change."})
+    details = ma.fields.Dict(required=True, metadata={
+        "description": "More about it, e.g. for a validation error `{field: [messages]}`; `{}` when none."})
+
+
+class ErrorSchema(ma.Schema):
+    """Every error body (the ``Error`` of the OpenAPI document): what ``error_body`` builds."""
+
+    error = ma.fields.Nested(ErrorInfoSchema, required=True)
 
 
 def _response(status: int, code: str, message: str, details=None, headers=None):

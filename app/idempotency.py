@@ -284,6 +284,7 @@ def idempotent(fn=None, *, secret: bool = False):
             release(claimed)
         return response
 
+    wrapper.idempotent = True  # the OpenAPI document adds the 409 and 422 this can answer
     from flask_smorest import Blueprint
 
     return Blueprint.doc(parameters=[HEADER_DOC])(wrapper)

@@ -6,6 +6,7 @@ opaque encoding of the last id on the page; a page is one index range scan howev
 from __future__ import annotations
 
 import base64
+import re
 
 import marshmallow as ma
 from sqlalchemy import Select
@@ -15,6 +16,7 @@ from app.errors import ValidationError
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+_CURSOR_ID = re.compile(r"[a-z]+_[0-9A-Za-z]+")
 
 
 class ListArgs(ma.Schema):
@@ -33,7 +35,7 @@ def decode_cursor(cursor: str) -> str:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (ValueError, UnicodeDecodeError):
         raise ValidationError(details={"cursor": ["Invalid cursor."]})
-    if "_" not in raw or len(raw) > 64:
+    if len(raw) > 64 or not _CURSOR_ID.fullmatch(raw):  # an id we made: no NUL, nothing odd reaches SQL
         raise ValidationError(details={"cursor": ["Invalid cursor."]})
     return raw
 

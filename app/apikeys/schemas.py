@@ -1,11 +1,10 @@
 """Request and response schemas of API keys."""
 from __future__ import annotations
 
-from datetime import timezone
-
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from app.fields import UtcDateTime
 from app.pagination import ListArgs
 from app.team.schemas import ROLES
 
@@ -40,8 +39,8 @@ class ApiKeyCreatedSchema(ma.Schema):
 class ApiKeyCreateSchema(ma.Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
-    expires_at = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=timezone.utc,
-                                      metadata={"description": "ISO 8601; without an offset, UTC."})
+    expires_at = UtcDateTime(load_default=None, allow_none=True,
+                             metadata={"description": "ISO 8601; without an offset, UTC."})
 
 
 class ApiKeyListArgs(ListArgs):

@@ -18,5 +18,11 @@ class AuditLogs(MethodView):
     @blp.response(200, page_schema(AuditLogSchema))
     @requires("audit:read")
     def get(self, args):
-        """Audit rows, newest first (?actor=&action=&since=&target=)"""
+        """Audit rows, newest first (?actor=&action=&since=&target=)
+
+        Who did what in the organisation: sign-ins (and refused ones), changes to users, keys,
+        clients, contacts and webhooks, with the address, user agent and request id of each request.
+        `action` takes an exact action or a prefix ending in `*` (`user.*`). Rows cannot be changed
+        or deleted through the API.
+        """
         return service.list_audit_logs(request_session(), current_principal(), **args)

@@ -1,11 +1,10 @@
 """Response schema and filters of the audit log."""
 from __future__ import annotations
 
-from datetime import timezone
-
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from app.fields import UtcDateTime
 from app.pagination import ListArgs
 
 
@@ -29,6 +28,5 @@ class AuditLogListArgs(ListArgs):
                           metadata={"description": "A user or API key id, or `system`."})
     action = fields.String(validate=validate.Length(max=100),
                            metadata={"description": "An action, or a prefix ending in `*` (`user.*`)."})
-    since = fields.AwareDateTime(default_timezone=timezone.utc,
-                                 metadata={"description": "Only rows at or after this time (ISO 8601)."})
+    since = UtcDateTime(metadata={"description": "Only rows at or after this time (ISO 8601)."})
     target = fields.String(validate=validate.Length(max=64), metadata={"description": "A target id."})

@@ -33,23 +33,31 @@ class ReceivedSchema(Schema):
 @blp.route("/<client_id>")
 class MetaWebhook(MethodView):
     @blp.arguments(VerifyArgs, location="query")
-    @blp.doc(security=[], responses={
+    @blp.doc(operationId="meta_webhook_verify", security=[], responses={
         "200": {"description": "hub.challenge, as text/plain", "content": {"text/plain": {"schema": {"type": "string"}}}},
-        "403": {"description": "not a subscribe request or the verify token does not match"},
-        "404": {"description": "no such cloud client"}})
+        "403": {"description": "Not a subscribe request, or the verify token does not match (`verification_failed`)"}})
     @public
     def get(self, args, client_id):
-        """Meta's callback URL verification (hub.mode=subscribe, hub.verify_token, hub.challenge)"""
+        """Meta's callback URL verification (hub.mode=subscribe, hub.verify_token, hub.challenge)
+
+        Called by Meta when you set this URL as the callback of your WhatsApp app: answers
+        `hub.challenge` as text when `hub.mode` is `subscribe` and `hub.verify_token` matches the
+        client's `verify_token`. Only for `cloud` clients.
+        """
         challenge = meta_service.verify_subscription(request_session(), client_id, args.get("mode"),
                                                      args.get("verify_token"), args.get("challenge"))
         return Response(challenge, status=200, mimetype="text/plain")
 
     @blp.response(200, ReceivedSchema)
-    @blp.doc(security=[], responses={
-        "401": {"description": "X-Hub-Signature-256 missing or wrong: nothing is stored or reported"},
-        "404": {"description": "no such cloud client"}})
+    @blp.doc(operationId="meta_webhook_receive", security=[], responses={
+        "401": {"description": "X-Hub-Signature-256 missing or wrong (`invalid_signature`): nothing is stored"}})
     @public
     def post(self, client_id):
-        """Meta's signed event callback: inbound messages and delivery statuses"""
+        """Meta's signed event callback: inbound messages and delivery statuses
+
+        Called by Meta with inbound messages and delivery statuses of a `cloud` client. The body
+        must be signed with the client's `app_secret` (`X-Hub-Signature-256`); anything unsigned or
+        wrongly signed is refused with 401 and nothing is stored.
+        """
         return meta_service.receive(request_session(), client_id, request.get_data(cache=True),
                                     request.headers.get(meta_service.SIGNATURE_HEADER))

@@ -19,15 +19,25 @@ class Proxies(MethodView):
     @blp.response(200, page_schema(ProxySchema))
     @requires("proxies:read")
     def get(self, args):
-        """Proxies of the organisation, newest first (?status=unchecked|ok|failing|dead)"""
+        """Proxies of the organisation, newest first (?status=unchecked|ok|failing|dead)
+
+        Lists the proxies the organisation's clients can connect through, with the result of their
+        last health check. Passwords are never returned (`has_password` tells whether one is set).
+        """
         return service.list_proxies(request_session(), current_principal(), **args)
 
     @idempotent
     @blp.arguments(ProxyCreateSchema)
     @blp.response(201, ProxySchema)
+    @blp.alt_response(422, description="The organisation has as many proxies as the server allows "
+                                        "(`limit_reached`; `details.limit` is the cap)")
     @requires("proxies:write")
     def post(self, body):
-        """Add a proxy (the password is stored encrypted and never returned)"""
+        """Add a proxy (the password is stored encrypted and never returned)
+
+        Adds an HTTP, HTTPS or SOCKS5 proxy. It starts `unchecked`; a periodic health check moves it
+        to `ok`, `failing` or `dead`. Assign it to clients with their `proxy_id`.
+        """
         return service.create_proxy(request_session(), current_principal(), **body)
 
 
@@ -36,19 +46,30 @@ class ProxyById(MethodView):
     @blp.response(200, ProxySchema)
     @requires("proxies:read")
     def get(self, proxy_id):
-        """One proxy"""
+        """One proxy
+
+        The proxy with its address, status and last check.
+        """
         return service.get_proxy(request_session(), current_principal(), proxy_id)
 
     @blp.arguments(ProxyUpdateSchema)
     @blp.response(200, ProxySchema)
     @requires("proxies:write")
     def patch(self, body, proxy_id):
-        """Change a proxy (a changed address or credentials make it `unchecked` again)"""
+        """Change a proxy (a changed address or credentials make it `unchecked` again)
+
+        Changes only the fields given; `password: null` removes the password. A new address or new
+        credentials are checked again from `unchecked`.
+        """
         return service.update_proxy(request_session(), current_principal(), proxy_id, **body)
 
     @blp.response(204)
-    @blp.alt_response(409, description="Clients use it (`proxy_in_use`)")
+    @blp.alt_response(409, description="Clients use the proxy (`proxy_in_use`)")
     @requires("proxies:write")
     def delete(self, proxy_id):
-        """Delete a proxy no client uses"""
+        """Delete a proxy no client uses
+
+        Deletes the proxy. A proxy still assigned to clients is refused (409 `proxy_in_use`): give
+        those clients another proxy, or none, first.
+        """
         service.delete_proxy(request_session(), current_principal(), proxy_id)

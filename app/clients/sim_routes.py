@@ -17,10 +17,15 @@ blp = Blueprint("clients_sim", __name__, url_prefix="/api/clients",
 class SimScan(MethodView):
     @blp.response(202, ClientSchema)
     @blp.alt_response(409, description="The client shows no QR code to scan (`client_not_in_qr_state`)")
+    @blp.alt_response(404, description="The client is not a `sim` client (`not_found`)")
     @requires("sim:drive")
     def post(self, client_id):
-        """The simulated phone scans the QR code shown now (clients created with `auto_scan: false`);
-        the client reports `ready` a moment later"""
+        """The simulated phone scans the QR code shown now (for clients with `auto_scan: false`)
+
+        Only for `sim` clients (404 for others): the simulated phone scans the QR code the client
+        shows now, as you would with a real phone, and the client reports `ready` a moment later.
+        Refused unless the client's status is `qr`.
+        """
         return service.sim_scan(request_session(), current_principal(), client_id)
 
 
@@ -29,9 +34,15 @@ class SimInbound(MethodView):
     @blp.arguments(SimInboundSchema)
     @blp.response(202, SimInboundResultSchema)
     @blp.alt_response(409, description="The client is not ready (`client_not_ready`)")
+    @blp.alt_response(404, description="The client is not a `sim` client (`not_found`)")
     @requires("sim:drive")
     def post(self, body, client_id):
-        """A simulated contact writes to this client (reported like any inbound message)"""
+        """A simulated contact writes to this client (reported like any inbound message)
+
+        Only for `sim` clients (404 for others): a simulated contact sends `text` from the number
+        `from`. The message arrives like any inbound one: a `message.received` event and a row in
+        the messages list.
+        """
         return service.sim_inbound(request_session(), current_principal(), client_id, **body)
 
 
@@ -39,17 +50,30 @@ class SimInbound(MethodView):
 class SimFault(MethodView):
     @blp.arguments(SimFaultSchema)
     @blp.response(202, SimNetworkSchema)
-    @blp.alt_response(409, description="disconnect: the client is not connected (`client_not_connected`)")
+    @blp.alt_response(409, description="A disconnect of a client that is not connected (`client_not_connected`)")
+    @blp.alt_response(404, description="The client is not a `sim` client (`not_found`)")
     @requires("sim:drive")
     def post(self, body, client_id):
-        """Inject a fault: disconnect, ban, fail_next (count sends), or clear them all"""
+        """Inject a fault: disconnect, ban, fail_next (count sends), or clear them all
+
+        Only for `sim` clients (404 for others): makes the simulated network misbehave, to see how
+        an integration copes. `disconnect` drops the connection (the client reconnects by itself),
+        `ban` bans the account, `fail_next` fails the next `count` sends, `clear` lifts every fault.
+        Answers the network counts.
+        """
         return service.sim_fault(request_session(), current_principal(), client_id, **body)
 
 
 @blp.route("/<client_id>/sim/network")
 class SimNetwork(MethodView):
     @blp.response(200, SimNetworkSchema)
+    @blp.alt_response(404, description="The client is not a `sim` client (`not_found`)")
     @requires("sim:drive")
     def get(self, client_id):
-        """What the simulated network received from this client, counted by message id across every process"""
+        """What the simulated network received from this client, counted by message id across every process
+
+        Only for `sim` clients (404 for others): how many sends the simulated WhatsApp network
+        received from this client, how many distinct messages they were, and the duplicates, with
+        the faults in force.
+        """
         return service.sim_network(request_session(), current_principal(), client_id)

@@ -1,11 +1,10 @@
 """Request and response schemas of messages."""
 from __future__ import annotations
 
-from datetime import timezone
-
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from app.fields import UtcDateTime
 from app.pagination import ListArgs
 
 TEXT_MAX = 4096        # WhatsApp's limit for a text message
@@ -92,8 +91,8 @@ class MessageItemSchema(ma.Schema):
     caption = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=CAPTION_MAX))
     template_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
     variables = fields.Dict(keys=fields.String(validate=validate.Length(max=64)), load_default=None, allow_none=True)
-    scheduled_at = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=timezone.utc,
-                                        metadata={"description": "Send no earlier than this (ISO 8601)."})
+    scheduled_at = UtcDateTime(load_default=None, allow_none=True,
+                               metadata={"description": "Send no earlier than this (ISO 8601)."})
 
 
 class MessageCreateSchema(MessageItemSchema):
@@ -124,5 +123,5 @@ class MessageListArgs(ListArgs):
     direction = fields.String(validate=validate.OneOf(DIRECTIONS))
     contact = fields.String(validate=validate.Length(max=64), metadata={
         "description": "a contact id (ctc_...) or its phone number"})
-    since = fields.AwareDateTime(default_timezone=timezone.utc, metadata={"description": "created at or after"})
-    until = fields.AwareDateTime(default_timezone=timezone.utc, metadata={"description": "created before"})
+    since = UtcDateTime(metadata={"description": "created at or after"})
+    until = UtcDateTime(metadata={"description": "created before"})

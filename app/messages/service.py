@@ -372,11 +372,14 @@ def get_message(session, principal: Principal, message_id: str) -> Message:
 _ID_MARGIN = timedelta(minutes=10)
 
 
-def _id_bound(when: datetime) -> str:
-    """The smallest ``msg_`` id minted at ``when`` (ids start with their creation time)."""
+def _id_bound(when: datetime, shift: timedelta = timedelta(0)) -> str:
+    """The smallest ``msg_`` id minted at ``when + shift`` (ids start with their 48-bit creation time
+    in ms), clamped to what ids can hold: any time before 1970 bounds like 1970, and the shift is
+    done in milliseconds, so a time at the edge of the calendar cannot overflow."""
     from app.db import _CROCKFORD
 
-    value = int(when.timestamp() * 1000) << 80
+    ms = int(when.timestamp() * 1000) + int(shift / timedelta(milliseconds=1))
+    value = min(max(ms, 0), (1 << 48) - 1) << 80
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])
@@ -407,9 +410,9 @@ def list_messages(session, principal: Principal, *, limit: int, cursor: str | No
                                                                  Contact.phone == phone))
         stmt = stmt.where(Message.contact_id == (contact_id or ""))
     if since is not None:
-        stmt = stmt.where(Message.id >= _id_bound(since - _ID_MARGIN), Message.created_at >= since)
+        stmt = stmt.where(Message.id >= _id_bound(since, -_ID_MARGIN), Message.created_at >= since)
     if until is not None:
-        stmt = stmt.where(Message.id < _id_bound(until + _ID_MARGIN), Message.created_at < until)
+        stmt = stmt.where(Message.id < _id_bound(until, _ID_MARGIN), Message.created_at < until)
     return paginate(session, stmt, Message.id, limit=limit, cursor=cursor)
 
 

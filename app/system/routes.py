@@ -5,16 +5,28 @@ from flask_smorest import Blueprint
 
 from app.security.permissions import public
 from app.system import service
+from app.system.schemas import HealthSchema
 
 blp = Blueprint("system", __name__, description="Health and metrics")
 
 
 @blp.route("/health")
 class Health(MethodView):
-    @blp.doc(security=[], responses={"200": {"description": "ok or degraded"}, "503": {"description": "Postgres or Redis down"}})
+    @blp.doc(security=[], responses={
+        "200": {"description": "`ok` or `degraded`", "content": {"application/json": {"schema": HealthSchema}}},
+        "503": {"description": "PostgreSQL or Redis is down (`status: down`)",
+                "content": {"application/json": {"schema": HealthSchema, "example": {"status": "down", "checks": {
+                    "database": {"status": "down", "error": "OperationalError"},
+                    "redis": {"status": "ok", "latency_ms": 0.3},
+                    "workers": {"status": "unknown", "error": "OperationalError"}}}}}}})
     @public
     def get(self):
-        """Health of the database, Redis and the worker pools"""
+        """Health of the database, Redis and the worker pools
+
+        For load balancers and monitoring: `ok` when PostgreSQL, Redis, every worker pool and the
+        scheduler answer; `degraded` (still 200) when a pool or the scheduler is missing; 503 when
+        PostgreSQL or Redis is down. Never rate limited, no credentials needed.
+        """
         body, status = service.health()
         resp = jsonify(body)
         resp.status_code = status
@@ -26,10 +38,17 @@ class Health(MethodView):
 
 @blp.route("/metrics")
 class Metrics(MethodView):
-    @blp.doc(security=[], responses={"200": {"description": "Prometheus text format"}})
+    @blp.doc(security=[], responses={"200": {"description": "Prometheus text format", "content": {"text/plain": {
+        "schema": {"type": "string"},
+        "example": 'http_requests_total{method="GET",route="/api/messages",status="200"} 42.0\n'}}}})
     @public
     def get(self):
-        """Prometheus metrics: requests of every api process, queue depths, live workers"""
+        """Prometheus metrics: requests of every api process, queue depths, live workers
+
+        Metrics in the Prometheus text format: requests by route and status of every api process,
+        queue depths and live workers per pool. Never rate limited, no credentials needed: restrict
+        it at your proxy.
+        """
         from flask import request
         from prometheus_client.exposition import choose_encoder
 

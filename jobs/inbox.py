@@ -2,6 +2,7 @@
 import dramatiq
 
 from app.db import job_session
+from config import settings
 from workers.periodic import every
 
 
@@ -24,4 +25,4 @@ def sweep() -> None:
         service.purge(session)
 
 
-every(10, "inbox.sweep")
+every(max(1, settings.INBOX_REDISPATCH_AFTER // 3), "inbox.sweep")

@@ -327,6 +327,14 @@ def make_analytics_daily(session, **overrides) -> AnalyticsDaily:
 
 # --- cross-cutting ----------------------------------------------------------------------------
 
+def make_transport_event(session, **overrides):
+    from app.inbox.models import TransportEvent
+
+    _org(session, overrides, ("client_id", Client))
+    _parent(session, overrides, "client_id", make_client)
+    return _save(session, TransportEvent, {"kind": "status", "payload": {"status": "ready", "detail": {}}}, overrides)
+
+
 def make_schema_version(session, **overrides) -> SchemaVersion:
     """A made-up later version (schema.sql inserts version 1)."""
     return _save(session, SchemaVersion, {"version": 1_000_000 + _n()}, overrides)

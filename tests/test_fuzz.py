@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
 
@@ -93,12 +93,21 @@ def _call(case, target, headers: dict) -> None:
     case.validate_response(response, checks=CHECKS, headers=headers)
 
 
-@schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
-          phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
-def test_no_server_error_and_only_documented_answers(case, target):
-    _call(case, target, target.headers)
-    _call(case, target, {})
-    if case.path_parameters and set(case.path_parameters) <= set(target.ids):
-        case.path_parameters = {name: target.ids[name] for name in case.path_parameters}
+#: one pytest item per operation, with an id of its own (schemathesis's own parametrize gives
+#: every operation the same node id, and pytest-xdist then runs one of them only)
+OPERATIONS = [result.ok() for result in schema.get_all_operations()]
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=[op.label for op in OPERATIONS])
+def test_no_server_error_and_only_documented_answers(operation, target):
+    @given(case=operation.as_strategy())
+    @settings(max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
+              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    def fuzz(case):
         _call(case, target, target.headers)
+        _call(case, target, {})
+        if case.path_parameters and set(case.path_parameters) <= set(target.ids):
+            case.path_parameters = {name: target.ids[name] for name in case.path_parameters}
+            _call(case, target, target.headers)
+
+    fuzz()

@@ -35,7 +35,7 @@ _UNAVAILABLE_REPLIES = ("OOM", "MISCONF", "LOADING", "READONLY", "MASTERDOWN")
 
 def unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` (also a Dramatiq broker error) says Redis cannot take work right now."""
-    from dramatiq.errors import ConnectionError as BrokerConnectionError
+    from dramatiq.errors import BrokerConnectionError
 
     if isinstance(exc, (UNAVAILABLE, BrokerConnectionError)):
         return True

@@ -173,3 +173,40 @@ def test_gunicorn_keeps_no_control_socket_shared_with_other_instances(tmp_path):
     assert any("Booting worker" in line for line in lines), lines
     assert not [line for line in lines if "Control socket" in line], lines
     assert [p for p in tmp_path.rglob("*") if p.is_socket() or p.name.endswith(".ctl")] == []
+
+
+def test_a_full_redis_is_reported_and_a_send_is_a_503_with_retry_after(client, session, monkeypatch):
+    """PING works on a full Redis (maxmemory, noeviction) and a write does not: /health used to say
+    ok. (A real full Redis, shared by nobody else, is tests/test_faults.py's.)"""
+    import redis
+
+    from app.kv import redis_client
+    from app.messages import dispatch
+    from tests import factories as f
+    from tests.auth_helpers import api_key_headers
+
+    org = f.make_organization(session)
+    sender = f.make_client(session, organization_id=org.id, status="ready")
+    headers = api_key_headers(session, org, "admin")
+    real = redis_client()
+
+    class Full:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def set(self, *a, **k):
+            raise redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+
+    monkeypatch.setattr("app.kv.redis_client", lambda: Full())
+    body = client.get("/health").get_json()
+    assert body["status"] == "down" and body["checks"]["redis"]["status"] == "full"
+
+    def refused(*a, **k):
+        raise redis.exceptions.ResponseError("Error running script (call to f_1): @user_script:58: "
+                                             "-OOM command not allowed when used memory > 'maxmemory'.")
+
+    monkeypatch.setattr(dispatch.pacing, "acquire_many", refused)
+    send = client.post(f"/api/clients/{sender.id}/send-message", json={"to": "+14155550123", "message": "hi"},
+                       headers=headers)
+    assert send.status_code == 503 and send.headers["Retry-After"] == "10"
+    assert send.get_json()["error"]["code"] == "service_unavailable"

@@ -201,3 +201,22 @@ def test_every_creating_post_documents_the_header(client):
     for path in creating:
         params = spec["paths"][path]["post"].get("parameters", [])
         assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in params), path
+
+
+def test_a_failed_release_is_retried_so_a_correct_retry_is_not_refused(session, monkeypatch):
+    """The database blipped while the failed request let go of its key: the release used to be
+    swallowed, and the client's correct retry got 409 in flight for a minute."""
+    from app import idempotency
+    from app.models import IdempotencyKey
+
+    key = f.make_idempotency_key(session, status="in_flight")
+    real, calls = idempotency._try_release, []
+
+    def flaky(key_id):
+        calls.append(key_id)
+        return False if len(calls) == 1 else real(key_id)
+
+    monkeypatch.setattr(idempotency, "_try_release", flaky)
+    idempotency.release(key.id)  # answers at once; a background thread keeps trying
+    idempotency._releaser._thread.join(30)  # (nothing else uses the test's connection meanwhile)
+    assert session.get(IdempotencyKey, key.id, populate_existing=True) is None and len(calls) == 2

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 
 from app import outbox
 from app.db import job_session, utcnow
@@ -193,7 +193,8 @@ def redispatch(session, *, overdue: timedelta | None = None, limit: int = 5000) 
     ids = list(session.scalars(
         select(TransportEvent.id).where(TransportEvent.applied_at.is_(None),
                                         TransportEvent.due_at <= func.now() - overdue,
-                                        TransportEvent.dispatched_at <= func.now() - overdue)
+                                        or_(TransportEvent.dispatched_at.is_(None),
+                                            TransportEvent.dispatched_at <= func.now() - overdue))
         .order_by(TransportEvent.due_at).limit(limit).with_for_update(skip_locked=True)))
     if not ids:
         return 0

@@ -145,3 +145,16 @@ def test_the_sim_says_not_sent_only_when_its_network_never_took_it(redis_conn):
     assert refused_before_running(refused)
     assert not refused_before_running(redis_lib.exceptions.ConnectionError("Connection reset by peer"))
     assert not refused_before_running(redis_lib.exceptions.TimeoutError("Timeout reading from socket"))
+
+
+def test_a_sent_message_whose_receipts_never_came_is_asked_about(session, org, redis_conn):
+    client, msg = _sim_message(session, org)
+    SimNetwork(client.id).record_send(msg.id)
+    long_ago = datetime.now(timezone.utc) - timedelta(minutes=30)
+    session.execute(update(Message).where(Message.id == msg.id).values(
+        status="sent", external_id="sim_x", sent_at=long_ago, updated_at=long_ago))
+    assert dispatch.reconcile_unknown(session) == 1
+    assert dispatch.reconcile_unknown(session) == 0, "asked again only after a while"
+    assert dispatch.reconcile(msg.id) == "read"
+    session.expire_all()
+    assert session.get(Message, msg.id).status == "read"

@@ -35,7 +35,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 
 import workers.broker  # noqa: F401  (the configured broker, before anything is enqueued)
 from app import outbox
@@ -46,7 +46,7 @@ from app.inbox.service import InboxSink, record
 from app.messages.models import Message
 from app.messages.service import (OPT_OUT_KEY_PREFIX, SEND_ACTOR, SEND_QUEUE, dump, record_status,
                                   render_template, sendable)
-from app.transports import STATEFUL, transport_class
+from app.transports import KNOWS_RECEIPTS, STATEFUL, transport_class
 from app.transports.base import MediaRef, OutboundMessage, PermanentSendError, TransientSendError
 from config import settings
 from workers import pacing
@@ -570,26 +570,40 @@ def interrupted(session, older_than_s: float | None = None, limit: int = 1000) -
     return len(stuck)
 
 
+#: a ``sent`` message whose receipts have not come after this long is asked about (transports
+#: that know receipts: ``KNOWS_RECEIPTS``)
+RECEIPTS_OVERDUE = timedelta(minutes=10)
+
+
 def reconcile_unknown(session, limit: int = 500) -> int:
-    """Ask again about ``unknown`` messages of the last ``RECONCILE_FOR`` (periodic)."""
+    """Ask again (periodic) about ``unknown`` messages of the last ``RECONCILE_FOR``, and about
+    ``sent`` ones whose receipts are overdue where the transport can tell; each at most every
+    ``RECEIPTS_OVERDUE`` once it was asked (asking touches ``updated_at``)."""
+    doubtful = or_(and_(Message.status == "unknown",
+                        Message.updated_at < func.now() - timedelta(milliseconds=RECONCILE_FIRST_MS)),
+                   and_(Message.status == "sent", Client.transport.in_(sorted(KNOWS_RECEIPTS)),
+                        Message.updated_at < func.now() - RECEIPTS_OVERDUE))
     ids = list(session.scalars(select(Message.id).join(Client, Client.id == Message.client_id).where(
-        Message.status == "unknown", Message.updated_at > func.now() - RECONCILE_FOR,
-        Message.updated_at < func.now() - timedelta(milliseconds=RECONCILE_FIRST_MS),
+        Message.direction == "outbound", doubtful, Message.updated_at > func.now() - RECONCILE_FOR,
         Client.transport.notin_(STATEFUL)).order_by(Message.updated_at).limit(limit)))
+    if ids:
+        session.execute(update(Message).where(Message.id.in_(ids), Message.status == "sent")
+                        .values(updated_at=func.now()), execution_options={"synchronize_session": False})
     outbox.enqueue_many(session, RECONCILE_ACTOR, [(i,) for i in ids], queue_name="default")
     return len(ids)
 
 
 def reconcile(message_id: str) -> str:
-    """``messages.reconcile``: ask the transport whether an ``unknown`` message went out. Sent: the
-    truth is recorded (with the acks it knows of); certainly not sent: queued again; can't tell:
-    stays unknown. Returns what happened."""
+    """``messages.reconcile``: ask the transport whether an ``unknown`` message went out (or how far
+    a ``sent`` one whose receipts are overdue got). Sent: the truth is recorded (with the receipts
+    it knows of); certainly not sent: queued again; can't tell: stays as it is. Returns what
+    happened."""
     from app.clients.service import load_client_info
     from app.messages.service import apply_ack
 
     with job_session() as session:
         message = session.get(Message, message_id)
-        if message is None or message.status != "unknown" or message.direction != "outbound":
+        if message is None or message.status not in ("unknown", "sent") or message.direction != "outbound":
             return "skipped"
         info = load_client_info(session, message.client_id)
         if info.transport in STATEFUL:
@@ -600,9 +614,11 @@ def reconcile(message_id: str) -> str:
         return "unknown"
     with job_session() as session:
         message = session.get(Message, message_id, with_for_update=True, populate_existing=True)
-        if message is None or message.status != "unknown":
+        if message is None or message.status not in ("unknown", "sent"):
             return "skipped"
         if not found.sent:
+            if message.status == "sent":
+                return "sent"  # we recorded it sent: a network that forgot it does not undo that
             requeue_after_error(session, message_id, message.attempts, message.error_code or "interrupted",
                                 "the transport never received it")
             schedule(session, [(message_id, 0)])

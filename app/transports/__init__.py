@@ -14,6 +14,9 @@ REGISTRY = {
 
 #: transports whose session lives in one process (a session host of the `sessions` pool)
 STATEFUL = {"web"}
+#: transports whose ``lookup`` also tells how far a message got (its receipts): a ``sent`` message
+#: whose receipts are overdue is asked about
+KNOWS_RECEIPTS = {"sim"}
 
 
 def transport_class(name: str) -> type[Transport]:

@@ -95,3 +95,24 @@ def test_what_the_broker_lost_is_sent_again_and_applied_rows_are_purged(session,
     session.expire_all()
     assert session.get(TransportEvent, done.id) is None and session.get(TransportEvent, future.id) is not None
     assert session.get(TransportEvent, lost.id).dispatched_at > old
+
+
+def test_a_backlog_is_not_taken_for_a_loss(session, redis_conn):
+    """Reports whose jobs still wait behind older ones are not sent again (that storm once slowed
+    a backlogged pool further); once the queue has moved past them, they are."""
+    import time
+
+    import dramatiq
+
+    from workers.broker import get_broker
+
+    client = f.make_client(session, status="ready")
+    five_minutes_ago = datetime.now(timezone.utc) - timedelta(minutes=5)
+    f.make_transport_event(session, client_id=client.id, organization_id=client.organization_id,
+                           due_at=five_minutes_ago, dispatched_at=five_minutes_ago)
+    older = int((time.time() - 600) * 1000)
+    get_broker().enqueue(dramatiq.Message(queue_name="default", actor_name="system.noop", args=(), kwargs={},
+                                          options={}, message_timestamp=older))
+    assert inbox.redispatch(session, overdue=timedelta(seconds=30)) == 0, "its job is still behind the head"
+    redis_conn.delete("dramatiq:default")  # the queue moved on: the job, had it been there, would have run
+    assert inbox.redispatch(session, overdue=timedelta(seconds=30)) == 1

@@ -91,3 +91,22 @@ def queue_counts(r, queue: str) -> dict:
 
     return {"queue": queue, "ready": r.llen(f"dramatiq:{queue}"), "delayed": r.llen(f"dramatiq:{dq_name(queue)}"),
             "dead": r.zcard(f"dramatiq:{xq_name(queue)}")}
+
+
+def queue_head_ms(queue: str) -> int:
+    """When the oldest job still waiting in ``queue`` was enqueued (epoch ms); now when none waits.
+
+    Sweepers that re-send jobs lost by the broker use it to tell loss from backlog: a queue is
+    first in, first out, so a row whose job was sent before the job at the head has had its turn.
+    (A delayed job joins the queue at its time but keeps its original timestamp: it can only make
+    the head look older, never newer.)"""
+    import time
+
+    client = get_broker().client
+    head = client.lindex(f"dramatiq:{queue}", 0)
+    if head is None:
+        return int(time.time() * 1000)
+    raw = client.hget(f"dramatiq:{queue}.msgs", head)
+    if raw is None:
+        return int(time.time() * 1000)
+    return int(dramatiq.Message.decode(raw).message_timestamp)

@@ -25,7 +25,7 @@ import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete, func, insert, or_, select, update
 
@@ -188,13 +188,18 @@ def redispatch(session, *, overdue: timedelta | None = None, limit: int = 5000) 
     """Send again the ``inbox.apply`` jobs of rows that should have been applied by now (the
     broker lost them, or their worker dropped them): overdue by ``INBOX_REDISPATCH_AFTER``. A
     duplicate only finds the row applied."""
+    from workers.broker import queue_head_ms
+
     if overdue is None:
         overdue = timedelta(seconds=settings.INBOX_REDISPATCH_AFTER)
+    # a backlog is not a loss: only jobs sent before the one now at the head of the queue have had
+    # their turn (a queue is first in, first out)
+    head = datetime.fromtimestamp(queue_head_ms(QUEUE) / 1000, timezone.utc) - overdue
     ids = list(session.scalars(
         select(TransportEvent.id).where(TransportEvent.applied_at.is_(None),
-                                        TransportEvent.due_at <= func.now() - overdue,
+                                        TransportEvent.due_at <= func.least(func.now() - overdue, head),
                                         or_(TransportEvent.dispatched_at.is_(None),
-                                            TransportEvent.dispatched_at <= func.now() - overdue))
+                                            TransportEvent.dispatched_at <= func.least(func.now() - overdue, head)))
         .order_by(TransportEvent.due_at).limit(limit).with_for_update(skip_locked=True)))
     if not ids:
         return 0

@@ -636,8 +636,12 @@ def requeue_lost(session, lost_after_s: float | None = None, limit: int = 5000) 
     """``queued`` messages of sendable clients whose due time passed ``lost_after_s`` ago with
     nothing happening: their job was lost (Redis lost it, or a crash outlived the outbox). They get
     a new one (a duplicate is harmless: the claim happens once)."""
+    from workers.broker import queue_head_ms
+
     lost_after_s = settings.MESSAGE_LOST_AFTER if lost_after_s is None else lost_after_s
-    cutoff = func.now() - timedelta(seconds=lost_after_s)
+    # a backlog is not a loss: a job due before the one at the head of the queue has had its turn
+    head = _dt(queue_head_ms(SEND_QUEUE)) - timedelta(seconds=lost_after_s)
+    cutoff = func.least(func.now() - timedelta(seconds=lost_after_s), head)
     ids = session.scalars(
         select(Message.id).join(Client, Client.id == Message.client_id)
         .where(Message.status == "queued", Message.direction == "outbound",

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.procs import wait_for
+from workers.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,22 +38,6 @@ SIM_CONFIG = {"scan_after_ms": 100, "deliver_after_ms": 200, "read_after_ms": 40
 #: the batch (of about 20) before which the fault happens: the flow is well under way
 FAULT_AT = 3
 UNPACED = {"per_minute": 100_000, "per_hour": 1_000_000, "per_day": 10_000_000, "min_gap_ms": 0, "max_gap_ms": 0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, message: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {message}")
 
 
 def redis_binary() -> str:
@@ -89,7 +75,7 @@ class OwnRedis:
              "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--maxmemory-policy", "noeviction",
              "--logfile", str(self.path / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_for(self.answers, 30, "the stack's Redis")
+        wait_for(self.answers, timeout=30, message="the stack's Redis")
 
     def answers(self) -> bool:
         try:
@@ -190,7 +176,7 @@ class Stack:
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         for name in ("api", "messages", "default", "scheduler"):
             self.start_process(name)
-        wait_for(lambda: self.health() is not None, 60, "the stack's api")
+        wait_for(lambda: self.health() is not None, timeout=60, message="the stack's api")
         org = self.cli("org", "create", "--name", "Faults", "--admin-email", "faults@example.test",
                        "--admin-password", "a long fault passphrase")
         self.key = self.cli("apikey", "create", "--org", org["organization"]["id"], "--name", "faults",
@@ -214,7 +200,7 @@ class Stack:
         self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         if name in ("messages", "default"):
-            wait_for(lambda: self.pool_alive(name), 60, f"the {name} pool's heartbeat")
+            wait_for(lambda: self.pool_alive(name), timeout=60, message=f"the {name} pool's heartbeat")
 
     def pool_alive(self, name: str) -> bool:
         try:
@@ -285,7 +271,8 @@ class Stack:
         assert status == 201, body
         client_id = body["id"]
         assert self.call("POST", f"/api/clients/{client_id}/start")[0] == 202
-        wait_for(lambda: self.call("GET", f"/api/clients/{client_id}")[1]["status"] == "ready", 300, "a ready client")
+        wait_for(lambda: self.call("GET", f"/api/clients/{client_id}")[1]["status"] == "ready", timeout=300,
+                 message="a ready client")
         return client_id
 
     def send(self, client_id: str, count: int, *, batch: int | None = None, pause_s: float = 0.0,

@@ -203,7 +203,10 @@ def redispatch(session, *, overdue: timedelta | None = None, limit: int = 5000) 
         .order_by(TransportEvent.due_at).limit(limit).with_for_update(skip_locked=True)))
     if not ids:
         return 0
-    session.execute(update(TransportEvent).where(TransportEvent.id.in_(ids)).values(dispatched_at=func.now()),
+    # the next re-send waits as long again as the row has waited so far: a long backlog the head of
+    # the queue cannot see (delayed jobs held by busy workers) costs a few duplicates, not a storm
+    session.execute(update(TransportEvent).where(TransportEvent.id.in_(ids))
+                    .values(dispatched_at=func.now() + (func.now() - TransportEvent.created_at)),
                     execution_options={"synchronize_session": False})
     outbox.after_commit(session, APPLY_ACTOR, QUEUE, [(i,) for i in ids])
     log.warning("inbox: sent again %d transport report(s) the broker did not deliver", len(ids))

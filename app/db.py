@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from app.errors import NotFound
 from config import settings
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -153,8 +154,6 @@ M = TypeVar("M")
 
 def get_scoped(session: Session, model: type[M], organization_id: str, object_id: str, *, for_update: bool = False) -> M:
     """Load a tenant-owned row by id within ``organization_id`` or raise NotFound."""
-    from app.errors import NotFound
-
     stmt = select(model).where(model.id == object_id, model.organization_id == organization_id)
     if hasattr(model, "deleted_at"):
         stmt = stmt.where(model.deleted_at.is_(None))

@@ -36,12 +36,16 @@ import hmac
 import json
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import Response, request
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import BigInteger, ForeignKey, Integer, Text, delete, func, select, update
+from sqlalchemy import text as sqltext
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import CID, TS
+from app.db import Base
 from app.errors import Conflict, ValidationError
 from config import settings
 
@@ -49,6 +53,26 @@ HEADER = "Idempotency-Key"
 REPLAY_HEADER = "Idempotent-Replayed"
 TTL = timedelta(hours=24)
 _KEY_OK = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+
+
+class IdempotencyKey(Base):
+    """``Idempotency-Key`` of a creating POST: in_flight, then completed with the first response."""
+
+    __tablename__ = "idempotency_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    organization_id: Mapped[str] = mapped_column(CID, ForeignKey("organizations.id", ondelete="CASCADE"))
+    principal_id: Mapped[str] = mapped_column(CID)
+    key: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(Text)
+    path: Mapped[str] = mapped_column(Text)
+    request_hash: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(Text, server_default="in_flight")
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[dict | list | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(TS, server_default=sqltext("now() + interval '24 hours'"))
+
 
 HEADER_DOC = {
     "in": "header", "name": HEADER, "required": False, "schema": {"type": "string", "maxLength": 255},
@@ -85,8 +109,6 @@ def _principal_key(principal) -> str:
 def claim(principal, key: str, fingerprint: str, method: str, path: str) -> int | _Replay:
     """Take ``key`` for this request (its row id), or the stored response to replay; raises 409/422."""
     from app.db import new_session
-    from app.models import IdempotencyKey
-
     who = _principal_key(principal)
     session = new_session()
     try:
@@ -134,8 +156,6 @@ def claim(principal, key: str, fingerprint: str, method: str, path: str) -> int 
 
 def complete(session, key_id: int, status: int, body) -> None:
     """Store the response in the request's own transaction (commits with what the request wrote)."""
-    from app.models import IdempotencyKey
-
     session.execute(update(IdempotencyKey).where(IdempotencyKey.id == key_id)
                     .values(status="completed", response_status=status, response_body=body))
 
@@ -151,8 +171,6 @@ def release(key_id: int) -> None:
 
 def _try_release(key_id: int) -> bool:
     from app.db import new_session
-    from app.models import IdempotencyKey
-
     session = new_session()
     try:
         session.execute(delete(IdempotencyKey).where(IdempotencyKey.id == key_id,
@@ -213,8 +231,6 @@ _releaser = _Releaser()
 
 def purge_expired(session, limit: int = 10_000) -> int:
     """Delete keys past their 24 hours (at most ``limit`` per call)."""
-    from app.models import IdempotencyKey
-
     ids = select(IdempotencyKey.id).where(IdempotencyKey.expires_at < func.now()).limit(limit).scalar_subquery()
     return session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids))).rowcount or 0
 

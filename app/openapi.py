@@ -24,7 +24,7 @@ import flask_smorest
 from apispec import BasePlugin
 from apispec.exceptions import APISpecError
 
-from app.errors import ErrorSchema
+from app.http_errors import ErrorSchema
 from app.request_guard import MAX_JSON_DEPTH
 
 ERROR_REF = {"$ref": "#/components/schemas/Error"}

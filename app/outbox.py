@@ -20,20 +20,40 @@ import logging
 import os
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dramatiq
+from sqlalchemy import BigInteger, Integer, Text, delete, event, func, insert, select
+from sqlalchemy import text as sqltext
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from workers.broker import get_broker  # the configured broker, never dramatiq's implicit default
-from sqlalchemy import delete, event, insert, select
-from sqlalchemy.orm import Session
-
+from app.columns import TS
+from app.db import Base
 from app.logs import current_request_id
+from app.queues import queue_of
 from config import settings
+from workers.broker import get_broker  # the configured broker, never dramatiq's implicit default
 
 log = logging.getLogger(__name__)
 
 _PENDING = "outbox_pending"
+
+
+class JobOutbox(Base):
+    """Jobs written in the caller's transaction and sent to the broker after commit (app/outbox.py)."""
+
+    __tablename__ = "job_outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    actor_name: Mapped[str] = mapped_column(Text)
+    queue_name: Mapped[str] = mapped_column(Text)
+    args: Mapped[list] = mapped_column(JSONB, server_default=sqltext("'[]'::jsonb"))
+    kwargs: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
+    options: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    dispatched_at: Mapped[datetime | None] = mapped_column(TS)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
 
 
 def enqueue(session: Session, actor: dramatiq.Actor | str, *args, delay_ms: int | None = None,
@@ -47,8 +67,6 @@ def enqueue_many(session: Session, actor: dramatiq.Actor | str, arg_lists: list,
                  delays_ms: list[int | None] | None = None) -> None:
     """Like ``enqueue`` for many argument tuples of one actor, with one INSERT. ``delays_ms`` gives
     each job its own delay (same length as ``arg_lists``) instead of ``delay_ms`` for all."""
-    from app.models import JobOutbox
-
     if not arg_lists:
         return
     actor_name, default_queue = _actor_route(actor, queue_name)
@@ -67,7 +85,7 @@ def enqueue_many(session: Session, actor: dramatiq.Actor | str, arg_lists: list,
     pending.extend({**row, "id": id_} for row, id_ in zip(rows, ids))
 
 
-def after_commit(session: Session, actor_name: str, queue_name: str, arg_lists: list, *,
+def after_commit(session: Session, actor_name: str, arg_lists: list, *,
                  delays_ms: list[int | None] | None = None) -> None:
     """Send jobs once ``session`` commits, without a ``job_outbox`` row: for jobs whose work is
     already durable in rows of their own, which a sweeper of theirs sends again if the broker
@@ -77,19 +95,17 @@ def after_commit(session: Session, actor_name: str, queue_name: str, arg_lists: 
     now_ms = int(time.time() * 1000)
     delays_ms = delays_ms or [None] * len(arg_lists)
     session.info.setdefault(_PENDING, []).extend(
-        {"id": None, "actor_name": actor_name, "queue_name": queue_name, "args": list(a), "kwargs": {},
+        {"id": None, "actor_name": actor_name, "queue_name": queue_of(actor_name), "args": list(a), "kwargs": {},
          "options": {"eta": now_ms + int(d)} if d and d > 0 else {}}
         for a, d in zip(arg_lists, delays_ms, strict=True))
 
 
 def _actor_route(actor, queue_name: str | None = None) -> tuple[str, str]:
-    """Name and queue of an actor; by name alone when the queue is given (the actor may live in a
-    module this process does not import)."""
-    if isinstance(actor, str):
-        if queue_name:
-            return actor, queue_name
-        actor = get_broker().get_actor(actor)
-    return actor.actor_name, actor.queue_name
+    """Name and queue of an actor: ``queue_name`` when given (a session host's own queue), else
+    the actor's queue from ``app.queues`` (by name: the actor may live in a module this process
+    does not import)."""
+    name = actor if isinstance(actor, str) else actor.actor_name
+    return name, queue_name or queue_of(name)
 
 
 def _send(row: dict) -> None:
@@ -125,8 +141,6 @@ class _Dispatched:
 
     def flush(self) -> None:
         """Delete every id collected so far (also called at exit)."""
-        from app.models import JobOutbox
-
         with self._lock:
             batches, self._ids = self._ids, {}
         for engine, ids in batches.items():
@@ -198,8 +212,6 @@ def _after_rollback(session: Session) -> None:
 
 def sweep(session: Session, older_than_s: int | None = None, limit: int = 1000) -> int:
     """Send jobs committed more than ``older_than_s`` seconds ago and never dispatched."""
-    from app.models import JobOutbox
-
     older_than_s = settings.OUTBOX_SWEEP_AFTER if older_than_s is None else older_than_s
     cutoff = select(JobOutbox).where(
         JobOutbox.dispatched_at.is_(None),

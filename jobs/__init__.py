@@ -6,7 +6,10 @@ worker of any pool knows every actor by name.
 import importlib
 import pkgutil
 
-import workers.broker  # noqa: F401  (must come first)
+import app.models  # noqa: F401  (an entry point: registers every table)
+from workers.broker import get_broker
+
+get_broker()  # the configured broker, set before any actor is declared
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
     importlib.import_module(f"{__name__}.{_info.name}")

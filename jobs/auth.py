@@ -1,12 +1,11 @@
 """Housekeeping of logins: expired refresh tokens do not pile up forever."""
-import dramatiq
-
 from app.auth import service
 from app.db import job_session
-from workers.periodic import every
+from app.queues import actor
+from jobs.periodic import every
 
 
-@dramatiq.actor(actor_name="auth.purge_expired_tokens", queue_name="default", max_retries=0, time_limit=600_000)
+@actor("auth.purge_expired_tokens", max_retries=0, time_limit=600_000)
 def purge_expired_tokens() -> None:
     while True:
         with job_session() as session:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import logging
 
-import dramatiq
-
-from app.clients import proxy_service, service
+from app.clients import lifecycle, proxy_service, session_state
 from app.db import job_session
 from app.inbox.service import InboxSink
+from app.queues import actor
 from app.transports import transport_class
 from config import settings
-from workers.periodic import every
+from jobs.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +25,11 @@ def _transport(info, sink=None):
     return transport_class(info.transport)(info, sink or InboxSink())
 
 
-@dramatiq.actor(actor_name="clients.start", queue_name="default", max_retries=3)
+@actor("clients.start", max_retries=3)
 def start(client_id: str) -> None:
     """Connect a client that is ``starting`` (API start) or ``disconnected`` (a reconnect attempt)."""
     with job_session() as session:
-        info = service.begin_start(session, client_id)
+        info = lifecycle.begin_start(session, client_id)
     if info is None:
         return
     sink = InboxSink()
@@ -40,52 +39,52 @@ def start(client_id: str) -> None:
     except Exception as exc:  # a transport that cannot even begin: the client failed, no retry
         log.exception("client %s: transport start failed", client_id)
         with job_session() as session:
-            service.record_status(session, client_id, "failed", {"reason": f"start failed: {exc}"[:500]})
+            lifecycle.record_status(session, client_id, "failed", {"reason": f"start failed: {exc}"[:500]})
 
 
 def _shutdown(client_id: str, verb: str) -> None:
     with job_session() as session:
-        info = service.begin_shutdown(session, client_id, verb)
+        info = lifecycle.begin_shutdown(session, client_id, verb)
     if info is not None:
         getattr(_transport(info), verb)()
 
 
-@dramatiq.actor(actor_name="clients.stop", queue_name="default", max_retries=3)
+@actor("clients.stop", max_retries=3)
 def stop(client_id: str) -> None:
     """Close the transport session of a stopped client, keeping its login."""
     _shutdown(client_id, "stop")
 
 
-@dramatiq.actor(actor_name="clients.logout", queue_name="default", max_retries=3)
+@actor("clients.logout", max_retries=3)
 def logout(client_id: str) -> None:
     """Log a stopped (or deleted) client's account out."""
     _shutdown(client_id, "logout")
 
 
-@dramatiq.actor(actor_name="clients.on_status", queue_name="default")
+@actor("clients.on_status")
 def on_status(client_id: str, status: str, detail: dict | None = None) -> None:
     """A transport reported a status (qr, ready, ...). Reports are inbox.apply jobs now; this one
     serves jobs sent before the upgrade."""
     with job_session() as session:
-        service.record_status(session, client_id, status, detail or {})
+        lifecycle.record_status(session, client_id, status, detail or {})
 
 
-@dramatiq.actor(actor_name="clients.save_session_state", queue_name="default")
+@actor("clients.save_session_state")
 def save_session_state(client_id: str, state_b64: str) -> None:
     """A stateful transport's login state, stored encrypted (client_sessions.state_encrypted).
     The sink stores it at once now; this job serves jobs sent before the upgrade."""
     with job_session() as session:
-        service.save_session_state(session, client_id, base64.b64decode(state_b64))
+        session_state.save_session_state(session, client_id, base64.b64decode(state_b64))
 
 
-@dramatiq.actor(actor_name="clients.check_proxies", queue_name="default", max_retries=0)
+@actor("clients.check_proxies", max_retries=0)
 def check_proxies() -> None:
     """Periodic: a ``clients.check_proxy`` job for every proxy."""
     with job_session() as session:
         proxy_service.enqueue_checks(session)
 
 
-@dramatiq.actor(actor_name="clients.check_proxy", queue_name="default", max_retries=0)
+@actor("clients.check_proxy", max_retries=0)
 def check_proxy(proxy_id: str) -> None:
     """Open a tunnel through one proxy; mark it ok, failing or dead (with a proxy_dead alert)."""
     with job_session() as session:

@@ -1,20 +1,19 @@
 """Actors of the transport inbox (app/inbox/service.py holds the logic)."""
-import dramatiq
-
 from app.db import job_session
+from app.queues import actor
 from config import settings
-from workers.periodic import every
+from jobs.periodic import every
 
 
-@dramatiq.actor(actor_name="inbox.apply", queue_name="default", max_retries=20, min_backoff=500, max_backoff=60_000)
+@actor("inbox.apply", max_retries=20, min_backoff=500, max_backoff=60_000)
 def apply(event_id: int) -> None:
     """Apply one transport report (a client status, an ack, an inbound message) once."""
-    from app.inbox import service
+    from app.inbox import apply as inbox_apply
 
-    service.apply(event_id)
+    inbox_apply.apply(event_id)
 
 
-@dramatiq.actor(actor_name="inbox.sweep", queue_name="default", max_retries=0)
+@actor("inbox.sweep", max_retries=0)
 def sweep() -> None:
     """Send again the reports whose job the broker lost; purge the applied ones after a day."""
     from app.inbox import service

@@ -1,13 +1,15 @@
-"""Actors of the message pipeline (app/messages/service.py and dispatch.py hold the logic)."""
+"""Actors of the message pipeline (app/messages/ holds the logic)."""
 import logging
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from app.db import job_session
+from app.messages import dispatch, inbound, planning, sweeper, tracking
+from app.queues import actor
 from app.transports.base import TransientSendError
 from config import settings
-from workers.periodic import every
+from jobs.periodic import every
 
 log = logging.getLogger(__name__)
 
@@ -15,12 +17,9 @@ log = logging.getLogger(__name__)
 ACK_RETRIES = 6
 
 
-@dramatiq.actor(actor_name="messages.send", queue_name="messages", max_retries=settings.MESSAGE_MAX_ATTEMPTS + 2,
-                min_backoff=1000, max_backoff=60_000)
+@actor("messages.send", max_retries=settings.MESSAGE_MAX_ATTEMPTS + 2, min_backoff=1000, max_backoff=60_000)
 def send(message_id: str) -> None:
     """Pace, claim and send one message (or hold it, or hand it to its session host)."""
-    from app.messages import dispatch
-
     try:
         dispatch.run_send_job(message_id)
     except TransientSendError as exc:
@@ -28,14 +27,12 @@ def send(message_id: str) -> None:
         raise dramatiq.Retry(f"{exc.code}: {exc}", delay=exc.retry_after_ms) from exc
 
 
-@dramatiq.actor(actor_name="messages.on_ack", queue_name="default", max_retries=ACK_RETRIES + 1)
+@actor("messages.on_ack", max_retries=ACK_RETRIES + 1)
 def on_ack(client_id: str, external_id: str, status: str, error=None, at_iso=None) -> None:
     """A transport's delivery report (sent / delivered / read / failed) for a message it sent.
     Reports are inbox.apply jobs now; this one serves jobs sent before the upgrade."""
-    from app.messages import service
-
     with job_session() as session:
-        found = service.apply_ack(session, client_id, external_id, status, error, service.parse_time(at_iso))
+        found = tracking.apply_ack(session, client_id, external_id, status, error, tracking.parse_time(at_iso))
     if found is None:
         retries = CurrentMessage.get_current_message().options.get("retries", 0)
         if retries >= ACK_RETRIES:
@@ -44,41 +41,32 @@ def on_ack(client_id: str, external_id: str, status: str, error=None, at_iso=Non
         raise dramatiq.Retry("the ack overtook its send", delay=250 * 2 ** retries)
 
 
-@dramatiq.actor(actor_name="messages.on_inbound", queue_name="default", max_retries=5, min_backoff=1000)
+@actor("messages.on_inbound", max_retries=5, min_backoff=1000)
 def on_inbound(client_id: str, payload: dict) -> None:
     """A contact wrote to a client: store it once, update the contact, handle STOP / START.
     Reports are inbox.apply jobs now; this one serves jobs sent before the upgrade."""
-    from app.messages import service
-
     with job_session() as session:
-        service.receive_inbound(session, client_id, payload)
+        inbound.receive_inbound(session, client_id, payload)
 
 
-@dramatiq.actor(actor_name="messages.reconcile", queue_name="default", max_retries=8, min_backoff=5000,
-                max_backoff=300_000)
+@actor("messages.reconcile", max_retries=8, min_backoff=5000, max_backoff=300_000)
 def reconcile(message_id: str) -> None:
     """Ask the transport whether an ``unknown`` message went out, and record the truth."""
-    from app.messages import dispatch
-
-    dispatch.reconcile(message_id)
+    sweeper.reconcile(message_id)
 
 
-@dramatiq.actor(actor_name="messages.sweep", queue_name="default", max_retries=0)
+@actor("messages.sweep", max_retries=0)
 def sweep() -> None:
     """Interrupted sends, unknown ones to ask about, lost jobs, expired idempotency keys
-    (app/messages/dispatch.py ``sweep``)."""
-    from app.messages import dispatch
-
+    (app/messages/sweeper.py)."""
     with job_session() as session:
-        dispatch.sweep(session)
+        sweeper.sweep(session)
 
 
-@dramatiq.actor(actor_name="messages.release_parked", queue_name="default", max_retries=0)
+@actor("messages.release_parked", max_retries=0)
 def release_parked() -> None:
-    """Move messages due soon from the parking lot into the broker (app/messages/dispatch.py)."""
-    from app.messages import dispatch
-
-    dispatch.release_parked()
+    """Move messages due soon from the parking lot into the broker (app/messages/planning.py)."""
+    planning.release_parked()
 
 
 every(settings.MESSAGE_SWEEP_EVERY, "messages.sweep")

@@ -8,23 +8,24 @@ import json
 import time
 from contextlib import contextmanager
 
-import dramatiq
 from sqlalchemy.engine import Engine
 
 from app.db import SessionFactory, get_engine, job_session
-from app.webhooks import delivery, service
+from app.queues import actor
+from app.webhooks import delivery, pipeline
+from app.webhooks import events as webhook_events
 from config import settings
-from workers.periodic import every
+from jobs.periodic import every
 
 DISPATCH_BATCH = 500
 DISPATCH_MAX_BATCHES = 10
 
 
-@dramatiq.actor(actor_name="webhooks.fan_out", queue_name="webhooks", max_retries=10, min_backoff=500,
+@actor("webhooks.fan_out", max_retries=10, min_backoff=500,
                 max_backoff=60_000)
 def fan_out(event_id: str) -> None:
     with job_session() as session:
-        service.fan_out(session, event_id)
+        webhook_events.fan_out(session, event_id)
 
 
 #: a thread that finished an attempt runs the endpoint's next parked job itself (the slot passes
@@ -51,7 +52,7 @@ def one_statement():
             yield session
 
 
-@dramatiq.actor(actor_name="webhooks.deliver", queue_name="webhooks", max_retries=5, min_backoff=1000,
+@actor("webhooks.deliver", max_retries=5, min_backoff=1000,
                 max_backoff=60_000, time_limit=int((3 * float(settings.WEBHOOK_TIMEOUT) + 60) * 1000))
 def deliver(delivery_id: str, attempt: int, webhook_id: str | None = None) -> None:
     """Attempt ``attempt`` of a delivery to endpoint ``webhook_id``.
@@ -66,7 +67,7 @@ def deliver(delivery_id: str, attempt: int, webhook_id: str | None = None) -> No
     """
     if webhook_id is None:  # a job sent before webhook ids travelled with it
         with job_session() as session:
-            webhook_id = service.webhook_of(session, delivery_id)
+            webhook_id = pipeline.webhook_of(session, delivery_id)
         if webhook_id is None:
             return
     slot = delivery.acquire_slot(webhook_id, json.dumps([delivery_id, attempt, webhook_id]))
@@ -100,7 +101,7 @@ def attempt_once(delivery_id: str, attempt: int) -> str | None:
     """Claim, send, record: the HTTP request runs between two statements, never inside a
     transaction. Returns the delivery's new status (None: nothing to do)."""
     with one_statement() as conn:
-        request = service.prepare_attempt(conn, delivery_id, attempt)
+        request = pipeline.prepare_attempt(conn, delivery_id, attempt)
     if request is None:
         return None
     if request.unsendable:
@@ -109,25 +110,25 @@ def attempt_once(delivery_id: str, attempt: int) -> str | None:
         outcome = delivery.send(request.url, request.body, request.headers)
     if outcome.success:
         with one_statement() as conn:
-            return service.record_attempt(conn, request, outcome)
+            return pipeline.record_attempt(conn, request, outcome)
     with job_session() as session:
-        return service.record_attempt(session, request, outcome)
+        return pipeline.record_attempt(session, request, outcome)
 
 
-@dramatiq.actor(actor_name="webhooks.dispatch_due", queue_name="webhooks", max_retries=0,
+@actor("webhooks.dispatch_due", max_retries=0,
                 time_limit=120_000)
 def dispatch_due() -> None:
     for _ in range(DISPATCH_MAX_BATCHES):
         with job_session() as session:
-            sent = service.dispatch_due(session, limit=DISPATCH_BATCH)
+            sent = pipeline.dispatch_due(session, limit=DISPATCH_BATCH)
         if sent < DISPATCH_BATCH:
             break
 
 
-@dramatiq.actor(actor_name="webhooks.cleanup", queue_name="webhooks", max_retries=0, time_limit=600_000)
+@actor("webhooks.cleanup", max_retries=0, time_limit=600_000)
 def cleanup() -> None:
     with job_session() as session:
-        service.cleanup(session)
+        pipeline.cleanup(session)
 
 
 every(5, "webhooks.dispatch_due")

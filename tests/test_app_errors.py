@@ -5,7 +5,7 @@ from flask.views import MethodView
 import marshmallow as ma
 
 from app.errors import Conflict, RateLimited, ServiceUnavailable
-from app.security.permissions import public
+from app.security.guard import public
 
 
 def _assert_error(resp, status, code):

@@ -314,8 +314,8 @@ def test_an_expired_refresh_token_is_refused(client, session):
 
 
 def test_refresh_tokens_expired_over_a_week_are_purged_hourly(session):
-    from app.auth.service import purge_expired_refresh_tokens
-    from workers.periodic import PERIODIC
+    from app.auth.sessions import purge_expired_refresh_tokens
+    from jobs.periodic import PERIODIC
     import jobs  # noqa: F401  (declares the periodic jobs)
 
     user = f.make_user(session)

@@ -113,7 +113,7 @@ def test_dead_letters_of_session_host_queues_are_listed_and_retried_on_the_share
 
     import jobs  # noqa: F401
     from workers.middleware import heartbeat_key
-    from workers.session_host import HEARTBEAT_KIND
+    from app.clients.leases import HEARTBEAT_KIND
 
     def dead_letter(queue, actor, arg):
         msg = dramatiq.Message(queue_name=queue, actor_name=actor, args=(arg,), kwargs={}, options={})

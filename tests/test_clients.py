@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import types
 
 import pytest
@@ -13,7 +12,8 @@ from PIL import Image
 from sqlalchemy import select
 
 from app.audit.models import AuditLog
-from app.clients import service
+from app.clients import lifecycle, session_state
+from app.clients.info import load_client_info
 from app.clients.models import BanAlert, Client, ClientSession, ClientStatusHistory
 from app.db import utcnow
 from app.models import JobOutbox
@@ -104,7 +104,7 @@ def test_secret_config_is_encrypted_never_returned_and_merged_on_patch(client, s
     assert "EAAG-secret-token" not in resp.get_data(as_text=True)
     row = session.get(Client, created["id"])
     assert "EAAG" not in row.secrets_encrypted and row.secrets_encrypted.startswith("v1:")
-    info = service.load_client_info(session, created["id"])
+    info = load_client_info(session, created["id"])
     assert info.secrets == {"access_token": "EAAG-secret-token", "app_secret": "app-secret-1", "verify_token": "verify-me"}
     assert info.config == {"phone_number_id": "1234567890"} and info.transport == "cloud" and info.proxy is None
 
@@ -114,7 +114,7 @@ def test_secret_config_is_encrypted_never_returned_and_merged_on_patch(client, s
     assert resp.get_json()["config"] == {"phone_number_id": "1234567890", "api_version": "v21.0"}
     assert "EAAG" not in resp.get_data(as_text=True)
     session.expire_all()
-    assert service.load_client_info(session, created["id"]).secrets == {"access_token": "EAAG-rotated",
+    assert load_client_info(session, created["id"]).secrets == {"access_token": "EAAG-rotated",
                                                                         "app_secret": "app-secret-1"}
     audits = json.dumps([a.changes for a in session.scalars(select(AuditLog).where(AuditLog.target_id == created["id"]))])
     assert "EAAG" not in audits and "app-secret-1" not in audits and "verify-me" not in audits
@@ -208,12 +208,12 @@ def test_proxy_must_belong_to_the_organisation_and_reaches_the_transport(client,
     assert resp.status_code == 422 and "proxy_id" in resp.get_json()["error"]["details"]
     created = client.post("/api/clients", json={"name": "x", "proxy_id": own.id}, headers=admin).get_json()
     assert created["proxy_id"] == own.id
-    proxy = service.load_client_info(session, created["id"]).proxy
+    proxy = load_client_info(session, created["id"]).proxy
     assert (proxy.scheme, proxy.host, proxy.port, proxy.username, proxy.password) == ("socks5", "10.1.2.3", 1080, "u", "p@ss")
     assert client.patch(f"/api/clients/{created['id']}", json={"proxy_id": foreign.id}, headers=admin).status_code == 422
     resp = client.patch(f"/api/clients/{created['id']}", json={"proxy_id": None}, headers=admin)
     assert resp.status_code == 200 and resp.get_json()["proxy_id"] is None
-    assert service.load_client_info(session, created["id"]).proxy is None
+    assert load_client_info(session, created["id"]).proxy is None
 
 
 # ----------------------------------------------------------------------------------- lifecycle (API)
@@ -253,7 +253,7 @@ def test_deleting_a_running_client_stops_it_and_logs_it_out(client, session, org
     assert [j.args for j in outbox_jobs(session, "clients.logout")] == [[c.id]]
     assert [e.type for e in events(session, c.id)] == ["client.disconnected"]
     # the logout job still finds the deleted client
-    assert service.load_client_info(session, c.id).id == c.id
+    assert load_client_info(session, c.id).id == c.id
 
 
 def qr_matrix_from_png(png: bytes, size: int, border: int = 4) -> list[list[bool]]:
@@ -297,9 +297,9 @@ def test_qr_endpoint_json_png_and_409(client, session, org, admin):
     resp = client.get(f"/api/clients/{c.id}/qr", headers=admin)
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "client_not_in_qr_state"
 
-    service.set_status(session, c, "starting")
+    lifecycle.set_status(session, c, "starting")
     payload = "2@sim,QUJDREVGR0hJSktMTU5PUFFSU1RVVldY,cli_test"
-    service.record_status(session, c.id, "qr", {"qr": payload, "expires_at": "2030-01-01T00:00:20+00:00"})
+    lifecycle.record_status(session, c.id, "qr", {"qr": payload, "expires_at": "2030-01-01T00:00:20+00:00"})
     body = client.get(f"/api/clients/{c.id}/qr", headers=admin).get_json()
     assert body == {"qr": payload, "expires_at": "2030-01-01T00:00:20+00:00"}
     resp = client.get(f"/api/clients/{c.id}/qr", headers={**admin, "Accept": "image/png"})
@@ -307,7 +307,7 @@ def test_qr_endpoint_json_png_and_409(client, session, org, admin):
     assert resp.headers["Cache-Control"] == "no-store"
     assert_png_is_qr_of(resp.data, payload)
 
-    service.record_status(session, c.id, "ready", {"phone": "+15550002222"})
+    lifecycle.record_status(session, c.id, "ready", {"phone": "+15550002222"})
     assert client.get(f"/api/clients/{c.id}/qr", headers={**admin, "Accept": "image/png"}).status_code == 409
     viewer = principal_headers(session, org, "viewer")
     assert client.get(f"/api/clients/{c.id}/qr", headers=viewer).status_code == 403
@@ -317,10 +317,10 @@ def test_qr_endpoint_json_png_and_409(client, session, org, admin):
 
 def test_reports_walk_a_client_to_ready_with_history_and_events(session):
     c = f.make_client(session, status="starting", paused=True)
-    service.record_status(session, c.id, "qr", {"qr": "2@one", "expires_at": "2030-01-01T00:00:00Z"})
-    service.record_status(session, c.id, "qr", {"qr": "2@two", "expires_at": "2030-01-01T00:00:20Z"})
+    lifecycle.record_status(session, c.id, "qr", {"qr": "2@one", "expires_at": "2030-01-01T00:00:00Z"})
+    lifecycle.record_status(session, c.id, "qr", {"qr": "2@two", "expires_at": "2030-01-01T00:00:20Z"})
     assert session.get(Client, c.id).qr == "2@two"
-    service.record_status(session, c.id, "ready", {"phone": "+15550003333"})
+    lifecycle.record_status(session, c.id, "ready", {"phone": "+15550003333"})
     row = session.get(Client, c.id)
     assert (row.status, row.phone, row.paused, row.qr) == ("ready", "+15550003333", False, None)
     assert row.last_seen_at is not None
@@ -336,16 +336,16 @@ def test_reports_walk_a_client_to_ready_with_history_and_events(session):
 def test_late_reports_of_a_stopped_session_are_ignored(session):
     c = f.make_client(session, status="stopped")
     for status in ("qr", "ready", "disconnected", "failed", "logged_out"):
-        assert service.record_status(session, c.id, status, {"qr": "x"}) is None
+        assert lifecycle.record_status(session, c.id, status, {"qr": "x"}) is None
     assert session.get(Client, c.id).status == "stopped" and history(session, c.id) == []
     gone = f.make_client(session, status="ready", deleted_at=utcnow())
-    assert service.record_status(session, gone.id, "banned", {}) is None
-    assert service.record_status(session, "cli_nobody", "ready", {}) is None
+    assert lifecycle.record_status(session, gone.id, "banned", {}) is None
+    assert lifecycle.record_status(session, "cli_nobody", "ready", {}) is None
 
 
 def test_ban_pauses_the_client_and_raises_an_alert(session):
     c = f.make_client(session, status="ready")
-    service.record_status(session, c.id, "banned", {"reason": "spam reports"})
+    lifecycle.record_status(session, c.id, "banned", {"reason": "spam reports"})
     row = session.get(Client, c.id)
     assert (row.status, row.paused, row.last_error) == ("banned", True, "spam reports")
     [alert] = session.scalars(select(BanAlert).where(BanAlert.client_id == c.id))
@@ -356,7 +356,7 @@ def test_ban_pauses_the_client_and_raises_an_alert(session):
 def test_logout_from_the_phone_stops_pauses_alerts_and_forgets_the_login(session):
     c = f.make_client(session, status="ready", transport="web")
     f.make_client_session(session, client_id=c.id, state_encrypted=encrypt(b"cookies"))
-    service.record_status(session, c.id, "logged_out", {"reason": "unlinked on the phone"})
+    lifecycle.record_status(session, c.id, "logged_out", {"reason": "unlinked on the phone"})
     row = session.get(Client, c.id)
     assert (row.status, row.paused) == ("stopped", True)
     assert [a.kind for a in session.scalars(select(BanAlert).where(BanAlert.client_id == c.id))] == ["logged_out"]
@@ -368,16 +368,16 @@ def test_disconnects_reconnect_with_backoff_then_give_up(session):
     c = f.make_client(session, status="ready")
     settings.override(CLIENT_RECONNECT_ATTEMPTS=2, CLIENT_RECONNECT_BASE_MS=1000)
     try:
-        service.record_status(session, c.id, "disconnected", {"reason": "network"})
+        lifecycle.record_status(session, c.id, "disconnected", {"reason": "network"})
         assert session.get(Client, c.id).status == "disconnected"
         [job] = outbox_jobs(session, "clients.start")
         assert job.args == [c.id] and job.queue_name == "default" and job.options["eta"]
         # the reconnect attempt starts and is dropped again
-        assert service.begin_start(session, c.id).id == c.id
-        service.record_status(session, c.id, "disconnected", {"reason": "network"})
+        assert lifecycle.begin_start(session, c.id).id == c.id
+        lifecycle.record_status(session, c.id, "disconnected", {"reason": "network"})
         assert len(outbox_jobs(session, "clients.start")) == 2
-        service.begin_start(session, c.id)
-        service.record_status(session, c.id, "disconnected", {"reason": "network"})
+        lifecycle.begin_start(session, c.id)
+        lifecycle.record_status(session, c.id, "disconnected", {"reason": "network"})
     finally:
         settings.override(CLIENT_RECONNECT_ATTEMPTS=8, CLIENT_RECONNECT_BASE_MS=2000)
     row = session.get(Client, c.id)
@@ -390,26 +390,25 @@ def test_disconnects_reconnect_with_backoff_then_give_up(session):
 def test_reconnect_delays_double_up_to_the_cap():
     settings.override(CLIENT_RECONNECT_BASE_MS=1000, CLIENT_RECONNECT_MAX_MS=5000)
     try:
-        delays = [service.reconnect_delay_ms(n) for n in (1, 2, 3, 4, 10)]
+        delays = [lifecycle.reconnect_delay_ms(n) for n in (1, 2, 3, 4, 10)]
     finally:
         settings.override(CLIENT_RECONNECT_BASE_MS=2000, CLIENT_RECONNECT_MAX_MS=300000)
     assert 800 <= delays[0] <= 1000 and 1600 <= delays[1] <= 2000 and 3200 <= delays[2] <= 4000
     assert 4000 <= delays[3] <= 5000 and 4000 <= delays[4] <= 5000
 
 
-def test_ready_resumes_the_outbound_queue_when_the_pipeline_offers_it(session, monkeypatch):
-    calls = []
-    fake = types.ModuleType("app.messages.dispatch")
-    fake.resume_client = lambda s, client_id: calls.append((s, client_id))
-    monkeypatch.setitem(sys.modules, "app.messages.dispatch", fake)
+def test_ready_sends_on_the_messages_that_waited_for_the_client(session):
+    from app.models import JobOutbox, Message
+
     c = f.make_client(session, status="qr", paused=True)
-    service.record_status(session, c.id, "ready", {})
-    assert calls == [(session, c.id)]
-    service.record_status(session, c.id, "ready", {})  # still ready, not paused: nothing to resume
-    assert len(calls) == 1
-    monkeypatch.setitem(sys.modules, "app.messages.dispatch", types.ModuleType("app.messages.dispatch"))
-    other = f.make_client(session, status="starting")
-    assert service.record_status(session, other.id, "ready", {}).status == "ready"  # tolerated
+    waiting = [f.make_message(session, client_id=c.id, organization_id=c.organization_id) for _ in range(2)]
+    lifecycle.record_status(session, c.id, "ready", {})
+    jobs_for = lambda: sorted(r.args[0] for r in session.scalars(  # noqa: E731
+        select(JobOutbox).where(JobOutbox.actor_name == "messages.send")))
+    assert jobs_for() == sorted(m.id for m in waiting), "each waiting message gets its send job"
+    assert all(session.get(Message, m.id).status == "queued" for m in waiting)
+    lifecycle.record_status(session, c.id, "ready", {})  # still ready, not paused: nothing to resume
+    assert len(jobs_for()) == 2
 
 
 def test_session_state_is_stored_encrypted(session):
@@ -421,9 +420,9 @@ def test_session_state_is_stored_encrypted(session):
     save_session_state.fn(c.id, base64.b64encode(b'{"cookies": "secret-cookie"}').decode())
     row = session.get(ClientSession, c.id)
     assert row.organization_id == c.organization_id and b"secret-cookie" not in row.state_encrypted.encode()
-    assert service.load_session_state(session, c.id) == b'{"cookies": "secret-cookie"}'
+    assert session_state.load_session_state(session, c.id) == b'{"cookies": "secret-cookie"}'
     save_session_state.fn(c.id, base64.b64encode(b"newer").decode())
-    assert service.load_session_state(session, c.id) == b"newer"
+    assert session_state.load_session_state(session, c.id) == b"newer"
 
 
 # ----------------------------------------------------------------------------------- real workers

@@ -1,5 +1,5 @@
 """The deployment files (Dockerfile, docker-entrypoint.sh, docker-compose.yml, nginx.conf,
-.env.example) agree with the code: one compose service per worker pool of ``workers/pools.py``,
+.env.example) agree with the code: one compose service per worker pool of ``app/queues.py``,
 every setting of ``config.SETTINGS`` documented, the api port and upload limit carried through.
 
 Pure file checks, plus ``docker compose config`` when a Compose v2 binary is installed (``pip
@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from config import SETTINGS
-from workers.pools import POOLS
+from app.queues import POOLS
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -126,10 +126,10 @@ def test_every_pool_has_a_worker_service_running_it():
     services = _services()
     for pool in POOLS:
         name = f"worker-{pool}"
-        assert name in services, f"workers/pools.py declares pool {pool!r} but docker-compose.yml has no {name}"
+        assert name in services, f"app/queues.py declares pool {pool!r} but docker-compose.yml has no {name}"
         assert _runs_pool(services[name].get("command"), pool), f"{name} does not run pool {pool}: {services[name].get('command')}"
     strays = {n for n in services if n.startswith("worker-")} - {f"worker-{p}" for p in POOLS}
-    assert not strays, f"compose services for pools that workers/pools.py does not declare: {sorted(strays)}"
+    assert not strays, f"compose services for pools that app/queues.py does not declare: {sorted(strays)}"
 
 
 def test_long_running_services_have_healthchecks():

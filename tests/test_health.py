@@ -2,7 +2,7 @@
 import pytest
 
 from workers.middleware import HeartbeatThread
-from workers.pools import POOLS
+from app.queues import POOLS
 
 
 def beat(redis_conn, kind, name, **extra):

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import update
 
+from app.inbox import apply as inbox_apply
 from app.inbox import service as inbox
 from app.inbox.models import TransportEvent
 from app.messages.models import Message
@@ -46,8 +47,8 @@ def test_applying_is_once_whatever_the_broker_delivers(session):
     inbox.InboxSink(session).inbound(info(client), InboundMessage(external_id="in-1", from_phone="+14155550123",
                                                                   text="hello"))
     [row] = reported(session, "inbound")
-    assert inbox.apply(row.id) == "applied"
-    assert inbox.apply(row.id) == "done", "a duplicate job finds it applied"
+    assert inbox_apply.apply(row.id) == "applied"
+    assert inbox_apply.apply(row.id) == "done", "a duplicate job finds it applied"
     session.expire_all()
     assert session.get(TransportEvent, row.id).outcome == "applied"
     assert session.query(Message).filter_by(client_id=client.id, direction="inbound").count() == 1
@@ -57,13 +58,13 @@ def test_an_ack_that_overtakes_its_message_waits_then_is_given_up(session, redis
     client = f.make_client(session, status="ready")
     inbox.InboxSink(session).ack(info(client), "ext-nobody", "read")
     [row] = reported(session, "ack")
-    assert inbox.apply(row.id) == "waiting"
+    assert inbox_apply.apply(row.id) == "waiting"
     session.expire_all()
     waiting = session.get(TransportEvent, row.id)
     assert waiting.applied_at is None and waiting.attempts == 1
     session.execute(update(TransportEvent).where(TransportEvent.id == row.id)
                     .values(created_at=datetime.now(timezone.utc) - inbox.ACK_PATIENCE - timedelta(seconds=1)))
-    assert inbox.apply(row.id) == "orphaned"
+    assert inbox_apply.apply(row.id) == "orphaned"
 
 
 def test_an_ack_applies_once_its_message_is_recorded(session):
@@ -71,7 +72,7 @@ def test_an_ack_applies_once_its_message_is_recorded(session):
     message = f.make_message(session, client_id=client.id, status="sending")
     inbox.InboxSink(session).ack(info(client), "ext-late", "delivered", message_id=message.id)
     [row] = reported(session, "ack")
-    assert inbox.apply(row.id) == "applied", "found by our message id though its transport id is not recorded"
+    assert inbox_apply.apply(row.id) == "applied", "found by our message id though its transport id is not recorded"
     session.expire_all()
     got = session.get(Message, message.id)
     assert (got.status, got.external_id) == ("delivered", "ext-late")

@@ -9,14 +9,14 @@ import pytest
 from sqlalchemy import event, func, select, text
 
 import jobs  # noqa: F401  (registers the actors: the outbox enqueues by name)
-from app.messages import dispatch, service
+from app.messages import dispatch, planning, service, sweeper, tracking
 from app.models import Contact, Message, MessageStatusHistory, WebhookEvent
 from app.transports.base import PermanentSendError, SendResult, TransientSendError
 from config import settings
 from tests import factories as f
 from tests.auth_helpers import api_key_headers, principal_headers, user_with_headers
-from workers import pacing
-from workers.pacing import Limits
+from app.messages import pacing
+from app.messages.pacing import Limits
 
 TO = "+14155550123"
 
@@ -214,15 +214,15 @@ def test_scheduled_at_waits_parked_until_the_feeder_releases_it(session, client,
     body = r.get_json()
     assert body["scheduled_at"].startswith(when.isoformat()[:19]) and body["scheduled_for"] is None
     assert send_jobs(redis_conn) == [] and pacing.slots(ready.id) == []
-    assert redis_conn.zscore(dispatch.PARKED_KEY, body["id"]) is not None
-    assert dispatch.release_parked() == 0  # not due within MESSAGE_PARK_AFTER yet
+    assert redis_conn.zscore(planning.PARKED_KEY, body["id"]) is not None
+    assert planning.release_parked() == 0  # not due within MESSAGE_PARK_AFTER yet
     clock = pacing.FixedClock(int(when.timestamp() * 1000) - 30_000)
     pacing.set_clock(clock)
     try:
-        assert dispatch.release_parked() == 1
+        assert planning.release_parked() == 1
     finally:
         pacing.set_clock(None)
-    assert redis_conn.zcard(dispatch.PARKED_KEY) == 0
+    assert redis_conn.zcard(planning.PARKED_KEY) == 0
     assert send_jobs(redis_conn) == [body["id"]]
     assert redis_conn.llen("dramatiq:messages.DQ") == 1  # delayed until its time
     # the job, run early, waits again; run at its time it reserves a slot and sends
@@ -235,7 +235,7 @@ def test_a_soon_scheduled_message_waits_in_the_broker(session, client, ready, he
                                            "scheduled_at": when.isoformat()}, headers=headers)
     assert r.status_code == 202
     assert redis_conn.llen("dramatiq:messages") == 0 and redis_conn.llen("dramatiq:messages.DQ") == 1
-    assert redis_conn.zcard(dispatch.PARKED_KEY) == 0
+    assert redis_conn.zcard(planning.PARKED_KEY) == 0
 
 
 def test_pacing_slots_are_reserved_at_intake(session, client, ready, headers):
@@ -289,7 +289,7 @@ def test_batch_validates_each_item_and_inserts_once(session, client, ready, head
     assert len([s for s in statements if s.lstrip().upper().startswith("INSERT INTO MESSAGES ")]) == 1
     assert len([s for s in statements if s.lstrip().upper().startswith("INSERT INTO JOB_OUTBOX")]) == 1
     # due within a minute: a delayed job in the broker; later slots: parked for the feeder
-    parked = [m.decode() for m in redis_conn.zrange(dispatch.PARKED_KEY, 0, -1)]
+    parked = [m.decode() for m in redis_conn.zrange(planning.PARKED_KEY, 0, -1)]
     assert parked and sorted(send_jobs(redis_conn) + parked) == sorted(res["id"] for res in ok)
 
 
@@ -498,7 +498,7 @@ def test_permanent_error_fails_at_once_with_the_transports_code(session, unpaced
     session.expire_all()
     msg = session.get(Message, msg.id)
     assert (msg.status, msg.error_code, msg.error_message) == ("failed", "invalid_recipient", "no such number")
-    assert service.dump(msg)["error"] == {"code": "invalid_recipient", "message": "no such number"}
+    assert tracking.dump(msg)["error"] == {"code": "invalid_recipient", "message": "no such number"}
     assert msg.failed_at is not None and len(transport.sent) == 1
     history = session.scalars(select(MessageStatusHistory.status).where(MessageStatusHistory.message_id == msg.id)
                               .order_by(MessageStatusHistory.id)).all()
@@ -560,7 +560,7 @@ def test_a_held_client_keeps_its_messages_queued_and_resume_sends_them_on(sessio
     ready = session.get(type(ready), ready.id)
     ready.status = "ready"
     session.flush()
-    assert dispatch.resume_client(session, ready.id) == 3
+    assert planning.resume_client(session, ready.id) == 3
     session.flush()
     session.expire_all()
     assert all(session.get(Message, m.id).scheduled_for is not None for m in msgs)
@@ -585,18 +585,18 @@ def test_a_paused_banned_or_deleted_clients_messages_are_held_not_failed_and_res
     # long past due: the sweeper neither fails nor re-sends a held message
     session.execute(text("UPDATE messages SET updated_at = now() - interval '1 day' WHERE client_id = :c"),
                     {"c": ready.id})
-    assert dispatch.sweep(session, sending_timeout_s=0, lost_after_s=0)["requeued"] == 0
+    assert sweeper.sweep(session, sending_timeout_s=0, lost_after_s=0)["requeued"] == 0
     session.expire_all()
     held = [session.get(Message, m.id) for m in msgs]
     assert [(m.status, m.scheduled_for, m.error_code) for m in held] == [("queued", None, None)] * 2
     if state == "deleted":  # a deleted client never sends again; its messages stay as they are
-        assert dispatch.resume_client(session, ready.id) == 0
+        assert planning.resume_client(session, ready.id) == 0
         assert dispatch.run_send_job(msgs[0].id) == "held"
         return
     cli = session.get(Client, ready.id)
     cli.status, cli.paused = "ready", False
     session.flush()
-    assert dispatch.resume_client(session, cli.id) == 2
+    assert planning.resume_client(session, cli.id) == 2
     session.flush()
     session.expire_all()
     assert all(session.get(Message, m.id).scheduled_for is not None for m in msgs)
@@ -652,11 +652,11 @@ def test_acks_out_of_order_never_move_a_message_backwards(session, unpaced):
     dispatch.perform_send(msg.id, lambda cid: FakeTransport())
     ext = f"ext-{msg.id}"
     t0 = datetime.now(timezone.utc)
-    assert service.apply_ack(session, unpaced.id, "ext-unknown", "delivered") is None
-    service.apply_ack(session, unpaced.id, ext, "read", at=t0 + timedelta(seconds=2))
-    service.apply_ack(session, unpaced.id, ext, "delivered", at=t0 + timedelta(seconds=1))
-    service.apply_ack(session, unpaced.id, ext, "sent", at=t0)
-    service.apply_ack(session, unpaced.id, ext, "failed", error={"code": "late"})
+    assert tracking.apply_ack(session, unpaced.id, "ext-unknown", "delivered") is None
+    tracking.apply_ack(session, unpaced.id, ext, "read", at=t0 + timedelta(seconds=2))
+    tracking.apply_ack(session, unpaced.id, ext, "delivered", at=t0 + timedelta(seconds=1))
+    tracking.apply_ack(session, unpaced.id, ext, "sent", at=t0)
+    tracking.apply_ack(session, unpaced.id, ext, "failed", error={"code": "late"})
     session.expire_all()
     msg = session.get(Message, msg.id)
     assert msg.status == "read" and msg.error_code is None
@@ -672,11 +672,11 @@ def test_acks_out_of_order_never_move_a_message_backwards(session, unpaced):
 def test_a_failed_ack_fails_a_sent_message(session, unpaced):
     msg = queue_one(session, unpaced)
     dispatch.perform_send(msg.id, lambda cid: FakeTransport())
-    service.apply_ack(session, unpaced.id, f"ext-{msg.id}", "failed", error={"code": "undeliverable", "message": "x"})
+    tracking.apply_ack(session, unpaced.id, f"ext-{msg.id}", "failed", error={"code": "undeliverable", "message": "x"})
     session.expire_all()
     msg = session.get(Message, msg.id)
     assert (msg.status, msg.error_code) == ("failed", "undeliverable")
-    service.apply_ack(session, unpaced.id, f"ext-{msg.id}", "delivered")
+    tracking.apply_ack(session, unpaced.id, f"ext-{msg.id}", "delivered")
     session.expire_all()
     assert session.get(Message, msg.id).status == "failed"
 
@@ -697,7 +697,7 @@ def test_sweeper_makes_interrupted_sends_unknown_and_requeues_lost_jobs(session,
                           updated_at=datetime.now(timezone.utc) - timedelta(hours=1))
     f.make_idempotency_key(session, organization_id=unpaced.organization_id,
                            expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
-    result = dispatch.sweep(session, sending_timeout_s=120, lost_after_s=300)
+    result = sweeper.sweep(session, sending_timeout_s=120, lost_after_s=300)
     assert result == {"interrupted": 1, "reconciling": 0, "requeued": 1, "idempotency_keys_purged": 1}
     session.expire_all()
     assert (session.get(Message, stuck.id).status, session.get(Message, stuck.id).error_code) == ("unknown", "interrupted")
@@ -707,11 +707,11 @@ def test_sweeper_makes_interrupted_sends_unknown_and_requeues_lost_jobs(session,
     reconciles = [json.loads(v) for v in redis_conn.hvals("dramatiq:default.DQ.msgs")]
     assert [j["args"] for j in reconciles if j["actor_name"] == "messages.reconcile"] == [[stuck.id]]
     assert session.get(Message, waiting.id).status == "queued" and session.get(Message, held.id).status == "queued"
-    assert dispatch.sweep(session, sending_timeout_s=120, lost_after_s=300)["requeued"] == 0
+    assert sweeper.sweep(session, sending_timeout_s=120, lost_after_s=300)["requeued"] == 0
 
 
 def test_event_data_is_exactly_the_api_resource(session, unpaced):
-    """service.dump (used for every event) gives what MessageSchema (the API) gives."""
+    """tracking.dump (used for every event) gives what MessageSchema (the API) gives."""
     from app.messages.schemas import MessageSchema
 
     msg = queue_one(session, unpaced)
@@ -719,8 +719,8 @@ def test_event_data_is_exactly_the_api_resource(session, unpaced):
     inbound = f.make_message(session, client_id=unpaced.id, direction="inbound", variables={"a": 1})
     for row in (msg, inbound):
         session.refresh(row)
-        assert service.dump(row) == MessageSchema().dump(row)
-        assert service.dump(service.as_row(row)) == MessageSchema().dump(row)
+        assert tracking.dump(row) == MessageSchema().dump(row)
+        assert tracking.dump(service.as_row(row)) == MessageSchema().dump(row)
         as_result_row = session.execute(select(Message.__table__).where(Message.id == row.id)).first()
-        assert service.dump(as_result_row) == MessageSchema().dump(row)
-    assert service.dump(msg)["error"] == {"code": "bad", "message": "nope"}
+        assert tracking.dump(as_result_row) == MessageSchema().dump(row)
+    assert tracking.dump(msg)["error"] == {"code": "bad", "message": "nope"}

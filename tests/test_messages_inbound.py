@@ -1,11 +1,11 @@
-"""Inbound messages and opt-out keywords (app/messages/service.py receive_inbound), rolled back."""
+"""Inbound messages and opt-out keywords (app/messages/inbound.py), rolled back."""
 from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import func, select
 
 import jobs  # noqa: F401
-from app.messages import service
+from app.messages.inbound import receive_inbound
 from app.models import Contact, Message, OrganizationSettings, WebhookEvent
 from config import settings
 from tests import factories as f
@@ -23,7 +23,7 @@ def inbound(session, cli, text, ext=None, phone=PHONE, **extra):
     payload = {"external_id": ext or f"in-{text}-{datetime.now().timestamp()}", "from_phone": phone, "type": "text",
                "text": text, "media": None, "timestamp": datetime.now(timezone.utc).isoformat(),
                "contact_name": "Ann", **extra}
-    return service.receive_inbound(session, cli.id, payload)
+    return receive_inbound(session, cli.id, payload)
 
 
 def events(session, kind):

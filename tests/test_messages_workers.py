@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import func, select, text
 
 import jobs  # noqa: F401
-from app.messages import dispatch
+from app.messages import dispatch, sweeper
 from app.models import Contact, Message, MessageStatusHistory, WebhookEvent
 from config import settings
 from tests import factories as f
 from tests.auth_helpers import api_key_headers
 from tests.procs import wait_for
-from workers import pacing
+from app.messages import pacing
 
 pytestmark = pytest.mark.workers
 TO = "+14155550123"
@@ -179,7 +179,7 @@ def test_a_killed_worker_sends_nothing_twice_and_leaves_nothing_in_sending(commi
 
     def swept():
         nonlocal requeued
-        result = dispatch.sweep(committed, sending_timeout_s=0, lost_after_s=0)
+        result = sweeper.sweep(committed, sending_timeout_s=0, lost_after_s=0)
         committed.commit()
         requeued += result["requeued"]
         now = statuses(committed, cli.id)

@@ -91,7 +91,7 @@ def test_a_duplicate_operation_id_stops_the_app(session):
     from flask_smorest import Blueprint
 
     from app import create_app
-    from app.security.permissions import public
+    from app.security.guard import public
 
     app = create_app(TESTING=True)
     blp = Blueprint("dup", __name__)

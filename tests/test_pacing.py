@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from config import settings
-from workers import pacing
-from workers.pacing import Limits
+from app.messages import pacing
+from app.messages.pacing import Limits
 
 T0 = 1_700_000_000_000
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000

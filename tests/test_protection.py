@@ -19,7 +19,7 @@ from flask import Blueprint, jsonify, request
 from flask.views import MethodView
 from werkzeug.test import EnvironBuilder
 
-from app.security.permissions import public, requires
+from app.security.guard import public, requires
 from config import settings
 from tests.factories import make_organization, make_user
 from tests.procs import spawn, stop, wait_for

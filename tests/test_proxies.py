@@ -322,7 +322,7 @@ def test_check_job_marks_failing_then_dead_with_one_alert_then_ok(session, fake_
 
 def test_periodic_check_fans_out_one_job_per_live_proxy(session):
     from jobs.clients import check_proxies
-    from workers.periodic import PERIODIC
+    from jobs.periodic import PERIODIC
 
     assert "clients.check_proxies" in [p.actor_name for p in PERIODIC]
     a, b = f.make_proxy(session), f.make_proxy(session)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select
 
-from app.clients import service
+from app.clients.info import load_client_info
 from app.clients.models import BanAlert, Client, ClientStatusHistory
 from app.db import new_id
 from app.transports import transport_class
@@ -342,7 +342,7 @@ def test_sim_endpoints_are_404_for_other_transports_and_other_organisations(clie
 
 def test_network_endpoint_and_fail_next_fault(client, session, org, admin):
     c = f.make_client(session, organization_id=org.id, status="ready")
-    t = SimTransport(service.load_client_info(session, c.id), RecordingSink())
+    t = SimTransport(load_client_info(session, c.id), RecordingSink())
     t.send(text(message_id="msg_a"))
     t.send(text(message_id="msg_a"))
     t.send(text(message_id="msg_b"))

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import update
 
-from app.messages import dispatch, service
+from app.messages import dispatch, sweeper, tracking
 from app.messages.models import Message, MessageStatusHistory
 from app.transports.sim import SimNetwork, SimTransport
 from app.webhooks.models import WebhookEvent
@@ -58,7 +58,7 @@ def test_an_unexpected_error_makes_it_unknown_never_queued_again(session, unpace
 def test_the_first_ack_tells_the_truth_of_an_unknown_message(session, unpaced):
     msg = queue_one(session, unpaced)
     dispatch.perform_send(msg.id, lambda cid: BrokenAfterSending())
-    found = service.apply_ack(session, unpaced.id, "ext-9", "read", message_id=msg.id)
+    found = tracking.apply_ack(session, unpaced.id, "ext-9", "read", message_id=msg.id)
     assert found is not None
     session.expire_all()
     row = session.get(Message, msg.id)
@@ -69,13 +69,13 @@ def test_the_first_ack_tells_the_truth_of_an_unknown_message(session, unpaced):
 def test_an_ack_corrects_a_failure_the_worker_only_presumed(session, unpaced):
     msg = f.make_message(session, client_id=unpaced.id, status="failed", error_code="interrupted",
                          failed_at=datetime.now(timezone.utc))
-    service.apply_ack(session, unpaced.id, "ext-x", "delivered", message_id=msg.id)
+    tracking.apply_ack(session, unpaced.id, "ext-x", "delivered", message_id=msg.id)
     session.expire_all()
     row = session.get(Message, msg.id)
     assert (row.status, row.error_code, row.failed_at) == ("delivered", None, None)
     real = f.make_message(session, client_id=unpaced.id, status="failed", error_code="invalid_recipient",
                           external_id="ext-real")
-    service.apply_ack(session, unpaced.id, "ext-real", "delivered")
+    tracking.apply_ack(session, unpaced.id, "ext-real", "delivered")
     assert session.get(Message, real.id).status == "failed", "a failure the transport reported stands"
 
 
@@ -90,9 +90,9 @@ def test_reconcile_asks_the_sim_which_knows_by_message_id(session, org, redis_co
     SimNetwork(client.id).record_send(msg.id)  # it arrived, and then its sender died
     session.execute(update(Message).where(Message.id == msg.id).values(
         status="sending", sending_at=datetime.now(timezone.utc) - timedelta(minutes=5)))
-    assert dispatch.interrupted(session, older_than_s=60) == 1
+    assert sweeper.interrupted(session, older_than_s=60) == 1
     assert session.get(Message, msg.id).status == "unknown"
-    assert dispatch.reconcile(msg.id) == "read"
+    assert sweeper.reconcile(msg.id) == "read"
     session.expire_all()
     row = session.get(Message, msg.id)
     assert (row.status, row.external_id) == ("read", SimTransport(service_info(session, client), None).external_id(msg.id))
@@ -103,13 +103,13 @@ def test_reconcile_sends_again_what_the_sim_never_received(session, org, redis_c
     client, msg = _sim_message(session, org)
     session.execute(update(Message).where(Message.id == msg.id).values(
         status="unknown", sending_at=datetime.now(timezone.utc) - timedelta(minutes=5)))
-    assert dispatch.reconcile(msg.id) == "requeued"
+    assert sweeper.reconcile(msg.id) == "requeued"
     session.expire_all()
     assert session.get(Message, msg.id).status == "queued"
 
 
 def service_info(session, client):
-    from app.clients.service import load_client_info
+    from app.clients.info import load_client_info
 
     return load_client_info(session, client.id)
 
@@ -153,8 +153,8 @@ def test_a_sent_message_whose_receipts_never_came_is_asked_about(session, org, r
     long_ago = datetime.now(timezone.utc) - timedelta(minutes=30)
     session.execute(update(Message).where(Message.id == msg.id).values(
         status="sent", external_id="sim_x", sent_at=long_ago, updated_at=long_ago))
-    assert dispatch.reconcile_unknown(session) == 1
-    assert dispatch.reconcile_unknown(session) == 0, "asked again only after a while"
-    assert dispatch.reconcile(msg.id) == "read"
+    assert sweeper.reconcile_unknown(session) == 1
+    assert sweeper.reconcile_unknown(session) == 0, "asked again only after a while"
+    assert sweeper.reconcile(msg.id) == "read"
     session.expire_all()
     assert session.get(Message, msg.id).status == "read"

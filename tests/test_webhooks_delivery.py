@@ -17,7 +17,8 @@ from app.audit.models import AuditLog
 from app.clients.models import BanAlert
 from app.db import utcnow
 from app.security.principal import SystemPrincipal
-from app.webhooks import delivery, service
+from app.webhooks import delivery, pipeline, service
+from app.webhooks import events as webhook_events
 from app.webhooks.events import emit
 from app.webhooks.models import Webhook, WebhookDelivery, WebhookDeliveryAttempt, WebhookEvent
 from config import settings
@@ -53,7 +54,7 @@ def deliver_event(session, org_id, event_type="message.sent", data=None):
     session.commit()
     event = emit(session, org_id, event_type, data or MESSAGE)
     session.flush()
-    service.fan_out(session, event.id)
+    webhook_events.fan_out(session, event.id)
     ids = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id)).all()
     for delivery_id in ids:
         webhook_jobs.deliver(delivery_id, 1)
@@ -72,10 +73,10 @@ def fresh(session, obj):
 
 def attempt_with_clock(session, delivery_id, n, now, rng=None):
     """Attempt ``n`` at time ``now`` (the test clock) against the real receiver."""
-    req = service.prepare_attempt(session, delivery_id, n, now=now)
+    req = pipeline.prepare_attempt(session, delivery_id, n, now=now)
     assert req is not None, f"attempt {n} could not be claimed"
     outcome = delivery.send(req.url, req.body, req.headers)
-    return service.record_attempt(session, req, outcome, now=now, rng=rng)
+    return pipeline.record_attempt(session, req, outcome, now=now, rng=rng)
 
 
 # --------------------------------------------------------------------------- signatures
@@ -123,7 +124,7 @@ def test_rotation_signs_with_both_secrets_for_24_hours(session, org, endpoint, r
     later = utcnow() + timedelta(hours=25)
     event = emit(session, org.id, "message.read", MESSAGE)
     session.flush()
-    service.fan_out(session, event.id)
+    webhook_events.fan_out(session, event.id)
     [delivery_id] = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id)).all()
     attempt_with_clock(session, delivery_id, 1, later)
     last = receiver.requests("/hook")[-1]
@@ -132,7 +133,7 @@ def test_rotation_signs_with_both_secrets_for_24_hours(session, org, endpoint, r
     assert verify_signature(new, last.headers, last.body, now=ts)
     assert not verify_signature(old, last.headers, last.body, now=ts)
 
-    service.cleanup(session, now=later)
+    pipeline.cleanup(session, now=later)
     hook = fresh(session, session.get(Webhook, endpoint["id"]))
     assert hook.previous_secret_encrypted is None and hook.previous_secret_expires_at is None
 
@@ -144,7 +145,7 @@ def test_failures_follow_the_retry_schedule_until_dead(session, org, endpoint, r
     receiver.always("/hook", Reply(500, body="down for maintenance"))
     event = emit(session, org.id, "message.failed", MESSAGE)
     session.flush()
-    service.fan_out(session, event.id)
+    webhook_events.fan_out(session, event.id)
     [delivery_id] = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id)).all()
     session.commit()
     clock = utcnow()
@@ -163,15 +164,15 @@ def test_failures_follow_the_retry_schedule_until_dead(session, org, endpoint, r
         scheduled = delivery.RETRY_SCHEDULE_S[n - 1]
         assert 0.8 * scheduled <= wait <= 1.2 * scheduled, (n, wait)
         # nothing is due a moment before the scheduled time; at the time, the claimer sends attempt n+1
-        if wait > service.BROKER_CARRIES_S:
-            assert service.dispatch_due(session, now=last.next_attempt_at - timedelta(seconds=1)) == 0
-            assert service.dispatch_due(session, now=last.next_attempt_at) == 1
+        if wait > pipeline.BROKER_CARRIES_S:
+            assert pipeline.dispatch_due(session, now=last.next_attempt_at - timedelta(seconds=1)) == 0
+            assert pipeline.dispatch_due(session, now=last.next_attempt_at) == 1
         else:  # a short retry travels as a delayed broker message
-            assert service.dispatch_due(session, now=last.next_attempt_at) == 0
+            assert pipeline.dispatch_due(session, now=last.next_attempt_at) == 0
         session.commit()
         new = [(a, args, o) for a, args, o in queued_jobs(redis_conn) if (a, args, o) not in before]
         assert [(a, args) for a, args, _ in new] == [("webhooks.deliver", [delivery_id, n + 1, endpoint["id"]])]
-        if wait <= service.BROKER_CARRIES_S:
+        if wait <= pipeline.BROKER_CARRIES_S:
             assert new[0][2].get("eta"), "short retries wait in the broker's delay queue"
         clock = last.next_attempt_at
     assert receiver.count("/hook") == delivery.MAX_ATTEMPTS
@@ -247,7 +248,7 @@ def test_410_gone_disables_the_endpoint_at_once(client, session, org, endpoint, 
     assert resp.get_json()["disabled_reason"] is None
     session.expire_all()
     assert deliver_jobs_in_outbox(session) == jobs_before, "re-enabling enqueues no delivery"
-    assert service.dispatch_due(session, now=utcnow() + timedelta(days=3)) == 0
+    assert pipeline.dispatch_due(session, now=utcnow() + timedelta(days=3)) == 0
     assert {d.status for d in session.scalars(select(WebhookDelivery).where(
         WebhookDelivery.webhook_id == hook.id)).all()} == {"dead"}
     assert receiver.count("/hook") == 1
@@ -264,7 +265,7 @@ def test_an_endpoint_failing_every_attempt_for_5_days_is_disabled(session, org, 
     def fail_at(when):
         event = emit(session, org.id, "message.sent", MESSAGE)
         session.flush()
-        service.fan_out(session, event.id)
+        webhook_events.fan_out(session, event.id)
         [delivery_id] = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id)).all()
         attempt_with_clock(session, delivery_id, 1, when)
         return delivery_id
@@ -291,7 +292,7 @@ def test_a_success_resets_the_failure_streak(session, org, endpoint, receiver):
     assert fresh(session, session.get(Webhook, endpoint["id"])).failing_since is not None
     event = emit(session, org.id, "message.sent", MESSAGE)
     session.flush()
-    service.fan_out(session, event.id)
+    webhook_events.fan_out(session, event.id)
     [delivery_id] = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id)).all()
     attempt_with_clock(session, delivery_id, 1, t0 + timedelta(days=6))
     hook = fresh(session, session.get(Webhook, endpoint["id"]))
@@ -396,13 +397,13 @@ def test_duplicate_jobs_deliver_once(session, org, endpoint, receiver):
 def test_the_claimer_resends_a_lost_job_after_its_lease(session, org, endpoint, receiver, redis_conn):
     event = emit(session, org.id, "message.sent", MESSAGE)
     session.flush()
-    service.fan_out(session, event.id)  # its job "is lost": we never run it
+    webhook_events.fan_out(session, event.id)  # its job "is lost": we never run it
     [row] = session.scalars(select(WebhookDelivery).where(WebhookDelivery.event_id == event.id)).all()
     now = utcnow()
-    assert service.dispatch_due(session, now=now) == 0, "leased: the job may still be on its way"
-    later = now + timedelta(seconds=service.lease_s() + 1)
-    assert service.dispatch_due(session, now=later) == 1
-    assert service.dispatch_due(session, now=later) == 0, "leased again"
+    assert pipeline.dispatch_due(session, now=now) == 0, "leased: the job may still be on its way"
+    later = now + timedelta(seconds=webhook_events.lease_s() + 1)
+    assert pipeline.dispatch_due(session, now=later) == 1
+    assert pipeline.dispatch_due(session, now=later) == 0, "leased again"
     webhook_jobs.deliver(row.id, 1)
     assert receiver.count("/hook") == 1
 
@@ -411,7 +412,7 @@ def test_the_claimer_resends_an_attempt_whose_worker_died(session, org, endpoint
     event = f.make_webhook_event(session, organization_id=org.id, type="message.sent")
     crashed = f.make_webhook_delivery(session, webhook_id=endpoint["id"], event_id=event.id, status="delivering",
                                       attempt=1, next_attempt_at=utcnow() - timedelta(seconds=1))
-    assert service.dispatch_due(session) == 1
+    assert pipeline.dispatch_due(session) == 1
     session.commit()
     assert ("webhooks.deliver", [crashed.id, 2, endpoint["id"]]) in [(a, args) for a, args, _ in queued_jobs(redis_conn)]
     webhook_jobs.deliver(crashed.id, 2, endpoint["id"])
@@ -511,7 +512,7 @@ def test_a_failure_of_a_chained_job_sends_it_back_to_the_broker(session, org, en
 
 
 def test_the_cleanup_and_the_claimer_are_scheduled():
-    from workers.periodic import PERIODIC
+    from jobs.periodic import PERIODIC
 
     schedule = {p.actor_name: p.every_s for p in PERIODIC}
     assert schedule["webhooks.cleanup"] <= 3600, "the 30-day retention is enforced at least hourly"
@@ -541,7 +542,7 @@ def test_cleanup_keeps_30_days_of_log(session, org, endpoint):
     recent_attempt = f.make_webhook_delivery_attempt(
         session, delivery_id=f.make_webhook_delivery(session, webhook_id=endpoint["id"], event_id=recent.id).id)
     ids = (old.id, old_attempt.id, recent.id, recent_attempt.id)
-    assert service.cleanup(session, now=now) >= 1
+    assert pipeline.cleanup(session, now=now) >= 1
     session.expunge_all()
     assert session.get(WebhookEvent, ids[0]) is None and session.get(WebhookDeliveryAttempt, ids[1]) is None
     assert session.get(WebhookEvent, ids[2]) is not None
@@ -551,8 +552,8 @@ def test_cleanup_keeps_30_days_of_log(session, org, endpoint):
 def test_the_envelope_is_the_same_bytes_on_every_attempt(session, org):
     event = emit(session, org.id, "contact.opted_out", {"id": "ctc_1", "opted_out": True})
     session.flush()
-    body = service.envelope_bytes(event)
-    assert body == service.envelope_bytes(session.get(WebhookEvent, event.id))
+    body = pipeline.envelope_bytes(event)
+    assert body == pipeline.envelope_bytes(session.get(WebhookEvent, event.id))
     assert json.loads(body)["data"] == {"id": "ctc_1", "opted_out": True}
 
 

@@ -14,6 +14,7 @@ from app.security import crypto
 from app.security.principal import SystemPrincipal
 from app.security import ssrf
 from app.webhooks import delivery, service
+from app.webhooks import events as webhook_events
 from app.webhooks.events import emit
 from app.webhooks.models import WebhookDelivery, WebhookDeliveryAttempt
 from config import settings
@@ -85,7 +86,7 @@ def test_registration_refuses_a_name_that_resolves_privately_and_accepts_unresol
 def _delivery_to(session, org_id):
     event = emit(session, org_id, "message.sent", {"id": "msg_1"})
     session.flush()
-    service.fan_out(session, event.id)
+    webhook_events.fan_out(session, event.id)
     return session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id)).one()
 
 

@@ -16,6 +16,7 @@ import jobs.webhooks as webhook_jobs
 from app.db import utcnow
 from app.security.principal import SystemPrincipal
 from app.webhooks import service
+from app.webhooks import events as webhook_events
 from app.webhooks.events import emit
 from app.webhooks.models import WebhookDelivery, WebhookDeliveryAttempt
 from tests import factories as f
@@ -73,7 +74,7 @@ def test_duplicate_jobs_deliver_once_in_real_workers(committed, run_pool, receiv
     org, hook = make_endpoint(committed, receiver.url("/hook"))
     event = emit(committed, org.id, "client.connected", {"id": "cli_1", "status": "ready"})
     committed.commit()
-    service.fan_out(committed, event.id)
+    webhook_events.fan_out(committed, event.id)
     committed.commit()
     delivery_id = delivery_of(committed, event.id).id
     for _ in range(4):  # fan-out already sent one; four more copies of the same job

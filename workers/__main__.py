@@ -7,8 +7,8 @@ import os
 import socket
 import sys
 
+from app.queues import POOLS
 from config import ROOT, check_production_settings, child_env, settings
-from workers.pools import POOLS
 
 
 def _need(name: str) -> None:
@@ -24,7 +24,7 @@ def cmd_run(args) -> None:
     pool = POOLS.get(args.pool)
     if pool is None:
         sys.exit(f"workers: unknown pool {args.pool!r}; pools: {', '.join(POOLS)}")
-    argv = [sys.executable, "-m", "dramatiq", "workers.broker", "jobs",
+    argv = [sys.executable, "-m", "dramatiq", "workers.worker:setup", "jobs",
             "--path", str(ROOT), "--queues", *pool.queues,
             "--processes", str(args.processes or settings.WORKER_PROCESSES),
             "--threads", str(args.threads or pool.threads),
@@ -51,8 +51,8 @@ def cmd_dev(args) -> None:
 
 def status_report() -> dict:
     from app.kv import redis_client
+    from app.system.heartbeats import live_heartbeats
     from workers.broker import queue_counts
-    from workers.middleware import live_heartbeats
 
     r = redis_client()
     beats = live_heartbeats(r)
@@ -67,8 +67,8 @@ def status_report() -> dict:
 
 def _session_hosts(r, beats: list[dict]) -> list[dict]:
     """Live session hosts (workers/session_host.py): their sessions, own queue and memory."""
+    from app.clients.leases import HEARTBEAT_KIND
     from workers.broker import queue_counts
-    from workers.session_host import HEARTBEAT_KIND
 
     hosts = sorted((b for b in beats if b["kind"] == HEARTBEAT_KIND), key=lambda b: b.get("host_id", ""))
     for host in hosts:
@@ -106,7 +106,7 @@ def cmd_status(args) -> None:
 def cmd_ping(args) -> None:
     """Exit 0 when a process of this host has a live heartbeat (container health checks)."""
     from app.kv import redis_client
-    from workers.middleware import live_heartbeats
+    from app.system.heartbeats import live_heartbeats
 
     kind, name = ("scheduler", "scheduler") if args.scheduler else ("pool", args.pool)
     if not name:
@@ -122,7 +122,7 @@ def cmd_ping(args) -> None:
 def _host_queues(r) -> list[str]:
     """Every per-host session queue ``sessions.<host id>`` that has dead letters, live host or not
     (a host that died leaves its queue behind: nobody else consumes it)."""
-    from workers.session_host import HOST_QUEUE_PREFIX
+    from app.queues import HOST_QUEUE_PREFIX
 
     found = set()
     for key in r.scan_iter(match=f"dramatiq:{HOST_QUEUE_PREFIX}*.XQ", count=500):
@@ -149,7 +149,7 @@ def _retry_queue(queue: str) -> str:
     ``sessions`` queue: its host may be gone, and whichever host takes it forwards it to the
     client's live owner (``sessions.start`` / ``stop`` / ``logout``) or hands the message back
     to the pipeline (``sessions.send``), which routes it to the owner of the moment."""
-    from workers.session_host import HOST_QUEUE_PREFIX, SESSIONS_QUEUE
+    from app.queues import HOST_QUEUE_PREFIX, SESSIONS_QUEUE
 
     return SESSIONS_QUEUE if queue.startswith(HOST_QUEUE_PREFIX) else queue
 
@@ -157,9 +157,10 @@ def _retry_queue(queue: str) -> str:
 def cmd_dlq(args) -> None:
     from dramatiq.common import xq_name
 
+    from app.clients.leases import HEARTBEAT_KIND
     from app.kv import redis_client
-    from workers.middleware import live_heartbeats
-    from workers.session_host import HEARTBEAT_KIND, HOST_QUEUE_PREFIX
+    from app.queues import HOST_QUEUE_PREFIX
+    from app.system.heartbeats import live_heartbeats
 
     r = redis_client()
     live_host_queues = {b.get("queue") for b in live_heartbeats(r, HEARTBEAT_KIND)}
@@ -186,11 +187,11 @@ def cmd_dlq(args) -> None:
             elif args.action == "retry":
                 import dramatiq
 
-                import workers.broker  # noqa: F401
+                from workers.broker import get_broker
 
                 msg = dramatiq.Message(queue_name=_retry_queue(queue), actor_name=data["actor_name"],
                                        args=tuple(data["args"]), kwargs=data.get("kwargs") or {}, options={})
-                dramatiq.get_broker().enqueue(msg)
+                get_broker().enqueue(msg)
                 r.zrem(xq, mid)
                 r.hdel(f"{xq}.msgs", mid)
             elif args.action == "purge":
@@ -201,6 +202,8 @@ def cmd_dlq(args) -> None:
 
 
 def main(argv=None) -> None:
+    import app.models  # noqa: F401  (an entry point: registers every table)
+
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run one worker pool")

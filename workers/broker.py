@@ -8,8 +8,15 @@ from __future__ import annotations
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import (AgeLimit, Callbacks, CurrentMessage, Pipelines, Retries, ShutdownNotifications,
-                                 TimeLimit)
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
 
 from config import settings
 
@@ -17,8 +24,7 @@ _broker: dramatiq.Broker | None = None
 
 
 def _middleware() -> list:
-    from workers.middleware import Heartbeat, RequestContext
-    from workers.pacing import PromptDelays
+    from workers.middleware import Heartbeat, PromptDelays, RequestContext
 
     return [AgeLimit(), TimeLimit(time_limit=15 * 60 * 1000), ShutdownNotifications(), Callbacks(), Pipelines(),
             Retries(max_retries=5, min_backoff=1000, max_backoff=5 * 60 * 1000), CurrentMessage(),
@@ -81,8 +87,6 @@ def use_stub_broker() -> dramatiq.Broker:
     dramatiq.set_broker(_broker)
     return _broker
 
-
-broker = get_broker()
 
 
 def queue_counts(r, queue: str) -> dict:

@@ -11,27 +11,10 @@ import time
 import dramatiq
 from dramatiq.middleware import Middleware
 
+from app.system.heartbeats import heartbeat_key, live_heartbeats  # noqa: F401  (tests import both from here)
 from config import settings
 
 log = logging.getLogger(__name__)
-
-HEARTBEAT_PREFIX = "wa:hb:"  # wa:hb:<kind>:<name>:<host>:<pid> -> json, with a TTL
-
-
-def heartbeat_key(kind: str, name: str) -> str:
-    return f"{HEARTBEAT_PREFIX}{kind}:{name}:{socket.gethostname()}:{os.getpid()}"
-
-
-def live_heartbeats(redis_client, kind: str | None = None) -> list[dict]:
-    """Every live heartbeat (optionally of one kind: ``pool`` or ``scheduler``)."""
-    pattern = f"{HEARTBEAT_PREFIX}{kind or '*'}:*"
-    keys = list(redis_client.scan_iter(match=pattern, count=500))
-    out = []
-    for key, raw in zip(keys, redis_client.mget(keys) if keys else []):
-        if raw:
-            out.append(json.loads(raw))
-    return out
-
 
 class HeartbeatThread(threading.Thread):
     """Writes a heartbeat key every few seconds until stopped; the key expires if we die."""
@@ -147,3 +130,15 @@ class RequestContext(Middleware):
 def _job_fields(message) -> dict:
     return {"actor": message.actor_name, "message_id": message.message_id, "queue": message.queue_name,
             "retries": message.options.get("retries", 0)}
+
+
+class PromptDelays(Middleware):
+    """Delayed messages (pacing slots) leave the broker within ``WORKER_POLL_MS`` of their time.
+
+    An idle Dramatiq consumer polls Redis with a backoff of up to ``worker_timeout`` (1 s by
+    default), and a delayed message passes through two consumers (the delay queue's, then the
+    queue's), so it could start up to ~2 s late. Setting the timeout before the consumers start
+    bounds that by twice this setting."""
+
+    def before_worker_boot(self, broker, worker):
+        worker.worker_timeout = settings.WORKER_POLL_MS

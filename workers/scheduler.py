@@ -35,10 +35,10 @@ def sweep_outbox() -> None:
 
 def schedule_jobs(scheduler: BackgroundScheduler) -> None:
     """Everything that runs on a timer, in one list. Job bodies enqueue work or are trivial."""
-    import jobs  # noqa: F401  (declares actors and their periodic entries)
-    from workers import periodic
-
     from datetime import datetime, timezone
+
+    import jobs  # noqa: F401  (declares actors and their periodic entries)
+    from jobs import periodic
 
     scheduler.add_job(sweep_outbox, "interval", seconds=10, id="outbox.sweep", max_instances=1, coalesce=True,
                       next_run_time=datetime.now(timezone.utc))

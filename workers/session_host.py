@@ -15,8 +15,7 @@ and whichever host takes that job claims the lease and restores the session from
 state (no QR). A host that cannot renew for a whole TTL (database unreachable) closes its sessions
 itself, so two hosts never drive one account.
 
-``host_queue(session, client_id)`` tells the message pipeline where a web client's sends go: the
-live owner's queue, or None (the message waits until the client is ready again).
+The leases themselves are domain rules (app/clients/leases.py); this module runs the hosts.
 """
 from __future__ import annotations
 
@@ -28,147 +27,45 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 
+import dramatiq
 from dramatiq.middleware import Middleware
-from sqlalchemy import select, text
+from sqlalchemy import select
 
+from app import outbox
+from app.clients import hosting
+from app.clients.info import client_info
+from app.clients.leases import (
+    HEARTBEAT_KIND,
+    claim_lease,
+    lease_owner,
+    orphaned_clients,
+    queue_for,
+    release_lease,
+    renew_leases,
+)
+from app.clients.models import Client
+from app.clients.session_state import forget_session_state
+from app.clients.statuses import ACTIVE_STATUSES, SHUT_STATUSES
+from app.db import job_session
+from app.kv import redis_client
+from app.messages.dispatch import perform_send
+from app.messages.models import Message
+from app.messages.planning import resume_client
+from app.messages.tracking import SEND_ACTOR
+from app.queues import SESSIONS_QUEUE
+from app.security.crypto import decrypt_bytes
+from app.transports.base import TransientSendError
 from config import settings
 
 log = logging.getLogger(__name__)
 
-SESSIONS_QUEUE = "sessions"
-HOST_QUEUE_PREFIX = "sessions."
-#: client statuses in which a web session should be running somewhere
-ACTIVE_STATUSES = ("starting", "qr", "ready")
-#: statuses in which a stop/logout request still applies (anything else: started again since)
-SHUT_STATUSES = ("stopped", "failed", "banned")
 ADOPT_LOCK_PREFIX = "wa:sessions:adopt:"
-HEARTBEAT_KIND = "session_host"
 
 
 def new_host_id() -> str:
     name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40] or "host"
     return f"{name}-{os.getpid()}-{secrets.token_hex(2)}"
-
-
-def queue_for(host_id: str) -> str:
-    return HOST_QUEUE_PREFIX + host_id
-
-
-# ----------------------------------------------------------------------------- leases (client_sessions)
-
-@dataclass(frozen=True)
-class Claim:
-    previous_host: str | None
-    state_encrypted: str | None
-
-
-_CLAIM = text("""
-    WITH old AS (SELECT client_id, host_id FROM client_sessions WHERE client_id = :client_id FOR UPDATE)
-    UPDATE client_sessions cs
-       SET host_id = :host_id, lease_expires_at = now() + make_interval(secs => :ttl),
-           heartbeat_at = now(), updated_at = now()
-      FROM old
-     WHERE cs.client_id = old.client_id
-       AND (old.host_id IS NULL OR old.host_id = :host_id OR cs.lease_expires_at IS NULL OR cs.lease_expires_at < now())
-    RETURNING old.host_id AS previous_host, cs.state_encrypted
-""")
-
-
-def claim_lease(session, client_id: str, organization_id: str, host_id: str,
-                ttl_s: float | None = None) -> Claim | None:
-    """Take the lease of ``client_id`` for ``host_id`` when nobody holds it, it expired, or it is
-    ours already; None when another host holds a live lease."""
-    from sqlalchemy.dialects.postgresql import insert
-
-    from app.clients.models import ClientSession
-
-    session.execute(insert(ClientSession).values(client_id=client_id, organization_id=organization_id)
-                    .on_conflict_do_nothing(index_elements=[ClientSession.client_id]))
-    row = session.execute(_CLAIM, {"client_id": client_id, "host_id": host_id,
-                                   "ttl": float(ttl_s or settings.SESSION_LEASE_TTL)}).first()
-    return Claim(row.previous_host, row.state_encrypted) if row is not None else None
-
-
-def renew_leases(session, host_id: str, client_ids, ttl_s: float | None = None) -> set[str]:
-    """Extend this host's leases; returns the clients it still holds (the others were taken)."""
-    ids = sorted(client_ids)
-    if not ids:
-        return set()
-    rows = session.execute(text("""
-        UPDATE client_sessions SET lease_expires_at = now() + make_interval(secs => :ttl), heartbeat_at = now()
-         WHERE host_id = :host_id AND client_id = ANY(:ids)
-        RETURNING client_id"""), {"host_id": host_id, "ids": ids, "ttl": float(ttl_s or settings.SESSION_LEASE_TTL)})
-    return {r.client_id for r in rows}
-
-
-def release_lease(session, client_id: str, host_id: str) -> bool:
-    result = session.execute(text("""
-        UPDATE client_sessions SET host_id = NULL, lease_expires_at = NULL, updated_at = now()
-         WHERE client_id = :client_id AND host_id = :host_id"""), {"client_id": client_id, "host_id": host_id})
-    return result.rowcount > 0
-
-
-def lease_owner(session, client_id: str) -> str | None:
-    """The host holding a live lease on ``client_id``, if any."""
-    return session.scalar(text("""
-        SELECT host_id FROM client_sessions
-         WHERE client_id = :client_id AND host_id IS NOT NULL AND lease_expires_at > now()"""),
-        {"client_id": client_id})
-
-
-def host_queue(session, client_id: str) -> str | None:
-    """Contract 4: the queue of the live session host owning ``client_id``, or None."""
-    owner = lease_owner(session, client_id)
-    return queue_for(owner) if owner else None
-
-
-def orphaned_clients(session, grace_s: float | None = None, limit: int = 100) -> list[str]:
-    """Web clients that should run (starting, qr, ready) but have no live lease. One never hosted
-    yet (its ``sessions.start`` may just be waiting in the queue) counts after ``grace_s``."""
-    grace = float(settings.SESSION_LEASE_TTL if grace_s is None else grace_s)
-    rows = session.execute(text("""
-        SELECT c.id FROM clients c LEFT JOIN client_sessions cs ON cs.client_id = c.id
-         WHERE c.transport = 'web' AND c.deleted_at IS NULL AND c.status = ANY(:statuses)
-           AND (cs.client_id IS NULL OR cs.host_id IS NULL OR cs.lease_expires_at IS NULL
-                OR cs.lease_expires_at < now())
-           AND (c.status_changed_at < now() - make_interval(secs => :grace) OR cs.heartbeat_at IS NOT NULL)
-         ORDER BY c.id LIMIT :limit"""), {"statuses": list(ACTIVE_STATUSES), "grace": grace, "limit": limit})
-    return [r.id for r in rows]
-
-
-def reap_dead_host_queues(r) -> int:
-    """Hand the jobs waiting in dead hosts' own queues (``sessions.<host id>``, ready or delayed)
-    to the shared ``sessions`` queue, and return how many. Nobody consumes a dead host's queue, so
-    without this a stop or logout forwarded to a host just before it died would be lost; on the
-    shared queue the host that takes it forwards it to the client's owner of the moment, and a
-    ``sessions.send`` is claimed atomically there, so a job moved twice still acts once. Dead
-    letters stay where they are, for ``python -m workers dlq``."""
-    import dramatiq
-
-    from workers.middleware import live_heartbeats
-
-    live = {b.get("queue") for b in live_heartbeats(r, HEARTBEAT_KIND)}
-    broker = dramatiq.get_broker()
-    moved = 0
-    for key in list(r.scan_iter(match=f"dramatiq:{HOST_QUEUE_PREFIX}*.msgs", count=500)):
-        name = (key.decode() if isinstance(key, bytes) else key)[len("dramatiq:"):-len(".msgs")]
-        queue = name[:-len(".DQ")] if name.endswith(".DQ") else name
-        if name.endswith(".XQ") or queue == SESSIONS_QUEUE or queue in live:
-            continue
-        for mid, raw in r.hgetall(key).items():
-            old = dramatiq.Message.decode(raw)
-            eta = old.options.get("eta")
-            options = {k: v for k, v in old.options.items() if k not in ("eta", "redis_message_id")}
-            delay = max(0, int(eta - time.time() * 1000)) if eta else 0
-            broker.enqueue(old.copy(queue_name=SESSIONS_QUEUE, options=options), delay=delay or None)
-            r.hdel(key, mid)
-            r.lrem(f"dramatiq:{name}", 0, mid)
-            moved += 1
-    if moved:
-        log.info("session hosts: moved %d job(s) from dead hosts' queues to %r", moved, SESSIONS_QUEUE)
-    return moved
 
 
 # ----------------------------------------------------------------------------- memory
@@ -271,11 +168,6 @@ class SessionHost:
     def start_session(self, client_id: str) -> str:
         """Run ``client_id``'s session here unless another live host does. Returns what happened:
         skipped, running, forwarded, started, failed."""
-        from app import outbox
-        from app.clients.models import Client
-        from app.clients.service import client_info
-        from app.db import job_session
-        from app.security.crypto import decrypt_bytes
 
         with self._client_lock(client_id):
             with job_session() as session:
@@ -326,11 +218,6 @@ class SessionHost:
         return self._shutdown(client_id, "logout")
 
     def _shutdown(self, client_id: str, verb: str) -> str:
-        from app import outbox
-        from app.clients.models import Client
-        from app.clients.service import client_info, forget_session_state
-        from app.db import job_session
-        from app.security.crypto import decrypt_bytes
 
         with self._client_lock(client_id):
             transport = self.sessions.get(client_id)
@@ -384,7 +271,6 @@ class SessionHost:
 
     def transport_for(self, client_id: str):
         """``perform_send``'s transport lookup: this host's live session of the client."""
-        from app.transports.base import TransientSendError
 
         transport = self.live(client_id)
         if transport is None:
@@ -394,10 +280,6 @@ class SessionHost:
     def send(self, message_id: str) -> str:
         """``sessions.send``: send through the live session, or hand the message back to
         ``messages.send`` (which routes it to the current owner, or holds it) when it is not here."""
-        from app import outbox
-        from app.db import job_session
-        from app.messages.models import Message
-        from app.messages.service import SEND_ACTOR, SEND_QUEUE
 
         with job_session() as session:
             client_id = session.scalar(select(Message.client_id).where(Message.id == message_id))
@@ -405,9 +287,8 @@ class SessionHost:
                 return "missing"
             if self.live(client_id) is None:
                 release_lease(session, client_id, self.host_id)  # so the message is not routed back here
-                outbox.enqueue(session, SEND_ACTOR, message_id, queue_name=SEND_QUEUE)
+                outbox.enqueue(session, SEND_ACTOR, message_id)
                 return "rerouted"
-        from app.messages.dispatch import perform_send
 
         return perform_send(message_id, self.transport_for)
 
@@ -423,12 +304,6 @@ class SessionHost:
     def _resume(self, client_id: str) -> None:
         """A session taken over while the client stayed ``ready``: messages that waited for it
         (or sat in the old host's queue) are sent on (contract 5)."""
-        from app.db import job_session
-
-        try:
-            from app.messages.dispatch import resume_client
-        except ImportError:
-            return
         try:
             with job_session() as session:
                 resume_client(session, client_id)
@@ -440,7 +315,6 @@ class SessionHost:
         self._forget(transport.client.id, transport)
 
     def _forget(self, client_id: str, transport) -> None:
-        from app.db import job_session
 
         with self._lock:
             if self.sessions.get(client_id) is transport:
@@ -461,7 +335,6 @@ class SessionHost:
 
     def renew(self) -> None:
         """One round of the lease thread: renew, drop sessions another host took, adopt orphans."""
-        from app.db import job_session
 
         with self._lock:
             held = dict(self.sessions)
@@ -489,9 +362,6 @@ class SessionHost:
     def adopt_orphans(self) -> list[str]:
         """Enqueue ``sessions.start`` (shared queue: any host may take it) for every web client
         that should run but has no live lease; once per client per lease period."""
-        from app import outbox
-        from app.db import job_session
-        from app.kv import redis_client
 
         try:
             r = redis_client()
@@ -525,7 +395,6 @@ class SessionHost:
                 "browser": self._runtime is not None and self._runtime.browser_running(), **memory_usage()}
 
     def start_background(self) -> None:
-        from app.kv import redis_client
         from workers.middleware import HeartbeatThread
 
         self._stopped.clear()
@@ -544,7 +413,6 @@ class SessionHost:
     def shutdown(self) -> None:
         """Worker shutdown: save and close every session, release the leases (another host takes
         the sessions over at once), close the browser."""
-        from app.db import job_session
 
         self.stop_background()
         with self._lock:
@@ -586,10 +454,6 @@ class SessionHostMiddleware(Middleware):
     besides the pool's queues, run its lease thread; at shutdown hand its sessions over."""
 
     def after_worker_boot(self, broker, worker):
-        from workers.state import current_pool
-
-        if current_pool() != "sessions":
-            return
         host = current_host()
         if worker.consumer_whitelist:
             worker.consumer_whitelist.add(host.queue_name)
@@ -604,3 +468,11 @@ class SessionHostMiddleware(Middleware):
     def after_worker_shutdown(self, broker, worker):
         if _host is not None:
             _host.shutdown()
+
+
+def install(broker: dramatiq.Broker) -> None:
+    """Make this process a session host (``workers.worker.setup`` in the ``sessions`` pool): the
+    ``sessions.*`` jobs find it through ``app.clients.hosting``, and the middleware runs it."""
+    hosting.install(current_host)
+    if not any(isinstance(m, SessionHostMiddleware) for m in broker.middleware):
+        broker.add_middleware(SessionHostMiddleware())

@@ -12,17 +12,17 @@ Settings are passed to the children as they are: nothing the operator set is ove
 """
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
 import subprocess
 import sys
 import time
-import json
 import urllib.request
 
+from app.queues import POOLS
 from config import ROOT, RUN_FILE, bind_address, child_env, is_loopback_host, running_services, settings
-from workers.pools import POOLS
 
 COLORS = ["36", "32", "35", "33", "34", "91", "96", "92"]
 STOP_GRACE_S = 12

@@ -3,21 +3,11 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, DateTime, Double, ForeignKey, Integer, Text, func
+from sqlalchemy import BigInteger, Date, Double, Integer, func
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import CID, CLIENT_FK, ORG_FK, TS
 from app.db import Base
-
-CID = Text(collation="C")
-TS = DateTime(timezone=True)
-
-
-def ORG_FK() -> ForeignKey:
-    return ForeignKey("organizations.id", ondelete="CASCADE")
-
-
-def CLIENT_FK() -> ForeignKey:
-    return ForeignKey("clients.id", ondelete="CASCADE")
 
 
 class AnalyticsHourly(Base):
@@ -52,7 +42,3 @@ class AnalyticsDaily(Base):
     response_seconds_sum: Mapped[float] = mapped_column(Double, server_default="0")
     response_count: Mapped[int] = mapped_column(Integer, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
-
-
-# Foreign keys name tables of other domains: importing any models module registers them all.
-import app.models  # noqa: E402,F401

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from sqlalchemy import select
+
 from app import quotas
 from app.apikeys.models import ApiKey
 from app.audit.service import record
 from app.db import get_scoped, scoped_select, utcnow
 from app.errors import Forbidden, NotFound, ValidationError
 from app.pagination import paginate
-from sqlalchemy import select
-
 from app.security.auth import effective_key_role, forget_api_key_after_commit
 from app.security.keys import generate_key, hash_key
 from app.security.principal import ROLE_RANK, Principal

@@ -7,7 +7,7 @@ from app.audit.schemas import AuditLogListArgs, AuditLogSchema
 from app.db import request_session
 from app.pagination import page_schema
 from app.security.auth import current_principal
-from app.security.permissions import requires
+from app.security.guard import requires
 
 blp = Blueprint("audit", __name__, url_prefix="/api/audit-logs", description="The audit log")
 

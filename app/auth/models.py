@@ -3,13 +3,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Text, func
+from sqlalchemy import ForeignKey, Text, func
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import CID, TS
 from app.db import Base, new_id
-
-CID = Text(collation="C")
-TS = DateTime(timezone=True)
 
 
 class RefreshToken(Base):
@@ -29,7 +27,3 @@ class RefreshToken(Base):
     user_agent: Mapped[str | None] = mapped_column(Text)
     ip: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
-
-
-# Foreign keys name tables of other domains: importing any models module registers them all.
-import app.models  # noqa: E402,F401

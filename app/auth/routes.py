@@ -3,11 +3,19 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.auth import service
-from app.auth.schemas import (LoginSchema, LogoutSchema, MeSchema, PasswordChangeSchema, RefreshSchema,
-                              RegisterResponseSchema, RegisterSchema, TokensSchema)
+from app.auth.schemas import (
+    LoginSchema,
+    LogoutSchema,
+    MeSchema,
+    PasswordChangeSchema,
+    RefreshSchema,
+    RegisterResponseSchema,
+    RegisterSchema,
+    TokensSchema,
+)
 from app.db import request_session
 from app.security.auth import current_principal, optional_principal
-from app.security.permissions import public, requires
+from app.security.guard import public, requires
 
 blp = Blueprint("auth", __name__, url_prefix="/api/auth", description="Sign-up, login and tokens")
 

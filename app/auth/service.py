@@ -21,10 +21,11 @@ import logging
 from datetime import timedelta
 from functools import lru_cache
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import select
 
 from app.audit.service import record
 from app.auth.models import RefreshToken
+from app.auth.sessions import revoke_family, revoke_user_sessions
 from app.db import new_id, utcnow
 from app.errors import BadRequest, Forbidden, RateLimited, Unauthorized, ValidationError
 from app.security.auth import after_refusal, deny_access_token, deny_session
@@ -73,24 +74,6 @@ def _start_session(session, user: User, *, family_id: str | None = None,
 def _tokens_response(session, user: User, tokens: dict) -> dict:
     tokens.pop("_row", None)
     return {**tokens, "user": team.with_client_ids(session, [user])[0]}
-
-
-def _revoke_family(session, family_id: str, reason: str) -> int:
-    result = session.execute(update(RefreshToken).where(
-        RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None)
-    ).values(revoked_at=utcnow(), revoked_reason=reason))
-    deny_session(family_id)
-    return result.rowcount or 0
-
-
-def revoke_user_sessions(session, user_id: str, reason: str, *, except_family: str | None = None) -> int:
-    """Revoke every live refresh token of a user (disabled, deleted, password changed) and refuse
-    the access tokens issued for them. Returns how many tokens were revoked."""
-    stmt = select(RefreshToken.family_id).where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-    if except_family:
-        stmt = stmt.where(RefreshToken.family_id != except_family)
-    families = set(session.scalars(stmt))
-    return sum(_revoke_family(session, family, reason) for family in families)
 
 
 # ----------------------------------------------------------------------------- login throttling
@@ -263,7 +246,7 @@ def _on_reuse(row: RefreshToken) -> None:
     deny_session(family_id)  # refuse the family's access tokens at once, whatever happens next
 
     def write(session):
-        revoked = _revoke_family(session, family_id, "reuse_detected")
+        revoked = revoke_family(session, family_id, "reuse_detected")
         record(session, None, "auth.refresh_reuse", organization_id=org_id, actor_type="user", actor_id=user_id,
                target_type="user", target_id=user_id, changes={"session": family_id, "revoked_tokens": revoked})
 
@@ -292,7 +275,7 @@ def logout(session, principal: Principal | None, *, refresh_token: str | None = 
         raise Unauthorized("Give the access token (Authorization: Bearer) or the refresh token to log out",
                            code="unauthorized")
     for family_id in family_ids:
-        _revoke_family(session, family_id, "logout")
+        revoke_family(session, family_id, "logout")
     record(session, None, "auth.logout", organization_id=org_id, actor_type="user", actor_id=user_id,
            target_type="user", target_id=user_id, changes={"sessions": sorted(family_ids)})
 
@@ -333,15 +316,3 @@ def change_password(session, principal: Principal, *, current_password: str, new
 def _user_principal(user: User) -> Principal:
     return Principal(organization_id=user.organization_id, kind="user", id=user.id, role=user.role,
                      email=user.email, name=user.name)
-
-
-#: expired refresh tokens are kept this long (for the audit trail of a login), then deleted
-EXPIRED_TOKENS_KEPT = timedelta(days=7)
-PURGE_BATCH = 10_000
-
-
-def purge_expired_refresh_tokens(session, limit: int = PURGE_BATCH) -> int:
-    """Delete refresh tokens that expired more than EXPIRED_TOKENS_KEPT ago (at most ``limit``)."""
-    old = (select(RefreshToken.id).where(RefreshToken.expires_at < utcnow() - EXPIRED_TOKENS_KEPT)
-           .limit(limit).scalar_subquery())
-    return session.execute(delete(RefreshToken).where(RefreshToken.id.in_(old))).rowcount

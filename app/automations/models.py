@@ -3,18 +3,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, Text, func, text as sqltext
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, Text, func
+from sqlalchemy import text as sqltext
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import CID, ORG_FK, TS
 from app.db import Base, new_id
-
-CID = Text(collation="C")
-TS = DateTime(timezone=True)
-
-
-def ORG_FK() -> ForeignKey:
-    return ForeignKey("organizations.id", ondelete="CASCADE")
 
 
 class Automation(Base):
@@ -54,7 +49,3 @@ class AutomationRun(Base):
     status: Mapped[str] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
-
-
-# Foreign keys name tables of other domains: importing any models module registers them all.
-import app.models  # noqa: E402,F401

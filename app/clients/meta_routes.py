@@ -11,7 +11,7 @@ from marshmallow import Schema, fields, validate
 
 from app.clients import meta_service
 from app.db import request_session
-from app.security.permissions import public
+from app.security.guard import public
 
 blp = Blueprint("meta_webhooks", __name__, url_prefix="/webhooks/meta",
                 description="Inbound webhooks of Meta's WhatsApp Cloud API (cloud clients)")

@@ -55,8 +55,8 @@ def cloud_client_info(session, client_id: str) -> ClientInfo:
 
     There is no principal here: the client id in Meta's callback URL names the tenant, and the
     signature (or verify token) checked against that client's own secrets authenticates it."""
+    from app.clients.info import load_client_info
     from app.clients.models import Client
-    from app.clients.service import load_client_info
 
     row = session.get(Client, client_id) if isinstance(client_id, str) else None
     if row is None or row.deleted_at is not None or row.transport != "cloud":

@@ -8,7 +8,7 @@ from app.db import request_session
 from app.idempotency import idempotent
 from app.pagination import page_schema
 from app.security.auth import current_principal
-from app.security.permissions import requires
+from app.security.guard import requires
 
 blp = Blueprint("proxies", __name__, url_prefix="/api/proxies", description="Proxies for WhatsApp accounts")
 

@@ -25,10 +25,10 @@ from sqlalchemy import select
 
 from app import outbox, quotas
 from app.audit import service as audit
+from app.clients.alerts import raise_alert
 from app.clients.models import Client, Proxy
 from app.db import get_scoped, scoped_select, utcnow
-from app.errors import Conflict
-from app.errors import ValidationError
+from app.errors import Conflict, ValidationError
 from app.pagination import paginate
 from app.security import ssrf
 from app.security.crypto import decrypt, encrypt
@@ -121,7 +121,7 @@ def clients_using(session, proxy_id: str) -> list[str]:
 def enqueue_checks(session) -> int:
     """``clients.check_proxies``: one ``clients.check_proxy`` job per live proxy, every organisation."""
     ids = list(session.scalars(select(Proxy.id).where(Proxy.deleted_at.is_(None)).order_by(Proxy.id)))
-    outbox.enqueue_many(session, "clients.check_proxy", [(i,) for i in ids], queue_name="default")
+    outbox.enqueue_many(session, "clients.check_proxy", [(i,) for i in ids])
     return len(ids)
 
 
@@ -132,8 +132,6 @@ def proxy_to_check(session, proxy_id: str) -> ProxyInfo | None:
 
 def record_check(session, proxy_id: str, error: str | None) -> Proxy | None:
     """Apply one check's result: ok, or one step towards dead (alerting when it gets there)."""
-    from app.clients.service import raise_alert
-
     proxy = session.get(Proxy, proxy_id, with_for_update=True, populate_existing=True)
     if proxy is None or proxy.deleted_at is not None:
         return None

@@ -9,7 +9,7 @@ from app.db import request_session
 from app.idempotency import idempotent
 from app.pagination import page_schema
 from app.security.auth import current_principal
-from app.security.permissions import requires
+from app.security.guard import requires
 
 blp = Blueprint("clients", __name__, url_prefix="/api/clients", description="WhatsApp accounts (clients)")
 

@@ -6,17 +6,16 @@ import json
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from app.clients.statuses import PROXY_STATUSES, STATUSES
 from app.pagination import ListArgs
 
 TRANSPORTS = ("sim", "cloud", "web")
-STATUSES = ("created", "starting", "qr", "ready", "disconnected", "banned", "stopped", "failed")
 #: config keys that are secrets: stored encrypted in clients.secrets_encrypted, never returned
 SECRET_CONFIG_KEYS = ("access_token", "app_secret", "verify_token")
 MAX_CONFIG_BYTES = 16 * 1024
 MAX_SECRET_CHARS = 4096
 
 PROXY_SCHEMES = ("http", "https", "socks5")
-PROXY_STATUSES = ("unchecked", "ok", "failing", "dead")
 HOSTNAME = validate.Regexp(r"^[A-Za-z0-9._:\-\[\]]{1,253}$", error="Must be a host name or an IP address.")
 E164 = validate.Regexp(r"^\+[1-9]\d{6,14}$", error="Must be a phone number in E.164 (+14155550123).")
 

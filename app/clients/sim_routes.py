@@ -2,12 +2,11 @@
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from app.clients import service
-from app.clients.schemas import (ClientSchema, SimFaultSchema, SimInboundResultSchema, SimInboundSchema,
-                                 SimNetworkSchema)
+from app.clients import sim_service
+from app.clients.schemas import ClientSchema, SimFaultSchema, SimInboundResultSchema, SimInboundSchema, SimNetworkSchema
 from app.db import request_session
 from app.security.auth import current_principal
-from app.security.permissions import requires
+from app.security.guard import requires
 
 blp = Blueprint("clients_sim", __name__, url_prefix="/api/clients",
                 description="The sim transport's test hooks: inbound messages, faults, network counts")
@@ -26,7 +25,7 @@ class SimScan(MethodView):
         shows now, as you would with a real phone, and the client reports `ready` a moment later.
         Refused unless the client's status is `qr`.
         """
-        return service.sim_scan(request_session(), current_principal(), client_id)
+        return sim_service.sim_scan(request_session(), current_principal(), client_id)
 
 
 @blp.route("/<client_id>/sim/inbound")
@@ -43,7 +42,7 @@ class SimInbound(MethodView):
         `from`. The message arrives like any inbound one: a `message.received` event and a row in
         the messages list.
         """
-        return service.sim_inbound(request_session(), current_principal(), client_id, **body)
+        return sim_service.sim_inbound(request_session(), current_principal(), client_id, **body)
 
 
 @blp.route("/<client_id>/sim/fault")
@@ -61,7 +60,7 @@ class SimFault(MethodView):
         `ban` bans the account, `fail_next` fails the next `count` sends, `clear` lifts every fault.
         Answers the network counts.
         """
-        return service.sim_fault(request_session(), current_principal(), client_id, **body)
+        return sim_service.sim_fault(request_session(), current_principal(), client_id, **body)
 
 
 @blp.route("/<client_id>/sim/network")
@@ -76,4 +75,4 @@ class SimNetwork(MethodView):
         received from this client, how many distinct messages they were, and the duplicates, with
         the faults in force.
         """
-        return service.sim_network(request_session(), current_principal(), client_id)
+        return sim_service.sim_network(request_session(), current_principal(), client_id)

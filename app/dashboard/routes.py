@@ -6,7 +6,7 @@ from flask import send_from_directory
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from app.security.permissions import public
+from app.security.guard import public
 
 STATIC = Path(__file__).resolve().parent / "static"
 

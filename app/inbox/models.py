@@ -3,14 +3,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, Text, func
+from sqlalchemy import BigInteger, ForeignKey, Integer, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import CID, TS
 from app.db import Base
-
-CID = Text(collation="C")
-TS = DateTime(timezone=True)
 
 
 class TransportEvent(Base):

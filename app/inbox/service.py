@@ -4,8 +4,8 @@ Every report a transport makes — a client status (``qr``, ``ready``, ...), an 
 sent, a message a contact wrote — is a ``transport_events`` row in Postgres before the transport
 is answered: the Cloud API webhook commits it before its 200, the simulator's and WhatsApp Web's
 reports are written before the call that made them returns. An ``inbox.apply`` job, sent after
-the commit and delayed to the report's ``due_at``, applies it (clients.service.record_status,
-messages.service.apply_ack, messages.service.receive_inbound) and marks the row applied.
+the commit and delayed to the report's ``due_at``, applies it (app/inbox/apply.py) and marks the
+row applied.
 
 The row is what survives: if the broker loses the job (a Redis restart, a worker whose delayed
 jobs were dropped), ``redispatch`` (periodic) sends it again once it is overdue by
@@ -30,15 +30,16 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import delete, func, insert, or_, select, update
 
 from app import outbox
+from app.clients.session_state import save_session_state
 from app.db import job_session, utcnow
 from app.inbox.models import TransportEvent
+from app.queues import queue_of
 from app.transports.base import ClientInfo, InboundMessage
 from config import settings
 
 log = logging.getLogger(__name__)
 
 APPLY_ACTOR = "inbox.apply"
-QUEUE = "default"
 #: how long an ack waits for its message to be recorded before it is given up (orphaned)
 ACK_PATIENCE = timedelta(hours=1)
 #: applied rows are kept this long (for inspection), then purged
@@ -63,7 +64,7 @@ def record(session, reports: list[Report]) -> list[int]:
              "due_at": now + timedelta(milliseconds=max(0, r.delay_ms)), "dispatched_at": now, "created_at": now}
             for r in reports]
     ids = list(session.scalars(insert(TransportEvent).returning(TransportEvent.id), rows))
-    outbox.after_commit(session, APPLY_ACTOR, QUEUE, [(i,) for i in ids], delays_ms=[r.delay_ms for r in reports])
+    outbox.after_commit(session, APPLY_ACTOR, [(i,) for i in ids], delays_ms=[r.delay_ms for r in reports])
     return ids
 
 
@@ -110,13 +111,11 @@ class InboxSink:
 
     def session_state(self, client: ClientInfo, state: bytes) -> None:
         """Login state is stored at once (it is the latest that counts; nothing to replay)."""
-        from app.clients import service as clients
-
         if self.session is not None:
-            clients.save_session_state(self.session, client.id, state)
+            save_session_state(self.session, client.id, state)
             return
         with job_session() as session:
-            clients.save_session_state(session, client.id, state)
+            save_session_state(session, client.id, state)
 
     def _report(self, client: ClientInfo, kind: str, payload: dict, delay_ms: int) -> None:
         report = Report(client.organization_id, client.id, kind, payload, int(delay_ms or 0))
@@ -134,53 +133,6 @@ class InboxSink:
             record(session, reports)
 
 
-# ----------------------------------------------------------------------------- applying
-
-
-def apply(event_id: int) -> str:
-    """``inbox.apply``: apply one report once. Returns applied / ignored / waiting / orphaned / done
-    (already applied, or taken by a concurrent job)."""
-    with job_session() as session:
-        event = session.scalars(select(TransportEvent).where(TransportEvent.id == event_id,
-                                                             TransportEvent.applied_at.is_(None))
-                                .with_for_update(skip_locked=True)).first()
-        if event is None:
-            return "done"
-        outcome = _apply(session, event)
-        if outcome == "waiting":
-            if utcnow() - event.created_at > ACK_PATIENCE:
-                outcome = "orphaned"
-                log.info("ack %s of client %s matches no message after %s; given up",
-                         event.payload.get("status"), event.client_id, ACK_PATIENCE)
-            else:
-                delay_ms = min(60_000, 250 * 2 ** min(event.attempts, 8))
-                event.attempts += 1
-                event.due_at = event.dispatched_at = func.now() + timedelta(milliseconds=delay_ms)
-                outbox.after_commit(session, APPLY_ACTOR, QUEUE, [(event.id,)], delays_ms=[delay_ms])
-                return outcome
-        event.applied_at, event.outcome = func.now(), outcome
-        return outcome
-
-
-def _apply(session, event: TransportEvent) -> str:
-    from app.clients import service as clients
-    from app.messages import service as messages
-
-    payload = event.payload
-    if event.kind == "status":
-        done = clients.record_status(session, event.client_id, payload["status"], payload.get("detail") or {})
-        return "applied" if done is not None else "ignored"
-    if event.kind == "ack":
-        found = messages.apply_ack(session, event.client_id, payload["external_id"], payload["status"],
-                                   payload.get("error"), messages.parse_time(payload.get("at")),
-                                   message_id=payload.get("message_id"))
-        return "applied" if found is not None else "waiting"
-    if event.kind == "inbound":
-        return "applied" if messages.receive_inbound(session, event.client_id, payload) is not None else "ignored"
-    log.warning("transport event %s of unknown kind %r ignored", event.id, event.kind)
-    return "ignored"
-
-
 # ----------------------------------------------------------------------------- sweeping
 
 
@@ -194,7 +146,7 @@ def redispatch(session, *, overdue: timedelta | None = None, limit: int = 5000) 
         overdue = timedelta(seconds=settings.INBOX_REDISPATCH_AFTER)
     # a backlog is not a loss: only jobs sent before the one now at the head of the queue have had
     # their turn (a queue is first in, first out)
-    head = datetime.fromtimestamp(queue_head_ms(QUEUE) / 1000, timezone.utc) - overdue
+    head = datetime.fromtimestamp(queue_head_ms(queue_of(APPLY_ACTOR)) / 1000, timezone.utc) - overdue
     ids = list(session.scalars(
         select(TransportEvent.id).where(TransportEvent.applied_at.is_(None),
                                         TransportEvent.due_at <= func.least(func.now() - overdue, head),
@@ -208,7 +160,7 @@ def redispatch(session, *, overdue: timedelta | None = None, limit: int = 5000) 
     session.execute(update(TransportEvent).where(TransportEvent.id.in_(ids))
                     .values(dispatched_at=func.now() + (func.now() - TransportEvent.created_at)),
                     execution_options={"synchronize_session": False})
-    outbox.after_commit(session, APPLY_ACTOR, QUEUE, [(i,) for i in ids])
+    outbox.after_commit(session, APPLY_ACTOR, [(i,) for i in ids])
     log.warning("inbox: sent again %d transport report(s) the broker did not deliver", len(ids))
     return len(ids)
 

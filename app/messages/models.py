@@ -7,18 +7,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, Text, func, text as sqltext
+from sqlalchemy import BigInteger, ForeignKey, Integer, Text, func
+from sqlalchemy import text as sqltext
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from app.columns import CID, ORG_FK, TS
 from app.db import Base, new_id
-
-CID = Text(collation="C")
-TS = DateTime(timezone=True)
-
-
-def ORG_FK() -> ForeignKey:
-    return ForeignKey("organizations.id", ondelete="CASCADE")
 
 
 class Message(Base):
@@ -70,7 +65,3 @@ class MessageStatusHistory(Base):
     status: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     details: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
-
-
-# Foreign keys name tables of other domains: importing any models module registers them all.
-import app.models  # noqa: E402,F401

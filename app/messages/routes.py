@@ -9,11 +9,18 @@ from flask_smorest import Blueprint
 from app.db import request_session
 from app.idempotency import idempotent
 from app.messages import service
-from app.messages.schemas import (BatchCreateSchema, BatchResultSchema, MessageCreateSchema, MessageListArgs,
-                                  MessageSchema, SendMessageResultSchema, SendMessageSchema)
+from app.messages.schemas import (
+    BatchCreateSchema,
+    BatchResultSchema,
+    MessageCreateSchema,
+    MessageListArgs,
+    MessageSchema,
+    SendMessageResultSchema,
+    SendMessageSchema,
+)
 from app.pagination import page_schema
 from app.security.auth import current_principal
-from app.security.permissions import requires
+from app.security.guard import requires
 
 blp = Blueprint("messages", __name__, url_prefix="/api", description="Messages: send, track, cancel")
 

@@ -5,6 +5,7 @@ import marshmallow as ma
 from marshmallow import fields, validate
 
 from app.fields import UtcDateTime
+from app.messages.statuses import STATUSES
 from app.pagination import ListArgs
 
 TEXT_MAX = 4096        # WhatsApp's limit for a text message
@@ -12,7 +13,6 @@ CAPTION_MAX = 1024     # WhatsApp's limit for a media caption
 BATCH_MAX = 1000
 TYPES = ("text", "image", "video", "audio", "document", "template")
 MEDIA_TYPES = ("image", "video", "audio", "document")
-STATUSES = ("queued", "sending", "sent", "delivered", "read", "failed", "cancelled", "received", "unknown")
 DIRECTIONS = ("outbound", "inbound")
 
 

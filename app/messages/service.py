@@ -1,4 +1,4 @@
-"""Messages: accept outbound sends, track their statuses, receive inbound messages, opt-outs.
+"""Messages: accept outbound sends, read and cancel them.
 
 Accepting (``accept_messages``, behind the three POST routes and usable by campaigns/automations)
 validates every item (E.164, sizes, media and template of the organisation, template variables,
@@ -6,22 +6,17 @@ opted-out contacts), then writes the rows, their ``queued`` history rows and ``m
 events and enqueues one ``messages.send`` job per message, all in the caller's transaction (the
 outbox sends the jobs after commit). A ready client's pacing slots are reserved right away, so a
 message waits in the broker until its slot (``scheduled_for``) without a first trip through a
-worker. Sending is app/messages/dispatch.py.
-
-Tracking: statuses only move forward (``RANK``); each change writes a ``message_status_history`` row
-and emits the matching ``message.*`` event with the message as the API shows it. Transports report
-acks and inbound messages as jobs (``messages.on_ack``, ``messages.on_inbound``).
+worker (app/messages/planning.py). Sending is app/messages/dispatch.py; statuses and acks
+app/messages/tracking.py; inbound messages and opt-outs app/messages/inbound.py.
 """
 from __future__ import annotations
 
-import functools
 import logging
-import re
-import unicodedata
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, insert, select, text, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
 
 from app.clients.models import Client
 from app.contacts import service as contacts
@@ -29,75 +24,23 @@ from app.contacts.models import Contact
 from app.db import get_scoped, new_id, scoped_select, utcnow
 from app.errors import AppError, Conflict, Forbidden, NotFound, ValidationError
 from app.media.models import Media
-from app.messages.models import Message, MessageStatusHistory
+from app.messages import planning
+from app.messages.models import Message
 from app.messages.schemas import CAPTION_MAX, MEDIA_TYPES, TEXT_MAX, MessageSchema
+from app.messages.tracking import OPT_OUT_KEY_PREFIX, dump, record_status
 from app.pagination import paginate
-from app.security.principal import Principal, SystemPrincipal
+from app.security.principal import Principal
 from app.templates.models import Template
-from config import settings
+from app.templates.rendering import render_template, template_placeholders
 
 log = logging.getLogger(__name__)
 
-SEND_ACTOR = "messages.send"
-SEND_QUEUE = "messages"
-#: messages.idempotency_key of the confirmation sent to a contact who opts out (it must reach them)
-OPT_OUT_KEY_PREFIX = "opt-out:"
-#: outbound statuses in order; an ack never moves a message to a lower rank. ``unknown``: the send
-#: may or may not have gone out (its outcome was lost); the first ack tells.
-RANK = {"queued": 0, "sending": 1, "unknown": 1, "sent": 2, "delivered": 3, "read": 4}
-TERMINAL = ("failed", "cancelled")
-#: failures that did not come from the transport: an ack may still prove them wrong
-DOUBTFUL_FAILURES = ("interrupted",)
-TIMESTAMP_OF = {"queued": "queued_at", "sending": "sending_at", "sent": "sent_at", "delivered": "delivered_at",
-                "read": "read_at", "failed": "failed_at", "cancelled": "cancelled_at"}
-EVENTS = {"queued", "sent", "delivered", "read", "failed", "received", "unknown"}
-PLACEHOLDER = re.compile(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}")
 _SCHEMA = MessageSchema()
-
-
-# ----------------------------------------------------------------------------- tracking helpers
-
-_PLAIN = (("id", "id"), ("client_id", "client_id"), ("direction", "direction"), ("to", "to_phone"),
-          ("from", "from_phone"), ("contact_id", "contact_id"), ("type", "type"), ("text", "text"),
-          ("media_id", "media_id"), ("caption", "caption"), ("template_id", "template_id"), ("status", "status"),
-          ("attempts", "attempts"), ("campaign_id", "campaign_id"))
-_TIMES = ("scheduled_at", "scheduled_for", "created_at", "queued_at", "sending_at", "sent_at", "delivered_at",
-          "read_at", "failed_at", "cancelled_at")
-
-
-def dump(message) -> dict:
-    """The message as the API returns it (``MessageSchema``), for webhook events: the same output,
-    computed directly because it runs for every status change (tests/test_messages.py compares)."""
-    get = message.get if isinstance(message, dict) else functools.partial(getattr, message)
-    out = {key: get(attr) for key, attr in _PLAIN}
-    out["variables"] = dict(get("variables") or {})
-    for name in _TIMES:
-        value = get(name)
-        out[name] = value.isoformat() if value is not None else None
-    code = get("error_code")
-    out["error"] = {"code": code, "message": get("error_message")} if code else None
-    return out
-
-
-def record_status(session, message: Message, status: str, *, at: datetime | None = None,
-                  details: dict | None = None) -> None:
-    """The history row of a status ``message`` just moved to, and its ``message.*`` event."""
-    session.add(MessageStatusHistory(organization_id=message.organization_id, message_id=message.id, status=status,
-                                     at=at or utcnow(), details=details or {}))
-    if status in EVENTS:
-        from app.webhooks.events import emit
-
-        emit(session, message.organization_id, f"message.{status}", dump(message))
-
-
-def sendable(client: Client) -> bool:
-    """Whether a client may send now (contract 5): ready, not paused, not deleted."""
-    return client.status == "ready" and not client.paused and client.deleted_at is None
 
 
 # ----------------------------------------------------------------------------- accepting
 
-def client_for_send(session, principal: Principal, client_id: str, *, field: str | None = None) -> Client:
+def client_for_send(session: Session, principal: Principal, client_id: str, *, field: str | None = None) -> Client:
     """The client to send from: in the caller's organisation, not deleted, assigned to an agent.
 
     With ``field`` (the id came in the body) every refusal is a 422 naming it; from the path a
@@ -113,15 +56,6 @@ def client_for_send(session, principal: Principal, client_id: str, *, field: str
             raise ValidationError(details={field: ["You are not assigned to this client."]})
         raise Forbidden("You are not assigned to this client", code="client_not_assigned")
     return client
-
-
-def template_placeholders(template: Template) -> list[str]:
-    found = list(dict.fromkeys(PLACEHOLDER.findall(template.body or "")))
-    return found or list(template.variables or [])
-
-
-def render_template(body: str, variables: dict) -> str:
-    return PLACEHOLDER.sub(lambda m: str(variables.get(m.group(1), m.group(0))), body or "")
 
 
 class _Lookups:
@@ -228,7 +162,7 @@ def _error(exc: AppError) -> dict:
     return {"code": exc.code, "message": exc.message, "details": exc.details}
 
 
-def accept_messages(session, principal: Principal, client: Client, items: list[dict], *,
+def accept_messages(session: Session, principal: Principal, client: Client, items: list[dict], *,
                     campaign_id: str | None = None, automation_id: str | None = None,
                     keys: list[str | None] | None = None, strict: bool = False) -> list[dict]:
     """Queue outbound messages from ``client``: one result per item, in order, either the new
@@ -237,8 +171,6 @@ def accept_messages(session, principal: Principal, client: Client, items: list[d
     (messages.idempotency_key) makes a repeated item a no-op returning the first message:
     campaigns and opt-out confirmations use it. Items are ``MessageItemSchema``-shaped dicts."""
     from app import outbox
-    from app.messages import dispatch
-
     if outbox.broker_refusing():
         from app.errors import ServiceUnavailable
 
@@ -271,7 +203,7 @@ def accept_messages(session, principal: Principal, client: Client, items: list[d
     if not accepted:
         return results
     now = utcnow()
-    plans = dispatch.plan(client, [(new_id("msg"), 0, cols["scheduled_at"]) for _, cols in accepted])
+    plans = planning.plan(client, [(new_id("msg"), 0, cols["scheduled_at"]) for _, cols in accepted])
     values = [{**cols, "id": plan.message_id, "organization_id": client.organization_id, "client_id": client.id,
                "direction": "outbound", "from_phone": client.phone, "status": "queued", "queued_at": now,
                "created_at": now, "updated_at": now, "scheduled_for": plan.scheduled_for,
@@ -292,7 +224,7 @@ def accept_messages(session, principal: Principal, client: Client, items: list[d
         for m in session.scalars(select(Message).where(Message.organization_id == client.organization_id,
                                                        Message.idempotency_key.in_(list(taken)))):
             results[taken[m.idempotency_key]] = as_row(m)
-        dispatch.release_plans(client.id, [p for (_, _), v, p in zip(accepted, values, plans) if v["id"] not in inserted])
+        planning.release_plans(client.id, [p for (_, _), v, p in zip(accepted, values, plans) if v["id"] not in inserted])
     if fresh:
         session.execute(_QUEUED_HISTORY, {"ids": [v["id"] for _, v, _ in fresh], "at": now})
         from app.webhooks.events import emit_many
@@ -300,7 +232,7 @@ def accept_messages(session, principal: Principal, client: Client, items: list[d
         for i, v, _ in fresh:
             results[i] = {**_BLANK, **v}
         emit_many(session, client.organization_id, "message.queued", [dump(results[i]) for i, _, _ in fresh])
-        dispatch.enqueue_plans(session, [p for _, _, p in fresh])
+        planning.enqueue_plans(session, [p for _, _, p in fresh])
     return results
 
 
@@ -315,7 +247,7 @@ def as_row(message: Message) -> dict:
     return {c.key: getattr(message, c.key) for c in Message.__table__.columns}
 
 
-def send_message(session, principal: Principal, client_id: str, *, to: str, message: str | None = None,
+def send_message(session: Session, principal: Principal, client_id: str, *, to: str, message: str | None = None,
                  media_id: str | None = None, template_id: str | None = None, variables: dict | None = None) -> dict:
     """``POST /api/clients/{id}/send-message``: the v2.0 clients' call."""
     client = client_for_send(session, principal, client_id)
@@ -326,13 +258,13 @@ def send_message(session, principal: Principal, client_id: str, *, to: str, mess
     return {"messageId": created["id"], "id": created["id"], "status": created["status"]}
 
 
-def create_message(session, principal: Principal, *, client_id: str, **item) -> dict:
+def create_message(session: Session, principal: Principal, *, client_id: str, **item) -> dict:
     """``POST /api/messages``."""
     client = client_for_send(session, principal, client_id, field="client_id")
     return accept_messages(session, principal, client, [item], strict=True)[0]
 
 
-def create_batch(session, principal: Principal, *, client_id: str, messages: list[dict]) -> dict:
+def create_batch(session: Session, principal: Principal, *, client_id: str, messages: list[dict]) -> dict:
     """``POST /api/messages/batch``: every item validated on its own; one INSERT for the accepted ones."""
     from marshmallow import ValidationError as SchemaError
 
@@ -362,7 +294,7 @@ def create_batch(session, principal: Principal, *, client_id: str, messages: lis
 
 # ----------------------------------------------------------------------------- reading, cancelling
 
-def get_message(session, principal: Principal, message_id: str) -> Message:
+def get_message(session: Session, principal: Principal, message_id: str) -> Message:
     message = get_scoped(session, Message, principal.organization_id, message_id)
     if not principal.can_use_client(message.client_id):
         raise NotFound("message not found")
@@ -387,7 +319,7 @@ def _id_bound(when: datetime, shift: timedelta = timedelta(0)) -> str:
     return "msg_" + "".join(reversed(chars))
 
 
-def list_messages(session, principal: Principal, *, limit: int, cursor: str | None = None,
+def list_messages(session: Session, principal: Principal, *, limit: int, cursor: str | None = None,
                   client_id: str | None = None, status: str | None = None, direction: str | None = None,
                   contact: str | None = None, since: datetime | None = None, until: datetime | None = None) -> dict:
     """Newest first. Each filter has an index ``(organization_id, <filter>, id DESC)``, and the time
@@ -416,12 +348,10 @@ def list_messages(session, principal: Principal, *, limit: int, cursor: str | No
     return paginate(session, stmt, Message.id, limit=limit, cursor=cursor)
 
 
-def cancel_message(session, principal: Principal, message_id: str) -> Message:
+def cancel_message(session: Session, principal: Principal, message_id: str) -> Message:
     """Cancel a message still ``queued`` (409 otherwise). The worker's claim fails on a cancelled
     row, so this takes effect up to the moment of sending; its pacing slot is given back."""
     from app.audit.service import record
-    from app.messages import dispatch
-
     message = get_message(session, principal, message_id)
     now = utcnow()
     row = session.scalars(update(Message).where(Message.id == message.id, Message.status == "queued",
@@ -433,169 +363,7 @@ def cancel_message(session, principal: Principal, message_id: str) -> Message:
                        code="message_not_cancellable", details={"status": message.status})
     record_status(session, row, "cancelled", at=now, details={"by": principal.id or principal.kind})
     record(session, principal, "message.cancel", target_type="message", target_id=row.id)
-    dispatch.release_reservation(row)
+    planning.release_reservation(row)
     return row
 
 
-# ----------------------------------------------------------------------------- acks
-
-def apply_ack(session, client_id: str, external_id: str | None, status: str, error: dict | None = None,
-              at: datetime | None = None, *, message_id: str | None = None) -> Message | None:
-    """A transport's ack. None when no message has this external id (yet) — nor this
-    ``message_id``, when the transport knows ours (a message whose send was never recorded).
-    Statuses only move forward, and a failed ack does not undo a delivery; an ``unknown`` message,
-    or one failed only because its worker was interrupted, takes what the ack says."""
-    found = select(Message).where(Message.client_id == client_id, Message.direction == "outbound")
-    message = None
-    if external_id:
-        message = session.scalars(found.where(Message.external_id == external_id).with_for_update()
-                                  .execution_options(populate_existing=True)).first()  # the locked row
-    if message is None and message_id:
-        message = session.scalars(found.where(Message.id == message_id).with_for_update()
-                                  .execution_options(populate_existing=True)).first()
-        if message is not None and external_id and message.external_id is None:
-            message.external_id = external_id
-    if message is None:
-        return None
-    at = at or utcnow()
-    current = message.status
-    doubtful = current == "failed" and message.error_code in DOUBTFUL_FAILURES
-    if current in TERMINAL and not doubtful:
-        return message
-    if status == "failed":
-        if doubtful or RANK.get(current, 0) >= RANK["delivered"]:
-            return message
-        error = error or {}
-        message.failed_at = at
-        message.error_code = str(error.get("code") or "undelivered")[:100]
-        message.error_message = (str(error["message"])[:1000] if error.get("message") else None)
-        steps = ["failed"]
-    elif status in RANK and (doubtful or RANK[status] > RANK.get(current, 0)):
-        # read implies delivered implies sent: a step the acks skipped (a read that overtook its
-        # delivery report) is recorded too, with its history row and event, so that integrators
-        # counting message.delivered miss none
-        base = 1 if doubtful else RANK.get(current, 0)
-        steps = [step for step in ("sent", "delivered", "read") if base < RANK[step] <= RANK[status]]
-        message.error_code = message.error_message = None
-        message.failed_at = None if doubtful else message.failed_at
-    else:
-        return message  # late or repeated ack: nothing moves backwards
-    for step in steps:
-        message.status = step
-        if getattr(message, TIMESTAMP_OF[step]) is None:
-            setattr(message, TIMESTAMP_OF[step], at)
-        message.updated_at = utcnow()
-        session.flush()
-        record_status(session, message, step, at=at, details={"external_id": external_id, "ack": status})
-    return message
-
-
-# ----------------------------------------------------------------------------- inbound
-
-INBOUND_TYPES = {"text": "text", "image": "image", "video": "video", "audio": "audio", "document": "document",
-                 "sticker": "image", "voice": "audio", "ptt": "audio"}
-
-
-def _normalise_keyword(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text or "")
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    return re.sub(r"[\s\W_]+$|^[\s\W_]+", "", text).casefold()
-
-
-def _keywords(session, organization_id: str) -> tuple[set[str], set[str]]:
-    """The organisation's opt-out and opt-in keywords (every language), normalised."""
-    from app.team.models import OrganizationSettings
-
-    row = session.get(OrganizationSettings, organization_id)
-    if row is None:  # the defaults live in schema.sql: create the row to get them
-        session.execute(pg_insert(OrganizationSettings).values(organization_id=organization_id)
-                        .on_conflict_do_nothing())
-        row = session.get(OrganizationSettings, organization_id)
-
-    def flat(value) -> set[str]:
-        words = value.values() if isinstance(value, dict) else [value or []]
-        return {_normalise_keyword(w) for group in words for w in (group or []) if isinstance(w, str) and w.strip()}
-
-    return flat(row.opt_out_keywords), flat(row.opt_in_keywords)
-
-
-def _store_media(session, client: Client, media: dict | None) -> str | None:
-    """Keep an inbound message's media through the media service when it offers a way to
-    (``app.media.service.store_inbound_media``); the message keeps its caption either way."""
-    if not media:
-        return None
-    try:
-        from app.media.service import store_inbound_media
-    except ImportError:
-        return None
-    try:
-        stored = store_inbound_media(session, client.organization_id, media)
-    except Exception:
-        log.warning("inbound media of client %s could not be stored", client.id, exc_info=True)
-        return None
-    return getattr(stored, "id", stored)
-
-
-def receive_inbound(session, client_id: str, payload: dict) -> Message | None:
-    """Store an inbound message once (dedupe on the transport's id), create or update its contact,
-    emit ``message.received``, and handle opt-out / opt-in keywords. None for a duplicate."""
-    client = session.get(Client, client_id)
-    if client is None or client.deleted_at is not None:
-        return None
-    try:
-        phone = contacts.e164(payload.get("from_phone"), "from")
-    except ValidationError:
-        log.warning("inbound message of client %s from an invalid number dropped", client_id)
-        return None
-    at = _parse_time(payload.get("timestamp")) or utcnow()
-    media = payload.get("media") or None
-    kind = INBOUND_TYPES.get(payload.get("type") or "text", "text")
-    text = payload.get("text")
-    if kind == "text" and not text and payload.get("type") not in (None, "text"):
-        text = f"[{payload.get('type')}]"
-    contact = contacts.touch_inbound(session, client.organization_id, phone, payload.get("contact_name"), at)
-    now = utcnow()
-    values = {"id": new_id("msg"), "organization_id": client.organization_id, "client_id": client.id,
-              "direction": "inbound", "contact_id": contact.id, "from_phone": phone, "to_phone": client.phone,
-              "type": kind, "text": text, "caption": (media or {}).get("caption"), "status": "received",
-              "external_id": payload.get("external_id") or None, "created_at": now, "updated_at": now,
-              "media_id": _store_media(session, client, media)}
-    message = session.scalars(
-        pg_insert(Message).values(**values).on_conflict_do_nothing(
-            index_elements=[Message.client_id, Message.external_id],
-            index_where=and_(Message.direction == "inbound", Message.external_id.isnot(None)))
-        .returning(Message)).first()
-    if message is None:
-        return None
-    record_status(session, message, "received", at=at)
-    _handle_keywords(session, client, contact, message)
-    return message
-
-
-def _handle_keywords(session, client: Client, contact: Contact, message: Message) -> None:
-    if message.type != "text" or not message.text or len(message.text) > 64:
-        return
-    word = _normalise_keyword(message.text)
-    opt_out, opt_in = _keywords(session, client.organization_id)
-    system = SystemPrincipal(client.organization_id)
-    if word in opt_out and not contact.opted_out:
-        contacts.set_opted_out(session, system, contact, True, source=f"inbound:{message.id}")
-        accept_messages(session, system, client, [{"to": contact.phone, "text": settings.OPT_OUT_CONFIRMATION}],
-                        keys=[OPT_OUT_KEY_PREFIX + message.id])
-    elif word in opt_in and contact.opted_out:
-        contacts.set_opted_out(session, system, contact, False, source=f"inbound:{message.id}")
-
-
-def _parse_time(value) -> datetime | None:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
-parse_time = _parse_time

@@ -13,9 +13,8 @@ until the creator is enabled again (a deleted creator's keys are revoked: ``apik
 Changing a user drops the cached copies of their keys (``forget_keys_of``). Keys made by the
 platform (the CLI) have no creator and keep their role.
 
-``init_app`` installs the request hooks of this package: the permission check before the view
-(``permissions.authorize_request``) and the writes that must outlive a refused request
-(``after_refusal``).
+``app/security/guard.py`` installs the request hooks: the permission check before the view and
+the writes that must outlive a refused request (``after_refusal`` / ``run_after_refusal``).
 """
 from __future__ import annotations
 
@@ -321,7 +320,8 @@ def after_refusal(work) -> None:
         work(session)
 
 
-def _run_after_refusal(exc) -> None:
+def run_after_refusal(exc: BaseException | None) -> None:
+    """teardown_request (installed by ``app.security.guard``): run the writes a refused request queued."""
     pending = g.pop("after_refusal", None)
     if not pending:
         return
@@ -334,11 +334,3 @@ def _run_after_refusal(exc) -> None:
                 work(session)
         except Exception:
             log.exception("a write that had to outlive a refused request failed")
-
-
-def init_app(app) -> None:
-    """Install authentication and authorisation hooks on ``app`` (see the module docstring)."""
-    from app.security.permissions import authorize_request
-
-    app.before_request(authorize_request)
-    app.teardown_request(_run_after_refusal)

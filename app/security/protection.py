@@ -221,7 +221,7 @@ def route_access(app: Flask) -> str | None:
     """``limit_scope`` of the current request (CORS preflights are never limited)."""
     if request.method == "OPTIONS":
         return None
-    from app.security.permissions import handler_for_request
+    from app.security.guard import handler_for_request
 
     return limit_scope(request.path, handler_for_request(app))  # no handler (404 / 405): None unless public
 

@@ -29,9 +29,9 @@ class QueueCollector:
 
     def collect(self):
         from app.kv import redis_client
+        from app.queues import POOLS
+        from app.system.heartbeats import live_heartbeats
         from workers.broker import queue_counts
-        from workers.middleware import live_heartbeats
-        from workers.pools import POOLS
 
         depth = GaugeMetricFamily("wa_queue_messages", "Jobs in a queue, by state", labels=["queue", "state"])
         workers = GaugeMetricFamily("wa_workers_live", "Worker processes with a live heartbeat", labels=["pool"])

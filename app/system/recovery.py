@@ -35,7 +35,7 @@ def recover_if_wiped() -> dict | None:
         return None
     from app import outbox
     from app.inbox import service as inbox
-    from app.messages import dispatch
+    from app.messages import sweeper
     from app.webhooks import service as webhooks
 
     done = {}
@@ -44,7 +44,7 @@ def recover_if_wiped() -> dict | None:
     done["messages"], last = 0, ""
     while True:  # every queued message, delayed and parked ones too, in chunks
         with job_session() as session:
-            ids = dispatch.reschedule_queued(session, after_id=last)
+            ids = sweeper.reschedule_queued(session, after_id=last)
         done["messages"] += len(ids)
         if len(ids) < 5000:
             break

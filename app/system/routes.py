@@ -3,7 +3,7 @@ from flask import Response, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from app.security.permissions import public
+from app.security.guard import public
 from app.system import service
 from app.system.schemas import HealthSchema
 

@@ -5,7 +5,7 @@ import time
 
 from sqlalchemy import text
 
-from workers.pools import POOLS
+from app.queues import POOLS
 
 
 def check_database() -> dict:
@@ -48,7 +48,7 @@ def check_redis() -> dict:
 def check_workers() -> dict:
     """Live workers per pool from their Redis heartbeats; a pool with none is ``down``."""
     from app.kv import redis_client
-    from workers.middleware import live_heartbeats
+    from app.system.heartbeats import live_heartbeats
 
     try:
         beats = live_heartbeats(redis_client())

@@ -3,18 +3,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Text, func, text as sqltext
+from sqlalchemy import BigInteger, ForeignKey, Text, func
+from sqlalchemy import text as sqltext
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from app.columns import CID, ORG_FK, TS
 from app.db import Base, new_id
-
-CID = Text(collation="C")
-TS = DateTime(timezone=True)
-
-
-def ORG_FK() -> ForeignKey:
-    return ForeignKey("organizations.id", ondelete="CASCADE")
 
 
 class Organization(Base):
@@ -77,7 +72,3 @@ class UserClient(Base):
     client_id: Mapped[str] = mapped_column(CID, ForeignKey("clients.id", ondelete="CASCADE"), primary_key=True)
     organization_id: Mapped[str] = mapped_column(CID, ORG_FK())
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
-
-
-# Foreign keys name tables of other domains: importing any models module registers them all.
-import app.models  # noqa: E402,F401

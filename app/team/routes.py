@@ -6,7 +6,7 @@ from app.db import request_session
 from app.idempotency import idempotent
 from app.pagination import page_schema
 from app.security.auth import current_principal
-from app.security.permissions import requires
+from app.security.guard import requires
 from app.team import service
 from app.team.schemas import UserClientsSchema, UserCreateSchema, UserListArgs, UserSchema, UserUpdateSchema
 

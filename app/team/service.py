@@ -216,7 +216,7 @@ def update_user(session, principal: Principal, user_id: str, *, name: str | None
         if "role" in changes:
             record(session, principal, "user.role_change", target_type="user", target_id=user.id,
                    changes={"role": changes["role"]})
-    from app.auth.service import revoke_user_sessions
+    from app.auth.sessions import revoke_user_sessions
     from app.security.auth import forget_keys_of
 
     if "role" in fields or "status" in fields:
@@ -241,7 +241,7 @@ def delete_user(session, principal: Principal, user_id: str) -> None:
     user.status = "disabled"
     session.execute(delete(UserClient).where(UserClient.user_id == user.id))
     from app.apikeys.service import revoke_keys_of
-    from app.auth.service import revoke_user_sessions
+    from app.auth.sessions import revoke_user_sessions
 
     revoke_user_sessions(session, user.id, "admin")
     revoke_keys_of(session, principal, user.id, "creator_deleted")

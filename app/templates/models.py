@@ -3,14 +3,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, Text, func, text as sqltext
+from sqlalchemy import ForeignKey, Text, func
+from sqlalchemy import text as sqltext
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Mapped, mapped_column
 
+from app.columns import CID, TS
 from app.db import Base, new_id
-
-CID = Text(collation="C")
-TS = DateTime(timezone=True)
 
 
 class Template(Base):
@@ -26,7 +25,3 @@ class Template(Base):
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(TS)
-
-
-# Foreign keys name tables of other domains: importing any models module registers them all.
-import app.models  # noqa: E402,F401

@@ -25,8 +25,17 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from app.security import ssrf
-from app.transports.base import (ClientInfo, EventSink, Lookup, MediaRef, OutboundMessage, PermanentSendError,
-                                 SendResult, Transport, TransientSendError)
+from app.transports.base import (
+    ClientInfo,
+    EventSink,
+    Lookup,
+    MediaRef,
+    OutboundMessage,
+    PermanentSendError,
+    SendResult,
+    TransientSendError,
+    Transport,
+)
 from config import settings
 
 log = logging.getLogger(__name__)

@@ -30,8 +30,17 @@ import secrets
 import time
 from datetime import datetime, timedelta, timezone
 
-from app.transports.base import (ClientInfo, EventSink, InboundMessage, Lookup, OutboundMessage,
-                                 PermanentSendError, SendResult, TransientSendError, Transport)
+from app.transports.base import (
+    ClientInfo,
+    EventSink,
+    InboundMessage,
+    Lookup,
+    OutboundMessage,
+    PermanentSendError,
+    SendResult,
+    TransientSendError,
+    Transport,
+)
 
 DEFAULTS: dict = {
     "phone": None,             # E.164 the account "has"; default a fake +1555... number derived from the client id

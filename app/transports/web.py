@@ -33,8 +33,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from app.transports import web_selectors as wa
-from app.transports.base import (ClientInfo, EventSink, InboundMessage, OutboundMessage, PermanentSendError,
-                                 SendResult, TransientSendError, Transport)
+from app.transports.base import (
+    ClientInfo,
+    EventSink,
+    InboundMessage,
+    OutboundMessage,
+    PermanentSendError,
+    SendResult,
+    TransientSendError,
+    Transport,
+)
 from config import settings
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from urllib3 import Timeout
-from urllib3.exceptions import (ConnectTimeoutError, HTTPError, NameResolutionError, NewConnectionError,
-                                ReadTimeoutError, SSLError)
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    NameResolutionError,
+    NewConnectionError,
+    ReadTimeoutError,
+    SSLError,
+)
 
 from app.security import ssrf
 from config import settings

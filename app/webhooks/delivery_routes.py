@@ -4,7 +4,7 @@ from flask_smorest import Blueprint
 
 from app.db import request_session
 from app.security.auth import current_principal
-from app.security.permissions import requires
+from app.security.guard import requires
 from app.webhooks import service
 from app.webhooks.schemas import DeliverySchema
 

@@ -13,14 +13,17 @@ job writes them, keeping the caller's transaction small.
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import event as sa_event, text
+from sqlalchemy import event as sa_event
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from app import outbox
 from app.db import new_id, utcnow
+from app.webhooks.models import WebhookEvent
+from config import settings
 
 EVENT_TYPES = (
     "message.queued", "message.sent", "message.delivered", "message.read", "message.failed", "message.received",
@@ -77,19 +80,14 @@ def _route(session, organization_id: str, event_type: str, event_ids: list[str])
     ``webhooks.fan_out`` job per event for many, nothing at all for none."""
     endpoints = subscribed_endpoints(session, organization_id, event_type)
     if len(endpoints) > INLINE_FAN_OUT_MAX:
-        outbox.enqueue_many(session, "webhooks.fan_out", [(event_id,) for event_id in event_ids],
-                            queue_name="webhooks")
+        outbox.enqueue_many(session, "webhooks.fan_out", [(event_id,) for event_id in event_ids])
     elif endpoints:
-        from app.webhooks.service import create_deliveries_for
-
         session.flush()  # the deliveries reference the event rows
         create_deliveries_for(session, organization_id, [(e, hook) for e in event_ids for hook in endpoints])
 
 
 def emit(session, organization_id: str, event_type: str, data: dict):
     """Record ``event_type`` with ``data`` for ``organization_id``; deliveries follow the commit."""
-    from app.webhooks.models import WebhookEvent
-
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}; add it to EVENT_TYPES and API.md")
     event = WebhookEvent(id=new_id("evt"), organization_id=organization_id, type=event_type, payload=_payload(data),
@@ -105,8 +103,6 @@ def emit_many(session, organization_id: str, event_type: str, items: list[dict])
     one for their deliveries, instead of an ORM object and a flush each. Returns the event ids."""
     from sqlalchemy import insert
 
-    from app.webhooks.models import WebhookEvent
-
     if event_type not in EVENT_TYPES or event_type == TEST_EVENT:
         raise ValueError(f"emit_many cannot record {event_type!r}")
     if not items:
@@ -118,3 +114,56 @@ def emit_many(session, organization_id: str, event_type: str, items: list[dict])
     ids = [row["id"] for row in rows]
     _route(session, organization_id, event_type, ids)
     return ids
+
+
+# ----------------------------------------------------------------------------- fan-out into deliveries
+
+def lease_s() -> float:
+    """How long a dispatched or running attempt may take before the claimer sends it again."""
+    return max(60.0, 2 * float(settings.WEBHOOK_TIMEOUT) + 30)
+
+
+def lease_end(now: datetime, extra_s: float = 0.0) -> datetime:
+    """When a delivery dispatched ``now`` is due again if its job never ran."""
+    return now + timedelta(seconds=lease_s() + extra_s)
+
+
+def fan_out(session: Session, event_id: str, *, now: datetime | None = None) -> int:
+    """One delivery per subscribed, enabled endpoint of the event's organisation (idempotent)."""
+    event = session.execute(select(WebhookEvent.organization_id, WebhookEvent.type)
+                            .where(WebhookEvent.id == event_id)).first()
+    if event is None or event.type == TEST_EVENT:
+        return 0
+    hook_ids = subscribed_endpoints(session, event.organization_id, event.type)
+    return create_deliveries(session, event.organization_id, event_id, hook_ids, now=now)
+
+
+# One short statement whatever the number of endpoints (two array parameters, not a VALUES list).
+_CREATE_DELIVERIES = text("""
+INSERT INTO webhook_deliveries (id, organization_id, event_id, webhook_id, status, attempt, next_attempt_at,
+                                created_at, updated_at)
+SELECT d.id, :org, d.event_id, d.webhook_id, 'pending', 0, :lease_end, :now, :now
+  FROM unnest(CAST(:ids AS text[]), CAST(:events AS text[]), CAST(:hooks AS text[])) AS d(id, event_id, webhook_id)
+    ON CONFLICT (webhook_id, event_id) DO NOTHING
+RETURNING id, webhook_id
+""")
+
+
+def create_deliveries(session: Session, organization_id: str, event_id: str, webhook_ids: list[str], *,
+                      now: datetime | None = None) -> int:
+    """A delivery of the event to each endpoint (none twice) and its first attempt's job, sent after
+    commit. Called by fan_out, and by emit() itself for the usual handful of endpoints."""
+    return create_deliveries_for(session, organization_id, [(event_id, hook) for hook in webhook_ids], now=now)
+
+
+def create_deliveries_for(session: Session, organization_id: str, pairs: list[tuple[str, str]], *,
+                          now: datetime | None = None) -> int:
+    """``create_deliveries`` for many (event id, endpoint id) pairs in one statement (emit_many)."""
+    if not pairs:
+        return 0
+    now = now or utcnow()
+    created = session.execute(_CREATE_DELIVERIES, {
+        "ids": [new_id("dlv") for _ in pairs], "events": [e for e, _ in pairs], "hooks": [h for _, h in pairs],
+        "org": organization_id, "lease_end": lease_end(now), "now": now}).all()
+    outbox.enqueue_many(session, "webhooks.deliver", [(delivery_id, 1, hook_id) for delivery_id, hook_id in created])
+    return len(created)

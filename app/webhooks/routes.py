@@ -6,10 +6,18 @@ from app.db import request_session
 from app.idempotency import idempotent
 from app.pagination import page_schema
 from app.security.auth import current_principal
-from app.security.permissions import requires
+from app.security.guard import requires
 from app.webhooks import service
-from app.webhooks.schemas import (DeliveryAttemptListArgs, DeliveryAttemptSchema, WebhookCreateSchema, WebhookListArgs,
-                                  WebhookSchema, WebhookTestResultSchema, WebhookUpdateSchema, WebhookWithSecretSchema)
+from app.webhooks.schemas import (
+    DeliveryAttemptListArgs,
+    DeliveryAttemptSchema,
+    WebhookCreateSchema,
+    WebhookListArgs,
+    WebhookSchema,
+    WebhookTestResultSchema,
+    WebhookUpdateSchema,
+    WebhookWithSecretSchema,
+)
 
 blp = Blueprint("webhooks", __name__, url_prefix="/api/webhooks",
                 description="Webhook endpoints: signed event deliveries (Standard Webhooks) with retries")

@@ -34,14 +34,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from dramatiq.middleware import Middleware
-
 from config import settings
 
 KEY_PREFIX = "wa:pace:"
 SCRIPT = (Path(__file__).with_name("pacing.lua")).read_text()
-
-DEFAULT_LIMITS = {"per_minute": 20, "per_hour": 100, "per_day": 1000, "min_gap_ms": 2000, "max_gap_ms": 5000}
 
 
 class Clock:
@@ -203,15 +199,3 @@ def slots(client_id: str, *, redis=None) -> list[tuple[str, int]]:
 
 def token_for(message_id: str, attempt: int) -> str:
     return f"{message_id}:{attempt}"
-
-
-class PromptDelays(Middleware):
-    """Delayed messages (pacing slots) leave the broker within ``WORKER_POLL_MS`` of their time.
-
-    An idle Dramatiq consumer polls Redis with a backoff of up to ``worker_timeout`` (1 s by
-    default), and a delayed message passes through two consumers (the delay queue's, then the
-    queue's), so it could start up to ~2 s late. Setting the timeout before the consumers start
-    bounds that by twice this setting."""
-
-    def before_worker_boot(self, broker, worker):
-        worker.worker_timeout = settings.WORKER_POLL_MS

@@ -1,11 +1,13 @@
 """Periodic jobs the scheduler fires: each entry sends one actor on its interval.
 
-A ``jobs/<domain>.py`` module declares its own: ``every(30, "messages.sweep_stuck")``. The scheduler
-imports ``jobs`` first, so the list is complete when it starts.
+A ``jobs/<domain>.py`` module declares its own: ``every(30, "messages.sweep")``. The scheduler
+(workers/scheduler.py) imports ``jobs`` first, so the list is complete when it starts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from workers.broker import get_broker
 
 
 @dataclass(frozen=True)
@@ -14,9 +16,7 @@ class Periodic:
     every_s: float
 
     def fire(self) -> None:
-        import dramatiq
-
-        dramatiq.get_broker().get_actor(self.actor_name).send()
+        get_broker().get_actor(self.actor_name).send()
 
 
 PERIODIC: list[Periodic] = []

@@ -8,17 +8,17 @@ import time
 
 from flask import Flask, g, request
 
+from app.version import API_VERSION
 from config import settings
 
 log = logging.getLogger("app.request")
 
-API_VERSION = "1.0.0"
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
 def create_app(**overrides) -> Flask:
-    import app.models  # noqa: F401  (an entry point: registers every table)
+    from app import models as _registry  # noqa: F401  (an entry point: registers every table)
     from app.http_errors import register_error_handlers
     from app.logs import configure_logging
     from config import check_production_settings

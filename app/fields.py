@@ -1,7 +1,7 @@
 """Marshmallow fields shared by the domains' schemas."""
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 
 from marshmallow import fields
 
@@ -14,12 +14,12 @@ class UtcDateTime(fields.AwareDateTime):
     default_error_messages = {"out_of_range": "Out of range: give a time between 0001-01-01 and 9999-12-31 (UTC)."}
 
     def __init__(self, **kwargs):
-        kwargs.setdefault("default_timezone", timezone.utc)
+        kwargs.setdefault("default_timezone", UTC)
         super().__init__(**kwargs)
 
     def _deserialize(self, value, attr, data, **kwargs):
         when = super()._deserialize(value, attr, data, **kwargs)
         try:
-            return when.astimezone(timezone.utc)
+            return when.astimezone(UTC)
         except OverflowError:
             raise self.make_error("out_of_range") from None

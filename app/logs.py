@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -25,7 +25,7 @@ class _IsoJsonFormatter(JsonFormatter):
     """``ts`` in ISO 8601, UTC, with milliseconds: ``2026-01-31T12:34:56.789Z``."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        at = datetime.fromtimestamp(record.created, timezone.utc)
+        at = datetime.fromtimestamp(record.created, UTC)
         return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

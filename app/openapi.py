@@ -30,7 +30,6 @@ from app.request_guard import MAX_JSON_DEPTH
 ERROR_REF = {"$ref": "#/components/schemas/Error"}
 RETRY_AFTER = {"Retry-After": {"$ref": "#/components/headers/Retry-After"}}
 REPLAYED = {"Idempotent-Replayed": {"$ref": "#/components/headers/Idempotent-Replayed"}}
-ROLES = ("admin", "manager", "agent", "viewer")
 _CODE = re.compile(r"\(`([a-z][a-z0-9_]+)`")  # a reason names its code first in its parentheses
 _VERBS = {"get": "get", "put": "replace", "patch": "update", "delete": "delete", "post": "post"}
 
@@ -73,7 +72,7 @@ def operation_id(path: str, method: str, *, paginated: bool, creates: bool) -> s
 def error_reasons(rule, handler, op: dict) -> dict[int, list[str]]:
     """status -> why the operation of ``handler`` (answering ``rule``) can answer it, each reason
     naming its error code in backticks."""
-    from app.security.permissions import MATRIX
+    from app.security.permissions import MATRIX, ROLES
     from app.security.protection import limit_scope
     from config import settings
 

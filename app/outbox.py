@@ -82,7 +82,7 @@ def enqueue_many(session: Session, actor: dramatiq.Actor | str, arg_lists: list,
     ]
     ids = session.scalars(insert(JobOutbox).returning(JobOutbox.id), rows).all()
     pending = session.info.setdefault(_PENDING, [])
-    pending.extend({**row, "id": id_} for row, id_ in zip(rows, ids))
+    pending.extend({**row, "id": id_} for row, id_ in zip(rows, ids, strict=True))
 
 
 def after_commit(session: Session, actor_name: str, arg_lists: list, *,

@@ -34,7 +34,7 @@ def decode_cursor(cursor: str) -> str:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (ValueError, UnicodeDecodeError):
-        raise ValidationError(details={"cursor": ["Invalid cursor."]})
+        raise ValidationError(details={"cursor": ["Invalid cursor."]}) from None
     if len(raw) > 64 or not _CURSOR_ID.fullmatch(raw):  # an id we made: no NUL, nothing odd reaches SQL
         raise ValidationError(details={"cursor": ["Invalid cursor."]})
     return raw

@@ -464,7 +464,7 @@ def bench_pacing(org_id: str, pool) -> dict:
     per_client_allowed = greedy_allowed(PACED_LIMITS, PACED_SECONDS)
     for client_id, times, _ in rows:
         times = sorted(times)
-        violations += sum(1 for a, b in zip(times, times[1:]) if b - a < PACED_LIMITS["min_gap_ms"])
+        violations += sum(1 for a, b in zip(times, times[1:], strict=False) if b - a < PACED_LIMITS["min_gap_ms"])
         for size, limit in ((60_000, PACED_LIMITS["per_minute"]), (3_600_000, PACED_LIMITS["per_hour"]),
                             (86_400_000, PACED_LIMITS["per_day"])):
             violations += sum(1 for i in range(len(times) - limit) if times[i + limit] - times[i] < size)
@@ -510,9 +510,8 @@ def main() -> None:
     from workers.embedded import free_port
 
     port = free_port()
-    gunicorn = procs.start("api", ["-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                                   "--threads", "4", "--keep-alive", "30", "--log-level", "warning",
-                                   "--no-control-socket"])
+    procs.start("api", ["-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                        "--threads", "4", "--keep-alive", "30", "--log-level", "warning", "--no-control-socket"])
     api = Api(port, key)
 
     def up():

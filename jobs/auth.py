@@ -1,5 +1,5 @@
 """Housekeeping of logins: expired refresh tokens do not pile up forever."""
-from app.auth import service
+from app.auth import sessions
 from app.db import job_session
 from app.queues import actor
 from jobs.periodic import every
@@ -9,7 +9,7 @@ from jobs.periodic import every
 def purge_expired_tokens() -> None:
     while True:
         with job_session() as session:
-            if service.purge_expired_refresh_tokens(session) < service.PURGE_BATCH:
+            if sessions.purge_expired_refresh_tokens(session) < sessions.PURGE_BATCH:
                 return
 
 

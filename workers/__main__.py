@@ -169,7 +169,7 @@ def cmd_dlq(args) -> None:
         xq = f"dramatiq:{xq_name(queue)}"
         ids = [i.decode() for i in r.zrange(xq, 0, -1)]
         msgs = r.hmget(f"{xq}.msgs", ids) if ids else []
-        for mid, raw in zip(ids, msgs):
+        for mid, raw in zip(ids, msgs, strict=True):
             if raw is None:  # its body expired (dead_message_ttl): only the id is left
                 if args.action != "list":
                     r.zrem(xq, mid)

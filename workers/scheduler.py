@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from datetime import UTC
 
 import psycopg
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -35,13 +36,13 @@ def sweep_outbox() -> None:
 
 def schedule_jobs(scheduler: BackgroundScheduler) -> None:
     """Everything that runs on a timer, in one list. Job bodies enqueue work or are trivial."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import jobs  # noqa: F401  (declares actors and their periodic entries)
     from jobs import periodic
 
     scheduler.add_job(sweep_outbox, "interval", seconds=10, id="outbox.sweep", max_instances=1, coalesce=True,
-                      next_run_time=datetime.now(timezone.utc))
+                      next_run_time=datetime.now(UTC))
     for spec in periodic.PERIODIC:
         scheduler.add_job(spec.fire, "interval", seconds=spec.every_s, id=spec.actor_name, max_instances=1,
                           coalesce=True)

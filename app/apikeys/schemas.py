@@ -6,7 +6,7 @@ from marshmallow import fields, validate
 
 from app.fields import UtcDateTime
 from app.pagination import ListArgs
-from app.team.schemas import ROLES
+from app.security.permissions import ROLES
 
 
 class ApiKeySchema(ma.Schema):

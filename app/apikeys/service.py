@@ -7,7 +7,7 @@ created by another key has that key's creator. Revocation is effective on the ne
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 
@@ -40,7 +40,7 @@ def create_api_key(session, principal: Principal, *, name: str, role: str,
         raise ValidationError(details={"name": ["Give a name of 1 to 100 characters."]})
     if expires_at is not None:
         if expires_at.tzinfo is None:
-            expires_at = expires_at.replace(tzinfo=timezone.utc)
+            expires_at = expires_at.replace(tzinfo=UTC)
         if expires_at <= utcnow():
             raise ValidationError(details={"expires_at": ["Must be in the future."]})
     quotas.enforce(session, principal.organization_id, "api_keys", ApiKey, ApiKey.revoked_at.is_(None))

@@ -116,7 +116,7 @@ def _count_attempt(email: str, ip: str | None) -> list[tuple[str, int, int]]:
     except redis.exceptions.RedisError as exc:
         log.warning("login throttling skipped, Redis unavailable: %s", exc.__class__.__name__)
         return []
-    for i, (key, limit, window) in enumerate(keys):
+    for i, (_key, limit, window) in enumerate(keys):
         count, ttl = replies[3 * i + 1], replies[3 * i + 2]
         if count > limit:
             retry = max(1, ttl if ttl and ttl > 0 else window)

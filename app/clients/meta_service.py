@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from app.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from app.transports.base import ACK_STATUSES, ClientInfo, EventSink, InboundMessage
@@ -135,7 +135,7 @@ def _dicts(value) -> list[dict]:
 
 def _timestamp(value) -> datetime | None:
     try:
-        return datetime.fromtimestamp(int(value), tz=timezone.utc)
+        return datetime.fromtimestamp(int(value), tz=UTC)
     except (TypeError, ValueError, OverflowError, OSError):
         return None
 

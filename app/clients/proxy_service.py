@@ -195,7 +195,7 @@ def probe(proxy: ProxyInfo, target: str | None = None, timeout: float | None = N
         return "blocked_address"
     except socket.gaierror:
         return "unresolvable"
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return "timeout"
     except ssl.SSLError:
         return "tls_failed"

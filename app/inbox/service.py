@@ -25,7 +25,7 @@ import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, insert, or_, select, update
 
@@ -146,7 +146,7 @@ def redispatch(session, *, overdue: timedelta | None = None, limit: int = 5000) 
         overdue = timedelta(seconds=settings.INBOX_REDISPATCH_AFTER)
     # a backlog is not a loss: only jobs sent before the one now at the head of the queue have had
     # their turn (a queue is first in, first out)
-    head = datetime.fromtimestamp(queue_head_ms(queue_of(APPLY_ACTOR)) / 1000, timezone.utc) - overdue
+    head = datetime.fromtimestamp(queue_head_ms(queue_of(APPLY_ACTOR)) / 1000, UTC) - overdue
     ids = list(session.scalars(
         select(TransportEvent.id).where(TransportEvent.applied_at.is_(None),
                                         TransportEvent.due_at <= func.least(func.now() - overdue, head),

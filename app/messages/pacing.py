@@ -82,7 +82,7 @@ class Limits:
     max_gap_ms: int
 
     @classmethod
-    def of(cls, client) -> "Limits | None":
+    def of(cls, client) -> Limits | None:
         """The limits of a client row, or None when its pacing is turned off (``config.pacing: false``)."""
         if (getattr(client, "config", None) or {}).get("pacing") is False:
             return None

@@ -10,7 +10,7 @@ so days of backlog must not sit there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import dramatiq
 from sqlalchemy import select, update
@@ -34,7 +34,7 @@ def _ms(when: datetime) -> int:
 
 
 def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _park_after_ms() -> int:
@@ -65,7 +65,7 @@ def plan(client: Client, entries: list[tuple[str, int, datetime | None]]) -> lis
     if limits and due:
         got = pacing.acquire_many(client.id, now_ms, limits, [pacing.token_for(e[0], e[1]) for _, e in due],
                                   grant=False)
-        slots = {i: s for (i, _), s in zip(due, got)}
+        slots = {i: s for (i, _), s in zip(due, got, strict=True)}
     plans = []
     for i, (message_id, attempt, scheduled_at) in enumerate(entries):
         token = pacing.token_for(message_id, attempt)

@@ -12,7 +12,7 @@ app/messages/tracking.py; inbound messages and opt-outs app/messages/inbound.py.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -152,7 +152,7 @@ def _columns(item: dict, lookups: _Lookups) -> dict:
         raise ValidationError(details=errors)
     scheduled_at = item.get("scheduled_at")
     if scheduled_at is not None and scheduled_at.tzinfo is None:
-        scheduled_at = scheduled_at.replace(tzinfo=timezone.utc)
+        scheduled_at = scheduled_at.replace(tzinfo=UTC)
     return {"to_phone": to, "type": kind, "text": text, "media_id": media_id if kind in MEDIA_TYPES else None,
             "caption": caption if kind in MEDIA_TYPES else None, "template_id": template_id if kind == "template" else None,
             "variables": variables if kind == "template" else {}, "scheduled_at": scheduled_at}
@@ -208,7 +208,7 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
                "direction": "outbound", "from_phone": client.phone, "status": "queued", "queued_at": now,
                "created_at": now, "updated_at": now, "scheduled_for": plan.scheduled_for,
                "campaign_id": campaign_id, "automation_id": automation_id}
-              for (_, cols), plan in zip(accepted, plans)]
+              for (_, cols), plan in zip(accepted, plans, strict=True)]
     table = Message.__table__
     if keys:
         inserted = set(session.scalars(
@@ -218,13 +218,14 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
     else:
         session.execute(insert(table), values)  # one executemany, no RETURNING: every value is known here
         inserted = {v["id"] for v in values}
-    fresh = [(i, v, plan) for (i, _), v, plan in zip(accepted, values, plans) if v["id"] in inserted]
+    fresh = [(i, v, plan) for (i, _), v, plan in zip(accepted, values, plans, strict=True) if v["id"] in inserted]
     if len(fresh) < len(accepted):  # items whose key was used before: the first message answers
-        taken = {v["idempotency_key"]: i for (i, _), v in zip(accepted, values) if v["id"] not in inserted}
+        taken = {v["idempotency_key"]: i for (i, _), v in zip(accepted, values, strict=True) if v["id"] not in inserted}
         for m in session.scalars(select(Message).where(Message.organization_id == client.organization_id,
                                                        Message.idempotency_key.in_(list(taken)))):
             results[taken[m.idempotency_key]] = as_row(m)
-        planning.release_plans(client.id, [p for (_, _), v, p in zip(accepted, values, plans) if v["id"] not in inserted])
+        planning.release_plans(client.id, [p for (_, _), v, p in zip(accepted, values, plans, strict=True)
+                                                  if v["id"] not in inserted])
     if fresh:
         session.execute(_QUEUED_HISTORY, {"ids": [v["id"] for _, v, _ in fresh], "at": now})
         from app.webhooks.events import emit_many
@@ -284,7 +285,7 @@ def create_batch(session: Session, principal: Principal, *, client_id: str, mess
     valid = [i for i, item in enumerate(items) if item is not None]
     outcome = accept_messages(session, principal, client, [items[i] for i in valid])
     results: list = [None] * len(items)
-    for i, res in zip(valid, outcome):
+    for i, res in zip(valid, outcome, strict=True):
         results[i] = res
     for i, err in errors.items():
         results[i] = err

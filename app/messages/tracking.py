@@ -7,7 +7,7 @@ emits the matching ``message.*`` event with the message as the API shows it.
 from __future__ import annotations
 
 import functools
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -112,11 +112,11 @@ def apply_ack(session: Session, client_id: str, external_id: str | None, status:
 def parse_time(value: object) -> datetime | None:
     """A report's time (ISO 8601 or a datetime), in UTC when it names no zone; None if unreadable."""
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
     if not value:
         return None
     try:
         parsed = datetime.fromisoformat(str(value))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

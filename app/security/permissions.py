@@ -9,9 +9,14 @@ the test suite walks the OpenAPI document and fails on a route that is neither.
 """
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from app.errors import Forbidden
 
-ALL = frozenset({"admin", "manager", "agent", "viewer"})
+Role = Literal["admin", "manager", "agent", "viewer"]
+#: every role, most rights first
+ROLES: tuple[str, ...] = get_args(Role)
+ALL = frozenset(ROLES)
 STAFF = frozenset({"admin", "manager"})
 WRITERS = frozenset({"admin", "manager", "agent"})
 ADMIN = frozenset({"admin"})

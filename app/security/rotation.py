@@ -8,8 +8,8 @@ one transaction per batch, and rewrites a value only if it is unchanged since it
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from sqlalchemy import Column, Table, func, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine
@@ -100,7 +100,7 @@ def rotate(bind: Engine | None = None, *, batch_size: int = 500,
                         continue
                     if sealed is None:
                         continue
-                    where = [c == v for c, v in zip(pk, key)] + [col == value]
+                    where = [c == v for c, v in zip(pk, key, strict=True)] + [col == value]
                     result = conn.execute(update(table).where(*where).values({col.name: sealed, **untouched}))
                     if result.rowcount == 1:
                         report.rotated += 1

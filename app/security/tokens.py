@@ -46,9 +46,9 @@ def decode_access_token(token: str) -> dict:
         return jwt.decode(token, secret_key(), algorithms=[ALGORITHM], audience=settings.JWT_AUDIENCE,
                           issuer=settings.JWT_ISSUER, leeway=5, options={"require": REQUIRED_CLAIMS})
     except jwt.ExpiredSignatureError:
-        raise Unauthorized("Access token expired", code="token_expired")
+        raise Unauthorized("Access token expired", code="token_expired") from None
     except jwt.InvalidTokenError:
-        raise Unauthorized("Invalid access token", code="invalid_token")
+        raise Unauthorized("Invalid access token", code="invalid_token") from None
 
 
 def new_refresh_token() -> str:

@@ -25,7 +25,7 @@ def live_heartbeats(redis_client: Redis, kind: str | None = None) -> list[dict]:
     pattern = f"{HEARTBEAT_PREFIX}{kind or '*'}:*"
     keys = list(redis_client.scan_iter(match=pattern, count=500))
     out = []
-    for key, raw in zip(keys, redis_client.mget(keys) if keys else [], strict=True):
+    for raw in redis_client.mget(keys) if keys else []:
         if raw:
             out.append(json.loads(raw))
     return out

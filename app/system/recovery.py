@@ -36,7 +36,7 @@ def recover_if_wiped() -> dict | None:
     from app import outbox
     from app.inbox import service as inbox
     from app.messages import sweeper
-    from app.webhooks import service as webhooks
+    from app.webhooks import pipeline as webhooks
 
     done = {}
     with job_session() as session:

@@ -1,18 +1,20 @@
 """Request and response schemas of the team: users and their client assignments."""
 from __future__ import annotations
 
+from typing import Any
+
 import marshmallow as ma
 from marshmallow import fields, validate
 
 from app.pagination import ListArgs
+from app.security.permissions import ROLES
+from app.team.statuses import STATUSES
 
-ROLES = ("admin", "manager", "agent", "viewer")
-STATUSES = ("active", "disabled")
 
-EMAIL = {"validate": validate.Length(max=254)}
-NAME = {"validate": validate.Length(min=1, max=200)}
+EMAIL: dict[str, Any] = {"validate": validate.Length(max=254)}
+NAME: dict[str, Any] = {"validate": validate.Length(min=1, max=200)}
 # the password policy (length >= 10, not the email) is checked by the service; this only bounds input
-PASSWORD = {"load_only": True, "validate": validate.Length(min=1, max=1000)}
+PASSWORD: dict[str, Any] = {"load_only": True, "validate": validate.Length(min=1, max=1000)}
 
 
 class UserSchema(ma.Schema):

@@ -20,8 +20,6 @@ from app.security.passwords import check_policy, hash_password
 from app.security.principal import Principal
 from app.team.models import Organization, OrganizationSettings, User, UserClient
 
-ROLES = ("admin", "manager", "agent", "viewer")
-STATUSES = ("active", "disabled")
 MAX_ASSIGNED_CLIENTS = 1000
 
 

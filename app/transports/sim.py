@@ -28,7 +28,7 @@ import hashlib
 import re
 import secrets
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from app.transports.base import (
     ClientInfo,
@@ -120,11 +120,11 @@ def _now_ms() -> int:
 
 
 def _dt(epoch_ms: int) -> datetime:
-    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc)
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC)
 
 
 def _iso(epoch_ms: int) -> str:
-    return datetime.fromtimestamp(epoch_ms / 1000, timezone.utc).isoformat()
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat()
 
 
 class SimNetwork:
@@ -366,7 +366,7 @@ class SimTransport(Transport):
             raise  # it may have arrived: the platform asks ``lookup`` once it can
         if arrivals > 1:
             return SendResult(external_id)  # a resend: the network counted it, the contact already has it
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for status, after_ms in self._receipts(message.message_id):
             self.events.ack(self.client, external_id, status, at=now + timedelta(milliseconds=after_ms),
                             delay_ms=after_ms, message_id=message.message_id)
@@ -427,5 +427,5 @@ class SimTransport(Transport):
         """A simulated contact writes to this client; returns the inbound message's external id."""
         external_id = "sim_in_" + secrets.token_hex(12)
         self.events.inbound(self.client, InboundMessage(external_id=external_id, from_phone=from_phone, type="text",
-                                                        text=text, timestamp=datetime.now(timezone.utc)))
+                                                        text=text, timestamp=datetime.now(UTC)))
         return external_id

@@ -30,7 +30,7 @@ import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from app.transports import web_selectors as wa
 from app.transports.base import (
@@ -393,7 +393,7 @@ class WebTransport(Transport):
             if self._settled is not None and self.state not in ("closed", "new"):
                 try:
                     await asyncio.wait_for(self._settled.wait(), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             return self.state
 
@@ -581,7 +581,7 @@ class WebTransport(Transport):
         _remember(self._acks, external_id, status)
         self.runtime.report(self.events.ack, self.client, external_id, status,
                             error={"code": "undelivered"} if status == "failed" else None,
-                            at=datetime.now(timezone.utc))
+                            at=datetime.now(UTC))
 
     async def _on_inbound(self, data: dict) -> None:
         external_id, chat = str(data.get("id") or ""), str(data.get("chat") or "")
@@ -607,7 +607,7 @@ class WebTransport(Transport):
                 log.warning("web %s: could not read an incoming image", self.client.id, exc_info=True)
         self.runtime.report(self.events.inbound, self.client, InboundMessage(
             external_id=external_id, from_phone=from_phone, type=kind, text=text, media=media,
-            timestamp=datetime.now(timezone.utc), contact_name=name))
+            timestamp=datetime.now(UTC), contact_name=name))
 
     async def _open_unread(self) -> None:
         """Open each chat with an unread badge, so its new messages render (and get reported)."""
@@ -639,7 +639,7 @@ class WebTransport(Transport):
         if self.state != "ready":
             try:
                 await asyncio.wait_for(self._ready.wait(), settings.WEB_NAV_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             if self.state != "ready":
                 raise TransientSendError(f"the web session is not ready ({self.state})", code="session_not_ready")
@@ -758,7 +758,7 @@ class WebTransport(Transport):
         self.runtime.report(self.events.status, self.client, status, detail)
 
     def _report_qr(self, ref: str) -> None:
-        expires = datetime.now(timezone.utc) + timedelta(seconds=self.sel.qr_lifetime_s)
+        expires = datetime.now(UTC) + timedelta(seconds=self.sel.qr_lifetime_s)
         self._report_status("qr", {"qr": ref, "expires_at": expires.isoformat()})
 
 

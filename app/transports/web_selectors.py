@@ -109,8 +109,8 @@ def hooks_script(selectors: WebSelectors = SELECTORS, binding: str = "__waEvent"
 
 def profile_script(platform: str) -> str:
     """Make ``navigator.platform`` agree with the profile's user agent."""
-    return ("Object.defineProperty(Navigator.prototype, 'platform', {get: () => %s, configurable: true});"
-            % json.dumps(platform))
+    return ("Object.defineProperty(Navigator.prototype, 'platform', "
+            f"{{get: () => {json.dumps(platform)}, configurable: true}});")
 
 
 #: () -> "+<digits>" | null: the logged-in account's number

@@ -21,7 +21,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
@@ -53,7 +53,7 @@ DISABLE_MESSAGES = {
 
 def iso(value: datetime | None) -> str | None:
     """A time as the API and the envelopes show it (ISO 8601, UTC)."""
-    return value.astimezone(timezone.utc).isoformat() if value else None
+    return value.astimezone(UTC).isoformat() if value else None
 
 
 def dispatch_due(session: Session, *, now: datetime | None = None, limit: int = 500) -> int:

@@ -40,7 +40,7 @@ def signature_header(secrets: list[str], msg_id: str, timestamp: int, body: byte
 
 
 def user_agent() -> str:
-    from app import API_VERSION
+    from app.version import API_VERSION
 
     return f"WhatsAppService-Webhooks/{API_VERSION}"
 

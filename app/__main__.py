@@ -1,7 +1,7 @@
 """``python -m app``: operate the platform from a shell.
 
   db init                        apply schema.sql (creates the database; no-op when applied)
-  db status                      schema version
+  db status [--json]             schema version, latest version and pending migrations
   org create --name --admin-email --admin-password [--json]
   apikey create --org ID --name NAME --role ROLE [--json]
   encryption rotate [--batch-size N]   re-encrypt every *_encrypted value under the newest key
@@ -36,11 +36,20 @@ def cmd_db_init(args) -> None:
 
 
 def cmd_db_status(args) -> None:
+    """The database's revision and the migrations it has not had yet (``db init`` applies them)."""
     _need_db()
-    from app.schema import schema_version
+    from app.schema import head_revision, pending_revisions, schema_version
 
     version = schema_version(settings.DATABASE_URL)
+    pending = pending_revisions(version)
+    if args.json:
+        print(json.dumps({"current": version, "head": head_revision(), "pending": pending}))
+        return
     print(f"schema version: {version if version is not None else 'not applied (run: python -m app db init)'}")
+    print(f"latest:         {head_revision()}")
+    if version is not None:
+        print(f"pending:        {', '.join(pending) if pending else 'none'}"
+              + (" (run: python -m app db init)" if pending else ""))
 
 
 def _run_service(fn):
@@ -170,7 +179,9 @@ def main(argv=None) -> None:
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("init", help="apply schema.sql").set_defaults(func=cmd_db_init)
-    db.add_parser("status", help="show the schema version").set_defaults(func=cmd_db_status)
+    p = db.add_parser("status", help="the schema version, the latest one and the pending migrations")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_db_status)
 
     org = sub.add_parser("org", help="organisations").add_subparsers(dest="org_command", required=True)
     p = org.add_parser("create", help="create an organisation and its first admin")

@@ -124,3 +124,13 @@ def schema_version(url: str) -> str | None:
         if not conn.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL").fetchone()[0]:
             return BASELINE
         return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+
+
+def pending_revisions(current: str | None) -> list[str]:
+    """The migrations a database at revision ``current`` has not had yet, oldest first (all of
+    them for a database without a schema, which ``db init`` creates from schema.sql instead)."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(_alembic_config(None))
+    ahead = [rev.revision for rev in scripts.iterate_revisions("head", current or "base")]
+    return [r for r in reversed(ahead) if r != current]

@@ -91,3 +91,25 @@ def test_every_migration_follows_the_previous_one():
     assert len(script.get_heads()) == 1, "two migrations share a parent: merge them"
     revisions = list(script.walk_revisions())
     assert revisions[-1].revision == BASELINE and revisions[-1].down_revision is None
+
+
+def test_db_status_shows_the_current_and_the_pending_migrations(scratch):
+    import json
+    import subprocess
+    import sys
+
+    from config import ROOT, child_env
+
+    def status(url: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", "app", "db", "status", "--json"], cwd=ROOT, check=True,
+                             capture_output=True, text=True, env=child_env(DATABASE_URL=url), timeout=60)
+        return json.loads(out.stdout)
+
+    old = scratch("_mig_status")
+    with psycopg.connect(plain_dsn(old)) as conn:
+        conn.execute((MIGRATIONS / "baseline.sql").read_text())
+    before = status(old)
+    assert before["current"] == BASELINE and before["head"] == head_revision()
+    assert before["pending"] and before["pending"][-1] == head_revision(), "the baseline has migrations to come"
+    apply_schema(old)
+    assert status(old) == {"current": head_revision(), "head": head_revision(), "pending": []}

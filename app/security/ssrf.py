@@ -152,17 +152,26 @@ def guarded_create_connection(address: tuple[str, int], timeout=_DEFAULT_TIMEOUT
 
 
 class _GuardedConnectionMixin:
+    """Mixed into urllib3's connection classes (which have the attributes used here)."""
+
+    _dns_host: str
+    port: int
+    timeout: float
+    source_address: tuple[str, int] | None
+    socket_options: list | None
+    host: str
+
     def _new_conn(self) -> socket.socket:  # mirrors urllib3's, with the guarded connect
         try:
             return guarded_create_connection((self._dns_host, self.port), self.timeout,
                                              source_address=self.source_address,
                                              socket_options=self.socket_options)
         except socket.gaierror as exc:
-            raise NameResolutionError(self.host, self, exc) from exc
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]  (self is a connection)
         except TimeoutError as exc:
             raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})") from exc
         except OSError as exc:
-            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
+            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]
 
 
 class GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):

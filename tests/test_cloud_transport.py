@@ -15,9 +15,9 @@ import pytest
 from app.db import new_id
 from app.security.crypto import encrypt_json
 from app.transports import transport_class
-from app.transports.base import (ClientInfo, MediaRef, OutboundMessage, PermanentSendError, ProxyInfo,
-                                 TransientSendError)
-from app.transports.cloud import META_ERRORS, CloudTransport
+from app.transports.base import ClientInfo, MediaRef, OutboundMessage, PermanentSendError, ProxyInfo, TransientSendError
+from app.transports.cloud import CloudTransport
+from app.transports.cloud_errors import META_ERRORS
 from tests import factories
 from tests.fake_graph import FakeGraph, FakeSocks5
 from tests.reports import reported

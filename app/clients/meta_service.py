@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 
 from app.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from app.transports.base import ACK_STATUSES, ClientInfo, EventSink, InboundMessage
-from app.transports.cloud import classify, to_e164
+from app.transports.cloud import to_e164
+from app.transports.cloud_errors import classify
 
 log = logging.getLogger(__name__)
 

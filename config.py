@@ -279,7 +279,8 @@ def _kind_of(annotation: Any) -> Kind:
 
 @dataclass(frozen=True)
 class SettingSpec:
-    """One setting as the README documents it: its name, default text and description."""
+    """One setting: its name, default text and description (the README's row), and how its text
+    is parsed (the kind of its field's type)."""
 
     name: str
     default: str

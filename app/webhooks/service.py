@@ -56,7 +56,7 @@ DISABLE_MESSAGES = {
 
 def lease_s() -> float:
     """How long a dispatched or running attempt may take before the claimer sends it again."""
-    return max(60.0, 2 * float(settings.WEBHOOK_TIMEOUT) + 30)
+    return max(60.0, 2 * settings.WEBHOOK_TIMEOUT + 30)
 
 
 def _lease_end(now: datetime, extra_s: float = 0.0) -> datetime:

@@ -52,8 +52,8 @@ def one_statement():
             yield session
 
 
-@actor("webhooks.deliver", max_retries=5, min_backoff=1000,
-                max_backoff=60_000, time_limit=int((3 * float(settings.WEBHOOK_TIMEOUT) + 60) * 1000))
+@actor("webhooks.deliver", max_retries=5, min_backoff=1000, max_backoff=60_000,
+       time_limit=int((3 * settings.WEBHOOK_TIMEOUT + 60) * 1000))
 def deliver(delivery_id: str, attempt: int, webhook_id: str | None = None) -> None:
     """Attempt ``attempt`` of a delivery to endpoint ``webhook_id``.
 

@@ -105,10 +105,9 @@ def _restore_settings():
     """A test that changes settings (``settings.override``) cannot leak them into the next one."""
     from config import settings
 
-    saved = dict(settings.values)
+    saved = dict(vars(settings))
     yield
-    settings.values.clear()
-    settings.values.update(saved)
+    settings.override(**saved)
 
 
 @pytest.fixture

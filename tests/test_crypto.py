@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import pytest
 
 from app.security import crypto, rotation
-from config import ROOT, Settings, check_production_settings, settings
+from config import ROOT, Settings, check_production_settings, parse_encryption_keys, settings
 from tests.factories import make_client, make_client_session, make_proxy, make_webhook
 
 OLD = "k1:" + base64.b64encode(b"\x01" * 32).decode()
@@ -109,7 +109,7 @@ def test_older_keys_still_open_values_new_ones_are_sealed_with_the_newest():
 ])
 def test_malformed_key_lists_are_refused(spec, message):
     with pytest.raises(ValueError, match=message):
-        crypto.parse_keys(spec)
+        parse_encryption_keys(spec)
 
 
 # ----------------------------------------------------------------------------- production refusal
@@ -143,7 +143,7 @@ def test_development_generates_a_key_into_data_dir(tmp_path):
     dev = Settings.from_env({"APP_ENV": "development", "DATA_DIR": str(tmp_path)})
     check_production_settings(dev)
     spec = dev.secret("APP_ENCRYPTION_KEYS")
-    assert [kid for kid, _ in crypto.parse_keys(spec)] == ["k1"]
+    assert [kid for kid, _ in parse_encryption_keys(spec)] == ["k1"]
     path = tmp_path / "secrets" / "app_encryption_keys"
     assert path.read_text().strip() == spec
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

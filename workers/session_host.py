@@ -369,7 +369,7 @@ class SessionHost:
             with job_session() as session:
                 for client_id in orphaned_clients(session):
                     if r.set(ADOPT_LOCK_PREFIX + client_id, self.host_id, nx=True,
-                             ex=max(1, int(settings.SESSION_LEASE_TTL))):
+                             ex=max(1, settings.SESSION_LEASE_TTL)):
                         outbox.enqueue(session, "sessions.start", client_id, queue_name=SESSIONS_QUEUE)
                         adopted.append(client_id)
             if adopted:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import timedelta
-from functools import lru_cache
 
 from sqlalchemy import select
 
@@ -79,23 +78,14 @@ def _tokens_response(session, user: User, tokens: dict) -> dict:
 # ----------------------------------------------------------------------------- login throttling
 
 
-@lru_cache(maxsize=8)
-def _limit(spec: str) -> tuple[int, int]:
-    """``"5 per 15 minutes"`` -> (5, 900)."""
-    from limits import parse
-
-    item = parse(spec)
-    return item.amount, int(item.get_expiry())
-
-
 def _throttle_keys(email: str, ip: str | None) -> list[tuple[str, int, int]]:
     """The two counters of an attempt: this email from this source, and this source."""
     from app.security.protection import client_ip_bucket
 
     source = client_ip_bucket(ip)
     account = hashlib.sha256(f"{email.strip().lower()}|{source}".encode()).hexdigest()[:40]
-    return [(f"{THROTTLE_PREFIX}acct-src:{account}", *_limit(settings.LOGIN_FAILURES_PER_ACCOUNT)),
-            (f"{THROTTLE_PREFIX}ip:{source}", *_limit(settings.LOGIN_FAILURES_PER_IP))]
+    return [(f"{THROTTLE_PREFIX}acct-src:{account}", *settings.LOGIN_FAILURES_PER_ACCOUNT),
+            (f"{THROTTLE_PREFIX}ip:{source}", *settings.LOGIN_FAILURES_PER_IP)]
 
 
 def _count_attempt(email: str, ip: str | None) -> list[tuple[str, int, int]]:

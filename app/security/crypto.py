@@ -1,10 +1,10 @@
 """Field encryption: AES-256-GCM, a random 96-bit nonce per value, and the key id in the value so
 keys can be rotated.
 
-``APP_ENCRYPTION_KEYS`` is ``kid:base64key[,kid:base64key...]``, newest first. New values are
-sealed with the newest key; values sealed with any listed key still open. ``python -m app
-encryption rotate`` re-seals every stored value under the newest key. Stored format:
-``v1:<kid>:<urlsafe base64 of nonce | ciphertext+tag>``.
+``APP_ENCRYPTION_KEYS`` is ``kid:base64key[,kid:base64key...]``, newest first (parsed by
+``config.parse_encryption_keys``). New values are sealed with the newest key; values sealed with
+any listed key still open. ``python -m app encryption rotate`` re-seals every stored value under
+the newest key. Stored format: ``v1:<kid>:<urlsafe base64 of nonce | ciphertext+tag>``.
 
 Values of ``*_encrypted`` columns are sealed without ``aad``: the rotation command (which finds
 those columns by name, app/security/rotation.py) re-seals them without knowing their rows.
@@ -29,28 +29,11 @@ class DecryptionError(Exception):
     """A value that cannot be opened: unknown key id, tampered or malformed."""
 
 
-def parse_keys(spec: str) -> list[tuple[str, bytes]]:
-    keys = []
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        kid, sep, b64 = part.partition(":")
-        if not sep or not kid or ":" in kid:
-            raise ValueError("APP_ENCRYPTION_KEYS entries look like kid:base64key")
-        raw = base64.b64decode(b64 + "=" * (-len(b64) % 4))
-        if len(raw) != 32:
-            raise ValueError(f"encryption key {kid!r} must be 32 bytes (AES-256), got {len(raw)}")
-        if any(kid == seen for seen, _ in keys):
-            raise ValueError(f"encryption key id {kid!r} is listed twice")
-        keys.append((kid, raw))
-    if not keys:
-        raise ValueError("APP_ENCRYPTION_KEYS is empty")
-    return keys
-
-
 def _load() -> list[tuple[str, AESGCM]]:
     global _keys
     with _lock:
         if _keys is None:
-            _keys = [(kid, AESGCM(raw)) for kid, raw in parse_keys(settings.secret("APP_ENCRYPTION_KEYS"))]
+            _keys = [(kid, AESGCM(raw)) for kid, raw in settings.encryption_keys()]
         return _keys
 
 

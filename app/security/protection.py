@@ -22,28 +22,15 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 from flask import Flask, current_app, g, request
 
 from app.errors import RateLimited, Unauthorized
-from config import settings
+from config import RateLimits, settings
 
 log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- client address
-
-
-@lru_cache(maxsize=8)
-def _parse_networks(spec: tuple[str, ...]) -> tuple:
-    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in spec)
-
-
-def trusted_networks() -> tuple:
-    spec = settings.TRUSTED_PROXIES
-    if isinstance(spec, str):
-        spec = spec.split(",")
-    return _parse_networks(tuple(p.strip() for p in spec if p.strip()))
 
 
 def _ip(value: str):
@@ -76,7 +63,7 @@ class TrustedProxyMiddleware:
     def __call__(self, environ, start_response):
         peer = environ.get("REMOTE_ADDR") or ""
         environ["app.peer_addr"] = peer
-        networks = trusted_networks()
+        networks = settings.TRUSTED_PROXIES
         if networks and _is_trusted(_ip(peer), networks):
             client = peer
             for hop in reversed(environ.get("HTTP_X_FORWARDED_FOR", "").split(",")):
@@ -159,17 +146,9 @@ class Decision:
     reset: int  # seconds until that bucket's window ends
 
 
-@lru_cache(maxsize=32)
-def parse_limits(spec: str) -> tuple[tuple[int, int], ...]:
-    """``"100 per 15 minutes"`` (or several joined by ``;``) -> ((100, 900),)."""
-    from limits import parse_many
-
-    return tuple((item.amount, int(item.get_expiry())) for item in parse_many(spec))
-
-
-def _buckets(scope: str, tag: str, ident: str, spec: str) -> list[Bucket]:
+def _buckets(scope: str, tag: str, ident: str, limits: RateLimits) -> list[Bucket]:
     return [Bucket(scope, f"{KEY_PREFIX}{tag}:{ident}:{amount}/{window}", amount, window)
-            for amount, window in parse_limits(spec)]
+            for amount, window in limits]
 
 
 def ip_buckets() -> list[Bucket]:
@@ -369,26 +348,8 @@ def _run_last(app: Flask, hook) -> None:
     hooks.insert(0, hook)
 
 
-def check_settings() -> None:
-    """Exit with a clear message on a malformed protection setting (at start, not per request)."""
-    for name in ("RATE_LIMIT_PUBLIC", "RATE_LIMIT_API", "RATE_LIMIT_PRINCIPAL"):
-        spec = getattr(settings, name)
-        if name == "RATE_LIMIT_PRINCIPAL" and not spec:
-            continue
-        try:
-            parse_limits(spec)
-        except ValueError:
-            raise SystemExit(f"config: {name}={spec!r} is not a rate limit like '100 per 15 minutes'") from None
-    try:
-        trusted_networks()
-    except ValueError as exc:
-        raise SystemExit(f"config: TRUSTED_PROXIES: {exc}") from None
-    cors_origins()
-
-
 def init_app(app: Flask) -> None:
     """Install request protections on ``app``."""
-    check_settings()
     app.wsgi_app = TrustedProxyMiddleware(app.wsgi_app)
     app.before_request(limit_request)
     _install_cors(app)

@@ -4,7 +4,9 @@
 With several worker processes, each would count its own requests and /metrics would show whichever
 process answered the scrape. Prometheus' multiprocess mode fixes that: every process writes its
 samples under ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per api start unless set) and
-/metrics sums them; a worker that exits is marked dead so its live gauges go away.
+/metrics sums them; a worker that exits is marked dead so its live gauges go away. That variable
+is prometheus_client's own switch, read by the library from the environment: it is not a setting
+of config.py, and is set here in ``os.environ`` before the workers fork.
 
 gunicorn's own lines (start-up, workers booting and exiting, errors) go through the handler of
 app/logs.py, so they are JSON like every other line (text with ``LOG_FORMAT=text``), at

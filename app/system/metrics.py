@@ -53,10 +53,13 @@ class QueueCollector:
 
 
 def registry() -> CollectorRegistry:
-    """What /metrics serves: every api process's samples in multiprocess mode, else this one's."""
+    """What /metrics serves: every api process's samples in multiprocess mode, else this one's.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` is read from the environment, not from config: prometheus_client
+    reads that variable itself (set by gunicorn_conf), and this must agree with what it does."""
     from prometheus_client import REGISTRY, multiprocess
 
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # prometheus_client's own switch, set by gunicorn_conf
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         reg = CollectorRegistry()
         multiprocess.MultiProcessCollector(reg)
         reg.register(QUEUES)

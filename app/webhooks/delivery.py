@@ -259,7 +259,7 @@ def _keys(webhook_id: str) -> list[str]:
 
 def _hold_ms() -> int:
     """How long a slot lasts if its holder dies without releasing it."""
-    return int((2 * float(settings.WEBHOOK_TIMEOUT) + 30) * 1000)
+    return int((2 * settings.WEBHOOK_TIMEOUT + 30) * 1000)
 
 
 def acquire_slot(webhook_id: str, waiter: str) -> str | None:

@@ -120,7 +120,7 @@ def emit_many(session, organization_id: str, event_type: str, items: list[dict])
 
 def lease_s() -> float:
     """How long a dispatched or running attempt may take before the claimer sends it again."""
-    return max(60.0, 2 * float(settings.WEBHOOK_TIMEOUT) + 30)
+    return max(60.0, 2 * settings.WEBHOOK_TIMEOUT + 30)
 
 
 def lease_end(now: datetime, extra_s: float = 0.0) -> datetime:

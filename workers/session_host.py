@@ -16,6 +16,10 @@ state (no QR). A host that cannot renew for a whole TTL (database unreachable) c
 itself, so two hosts never drive one account.
 
 The leases themselves are domain rules (app/clients/leases.py); this module runs the hosts.
+
+Size: ``SessionHost`` is one host's whole life (start, stop, logout, send, take-over, lease
+renewal, orphan adoption, shutdown hand-over), each step under the same per-client lock and
+session table; split, every part would reach into the others' state.
 """
 from __future__ import annotations
 

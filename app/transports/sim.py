@@ -1,6 +1,7 @@
 """``sim``: a WhatsApp network simulator, so the product runs and is tested without WhatsApp.
 
-Stateless in-process: everything the simulated network remembers lives in Redis (``SimNetwork``),
+Stateless in-process: everything the simulated network remembers lives in Redis (``SimNetwork``,
+app/transports/sim_network.py),
 so any worker process can build a ``SimTransport`` for a client and carry on where another left
 off. Nothing sleeps: what happens "later" (the phone scanning the QR, delivery and read receipts,
 contacts replying) is reported at once through the sink with ``delay_ms``, and waits in the broker.
@@ -27,7 +28,6 @@ import base64
 import hashlib
 import re
 import secrets
-import time
 from datetime import UTC, datetime, timedelta
 
 from app.transports.base import (
@@ -41,6 +41,7 @@ from app.transports.base import (
     TransientSendError,
     Transport,
 )
+from app.transports.sim_network import SimNetwork, now_ms
 
 DEFAULTS: dict = {
     "phone": None,             # E.164 the account "has"; default a fake +1555... number derived from the client id
@@ -64,7 +65,6 @@ _RATE_KEYS = ("read_rate", "reply_rate", "fail_rate")
 _MAX_MS = 24 * 3600 * 1000
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 #: how long the simulated network remembers a client that stopped writing to it
-NETWORK_TTL_S = 7 * 24 * 3600
 
 
 def refused_before_running(exc: BaseException) -> bool:
@@ -115,152 +115,12 @@ def fake_phone(client_id: str) -> str:
     return f"+1555{digits:07d}"
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _dt(epoch_ms: int) -> datetime:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC)
 
 
 def _iso(epoch_ms: int) -> str:
     return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat()
-
-
-class SimNetwork:
-    """The simulated WhatsApp network's memory of one client, in Redis (shared by every process)."""
-
-    PREFIX = "wa:sim:"
-
-    _TAKE_FAULT = """
-    local n = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
-    if n <= 0 then return false end
-    if n == 1 then
-        local permanent = redis.call('HGET', KEYS[1], 'permanent') or '0'
-        redis.call('DEL', KEYS[1])
-        return permanent
-    end
-    redis.call('HINCRBY', KEYS[1], 'count', -1)
-    return redis.call('HGET', KEYS[1], 'permanent') or '0'
-    """
-    _TAKE_ONE = """
-    local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-    if n <= 0 then return 0 end
-    redis.call('DECR', KEYS[1])
-    return 1
-    """
-
-    def __init__(self, client_id: str, redis=None):
-        from app.kv import redis_client
-
-        self.client_id = client_id
-        self.redis = redis if redis is not None else redis_client()
-
-    def key(self, name: str) -> str:
-        return f"{self.PREFIX}{self.client_id}:{name}"
-
-    # -- sessions ---------------------------------------------------------------------------
-
-    def new_session(self) -> tuple[str, int]:
-        """Start a session: a new token (older sessions' reports become stale) and its number."""
-        token = secrets.token_hex(8)
-        pipe = self.redis.pipeline()
-        pipe.set(self.key("session"), token, ex=NETWORK_TTL_S)
-        pipe.incr(self.key("starts"))
-        pipe.expire(self.key("starts"), NETWORK_TTL_S)
-        _, number, _ = pipe.execute()
-        return token, int(number)
-
-    def session(self) -> str | None:
-        raw = self.redis.get(self.key("session"))
-        return raw.decode() if raw else None
-
-    def end_session(self, *, forget_login: bool) -> None:
-        """Close the live session; keep the login unless told (or unless the QR was not scanned yet)."""
-        pipe = self.redis.pipeline()
-        pipe.delete(self.key("session"))
-        linked_at = self.redis.get(self.key("linked_at"))
-        if forget_login or (linked_at and int(linked_at) > _now_ms()):
-            pipe.delete(self.key("linked_at"))
-        pipe.execute()
-
-    def link_at(self, epoch_ms: int) -> None:
-        self.redis.set(self.key("linked_at"), epoch_ms, ex=NETWORK_TTL_S)
-
-    def linked(self) -> bool:
-        raw = self.redis.get(self.key("linked_at"))
-        return bool(raw) and int(raw) <= _now_ms()
-
-    # -- faults -----------------------------------------------------------------------------
-
-    def ban(self) -> None:
-        pipe = self.redis.pipeline()
-        pipe.set(self.key("banned"), 1, ex=NETWORK_TTL_S)
-        pipe.delete(self.key("linked_at"))
-        pipe.execute()
-
-    def banned(self) -> bool:
-        return bool(self.redis.exists(self.key("banned")))
-
-    def refuse_reconnects(self, count: int) -> None:
-        if count > 0:
-            self.redis.set(self.key("refuse"), count, ex=NETWORK_TTL_S)
-        else:
-            self.redis.delete(self.key("refuse"))
-
-    def take_refusal(self) -> bool:
-        return bool(self.redis.eval(self._TAKE_ONE, 1, self.key("refuse")))
-
-    def fail_next(self, count: int, permanent: bool) -> None:
-        self.redis.hset(self.key("fail_next"), mapping={"count": count, "permanent": int(permanent)})
-        self.redis.expire(self.key("fail_next"), NETWORK_TTL_S)
-
-    def take_send_fault(self) -> str | None:
-        """``"permanent"`` / ``"transient"`` when this send must fail (and uses up one), else None."""
-        raw = self.redis.eval(self._TAKE_FAULT, 1, self.key("fail_next"))
-        if raw is None:
-            return None
-        return "permanent" if raw in (b"1", "1", 1) else "transient"
-
-    def clear_faults(self) -> None:
-        self.redis.delete(self.key("banned"), self.key("refuse"), self.key("fail_next"))
-
-    def faults(self) -> dict:
-        pipe = self.redis.pipeline()
-        pipe.exists(self.key("banned"))
-        pipe.get(self.key("refuse"))
-        pipe.hgetall(self.key("fail_next"))
-        banned, refuse, fail_next = pipe.execute()
-        fail_next = {k.decode(): int(v) for k, v in fail_next.items()}
-        return {"banned": bool(banned), "refuse_reconnects": int(refuse or 0),
-                "fail_next": fail_next.get("count", 0), "fail_next_permanent": bool(fail_next.get("permanent", 0))}
-
-    # -- traffic ----------------------------------------------------------------------------
-
-    def record_send(self, message_id: str) -> int:
-        """Count a send the network received; returns how often this message id has arrived."""
-        now = _now_ms()
-        pipe = self.redis.pipeline()
-        pipe.hincrby(self.key("ids"), message_id, 1)
-        pipe.hsetnx(self.key("sent_at"), message_id, now)
-        pipe.incr(self.key("received"))
-        for name in ("ids", "sent_at", "received"):
-            pipe.expire(self.key(name), NETWORK_TTL_S)
-        times, *_ = pipe.execute()
-        return int(times)
-
-    def sent_at(self, message_id: str) -> int | None:
-        raw = self.redis.hget(self.key("sent_at"), message_id)
-        return int(raw) if raw else None
-
-    def counts(self) -> dict:
-        """``received`` sends, ``distinct`` message ids, ``duplicates`` = extra copies (received - distinct)."""
-        pipe = self.redis.pipeline()
-        pipe.get(self.key("received"))
-        pipe.hlen(self.key("ids"))
-        received, distinct = pipe.execute()
-        received = int(received or 0)
-        return {"received": received, "distinct": int(distinct), "duplicates": received - int(distinct)}
 
 
 class SimTransport(Transport):
@@ -325,7 +185,7 @@ class SimTransport(Transport):
             return
         scan, ttl = self.config["scan_after_ms"], int(self.config["qr_ttl_ms"])
         rotations = int(self.config["qr_rotations"])
-        now = _now_ms()
+        now = now_ms()
         scans = bool(self.config["auto_scan"]) and int(scan) < rotations * ttl
         for i in range(rotations):
             shown_at = i * ttl
@@ -397,7 +257,7 @@ class SimTransport(Transport):
         times = {"sent": _dt(arrived)}
         status = "sent"
         for receipt, after_ms in self._receipts(message_id):
-            if arrived + after_ms <= _now_ms():
+            if arrived + after_ms <= now_ms():
                 times[receipt], status = _dt(arrived + after_ms), receipt
         return Lookup(sent=True, external_id=self.external_id(message_id), status=status, times=times)
 
@@ -408,7 +268,7 @@ class SimTransport(Transport):
         is linked and ready. A new session token makes this session's pending QR rotations and its
         QR timeout stale, so they are ignored when they come."""
         token, _ = self.network.new_session()
-        self.network.link_at(_now_ms())
+        self.network.link_at(now_ms())
         self._status("ready", {"phone": self.phone(), "reason": "QR code scanned"}, token)
 
     def inject_disconnect(self, count: int = 1) -> None:

@@ -2,6 +2,8 @@
 its audit row commit or vanish together. Secrets never reach ``changes``."""
 from __future__ import annotations
 
+from flask import g, has_request_context, request
+
 from app.audit.models import AuditLog
 from app.security.principal import Principal
 
@@ -19,10 +21,6 @@ def _scrub(value):
 
 
 def _request_context() -> dict:
-    try:
-        from flask import g, has_request_context, request
-    except ImportError:  # pragma: no cover
-        return {}
     if not has_request_context():
         return {}
     return {"ip": request.remote_addr, "user_agent": (request.user_agent.string or "")[:500] or None,

@@ -1,4 +1,5 @@
-"""``python -m app``: operate the platform from a shell.
+"""``python -m app``: the platform's data and its api, from a shell (background processing has its
+own command line, ``python -m workers``).
 
   db init                        apply schema.sql (creates the database; no-op when applied)
   db status [--json]             schema version, latest version and pending migrations

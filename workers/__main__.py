@@ -1,4 +1,6 @@
-"""``python -m workers``: run a pool, run the scheduler, inspect queues, manage dead letters."""
+"""``python -m workers``: background processing: run a pool, run the scheduler, run everything for
+development (``dev``, what ``make run`` starts), inspect queues, manage dead letters. The
+platform's data and the api are ``python -m app``."""
 from __future__ import annotations
 
 import argparse

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from app.webhooks import delivery, signing
 from app.webhooks.events import EVENT_TYPES
+from tests.procs import ROOT
 
-DOC = (Path(__file__).resolve().parent.parent / "docs" / "webhooks.md").read_text()
+DOC = (ROOT / "docs" / "webhooks.md").read_text()
 
 
 def test_every_event_type_has_a_section_with_an_example_body():

@@ -294,7 +294,7 @@ def test_limits_are_shared_with_another_process(pclient):
     """A separate process (its own app, its own Redis connection) spends part of the per-IP budget
     of an address; this process sees the rest."""
     code = (
-        "from tests.test_protection import build_app\n"
+        "from tests.security.test_protection import build_app\n"
         "c = build_app().test_client()\n"
         "print([c.get('/api/t/public', environ_base={'REMOTE_ADDR': '192.0.2.77'}).status_code"
         " for _ in range(3)])\n"
@@ -649,7 +649,7 @@ def _send_chunked(port: int, body: bytes):
 def test_chunked_body_limit_under_gunicorn():
     """The real server: gunicorn decodes the chunked body, the app refuses it past the limit."""
     port = _free_port()
-    proc = spawn(["-m", "gunicorn", "-c", "python:app.system.gunicorn_conf", "tests.test_protection:build_app()",
+    proc = spawn(["-m", "gunicorn", "-c", "python:app.system.gunicorn_conf", "tests.security.test_protection:build_app()",
                   "--bind", f"127.0.0.1:{port}", "--workers", "1"], MAX_REQUEST_BYTES="1000")
     try:
         def up():

@@ -182,7 +182,7 @@ def object_id(session, org: Org, op: Operation, index: int) -> str:
         if permission_of(op) is None:
             return "unknown"  # a public route's own identifier (a file name, a provider's id)
         pytest.fail(f"{op}: no factory for the path parameter {{{name}}} (after /{before}/): add a line "
-                    f"to ID_FACTORIES in tests/test_permissions.py")
+                    f"to ID_FACTORIES in tests/security/test_permissions.py")
     if key not in org.objects:
         org.objects[key] = ID_FACTORIES[key](session, org)
     return org.objects[key]

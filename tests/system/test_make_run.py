@@ -110,7 +110,7 @@ def test_make_run_with_given_services_starts_everything_and_stops_cleanly(tmp_pa
     endpoint's PNG decodes to the code shown."""
     from app.schema import with_database
     from config import settings
-    from tests.test_clients import decode_qr_png
+    from tests.clients.test_routes import decode_qr_png
 
     port = free_port()
     url = with_database(settings.DATABASE_URL, RUN_DB)

@@ -177,7 +177,7 @@ def test_gunicorn_keeps_no_control_socket_shared_with_other_instances(tmp_path):
 
 def test_a_full_redis_is_reported_and_a_send_is_a_503_with_retry_after(client, session, monkeypatch):
     """PING works on a full Redis (maxmemory, noeviction) and a write does not: /health used to say
-    ok. (A real full Redis, shared by nobody else, is tests/test_faults.py's.)"""
+    ok. (A real full Redis, shared by nobody else, is tests/system/test_faults.py's.)"""
     import redis
 
     from app.kv import redis_client

@@ -4,7 +4,7 @@ history and events; Meta's errors -> retried or failed.
 
 One ``default`` and one ``messages`` worker serve the whole module (started once: a pool takes
 seconds to boot); each test has its own organisation, client and fake Graph API. The client is not
-paced (``config.pacing: false``): pacing is tests/test_messages_workers.py's subject.
+paced (``config.pacing: false``): pacing is tests/messages/test_workers.py's subject.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from app.security.crypto import encrypt_json
 from tests import factories as f
 from tests.fake_graph import FakeGraph
 from tests.procs import WorkerProcesses, stop, wait_for
-from tests.test_cloud_transport import APP_SECRET, VERIFY_TOKEN, allow_loopback, change, signed_post  # noqa: F401
-from tests.test_messages_workers import headers, org, rows  # noqa: F401  (fixtures)
+from tests.transports.test_cloud import APP_SECRET, VERIFY_TOKEN, allow_loopback, change, signed_post  # noqa: F401
+from tests.messages.test_workers import headers, org, rows  # noqa: F401  (fixtures)
 
 pytestmark = [pytest.mark.workers, pytest.mark.xdist_group("cloud_pipeline")]  # one set of pools for the module
 

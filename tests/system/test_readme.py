@@ -1,9 +1,9 @@
 """The README documents every setting of config.py (the table is generated from it) and the two commands."""
-from pathlib import Path
 
 import config
+from tests.procs import ROOT
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 BEGIN, END = "<!-- settings:begin -->", "<!-- settings:end -->"
 
 

@@ -9,9 +9,9 @@ import functools
 import importlib.metadata
 import re
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.procs import ROOT
+
 FIRST_PARTY = {"app", "workers", "jobs", "tests", "config", "wsgi", "bench"}
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)(\[[^\]]*\])?==[^\s#]+\s*(#\s*(?P<why>.+))?$")
 

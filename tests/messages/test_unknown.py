@@ -14,7 +14,7 @@ from app.messages.models import Message, MessageStatusHistory
 from app.transports.sim import SimNetwork, SimTransport
 from app.webhooks.models import WebhookEvent
 from tests import factories as f
-from tests.test_messages import FakeTransport, queue_one
+from tests.messages.test_routes import FakeTransport, queue_one
 
 
 @pytest.fixture

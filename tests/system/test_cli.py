@@ -3,11 +3,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.procs import ROOT
 
 
 def run(*args, env=None):

@@ -79,7 +79,7 @@ def test_log_format_text_gives_text():
 
 def _gunicorn_lines(tmp_path, **env) -> list[str]:
     """Everything a one-process api under gunicorn writes from its start to its stop."""
-    from tests.test_health import _wait_until_serving
+    from tests.system.test_health import _wait_until_serving
     from workers.embedded import free_port
 
     port = free_port()

@@ -2,11 +2,12 @@
 code: every operation is there as `METHOD /path`, every path it names exists, and so do every
 error code the document lists and every event type."""
 import re
-from pathlib import Path
 
 import pytest
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
+from tests.procs import ROOT
+
+DOC = ROOT / "docs" / "api.md"
 MENTION = re.compile(r"`(GET|POST|PUT|PATCH|DELETE) (/[^`\s?]*)")
 
 

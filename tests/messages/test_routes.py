@@ -1,6 +1,6 @@
 """The messages API and pipeline pieces, in a rolled-back transaction (no worker processes).
 
-The end-to-end behaviour with real workers over the sim transport is tests/test_messages_workers.py.
+The end-to-end behaviour with real workers over the sim transport is tests/messages/test_workers.py.
 """
 import json
 from datetime import datetime, timedelta, timezone

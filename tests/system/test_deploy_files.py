@@ -19,9 +19,9 @@ from pathlib import Path
 import yaml
 
 from config import SETTINGS
+from tests.procs import ROOT
 from workers.pools import POOLS
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = ROOT / "docker-entrypoint.sh"

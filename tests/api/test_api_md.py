@@ -16,11 +16,6 @@ def text():
     return DOC.read_text()
 
 
-@pytest.fixture
-def spec(client):
-    return client.get("/api/openapi.json").get_json()
-
-
 def _documented(text) -> set[tuple[str, str]]:
     return {(method, path) for method, path in MENTION.findall(text)}
 

@@ -15,13 +15,6 @@ from app.security.protection import limit_scope
 METHODS = ("get", "post", "put", "patch", "delete")
 
 
-@pytest.fixture
-def spec(client):
-    resp = client.get("/api/openapi.json")
-    assert resp.status_code == 200
-    return resp.get_json()
-
-
 def operations(spec):
     for path, item in spec["paths"].items():
         for method in METHODS:

@@ -8,19 +8,15 @@ import threading
 import pytest
 
 from app.db import utcnow
-from config import settings
 from tests import factories as f
 from tests.auth_helpers import principal_headers
 
 
 @pytest.fixture
-def caps():
+def caps(override_settings):
     names = ("MAX_CLIENTS_PER_ORG", "MAX_API_KEYS_PER_ORG", "MAX_PROXIES_PER_ORG", "MAX_USERS_PER_ORG",
              "MAX_CONTACTS_PER_ORG")
-    before = {n: getattr(settings, n) for n in names}
-    settings.override(**{n: 2 for n in names})
-    yield
-    settings.override(**before)
+    override_settings(**{n: 2 for n in names})
 
 
 NEW = {

@@ -16,16 +16,6 @@ from tests import factories as f
 from tests.auth_helpers import api_key_with_headers, user_with_headers
 
 
-@pytest.fixture
-def org(session):
-    return f.make_organization(session)
-
-
-@pytest.fixture
-def admin_headers(session, org):
-    return user_with_headers(session, org, "admin")[1]
-
-
 def me(client, headers):
     return client.get("/api/auth/me", headers=headers)
 

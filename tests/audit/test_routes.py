@@ -14,12 +14,8 @@ from tests.auth_helpers import api_key_with_headers, user_with_headers
 
 
 @pytest.fixture
-def org(session):
-    return f.make_organization(session)
-
-
-@pytest.fixture
-def admin(session, org):
+def admin_and_headers(session, org):
+    """An admin user of ``org`` and its Bearer headers."""
     return user_with_headers(session, org, "admin")
 
 
@@ -28,8 +24,8 @@ def ids(resp):
     return [row["id"] for row in resp.get_json()["items"]]
 
 
-def test_a_row_records_actor_target_request_and_changes(client, session, org, admin):
-    user, headers = admin
+def test_a_row_records_actor_target_request_and_changes(client, session, org, admin_and_headers):
+    user, headers = admin_and_headers
     resp = client.post("/api/users", headers={**headers, "User-Agent": "ops-script/1.0", "X-Request-ID": "req-42"},
                        json={"email": "eve@example.test", "name": "Eve", "password": "a long passphrase", "role": "viewer"},
                        environ_base={"REMOTE_ADDR": "10.20.30.40"})
@@ -61,8 +57,8 @@ def test_secrets_never_reach_the_changes(session, org):
     assert row.changes["name"] == "ok" and row.changes["config"]["phone"] == "+1"
 
 
-def test_filters_by_actor_action_since_and_target(client, session, org, admin):
-    user, headers = admin
+def test_filters_by_actor_action_since_and_target(client, session, org, admin_and_headers):
+    user, headers = admin_and_headers
     other = f.make_user(session, organization_id=org.id)
     old = f.make_audit_log(session, organization_id=org.id, action="user.update", actor_type="user",
                            actor_id=other.id, target_id="usr_target", created_at=utcnow() - timedelta(days=3))
@@ -83,14 +79,14 @@ def test_filters_by_actor_action_since_and_target(client, session, org, admin):
     assert client.get("/api/audit-logs?since=yesterday", headers=headers).status_code == 422
 
 
-def test_action_prefix_is_literal(client, session, org, admin):
-    _, headers = admin
+def test_action_prefix_is_literal(client, session, org, admin_and_headers):
+    _, headers = admin_and_headers
     f.make_audit_log(session, organization_id=org.id, action="userXcreate")
     assert ids(client.get("/api/audit-logs?action=user_*", headers=headers)) == []
 
 
-def test_cursor_pagination_newest_first(client, session, org, admin):
-    _, headers = admin
+def test_cursor_pagination_newest_first(client, session, org, admin_and_headers):
+    _, headers = admin_and_headers
     made = [f.make_audit_log(session, organization_id=org.id, action="test.page").id for _ in range(5)]
     seen, cursor = [], None
     while True:
@@ -103,8 +99,8 @@ def test_cursor_pagination_newest_first(client, session, org, admin):
     assert seen == sorted(made, reverse=True)  # ids sort by creation time (ms), then randomly
 
 
-def test_other_organisations_rows_are_never_listed(client, session, org, admin):
-    _, headers = admin
+def test_other_organisations_rows_are_never_listed(client, session, org, admin_and_headers):
+    _, headers = admin_and_headers
     foreign = f.make_audit_log(session, action="user.create")
     listed = ids(client.get("/api/audit-logs?limit=500", headers=headers))
     assert foreign.id not in listed
@@ -117,8 +113,8 @@ def test_admins_and_managers_read_the_log(client, session, org, role, status):
     assert client.get("/api/audit-logs", headers=headers).status_code == status
 
 
-def test_rows_cannot_be_changed_or_deleted_through_the_api(app, client, session, org, admin):
-    _, headers = admin
+def test_rows_cannot_be_changed_or_deleted_through_the_api(app, client, session, org, admin_and_headers):
+    _, headers = admin_and_headers
     row = f.make_audit_log(session, organization_id=org.id, action="user.create")
     for method in ("put", "patch", "delete", "post"):
         assert getattr(client, method)("/api/audit-logs", json={}, headers=headers).status_code == 405

@@ -18,20 +18,6 @@ from tests import factories as f
 from tests.auth_helpers import PASSWORD, api_key_headers, bearer, make_user_with_password
 
 
-@pytest.fixture
-def override():
-    """settings.override for one test, undone afterwards."""
-    saved = {}
-
-    def apply(**changes):
-        for name in changes:
-            saved.setdefault(name, getattr(settings, name))
-        settings.override(**changes)
-
-    yield apply
-    settings.override(**saved)
-
-
 def audit_rows(session, action, **where):
     stmt = select(AuditLog).where(AuditLog.action == action)
     for key, value in where.items():
@@ -109,8 +95,8 @@ def test_register_racing_another_for_the_same_address_answers_the_same(client, s
     assert resp.status_code == 202 and resp.get_json()["status"] == "accepted"
 
 
-def test_register_is_refused_when_signup_is_off(client, override):
-    override(ALLOW_SIGNUP=False)
+def test_register_is_refused_when_signup_is_off(client, override_settings):
+    override_settings(ALLOW_SIGNUP=False)
     resp = client.post("/api/auth/register", json=REGISTRATION)
     assert resp.status_code == 403
     assert error_code(resp) == "signup_disabled"
@@ -204,8 +190,8 @@ def test_a_disabled_user_cannot_log_in(client, session):
     assert audit_rows(session, "auth.login_failed", target_id=user.id)[0].changes["reason"] == "disabled"
 
 
-def test_login_is_throttled_per_account_and_source_with_retry_after(client, session, override):
-    override(LOGIN_FAILURES_PER_ACCOUNT="3 per 15 minutes")
+def test_login_is_throttled_per_account_and_source_with_retry_after(client, session, override_settings):
+    override_settings(LOGIN_FAILURES_PER_ACCOUNT="3 per 15 minutes")
     user = make_user_with_password(session)
     for _ in range(3):
         assert login(client, user.email, "wrong password!", ip="203.0.113.66").status_code == 401
@@ -218,9 +204,9 @@ def test_login_is_throttled_per_account_and_source_with_retry_after(client, sess
     assert login(client, other.email, ip="203.0.113.66").status_code == 200  # other accounts are not affected
 
 
-def test_someone_elses_failures_never_lock_the_owner_out(client, session, override):
+def test_someone_elses_failures_never_lock_the_owner_out(client, session, override_settings):
     """Five wrong passwords used to lock the real owner out for 15 minutes, from anywhere."""
-    override(LOGIN_FAILURES_PER_ACCOUNT="5 per 15 minutes")
+    override_settings(LOGIN_FAILURES_PER_ACCOUNT="5 per 15 minutes")
     user = make_user_with_password(session)
     for attacker in ("203.0.113.66", "198.51.100.7", "2001:db8:66::1"):
         for _ in range(5):
@@ -231,15 +217,15 @@ def test_someone_elses_failures_never_lock_the_owner_out(client, session, overri
     assert login(client, user.email, ip="203.0.113.66").status_code == 429, "the owner's login does not free them"
 
 
-def test_an_unknown_email_is_throttled_like_a_known_one(client, override):
-    override(LOGIN_FAILURES_PER_ACCOUNT="2 per 15 minutes")
+def test_an_unknown_email_is_throttled_like_a_known_one(client, override_settings):
+    override_settings(LOGIN_FAILURES_PER_ACCOUNT="2 per 15 minutes")
     answers = [login(client, "ghost@nowhere.test", "wrong password!").status_code for _ in range(3)]
     assert answers == [401, 401, 429]
     assert login(client, "ghost@nowhere.test", "wrong password!", ip="192.0.2.99").status_code == 401
 
 
-def test_login_is_throttled_per_ip(client, session, override):
-    override(LOGIN_FAILURES_PER_IP="3 per 15 minutes")
+def test_login_is_throttled_per_ip(client, session, override_settings):
+    override_settings(LOGIN_FAILURES_PER_IP="3 per 15 minutes")
     user = make_user_with_password(session)
     for n in range(3):
         assert login(client, f"guess{n}@acme.test", "wrong password!", ip="10.0.0.7").status_code == 401
@@ -248,8 +234,8 @@ def test_login_is_throttled_per_ip(client, session, override):
     assert login(client, user.email, ip="10.0.0.8").status_code == 200
 
 
-def test_a_successful_login_clears_the_account_failures(client, session, override):
-    override(LOGIN_FAILURES_PER_ACCOUNT="2 per 15 minutes")
+def test_a_successful_login_clears_the_account_failures(client, session, override_settings):
+    override_settings(LOGIN_FAILURES_PER_ACCOUNT="2 per 15 minutes")
     user = make_user_with_password(session)
     assert login(client, user.email, "wrong password!").status_code == 401
     assert login(client, user.email).status_code == 200

@@ -20,17 +20,6 @@ from app.security.crypto import decrypt
 from app.transports.base import ProxyInfo
 from tests import factories as f
 from tests.auth_helpers import principal_headers
-from tests.webhook_receiver import allow_private  # noqa: F401  (the fake proxies listen on loopback)
-
-
-@pytest.fixture
-def org(session):
-    return f.make_organization(session)
-
-
-@pytest.fixture
-def admin(session, org):
-    return principal_headers(session, org, "admin")
 
 
 NEW = {"name": "Frankfurt", "scheme": "http", "host": "proxy.example.test", "port": 3128, "username": "alice",
@@ -39,8 +28,8 @@ NEW = {"name": "Frankfurt", "scheme": "http", "host": "proxy.example.test", "por
 
 # ----------------------------------------------------------------------------------- CRUD
 
-def test_create_get_list_update_delete_with_an_encrypted_password(client, session, org, admin):
-    resp = client.post("/api/proxies", json=NEW, headers=admin)
+def test_create_get_list_update_delete_with_an_encrypted_password(client, session, org, admin_headers):
+    resp = client.post("/api/proxies", json=NEW, headers=admin_headers)
     assert resp.status_code == 201, resp.get_json()
     created = resp.get_json()
     assert created["id"].startswith("prx_") and created["has_password"] is True and created["status"] == "unchecked"
@@ -50,22 +39,22 @@ def test_create_get_list_update_delete_with_an_encrypted_password(client, sessio
     row = session.get(Proxy, created["id"])
     assert "s3cret" not in row.password_encrypted and decrypt(row.password_encrypted) == "s3cret-pass"
 
-    assert client.get(f"/api/proxies/{created['id']}", headers=admin).get_json() == created
-    assert [p["id"] for p in client.get("/api/proxies", headers=admin).get_json()["items"]] == [created["id"]]
-    assert client.get("/api/proxies?status=dead", headers=admin).get_json()["items"] == []
+    assert client.get(f"/api/proxies/{created['id']}", headers=admin_headers).get_json() == created
+    assert [p["id"] for p in client.get("/api/proxies", headers=admin_headers).get_json()["items"]] == [created["id"]]
+    assert client.get("/api/proxies?status=dead", headers=admin_headers).get_json()["items"] == []
 
     row.status, row.last_error = "dead", "refused"
     session.flush()
-    resp = client.patch(f"/api/proxies/{created['id']}", json={"port": 8080, "password": None}, headers=admin)
+    resp = client.patch(f"/api/proxies/{created['id']}", json={"port": 8080, "password": None}, headers=admin_headers)
     assert resp.status_code == 200, resp.get_json()
     updated = resp.get_json()
     assert updated["port"] == 8080 and updated["has_password"] is False
     assert updated["status"] == "unchecked" and updated["last_error"] is None, "a new address needs a new check"
-    resp = client.patch(f"/api/proxies/{created['id']}", json={"password": "n3w-pass"}, headers=admin)
+    resp = client.patch(f"/api/proxies/{created['id']}", json={"password": "n3w-pass"}, headers=admin_headers)
     assert resp.get_json()["has_password"] is True
 
-    assert client.delete(f"/api/proxies/{created['id']}", headers=admin).status_code == 204
-    assert client.get(f"/api/proxies/{created['id']}", headers=admin).status_code == 404
+    assert client.delete(f"/api/proxies/{created['id']}", headers=admin_headers).status_code == 204
+    assert client.get(f"/api/proxies/{created['id']}", headers=admin_headers).status_code == 404
     audits = list(session.scalars(select(AuditLog).where(AuditLog.target_id == created["id"]).order_by(AuditLog.id)))
     assert [a.action for a in audits] == ["proxy.create", "proxy.update", "proxy.update", "proxy.delete"]
     assert audits[1].changes["password_change"] == "removed" and audits[2].changes["password_change"] == "set"
@@ -78,17 +67,17 @@ def test_create_get_list_update_delete_with_an_encrypted_password(client, sessio
     ({**NEW, "host": "bad host/x"}, "host"), ({**NEW, "host": ""}, "host"), ({"scheme": "http", "port": 1}, "host"),
     ({**NEW, "password": ""}, "password"), ({**NEW, "extra": 1}, "extra"),
 ])
-def test_validation(client, admin, body, field):
-    resp = client.post("/api/proxies", json=body, headers=admin)
+def test_validation(client, admin_headers, body, field):
+    resp = client.post("/api/proxies", json=body, headers=admin_headers)
     assert resp.status_code == 422 and field in resp.get_json()["error"]["details"]
 
 
-def test_tenancy_and_roles(client, session, org, admin):
+def test_tenancy_and_roles(client, session, org, admin_headers):
     foreign = f.make_proxy(session)
-    assert client.get(f"/api/proxies/{foreign.id}", headers=admin).status_code == 404
-    assert client.patch(f"/api/proxies/{foreign.id}", json={"port": 1}, headers=admin).status_code == 404
-    assert client.delete(f"/api/proxies/{foreign.id}", headers=admin).status_code == 404
-    assert client.get("/api/proxies", headers=admin).get_json()["items"] == []
+    assert client.get(f"/api/proxies/{foreign.id}", headers=admin_headers).status_code == 404
+    assert client.patch(f"/api/proxies/{foreign.id}", json={"port": 1}, headers=admin_headers).status_code == 404
+    assert client.delete(f"/api/proxies/{foreign.id}", headers=admin_headers).status_code == 404
+    assert client.get("/api/proxies", headers=admin_headers).get_json()["items"] == []
     manager = principal_headers(session, org, "manager")
     assert client.post("/api/proxies", json=NEW, headers=manager).status_code == 201
     for role in ("agent", "viewer"):
@@ -97,16 +86,16 @@ def test_tenancy_and_roles(client, session, org, admin):
         assert client.post("/api/proxies", json=NEW, headers=headers).status_code == 403
 
 
-def test_a_proxy_in_use_cannot_be_deleted(client, session, org, admin):
+def test_a_proxy_in_use_cannot_be_deleted(client, session, org, admin_headers):
     proxy = f.make_proxy(session, organization_id=org.id)
     user = f.make_client(session, organization_id=org.id, proxy_id=proxy.id)
     f.make_client(session, organization_id=org.id, proxy_id=proxy.id, deleted_at=utcnow())  # deleted: no longer uses it
-    resp = client.delete(f"/api/proxies/{proxy.id}", headers=admin)
+    resp = client.delete(f"/api/proxies/{proxy.id}", headers=admin_headers)
     assert resp.status_code == 409
     assert resp.get_json()["error"]["code"] == "proxy_in_use" and resp.get_json()["error"]["details"] == {
         "client_ids": [user.id]}
-    assert client.patch(f"/api/clients/{user.id}", json={"proxy_id": None}, headers=admin).status_code == 200
-    assert client.delete(f"/api/proxies/{proxy.id}", headers=admin).status_code == 204
+    assert client.patch(f"/api/clients/{user.id}", json={"proxy_id": None}, headers=admin_headers).status_code == 200
+    assert client.delete(f"/api/proxies/{proxy.id}", headers=admin_headers).status_code == 204
 
 
 # ----------------------------------------------------------------------------------- health check
@@ -268,8 +257,8 @@ def test_a_check_reports_a_fixed_word_never_what_the_peer_sent(session, banner, 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "10.0.0.7", "169.254.169.254", "2130706433", "::1",
                                   "::ffff:127.0.0.1"])
-def test_proxies_on_internal_addresses_are_refused(client, session, admin, host):
-    resp = client.post("/api/proxies", json={**NEW, "host": host}, headers=admin)
+def test_proxies_on_internal_addresses_are_refused(client, session, admin_headers, host):
+    resp = client.post("/api/proxies", json={**NEW, "host": host}, headers=admin_headers)
     assert resp.status_code == 422, resp.get_json()
     assert "host" in resp.get_json()["error"]["details"]
     assert session.scalars(select(Proxy)).all() == []

@@ -25,16 +25,6 @@ from tests.auth_helpers import api_key_headers, principal_headers, user_with_hea
 from tests.procs import wait_for
 
 
-@pytest.fixture
-def org(session):
-    return f.make_organization(session)
-
-
-@pytest.fixture
-def admin(session, org):
-    return principal_headers(session, org, "admin")
-
-
 def audit_rows(session, action, target_id):
     return list(session.scalars(select(AuditLog).where(AuditLog.action == action, AuditLog.target_id == target_id)))
 
@@ -55,10 +45,10 @@ def outbox_jobs(session, actor_name):
 
 # ----------------------------------------------------------------------------------- CRUD
 
-def test_create_get_list_update_delete(client, session, org, admin):
+def test_create_get_list_update_delete(client, session, org, admin_headers):
     body = {"name": "Sales line", "transport": "sim", "config": {"scan_after_ms": 500, "seed": 7},
             "limits": {"per_minute": 10, "per_hour": 50, "per_day": 400, "min_gap_ms": 1000, "max_gap_ms": 3000}}
-    resp = client.post("/api/clients", json=body, headers=admin)
+    resp = client.post("/api/clients", json=body, headers=admin_headers)
     assert resp.status_code == 201, resp.get_json()
     created = resp.get_json()
     assert created["id"].startswith("cli_") and created["name"] == "Sales line" and created["transport"] == "sim"
@@ -69,35 +59,37 @@ def test_create_get_list_update_delete(client, session, org, admin):
     assert history(session, client_id) == [(None, "created")]
     assert audit_rows(session, "client.create", client_id)[0].changes["limits"] == body["limits"]
 
-    assert client.get(f"/api/clients/{client_id}", headers=admin).get_json() == created
-    assert [c["id"] for c in client.get("/api/clients", headers=admin).get_json()["items"]] == [client_id]
+    assert client.get(f"/api/clients/{client_id}", headers=admin_headers).get_json() == created
+    assert [c["id"] for c in client.get("/api/clients", headers=admin_headers).get_json()["items"]] == [client_id]
 
-    resp = client.patch(f"/api/clients/{client_id}", json={"name": "Support", "limits": {"per_minute": 5}}, headers=admin)
+    resp = client.patch(f"/api/clients/{client_id}", json={"name": "Support", "limits": {"per_minute": 5}},
+                        headers=admin_headers)
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["name"] == "Support" and resp.get_json()["limits"]["per_minute"] == 5
     assert resp.get_json()["limits"]["per_hour"] == 50  # the other limits are kept
     [update] = audit_rows(session, "client.update", client_id)
     assert update.changes == {"name": {"from": "Sales line", "to": "Support"}, "per_minute": {"from": 10, "to": 5}}
 
-    assert client.delete(f"/api/clients/{client_id}", headers=admin).status_code == 204
-    assert client.get(f"/api/clients/{client_id}", headers=admin).status_code == 404
-    assert client.get("/api/clients", headers=admin).get_json()["items"] == []
+    assert client.delete(f"/api/clients/{client_id}", headers=admin_headers).status_code == 204
+    assert client.get(f"/api/clients/{client_id}", headers=admin_headers).status_code == 404
+    assert client.get("/api/clients", headers=admin_headers).get_json()["items"] == []
     assert session.get(Client, client_id).deleted_at is not None
     assert audit_rows(session, "client.delete", client_id)
     assert outbox_jobs(session, "clients.logout") == [], "a client that never ran has nothing to log out"
 
 
-def test_default_limits_and_transport(client, admin):
-    created = client.post("/api/clients", json={"name": "Defaults"}, headers=admin).get_json()
+def test_default_limits_and_transport(client, admin_headers):
+    created = client.post("/api/clients", json={"name": "Defaults"}, headers=admin_headers).get_json()
     assert created["transport"] == settings.DEFAULT_TRANSPORT == "sim"
     assert created["limits"] == {"per_minute": 20, "per_hour": 100, "per_day": 1000, "min_gap_ms": 2000,
                                  "max_gap_ms": 5000}
 
 
-def test_secret_config_is_encrypted_never_returned_and_merged_on_patch(client, session, admin):
+def test_secret_config_is_encrypted_never_returned_and_merged_on_patch(client, session, admin_headers):
     config = {"phone_number_id": "1234567890", "access_token": "EAAG-secret-token", "app_secret": "app-secret-1",
               "verify_token": "verify-me"}
-    resp = client.post("/api/clients", json={"name": "Cloud", "transport": "cloud", "config": config}, headers=admin)
+    resp = client.post("/api/clients", json={"name": "Cloud", "transport": "cloud", "config": config},
+                       headers=admin_headers)
     assert resp.status_code == 201, resp.get_json()
     created = resp.get_json()
     assert created["config"] == {"phone_number_id": "1234567890"}
@@ -108,7 +100,7 @@ def test_secret_config_is_encrypted_never_returned_and_merged_on_patch(client, s
     assert info.secrets == {"access_token": "EAAG-secret-token", "app_secret": "app-secret-1", "verify_token": "verify-me"}
     assert info.config == {"phone_number_id": "1234567890"} and info.transport == "cloud" and info.proxy is None
 
-    resp = client.patch(f"/api/clients/{created['id']}", headers=admin, json={
+    resp = client.patch(f"/api/clients/{created['id']}", headers=admin_headers, json={
         "config": {"access_token": "EAAG-rotated", "verify_token": None, "api_version": "v21.0"}})
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["config"] == {"phone_number_id": "1234567890", "api_version": "v21.0"}
@@ -138,45 +130,48 @@ def test_secret_config_is_encrypted_never_returned_and_merged_on_patch(client, s
     ({"name": "x", "proxy_id": "prx_unknown"}, "proxy_id"),
     ({"name": "x", "colour": "blue"}, "colour"),
 ])
-def test_create_validation(client, admin, body, field):
-    resp = client.post("/api/clients", json=body, headers=admin)
+def test_create_validation(client, admin_headers, body, field):
+    resp = client.post("/api/clients", json=body, headers=admin_headers)
     assert resp.status_code == 422, resp.get_json()
     assert resp.get_json()["error"]["code"] == "validation_error"
     assert field in resp.get_json()["error"]["details"]
 
 
-def test_limit_order_is_checked_against_the_stored_limits_on_patch(client, session, org, admin):
+def test_limit_order_is_checked_against_the_stored_limits_on_patch(client, session, org, admin_headers):
     c = f.make_client(session, organization_id=org.id)
-    resp = client.patch(f"/api/clients/{c.id}", json={"limits": {"per_day": 50}}, headers=admin)  # per_hour is 100
+    resp = client.patch(f"/api/clients/{c.id}", json={"limits": {"per_day": 50}},  # per_hour is 100
+                        headers=admin_headers)
     assert resp.status_code == 422
     assert resp.get_json()["error"]["details"] == {"limits": {"per_day": ["Must be at least per_hour (100)."]}}
-    assert client.patch(f"/api/clients/{c.id}", json={"transport": "web"}, headers=admin).status_code == 422
-    assert client.patch(f"/api/clients/{c.id}", json={"limits": {"max_gap_ms": 1000}}, headers=admin).status_code == 422
+    assert client.patch(f"/api/clients/{c.id}", json={"transport": "web"}, headers=admin_headers).status_code == 422
+    assert client.patch(f"/api/clients/{c.id}", json={"limits": {"max_gap_ms": 1000}},
+                        headers=admin_headers).status_code == 422
 
 
-def test_list_filters_and_pagination(client, session, org, admin):
+def test_list_filters_and_pagination(client, session, org, admin_headers):
     a = f.make_client(session, organization_id=org.id, status="ready")
     b = f.make_client(session, organization_id=org.id, transport="cloud")
     c = f.make_client(session, organization_id=org.id, transport="web", status="stopped")
-    ids = lambda q: [x["id"] for x in client.get(f"/api/clients{q}", headers=admin).get_json()["items"]]  # noqa: E731
+    ids = lambda q: [x["id"] for x in  # noqa: E731
+                     client.get(f"/api/clients{q}", headers=admin_headers).get_json()["items"]]
     assert ids("") == [c.id, b.id, a.id]
     assert ids("?status=ready") == [a.id]
     assert ids("?transport=cloud") == [b.id]
     assert ids("?transport=web&status=stopped") == [c.id]
-    first = client.get("/api/clients?limit=2", headers=admin).get_json()
+    first = client.get("/api/clients?limit=2", headers=admin_headers).get_json()
     assert [x["id"] for x in first["items"]] == [c.id, b.id] and first["next_cursor"]
     assert ids(f"?limit=2&cursor={first['next_cursor']}") == [a.id]
-    assert client.get("/api/clients?status=sleeping", headers=admin).status_code == 422
+    assert client.get("/api/clients?status=sleeping", headers=admin_headers).status_code == 422
 
 
-def test_other_organisations_clients_are_404(client, session, org, admin):
+def test_other_organisations_clients_are_404(client, session, org, admin_headers):
     other = f.make_client(session, status="qr", qr="2@x")
     for method, path in [("get", ""), ("patch", ""), ("delete", ""), ("post", "/start"), ("post", "/stop"),
                          ("post", "/logout"), ("get", "/qr")]:
         kwargs = {"json": {"name": "mine now"}} if method == "patch" else {}
-        resp = getattr(client, method)(f"/api/clients/{other.id}{path}", headers=admin, **kwargs)
+        resp = getattr(client, method)(f"/api/clients/{other.id}{path}", headers=admin_headers, **kwargs)
         assert resp.status_code == 404, (method, path, resp.status_code)
-    assert client.get("/api/clients", headers=admin).get_json()["items"] == []
+    assert client.get("/api/clients", headers=admin_headers).get_json()["items"] == []
     assert session.get(Client, other.id).name != "mine now"
 
 
@@ -200,42 +195,44 @@ def test_agents_see_and_use_only_their_assigned_clients(client, session, org):
     assert client.get(f"/api/clients/{mine.id}/sim/network", headers=viewer).status_code == 403
 
 
-def test_proxy_must_belong_to_the_organisation_and_reaches_the_transport(client, session, org, admin):
+def test_proxy_must_belong_to_the_organisation_and_reaches_the_transport(client, session, org, admin_headers):
     own = f.make_proxy(session, organization_id=org.id, scheme="socks5", host="10.1.2.3", port=1080, username="u",
                        password_encrypted=encrypt("p@ss"))
     foreign = f.make_proxy(session)
-    resp = client.post("/api/clients", json={"name": "x", "proxy_id": foreign.id}, headers=admin)
+    resp = client.post("/api/clients", json={"name": "x", "proxy_id": foreign.id}, headers=admin_headers)
     assert resp.status_code == 422 and "proxy_id" in resp.get_json()["error"]["details"]
-    created = client.post("/api/clients", json={"name": "x", "proxy_id": own.id}, headers=admin).get_json()
+    created = client.post("/api/clients", json={"name": "x", "proxy_id": own.id}, headers=admin_headers).get_json()
     assert created["proxy_id"] == own.id
     proxy = service.load_client_info(session, created["id"]).proxy
     assert (proxy.scheme, proxy.host, proxy.port, proxy.username, proxy.password) == ("socks5", "10.1.2.3", 1080, "u", "p@ss")
-    assert client.patch(f"/api/clients/{created['id']}", json={"proxy_id": foreign.id}, headers=admin).status_code == 422
-    resp = client.patch(f"/api/clients/{created['id']}", json={"proxy_id": None}, headers=admin)
+    assert client.patch(f"/api/clients/{created['id']}", json={"proxy_id": foreign.id},
+                        headers=admin_headers).status_code == 422
+    resp = client.patch(f"/api/clients/{created['id']}", json={"proxy_id": None}, headers=admin_headers)
     assert resp.status_code == 200 and resp.get_json()["proxy_id"] is None
     assert service.load_client_info(session, created["id"]).proxy is None
 
 
 # ----------------------------------------------------------------------------------- lifecycle (API)
 
-def test_start_stop_logout_move_the_status_and_enqueue_jobs(client, session, org, admin):
+def test_start_stop_logout_move_the_status_and_enqueue_jobs(client, session, org, admin_headers):
     c = f.make_client(session, organization_id=org.id)
-    assert client.post(f"/api/clients/{c.id}/stop", headers=admin).status_code == 409
-    resp = client.post(f"/api/clients/{c.id}/logout", headers=admin)
+    assert client.post(f"/api/clients/{c.id}/stop", headers=admin_headers).status_code == 409
+    resp = client.post(f"/api/clients/{c.id}/logout", headers=admin_headers)
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "client_not_started"
 
-    resp = client.post(f"/api/clients/{c.id}/start", headers=admin)
+    resp = client.post(f"/api/clients/{c.id}/start", headers=admin_headers)
     assert resp.status_code == 202 and resp.get_json()["status"] == "starting"
     assert [j.args for j in outbox_jobs(session, "clients.start")] == [[c.id]]
-    again = client.post(f"/api/clients/{c.id}/start", headers=admin)
+    again = client.post(f"/api/clients/{c.id}/start", headers=admin_headers)
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "client_already_running"
 
-    resp = client.post(f"/api/clients/{c.id}/stop", headers=admin)
+    resp = client.post(f"/api/clients/{c.id}/stop", headers=admin_headers)
     assert resp.status_code == 202 and resp.get_json()["status"] == "stopped"
     assert [j.args for j in outbox_jobs(session, "clients.stop")] == [[c.id]]
-    assert client.post(f"/api/clients/{c.id}/stop", headers=admin).get_json()["error"]["code"] == "client_not_running"
+    assert client.post(f"/api/clients/{c.id}/stop",
+                       headers=admin_headers).get_json()["error"]["code"] == "client_not_running"
 
-    resp = client.post(f"/api/clients/{c.id}/logout", headers=admin)
+    resp = client.post(f"/api/clients/{c.id}/logout", headers=admin_headers)
     assert resp.status_code == 202 and resp.get_json()["status"] == "stopped"
     assert [j.args for j in outbox_jobs(session, "clients.logout")] == [[c.id]]
 
@@ -245,9 +242,9 @@ def test_start_stop_logout_move_the_status_and_enqueue_jobs(client, session, org
     assert session.get(Client, c.id).status_changed_at is not None
 
 
-def test_deleting_a_running_client_stops_it_and_logs_it_out(client, session, org, admin):
+def test_deleting_a_running_client_stops_it_and_logs_it_out(client, session, org, admin_headers):
     c = f.make_client(session, organization_id=org.id, status="ready", phone="+15550001111")
-    assert client.delete(f"/api/clients/{c.id}", headers=admin).status_code == 204
+    assert client.delete(f"/api/clients/{c.id}", headers=admin_headers).status_code == 204
     session.expire_all()
     assert session.get(Client, c.id).status == "stopped"
     assert [j.args for j in outbox_jobs(session, "clients.logout")] == [[c.id]]
@@ -292,23 +289,23 @@ def test_the_qr_decoder_of_these_tests_reads_what_it_is_shown():
     assert decode_qr_png(blank.getvalue()) == []
 
 
-def test_qr_endpoint_json_png_and_409(client, session, org, admin):
+def test_qr_endpoint_json_png_and_409(client, session, org, admin_headers):
     c = f.make_client(session, organization_id=org.id)
-    resp = client.get(f"/api/clients/{c.id}/qr", headers=admin)
+    resp = client.get(f"/api/clients/{c.id}/qr", headers=admin_headers)
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "client_not_in_qr_state"
 
     service.set_status(session, c, "starting")
     payload = "2@sim,QUJDREVGR0hJSktMTU5PUFFSU1RVVldY,cli_test"
     service.record_status(session, c.id, "qr", {"qr": payload, "expires_at": "2030-01-01T00:00:20+00:00"})
-    body = client.get(f"/api/clients/{c.id}/qr", headers=admin).get_json()
+    body = client.get(f"/api/clients/{c.id}/qr", headers=admin_headers).get_json()
     assert body == {"qr": payload, "expires_at": "2030-01-01T00:00:20+00:00"}
-    resp = client.get(f"/api/clients/{c.id}/qr", headers={**admin, "Accept": "image/png"})
+    resp = client.get(f"/api/clients/{c.id}/qr", headers={**admin_headers, "Accept": "image/png"})
     assert resp.status_code == 200 and resp.mimetype == "image/png"
     assert resp.headers["Cache-Control"] == "no-store"
     assert_png_is_qr_of(resp.data, payload)
 
     service.record_status(session, c.id, "ready", {"phone": "+15550002222"})
-    assert client.get(f"/api/clients/{c.id}/qr", headers={**admin, "Accept": "image/png"}).status_code == 409
+    assert client.get(f"/api/clients/{c.id}/qr", headers={**admin_headers, "Accept": "image/png"}).status_code == 409
     viewer = principal_headers(session, org, "viewer")
     assert client.get(f"/api/clients/{c.id}/qr", headers=viewer).status_code == 403
 
@@ -364,10 +361,9 @@ def test_logout_from_the_phone_stops_pauses_alerts_and_forgets_the_login(session
     assert [e.type for e in events(session, c.id)] == ["client.disconnected"]
 
 
-def test_disconnects_reconnect_with_backoff_then_give_up(session):
+def test_disconnects_reconnect_with_backoff_then_give_up(session, override_settings):
     c = f.make_client(session, status="ready")
-    settings.override(CLIENT_RECONNECT_ATTEMPTS=2, CLIENT_RECONNECT_BASE_MS=1000)
-    try:
+    with override_settings(CLIENT_RECONNECT_ATTEMPTS=2, CLIENT_RECONNECT_BASE_MS=1000):
         service.record_status(session, c.id, "disconnected", {"reason": "network"})
         assert session.get(Client, c.id).status == "disconnected"
         [job] = outbox_jobs(session, "clients.start")
@@ -378,8 +374,6 @@ def test_disconnects_reconnect_with_backoff_then_give_up(session):
         assert len(outbox_jobs(session, "clients.start")) == 2
         service.begin_start(session, c.id)
         service.record_status(session, c.id, "disconnected", {"reason": "network"})
-    finally:
-        settings.override(CLIENT_RECONNECT_ATTEMPTS=8, CLIENT_RECONNECT_BASE_MS=2000)
     row = session.get(Client, c.id)
     assert row.status == "failed" and "gave up" in row.last_error
     assert len(outbox_jobs(session, "clients.start")) == 2, "no third attempt"
@@ -387,12 +381,9 @@ def test_disconnects_reconnect_with_backoff_then_give_up(session):
     assert history(session, c.id)[-2:] == [("starting", "disconnected"), ("disconnected", "failed")]
 
 
-def test_reconnect_delays_double_up_to_the_cap():
-    settings.override(CLIENT_RECONNECT_BASE_MS=1000, CLIENT_RECONNECT_MAX_MS=5000)
-    try:
+def test_reconnect_delays_double_up_to_the_cap(override_settings):
+    with override_settings(CLIENT_RECONNECT_BASE_MS=1000, CLIENT_RECONNECT_MAX_MS=5000):
         delays = [service.reconnect_delay_ms(n) for n in (1, 2, 3, 4, 10)]
-    finally:
-        settings.override(CLIENT_RECONNECT_BASE_MS=2000, CLIENT_RECONNECT_MAX_MS=300000)
     assert 800 <= delays[0] <= 1000 and 1600 <= delays[1] <= 2000 and 3200 <= delays[2] <= 4000
     assert 4000 <= delays[3] <= 5000 and 4000 <= delays[4] <= 5000
 

@@ -22,19 +22,10 @@ TO = "+14155550123"
 
 
 @pytest.fixture
-def org(session):
-    return f.make_organization(session)
-
-
-@pytest.fixture
-def ready(session, org):
+def paced_client(session, org):
+    """A ready client of ``org``, paced at one send a second."""
     return f.make_client(session, organization_id=org.id, status="ready", phone="+14155550100",
                          min_gap_ms=1000, max_gap_ms=1000)
-
-
-@pytest.fixture
-def headers(session, org):
-    return api_key_headers(session, org, "admin")
 
 
 def queued_jobs(redis_conn, queue="messages") -> list[dict]:
@@ -61,8 +52,9 @@ def send_jobs(redis_conn) -> list[str]:
 
 # ----------------------------------------------------------------------------- accepting
 
-def test_send_message_v2_returns_202_and_queues_one_job(session, client, ready, headers, redis_conn):
-    r = client.post(f"/api/clients/{ready.id}/send-message", json={"to": TO, "message": "Hello"}, headers=headers)
+def test_send_message_v2_returns_202_and_queues_one_job(session, client, paced_client, admin_key_headers, redis_conn):
+    r = client.post(f"/api/clients/{paced_client.id}/send-message", json={"to": TO, "message": "Hello"},
+                    headers=admin_key_headers)
     assert r.status_code == 202, r.get_json()
     body = r.get_json()
     assert body == {"messageId": body["id"], "id": body["id"], "status": "queued"}
@@ -70,47 +62,52 @@ def test_send_message_v2_returns_202_and_queues_one_job(session, client, ready, 
     assert (msg.direction, msg.to_phone, msg.text, msg.type, msg.from_phone) == ("outbound", TO, "Hello", "text",
                                                                                "+14155550100")
     contact = session.get(Contact, msg.contact_id)
-    assert contact.phone == TO and contact.organization_id == ready.organization_id
+    assert contact.phone == TO and contact.organization_id == paced_client.organization_id
     assert msg.scheduled_for is not None and msg.queued_at is not None
     history = session.scalars(select(MessageStatusHistory.status).where(MessageStatusHistory.message_id == msg.id)).all()
     assert history == ["queued"]
     event = session.scalars(select(WebhookEvent).where(WebhookEvent.type == "message.queued")).one()
     assert event.payload["id"] == msg.id and event.payload["status"] == "queued" and event.payload["to"] == TO
     assert send_jobs(redis_conn) == [msg.id]
-    got = client.get(f"/api/messages/{msg.id}", headers=headers).get_json()
+    got = client.get(f"/api/messages/{msg.id}", headers=admin_key_headers).get_json()
     assert got == event.payload
 
 
-def test_post_messages_text_template_and_media(session, client, ready, headers, org):
+def test_post_messages_text_template_and_media(session, client, paced_client, admin_key_headers, org):
     tpl = f.make_template(session, organization_id=org.id, body="Hi {{name}}, your code is {{ code }}",
                           variables=["name", "code"])
     image = f.make_media(session, organization_id=org.id, mime_type="image/jpeg")
     pdf = f.make_media(session, organization_id=org.id, mime_type="application/pdf", filename="a.pdf")
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "type": "template", "template_id": tpl.id,
-                                           "variables": {"name": "Ann", "code": 42}}, headers=headers)
+    r = client.post("/api/messages",
+                    json={"client_id": paced_client.id, "to": TO, "type": "template", "template_id": tpl.id,
+                          "variables": {"name": "Ann", "code": 42}}, headers=admin_key_headers)
     assert r.status_code == 202, r.get_json()
     assert r.get_json()["text"] == "Hi Ann, your code is 42" and r.get_json()["type"] == "template"
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "media_id": image.id, "caption": "look"},
-                    headers=headers)
+    r = client.post("/api/messages",
+                    json={"client_id": paced_client.id, "to": TO, "media_id": image.id, "caption": "look"},
+                    headers=admin_key_headers)
     assert r.status_code == 202 and r.get_json()["type"] == "image" and r.get_json()["caption"] == "look"
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "type": "document", "media_id": pdf.id},
-                    headers=headers)
+    r = client.post("/api/messages",
+                    json={"client_id": paced_client.id, "to": TO, "type": "document", "media_id": pdf.id},
+                    headers=admin_key_headers)
     assert r.status_code == 202 and r.get_json()["media_id"] == pdf.id
-    r = client.post(f"/api/clients/{ready.id}/send-message", json={"to": TO, "message": "see", "media_id": image.id},
-                    headers=headers)
+    r = client.post(f"/api/clients/{paced_client.id}/send-message",
+                    json={"to": TO, "message": "see", "media_id": image.id},
+                    headers=admin_key_headers)
     assert r.status_code == 202
     assert session.get(Message, r.get_json()["id"]).caption == "see"
 
 
 @pytest.mark.parametrize("to", ["4155550123", "+1 415 555 0123", "+1415555012", "+0123456789", "+1415555012345678",
                                 "tel:+14155550123", ""])
-def test_to_must_be_e164(client, ready, headers, to):
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": to, "text": "x"}, headers=headers)
+def test_to_must_be_e164(client, paced_client, admin_key_headers, to):
+    r = client.post("/api/messages", json={"client_id": paced_client.id, "to": to, "text": "x"},
+                    headers=admin_key_headers)
     assert r.status_code == 422
     assert "to" in r.get_json()["error"]["details"]
 
 
-def test_validation_errors_name_the_fields(session, client, ready, headers, org):
+def test_validation_errors_name_the_fields(session, client, paced_client, admin_key_headers, org):
     other_org = f.make_organization(session)
     foreign_media = f.make_media(session, organization_id=other_org.id)
     audio = f.make_media(session, organization_id=org.id, mime_type="audio/ogg")
@@ -128,92 +125,103 @@ def test_validation_errors_name_the_fields(session, client, ready, headers, org)
         ({"text": "x", "colour": "red"}, "colour"),
     ]
     for extra, field in cases:
-        r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, **extra}, headers=headers)
+        r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, **extra},
+                        headers=admin_key_headers)
         assert r.status_code == 422, (extra, r.get_json())
         assert field in r.get_json()["error"]["details"], (extra, r.get_json())
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "type": "template", "template_id": tpl.id,
-                                           "variables": {"first": "A"}}, headers=headers)
+    r = client.post("/api/messages",
+                    json={"client_id": paced_client.id, "to": TO, "type": "template", "template_id": tpl.id,
+                          "variables": {"first": "A"}}, headers=admin_key_headers)
     assert r.get_json()["error"]["details"]["variables"] == ["Missing: last."]
     assert session.scalar(select(func.count()).select_from(Message)) == 0
 
 
-def test_the_client_must_exist_be_usable_and_not_deleted(session, client, org, ready, headers):
+def test_the_client_must_exist_be_usable_and_not_deleted(session, client, org, paced_client, admin_key_headers):
     other = f.make_client(session, status="ready")
     deleted = f.make_client(session, organization_id=org.id, status="ready", deleted_at=datetime.now(timezone.utc))
     for client_id in (other.id, deleted.id, "cli_nope"):
-        r = client.post("/api/messages", json={"client_id": client_id, "to": TO, "text": "x"}, headers=headers)
+        r = client.post("/api/messages", json={"client_id": client_id, "to": TO, "text": "x"},
+                        headers=admin_key_headers)
         assert r.status_code == 422 and "client_id" in r.get_json()["error"]["details"]
-        r = client.post(f"/api/clients/{client_id}/send-message", json={"to": TO, "message": "x"}, headers=headers)
+        r = client.post(f"/api/clients/{client_id}/send-message", json={"to": TO, "message": "x"},
+                        headers=admin_key_headers)
         assert r.status_code == 404
     mine = f.make_client(session, organization_id=org.id, status="ready")
     _, agent = user_with_headers(session, org, "agent", client_ids=[mine.id])
     assert client.post(f"/api/clients/{mine.id}/send-message", json={"to": TO, "message": "x"}, headers=agent).status_code == 202
-    r = client.post(f"/api/clients/{ready.id}/send-message", json={"to": TO, "message": "x"}, headers=agent)
+    r = client.post(f"/api/clients/{paced_client.id}/send-message", json={"to": TO, "message": "x"}, headers=agent)
     assert r.status_code == 403 and r.get_json()["error"]["code"] == "client_not_assigned"
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "text": "x"}, headers=agent)
+    r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "text": "x"}, headers=agent)
     assert r.status_code == 422 and "client_id" in r.get_json()["error"]["details"]
     viewer = principal_headers(session, org, "viewer")
     assert client.post(f"/api/clients/{mine.id}/send-message", json={"to": TO, "message": "x"}, headers=viewer).status_code == 403
 
 
-def test_a_body_over_the_request_limit_is_413(client, ready, headers):
+def test_a_body_over_the_request_limit_is_413(client, paced_client, admin_key_headers):
     big = "x" * (settings.MAX_REQUEST_BYTES + 10)
-    r = client.post("/api/messages", data=json.dumps({"client_id": ready.id, "to": TO, "text": big}),
-                    content_type="application/json", headers=headers)
+    r = client.post("/api/messages", data=json.dumps({"client_id": paced_client.id, "to": TO, "text": big}),
+                    content_type="application/json", headers=admin_key_headers)
     assert r.status_code == 413
 
 
-def test_text_is_up_to_4096_characters_and_one_more_is_422_not_413(client, ready, headers):
+def test_text_is_up_to_4096_characters_and_one_more_is_422_not_413(client, paced_client, admin_key_headers):
     longest = "é" * 4096  # characters, not bytes: 8 KB of UTF-8, far under the request limit
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "text": longest}, headers=headers)
+    r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "text": longest},
+                    headers=admin_key_headers)
     assert r.status_code == 202 and r.get_json()["text"] == longest
-    r = client.post(f"/api/clients/{ready.id}/send-message", json={"to": TO, "message": longest}, headers=headers)
+    r = client.post(f"/api/clients/{paced_client.id}/send-message", json={"to": TO, "message": longest},
+                    headers=admin_key_headers)
     assert r.status_code == 202
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "text": longest + "x"}, headers=headers)
+    r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "text": longest + "x"},
+                    headers=admin_key_headers)
     assert r.status_code == 422 and "text" in r.get_json()["error"]["details"]
-    r = client.post(f"/api/clients/{ready.id}/send-message", json={"to": TO, "message": longest + "x"},
-                    headers=headers)
+    r = client.post(f"/api/clients/{paced_client.id}/send-message", json={"to": TO, "message": longest + "x"},
+                    headers=admin_key_headers)
     assert r.status_code == 422 and "message" in r.get_json()["error"]["details"]
-    r = client.post("/api/messages/batch", json={"client_id": ready.id, "messages": [
-        {"to": TO, "text": longest}, {"to": TO, "text": longest + "x"}]}, headers=headers)
+    r = client.post("/api/messages/batch", json={"client_id": paced_client.id, "messages": [
+        {"to": TO, "text": longest}, {"to": TO, "text": longest + "x"}]}, headers=admin_key_headers)
     first, second = r.get_json()["messages"]
     assert r.status_code == 202 and first["status"] == "queued" and "text" in second["error"]["details"]
 
 
 @pytest.mark.parametrize("mime_type,kind", [("image/jpeg", "image"), ("video/mp4", "video"), ("audio/ogg", "audio"),
                                             ("application/pdf", "document")])
-def test_every_media_kind_is_accepted(session, client, ready, headers, org, mime_type, kind):
+def test_every_media_kind_is_accepted(session, client, paced_client, admin_key_headers, org, mime_type, kind):
     medium = f.make_media(session, organization_id=org.id, mime_type=mime_type)
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "media_id": medium.id}, headers=headers)
+    r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "media_id": medium.id},
+                    headers=admin_key_headers)
     assert r.status_code == 202 and r.get_json()["type"] == kind and r.get_json()["media_id"] == medium.id
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "type": kind, "media_id": medium.id,
-                                           "caption": "see"}, headers=headers)
+    r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "type": kind, "media_id": medium.id,
+                                           "caption": "see"}, headers=admin_key_headers)
     assert r.status_code == 202 and r.get_json()["caption"] == "see"
     processing = f.make_media(session, organization_id=org.id, mime_type=mime_type, status="processing")
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "type": kind, "media_id": processing.id},
-                    headers=headers)
+    r = client.post("/api/messages",
+                    json={"client_id": paced_client.id, "to": TO, "type": kind, "media_id": processing.id},
+                    headers=admin_key_headers)
     assert r.status_code == 422 and "media_id" in r.get_json()["error"]["details"]
 
 
-def test_sends_to_a_client_that_is_not_ready_are_accepted_and_wait(session, client, org, headers, redis_conn):
+def test_sends_to_a_client_that_is_not_ready_are_accepted_and_wait(session, client, org, admin_key_headers, redis_conn):
     offline = f.make_client(session, organization_id=org.id, status="disconnected")
     paused = f.make_client(session, organization_id=org.id, status="ready", paused=True)
     for c in (offline, paused):
-        r = client.post(f"/api/clients/{c.id}/send-message", json={"to": TO, "message": "later"}, headers=headers)
+        r = client.post(f"/api/clients/{c.id}/send-message", json={"to": TO, "message": "later"},
+                        headers=admin_key_headers)
         assert r.status_code == 202
         msg = session.get(Message, r.get_json()["id"])
         assert msg.status == "queued" and msg.scheduled_for is None
         assert pacing.slots(c.id) == []
 
 
-def test_scheduled_at_waits_parked_until_the_feeder_releases_it(session, client, ready, headers, redis_conn):
+def test_scheduled_at_waits_parked_until_the_feeder_releases_it(session, client, paced_client, admin_key_headers,
+                                                                redis_conn):
     when = datetime.now(timezone.utc) + timedelta(hours=2)
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "text": "later",
-                                           "scheduled_at": when.isoformat()}, headers=headers)
+    r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "text": "later",
+                                           "scheduled_at": when.isoformat()}, headers=admin_key_headers)
     assert r.status_code == 202
     body = r.get_json()
     assert body["scheduled_at"].startswith(when.isoformat()[:19]) and body["scheduled_for"] is None
-    assert send_jobs(redis_conn) == [] and pacing.slots(ready.id) == []
+    assert send_jobs(redis_conn) == [] and pacing.slots(paced_client.id) == []
     assert redis_conn.zscore(dispatch.PARKED_KEY, body["id"]) is not None
     assert dispatch.release_parked() == 0  # not due within MESSAGE_PARK_AFTER yet
     clock = pacing.FixedClock(int(when.timestamp() * 1000) - 30_000)
@@ -229,22 +237,22 @@ def test_scheduled_at_waits_parked_until_the_feeder_releases_it(session, client,
     assert dispatch.run_send_job(body["id"]) == "waiting"
 
 
-def test_a_soon_scheduled_message_waits_in_the_broker(session, client, ready, headers, redis_conn):
+def test_a_soon_scheduled_message_waits_in_the_broker(session, client, paced_client, admin_key_headers, redis_conn):
     when = datetime.now(timezone.utc) + timedelta(seconds=20)
-    r = client.post("/api/messages", json={"client_id": ready.id, "to": TO, "text": "soon",
-                                           "scheduled_at": when.isoformat()}, headers=headers)
+    r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "text": "soon",
+                                           "scheduled_at": when.isoformat()}, headers=admin_key_headers)
     assert r.status_code == 202
     assert redis_conn.llen("dramatiq:messages") == 0 and redis_conn.llen("dramatiq:messages.DQ") == 1
     assert redis_conn.zcard(dispatch.PARKED_KEY) == 0
 
 
-def test_pacing_slots_are_reserved_at_intake(session, client, ready, headers):
+def test_pacing_slots_are_reserved_at_intake(session, client, paced_client, admin_key_headers):
     # one moment for the three requests: the second and third are planned behind the first, not
     # at "now" (which they would be if the machine took longer than a gap between two requests)
     pacing.set_clock(pacing.FixedClock(pacing.now_ms()))
     try:
-        ids = [client.post(f"/api/clients/{ready.id}/send-message", json={"to": TO, "message": str(i)},
-                           headers=headers).get_json()["id"] for i in range(3)]
+        ids = [client.post(f"/api/clients/{paced_client.id}/send-message", json={"to": TO, "message": str(i)},
+                           headers=admin_key_headers).get_json()["id"] for i in range(3)]
     finally:
         pacing.set_clock(None)
     msgs = [session.get(Message, i) for i in ids]
@@ -252,17 +260,19 @@ def test_pacing_slots_are_reserved_at_intake(session, client, ready, headers):
     assert slots == sorted(slots)
     gap = timedelta(milliseconds=1000 + settings.PACING_SLACK_MS)
     assert slots[1] - slots[0] == gap and slots[2] - slots[1] == gap
-    assert [m for m, _ in pacing.slots(ready.id)] == [f"{i}:0" for i in ids]
+    assert [m for m, _ in pacing.slots(paced_client.id)] == [f"{i}:0" for i in ids]
 
 
-def test_opted_out_contact_is_422(session, client, org, ready, headers):
+def test_opted_out_contact_is_422(session, client, org, paced_client, admin_key_headers):
     f.make_contact(session, organization_id=org.id, phone=TO, opted_out=True)
-    r = client.post(f"/api/clients/{ready.id}/send-message", json={"to": TO, "message": "x"}, headers=headers)
+    r = client.post(f"/api/clients/{paced_client.id}/send-message", json={"to": TO, "message": "x"},
+                    headers=admin_key_headers)
     assert r.status_code == 422 and r.get_json()["error"]["code"] == "contact_opted_out"
 
 
-def test_batch_validates_each_item_and_inserts_once(session, client, ready, headers, engine, redis_conn):
-    f.make_contact(session, organization_id=ready.organization_id, phone="+14155550999", opted_out=True)
+def test_batch_validates_each_item_and_inserts_once(session, client, paced_client, admin_key_headers, engine,
+                                                    redis_conn):
+    f.make_contact(session, organization_id=paced_client.organization_id, phone="+14155550999", opted_out=True)
     items = [{"to": f"+1415555{1000 + i:04d}", "text": f"n{i}"} for i in range(50)]
     items[3] = {"to": "nope", "text": "x"}
     items[7] = {"to": TO, "text": "x", "unknown": True}
@@ -275,7 +285,8 @@ def test_batch_validates_each_item_and_inserts_once(session, client, ready, head
     conn = session.connection()
     event.listen(conn, "before_cursor_execute", count)
     try:
-        r = client.post("/api/messages/batch", json={"client_id": ready.id, "messages": items}, headers=headers)
+        r = client.post("/api/messages/batch", json={"client_id": paced_client.id, "messages": items},
+                        headers=admin_key_headers)
     finally:
         event.remove(conn, "before_cursor_execute", count)
     assert r.status_code == 202, r.get_json()
@@ -293,11 +304,12 @@ def test_batch_validates_each_item_and_inserts_once(session, client, ready, head
     assert parked and sorted(send_jobs(redis_conn) + parked) == sorted(res["id"] for res in ok)
 
 
-def test_a_batch_records_its_events_and_deliveries_in_one_statement_each(session, client, ready, headers, engine):
+def test_a_batch_records_its_events_and_deliveries_in_one_statement_each(session, client, paced_client,
+                                                                         admin_key_headers, engine):
     from app.models import WebhookDelivery
 
-    hook = f.make_webhook(session, organization_id=ready.organization_id, events=["message.queued"])
-    f.make_webhook(session, organization_id=ready.organization_id, events=["message.sent"])  # not this type
+    hook = f.make_webhook(session, organization_id=paced_client.organization_id, events=["message.queued"])
+    f.make_webhook(session, organization_id=paced_client.organization_id, events=["message.sent"])  # not this type
     statements = []
 
     def count(conn, cursor, statement, parameters, context, executemany):
@@ -307,38 +319,42 @@ def test_a_batch_records_its_events_and_deliveries_in_one_statement_each(session
     event.listen(conn, "before_cursor_execute", count)
     try:
         items = [{"to": f"+1415555{2000 + i:04d}", "text": f"n{i}"} for i in range(20)]
-        r = client.post("/api/messages/batch", json={"client_id": ready.id, "messages": items}, headers=headers)
+        r = client.post("/api/messages/batch", json={"client_id": paced_client.id, "messages": items},
+                        headers=admin_key_headers)
     finally:
         event.remove(conn, "before_cursor_execute", count)
     assert r.status_code == 202, r.get_json()
     ids = sorted(m["id"] for m in r.get_json()["messages"])
-    events = session.scalars(select(WebhookEvent).where(WebhookEvent.organization_id == ready.organization_id)).all()
+    org_id = paced_client.organization_id
+    events = session.scalars(select(WebhookEvent).where(WebhookEvent.organization_id == org_id)).all()
     assert sorted(e.payload["id"] for e in events) == ids and {e.type for e in events} == {"message.queued"}
-    assert all(e.payload["status"] == "queued" and e.payload["client_id"] == ready.id for e in events)
-    deliveries = session.scalars(select(WebhookDelivery).where(WebhookDelivery.organization_id == ready.organization_id)).all()
+    assert all(e.payload["status"] == "queued" and e.payload["client_id"] == paced_client.id for e in events)
+    deliveries = session.scalars(select(WebhookDelivery).where(WebhookDelivery.organization_id == org_id)).all()
     assert sorted(d.event_id for d in deliveries) == sorted(e.id for e in events)
     assert {d.webhook_id for d in deliveries} == {hook.id}
     assert len([s for s in statements if s.startswith("INSERT INTO WEBHOOK_EVENTS")]) == 1
     assert len([s for s in statements if s.startswith("INSERT INTO WEBHOOK_DELIVERIES")]) == 1
 
 
-def test_batch_limits(client, ready, headers):
-    r = client.post("/api/messages/batch", json={"client_id": ready.id, "messages": [
-        {"to": f"+1415556{i:04d}", "text": f"n{i}"} for i in range(1000)]}, headers=headers)
+def test_batch_limits(client, paced_client, admin_key_headers):
+    r = client.post("/api/messages/batch", json={"client_id": paced_client.id, "messages": [
+        {"to": f"+1415556{i:04d}", "text": f"n{i}"} for i in range(1000)]}, headers=admin_key_headers)
     assert r.status_code == 202 and len(r.get_json()["messages"]) == 1000
     assert all(m["status"] == "queued" for m in r.get_json()["messages"])
-    r = client.post("/api/messages/batch", json={"client_id": ready.id, "messages": [{"to": TO, "text": "x"}] * 1001},
-                    headers=headers)
+    r = client.post("/api/messages/batch",
+                    json={"client_id": paced_client.id, "messages": [{"to": TO, "text": "x"}] * 1001},
+                    headers=admin_key_headers)
     assert r.status_code == 422 and "messages" in r.get_json()["error"]["details"]
-    r = client.post("/api/messages/batch", json={"client_id": ready.id, "messages": []}, headers=headers)
+    r = client.post("/api/messages/batch", json={"client_id": paced_client.id, "messages": []},
+                    headers=admin_key_headers)
     assert r.status_code == 422
 
 
 # ----------------------------------------------------------------------------- reading
 
-def test_get_is_tenant_scoped_and_agents_see_their_clients_only(session, client, org, ready, headers):
-    msg = f.make_message(session, client_id=ready.id)
-    assert client.get(f"/api/messages/{msg.id}", headers=headers).status_code == 200
+def test_get_is_tenant_scoped_and_agents_see_their_clients_only(session, client, org, paced_client, admin_key_headers):
+    msg = f.make_message(session, client_id=paced_client.id)
+    assert client.get(f"/api/messages/{msg.id}", headers=admin_key_headers).status_code == 200
     other = api_key_headers(session, f.make_organization(session), "admin")
     assert client.get(f"/api/messages/{msg.id}", headers=other).status_code == 404
     _, agent = user_with_headers(session, org, "agent", client_ids=[])
@@ -346,20 +362,20 @@ def test_get_is_tenant_scoped_and_agents_see_their_clients_only(session, client,
     assert client.get("/api/messages", headers=agent).get_json()["items"] == []
 
 
-def test_list_filters_and_cursor(session, client, org, ready, headers):
+def test_list_filters_and_cursor(session, client, org, paced_client, admin_key_headers):
     second = f.make_client(session, organization_id=org.id, status="ready")
     contact = f.make_contact(session, organization_id=org.id, phone="+14155550777")
-    a = f.make_message(session, client_id=ready.id, status="sent")
+    a = f.make_message(session, client_id=paced_client.id, status="sent")
     b = f.make_message(session, client_id=second.id, status="queued", contact_id=contact.id, to_phone=contact.phone)
-    c = f.make_message(session, client_id=ready.id, direction="inbound", contact_id=contact.id)
+    c = f.make_message(session, client_id=paced_client.id, direction="inbound", contact_id=contact.id)
 
     def ids(query):
-        r = client.get(f"/api/messages?{query}", headers=headers)
+        r = client.get(f"/api/messages?{query}", headers=admin_key_headers)
         assert r.status_code == 200, r.get_json()
         return [m["id"] for m in r.get_json()["items"]]
 
     assert ids("") == [c.id, b.id, a.id]
-    assert ids(f"client_id={ready.id}") == [c.id, a.id]
+    assert ids(f"client_id={paced_client.id}") == [c.id, a.id]
     assert ids("status=queued") == [b.id]
     assert ids("direction=inbound") == [c.id]
     assert ids(f"contact={contact.id}") == [c.id, b.id]
@@ -369,14 +385,14 @@ def test_list_filters_and_cursor(session, client, org, ready, headers):
     past = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat().replace("+", "%2B")
     assert ids(f"since={future}") == [] and ids(f"until={past}") == []
     assert ids(f"since={past}&until={future}") == [c.id, b.id, a.id]
-    page = client.get("/api/messages?limit=2", headers=headers).get_json()
+    page = client.get("/api/messages?limit=2", headers=admin_key_headers).get_json()
     assert [m["id"] for m in page["items"]] == [c.id, b.id]
-    rest = client.get(f"/api/messages?limit=2&cursor={page['next_cursor']}", headers=headers).get_json()
+    rest = client.get(f"/api/messages?limit=2&cursor={page['next_cursor']}", headers=admin_key_headers).get_json()
     assert [m["id"] for m in rest["items"]] == [a.id] and rest["next_cursor"] is None
-    assert client.get("/api/messages?status=nope", headers=headers).status_code == 422
+    assert client.get("/api/messages?status=nope", headers=admin_key_headers).status_code == 422
 
 
-def test_a_page_of_100k_messages_is_an_index_range_scan(session, org, ready):
+def test_a_page_of_100k_messages_is_an_index_range_scan(session, org, paced_client):
     """EXPLAIN of the page queries over 100k messages (ours are 30% of them): each one walks an
     index in id order and stops after a page (no Seq Scan, no Sort, no bitmap scan)."""
     other_org = f.make_organization(session)
@@ -393,7 +409,7 @@ def test_a_page_of_100k_messages_is_an_index_range_scan(session, org, ready):
                (ARRAY['queued','sent','delivered','read','failed','sending'])[1 + g % 6],
                now() - make_interval(secs => 100000 - g), 'ctc_bench' || (g % 50)
         FROM generate_series(1, 100000) AS g"""),
-                    {"org": org.id, "other_org": other_org.id, "cli": ready.id, "second": second.id,
+                    {"org": org.id, "other_org": other_org.id, "cli": paced_client.id, "second": second.id,
                      "foreign": foreign.id})
     session.execute(text("SET LOCAL session_replication_role = origin"))
     session.execute(text("ANALYZE messages"))
@@ -431,15 +447,15 @@ def test_a_page_of_100k_messages_is_an_index_range_scan(session, org, ready):
 
 # ----------------------------------------------------------------------------- cancel
 
-def test_cancel_only_while_queued_and_it_gives_back_the_slot(session, client, ready, headers):
-    ids = [client.post(f"/api/clients/{ready.id}/send-message", json={"to": TO, "message": str(i)},
-                       headers=headers).get_json()["id"] for i in range(2)]
-    r = client.post(f"/api/messages/{ids[1]}/cancel", headers=headers)
+def test_cancel_only_while_queued_and_it_gives_back_the_slot(session, client, paced_client, admin_key_headers):
+    ids = [client.post(f"/api/clients/{paced_client.id}/send-message", json={"to": TO, "message": str(i)},
+                       headers=admin_key_headers).get_json()["id"] for i in range(2)]
+    r = client.post(f"/api/messages/{ids[1]}/cancel", headers=admin_key_headers)
     assert r.status_code == 200 and r.get_json()["status"] == "cancelled" and r.get_json()["cancelled_at"]
-    assert [m for m, _ in pacing.slots(ready.id)] == [f"{ids[0]}:0"]
-    assert client.post(f"/api/messages/{ids[1]}/cancel", headers=headers).status_code == 409
+    assert [m for m, _ in pacing.slots(paced_client.id)] == [f"{ids[0]}:0"]
+    assert client.post(f"/api/messages/{ids[1]}/cancel", headers=admin_key_headers).status_code == 409
     session.execute(text("UPDATE messages SET status = 'sending' WHERE id = :id"), {"id": ids[0]})
-    r = client.post(f"/api/messages/{ids[0]}/cancel", headers=headers)
+    r = client.post(f"/api/messages/{ids[0]}/cancel", headers=admin_key_headers)
     assert r.status_code == 409 and r.get_json()["error"]["code"] == "message_not_cancellable"
     other = api_key_headers(session, f.make_organization(session), "admin")
     assert client.post(f"/api/messages/{ids[1]}/cancel", headers=other).status_code == 404
@@ -466,11 +482,6 @@ def queue_one(session, client_obj, **kw):
         client_obj.organization_id)
     created = service.accept_messages(session, principal, client_obj, [{"to": TO, "text": "hi", **kw}], strict=True)[0]
     return session.get(Message, created["id"])
-
-
-@pytest.fixture
-def unpaced(session, org):
-    return f.make_client(session, organization_id=org.id, status="ready", config={"pacing": False})
 
 
 def test_perform_send_claims_once(session, unpaced):
@@ -523,13 +534,13 @@ def test_transient_errors_retry_then_fail_after_the_attempts(session, unpaced):
     assert len(transport.sent) == settings.MESSAGE_MAX_ATTEMPTS
 
 
-def test_a_session_host_sends_a_paced_message_only_right_after_its_grant(session, ready):
+def test_a_session_host_sends_a_paced_message_only_right_after_its_grant(session, paced_client):
     """perform_send (the web session host's call) refuses a grant older than its pad: the grant is
     withdrawn and the message, due at once, is paced again without losing its place."""
-    msg = queue_one(session, ready)
+    msg = queue_one(session, paced_client)
     token = pacing.token_for(msg.id, 0)
-    [(_, planned)] = pacing.reservations(ready.id)
-    slot = pacing.acquire(ready.id, planned, Limits.of(ready), token)  # messages.send granted it ...
+    [(_, planned)] = pacing.reservations(paced_client.id)
+    slot = pacing.acquire(paced_client.id, planned, Limits.of(paced_client), token)  # messages.send granted it ...
     assert slot.granted
     msg.scheduled_for = datetime.fromtimestamp(slot.at_ms / 1000, timezone.utc)
     session.flush()
@@ -537,18 +548,18 @@ def test_a_session_host_sends_a_paced_message_only_right_after_its_grant(session
     pacing.set_clock(pacing.FixedClock(slot.at_ms + 5000))  # ... and the host got to it 5 s later
     try:
         assert dispatch.perform_send(msg.id, lambda cid: transport) == "repaced"
-        assert transport.sent == [] and pacing.grants(ready.id) == []
-        assert pacing.reservations(ready.id) == [(token, slot.at_ms)]
+        assert transport.sent == [] and pacing.grants(paced_client.id) == []
+        assert pacing.reservations(paced_client.id) == [(token, slot.at_ms)]
         assert dispatch.run_send_job(msg.id) == "sent"
     finally:
         pacing.set_clock(None)
-    assert [s for _, s in pacing.grants(ready.id)] == [slot.at_ms + 5000]
+    assert [s for _, s in pacing.grants(paced_client.id)] == [slot.at_ms + 5000]
 
 
-def test_a_held_client_keeps_its_messages_queued_and_resume_sends_them_on(session, ready, redis_conn):
-    msgs = [queue_one(session, ready) for _ in range(3)]
-    assert len(pacing.slots(ready.id)) == 3
-    ready.status = "disconnected"
+def test_a_held_client_keeps_its_messages_queued_and_resume_sends_them_on(session, paced_client, redis_conn):
+    msgs = [queue_one(session, paced_client) for _ in range(3)]
+    assert len(pacing.slots(paced_client.id)) == 3
+    paced_client.status = "disconnected"
     session.flush()
     redis_conn.delete("dramatiq:messages", "dramatiq:messages.DQ")
     for m in msgs:
@@ -556,44 +567,44 @@ def test_a_held_client_keeps_its_messages_queued_and_resume_sends_them_on(sessio
     session.expire_all()
     assert all(session.get(Message, m.id).status == "queued" and session.get(Message, m.id).scheduled_for is None
                for m in msgs)
-    assert pacing.slots(ready.id) == []
-    ready = session.get(type(ready), ready.id)
-    ready.status = "ready"
+    assert pacing.slots(paced_client.id) == []
+    paced_client = session.get(type(paced_client), paced_client.id)
+    paced_client.status = "ready"
     session.flush()
-    assert dispatch.resume_client(session, ready.id) == 3
+    assert dispatch.resume_client(session, paced_client.id) == 3
     session.flush()
     session.expire_all()
     assert all(session.get(Message, m.id).scheduled_for is not None for m in msgs)
-    assert len(pacing.slots(ready.id)) == 3
+    assert len(pacing.slots(paced_client.id)) == 3
 
 
 @pytest.mark.parametrize("state", ["paused", "banned", "deleted"])
-def test_a_paused_banned_or_deleted_clients_messages_are_held_not_failed_and_resume(session, ready, state):
+def test_a_paused_banned_or_deleted_clients_messages_are_held_not_failed_and_resume(session, paced_client, state):
     from app.models import Client
 
-    msgs = [queue_one(session, ready) for _ in range(2)]
+    msgs = [queue_one(session, paced_client) for _ in range(2)]
     if state == "paused":
-        ready.paused = True
+        paced_client.paused = True
     elif state == "banned":
-        ready.status, ready.paused = "banned", True
+        paced_client.status, paced_client.paused = "banned", True
     else:
-        ready.deleted_at = datetime.now(timezone.utc)
+        paced_client.deleted_at = datetime.now(timezone.utc)
     session.flush()
     for m in msgs:
         assert dispatch.run_send_job(m.id) == "held"
-    assert pacing.slots(ready.id) == []
+    assert pacing.slots(paced_client.id) == []
     # long past due: the sweeper neither fails nor re-sends a held message
     session.execute(text("UPDATE messages SET updated_at = now() - interval '1 day' WHERE client_id = :c"),
-                    {"c": ready.id})
+                    {"c": paced_client.id})
     assert dispatch.sweep(session, sending_timeout_s=0, lost_after_s=0)["requeued"] == 0
     session.expire_all()
     held = [session.get(Message, m.id) for m in msgs]
     assert [(m.status, m.scheduled_for, m.error_code) for m in held] == [("queued", None, None)] * 2
     if state == "deleted":  # a deleted client never sends again; its messages stay as they are
-        assert dispatch.resume_client(session, ready.id) == 0
+        assert dispatch.resume_client(session, paced_client.id) == 0
         assert dispatch.run_send_job(msgs[0].id) == "held"
         return
-    cli = session.get(Client, ready.id)
+    cli = session.get(Client, paced_client.id)
     cli.status, cli.paused = "ready", False
     session.flush()
     assert dispatch.resume_client(session, cli.id) == 2
@@ -605,14 +616,14 @@ def test_a_paused_banned_or_deleted_clients_messages_are_held_not_failed_and_res
     assert session.get(Message, msgs[0].id).status == "sent"
 
 
-def test_a_job_before_its_slot_waits_again_without_using_retries(session, ready, redis_conn):
+def test_a_job_before_its_slot_waits_again_without_using_retries(session, paced_client, redis_conn):
     """However often a job runs before its slot, it is deferred with a new delayed broker message
     (no retry counted, nothing failed), and its slot does not move."""
     from dramatiq.common import dq_name
 
     from jobs.messages import send
 
-    first, second = queue_one(session, ready), queue_one(session, ready)
+    first, second = queue_one(session, paced_client), queue_one(session, paced_client)
     assert second.scheduled_for > first.scheduled_for
     slot = second.scheduled_for
     session.commit()  # the intake's jobs reach the broker (a savepoint here)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-import pytest
 from sqlalchemy import update
 
 from app.messages import dispatch, service
@@ -15,16 +14,6 @@ from app.transports.sim import SimNetwork, SimTransport
 from app.webhooks.models import WebhookEvent
 from tests import factories as f
 from tests.messages.test_routes import FakeTransport, queue_one
-
-
-@pytest.fixture
-def org(session):
-    return f.make_organization(session)
-
-
-@pytest.fixture
-def unpaced(session, org):
-    return f.make_client(session, organization_id=org.id, status="ready", config={"pacing": False})
 
 
 def history(session, message_id):

@@ -15,27 +15,12 @@ from app.messages import dispatch
 from app.models import Contact, Message, MessageStatusHistory, WebhookEvent
 from config import settings
 from tests import factories as f
-from tests.auth_helpers import api_key_headers
 from tests.procs import wait_for
 from workers import pacing
 
 pytestmark = pytest.mark.workers
 TO = "+14155550123"
 FAST_ACKS = {"deliver_after_ms": 150, "read_after_ms": 400}
-
-
-@pytest.fixture
-def org(committed):
-    org = f.make_organization(committed)
-    committed.commit()
-    return org
-
-
-@pytest.fixture
-def headers(committed, org):
-    h = api_key_headers(committed, org, "admin")
-    committed.commit()
-    return h
 
 
 def rows(committed, *where):
@@ -55,31 +40,36 @@ def network(client, headers, client_id) -> dict:
     return r.get_json()
 
 
-def test_send_is_delivered_and_read_and_a_duplicated_job_sends_once(committed, committed_client, headers, run_pool):
+def test_send_is_delivered_and_read_and_a_duplicated_job_sends_once(committed, committed_client, committed_headers,
+                                                                    run_pool):
     client = committed_client
     created = client.post("/api/clients", json={"name": "Sales", "transport": "sim",
                                                 "config": {"scan_after_ms": 300, **FAST_ACKS},
-                                                "limits": {"min_gap_ms": 100, "max_gap_ms": 200}}, headers=headers)
+                                                "limits": {"min_gap_ms": 100,
+                                                           "max_gap_ms": 200}}, headers=committed_headers)
     assert created.status_code == 201, created.get_json()
     cli = created.get_json()["id"]
     # accepted while the client is not connected: it waits, queued
-    early = client.post(f"/api/clients/{cli}/send-message", json={"to": TO, "message": "before start"}, headers=headers)
+    early = client.post(f"/api/clients/{cli}/send-message", json={"to": TO, "message": "before start"},
+                        headers=committed_headers)
     assert early.status_code == 202
     run_pool("default")
     run_pool("messages")
-    assert client.post(f"/api/clients/{cli}/start", headers=headers).status_code == 202
-    wait_for(lambda: client.get(f"/api/messages/{early.get_json()['id']}", headers=headers).get_json()["status"] == "read",
+    assert client.post(f"/api/clients/{cli}/start", headers=committed_headers).status_code == 202
+    wait_for(lambda: client.get(f"/api/messages/{early.get_json()['id']}",
+                                headers=committed_headers).get_json()["status"] == "read",
              timeout=40, message="the early message to be read once the client is ready")
 
-    r = client.post(f"/api/clients/{cli}/send-message", json={"to": "+14155550124", "message": "hello"}, headers=headers)
+    r = client.post(f"/api/clients/{cli}/send-message", json={"to": "+14155550124", "message": "hello"},
+                    headers=committed_headers)
     assert r.status_code == 202
     mid = r.get_json()["messageId"]
     send = dramatiq.get_broker().get_actor("messages.send")
     for _ in range(3):  # the same job delivered three more times
         send.send(mid)
-    wait_for(lambda: client.get(f"/api/messages/{mid}", headers=headers).get_json()["status"] == "read",
+    wait_for(lambda: client.get(f"/api/messages/{mid}", headers=committed_headers).get_json()["status"] == "read",
              timeout=30, message="delivered and read")
-    msg = client.get(f"/api/messages/{mid}", headers=headers).get_json()
+    msg = client.get(f"/api/messages/{mid}", headers=committed_headers).get_json()
     assert msg["sending_at"] <= msg["sent_at"] <= msg["delivered_at"] <= msg["read_at"]
     assert msg["attempts"] == 1 and msg["error"] is None and msg["from"] is not None
     committed.rollback()
@@ -88,25 +78,26 @@ def test_send_is_delivered_and_read_and_a_duplicated_job_sends_once(committed, c
     assert history == ["queued", "sending", "sent", "delivered", "read"]
     types = set(committed.scalars(select(WebhookEvent.type).where(text("payload->>'id' = :id")), {"id": mid}))
     assert types == {"message.queued", "message.sent", "message.delivered", "message.read"}
-    net = network(client, headers, cli)
+    net = network(client, committed_headers, cli)
     assert (net["received"], net["distinct"], net["duplicates"]) == (2, 2, 0)
 
 
-def test_pacing_keeps_gaps_and_windows_uses_the_rate_and_spares_other_clients(committed, committed_client, org,
-                                                                             headers, run_pool):
+def test_pacing_keeps_gaps_and_windows_uses_the_rate_and_spares_other_clients(committed, committed_client,
+                                                                              committed_org, committed_headers, run_pool):
     client = committed_client
-    busy = f.make_client(committed, organization_id=org.id, status="ready", config=dict(FAST_ACKS),
+    busy = f.make_client(committed, organization_id=committed_org.id, status="ready", config=dict(FAST_ACKS),
                          per_minute=3, per_hour=50, per_day=100, min_gap_ms=200, max_gap_ms=300)
-    other = f.make_client(committed, organization_id=org.id, status="ready", config=dict(FAST_ACKS),
+    other = f.make_client(committed, organization_id=committed_org.id, status="ready", config=dict(FAST_ACKS),
                           per_minute=3, min_gap_ms=200, max_gap_ms=300)
     committed.commit()
     run_pool("messages")
     batch = client.post("/api/messages/batch", json={"client_id": busy.id, "messages": [
-        {"to": f"+1415555{2000 + i:04d}", "text": f"m{i}"} for i in range(6)]}, headers=headers)
+        {"to": f"+1415555{2000 + i:04d}", "text": f"m{i}"} for i in range(6)]}, headers=committed_headers)
     assert batch.status_code == 202
     accepted = batch.get_json()["messages"]
     ids = [m["id"] for m in accepted]
-    lone = client.post(f"/api/clients/{other.id}/send-message", json={"to": TO, "message": "me too"}, headers=headers)
+    lone = client.post(f"/api/clients/{other.id}/send-message", json={"to": TO, "message": "me too"},
+                       headers=committed_headers)
     lone_id = lone.get_json()["id"]
 
     # the plan uses the allowed rate fully: three back to back, the 4th exactly when the first
@@ -145,22 +136,23 @@ def test_pacing_keeps_gaps_and_windows_uses_the_rate_and_spares_other_clients(co
 
     # a cancel before the slot: never sent, its reservation given back
     for m in waiting:
-        r = client.post(f"/api/messages/{m.id}/cancel", headers=headers)
+        r = client.post(f"/api/messages/{m.id}/cancel", headers=committed_headers)
         assert r.status_code == 200 and r.get_json()["status"] == "cancelled"
     assert pacing.reservations(busy.id) == []
     assert len(pacing.grants(busy.id)) == 3
-    net = network(client, headers, busy.id)
+    net = network(client, committed_headers, busy.id)
     assert (net["received"], net["duplicates"]) == (3, 0)
 
 
-def test_a_killed_worker_sends_nothing_twice_and_leaves_nothing_in_sending(committed, committed_client, org,
-                                                                           headers, run_pool):
+def test_a_killed_worker_sends_nothing_twice_and_leaves_nothing_in_sending(committed, committed_client, committed_org,
+                                                                           committed_headers, run_pool):
     client = committed_client
-    cli = f.make_client(committed, organization_id=org.id, status="ready", config={"pacing": False, **FAST_ACKS})
+    cli = f.make_client(committed, organization_id=committed_org.id, status="ready",
+                        config={"pacing": False, **FAST_ACKS})
     committed.commit()
     total = 400
     r = client.post("/api/messages/batch", json={"client_id": cli.id, "messages": [
-        {"to": f"+1415555{3000 + i:04d}", "text": f"n{i}"} for i in range(total)]}, headers=headers)
+        {"to": f"+1415555{3000 + i:04d}", "text": f"n{i}"} for i in range(total)]}, headers=committed_headers)
     assert r.status_code == 202
     worker = run_pool("messages", threads=8)
     wait_for(lambda: statuses(committed, cli.id).get("sent", 0) >= 40, timeout=30, message="sends under way")
@@ -193,25 +185,26 @@ def test_a_killed_worker_sends_nothing_twice_and_leaves_nothing_in_sending(commi
     interrupted = committed.scalar(select(func.count()).select_from(Message).where(
         Message.client_id == cli.id, Message.error_code == "interrupted"))
     assert after.get("sent", 0) + after.get("delivered", 0) + after.get("read", 0) + interrupted == total, after
-    net = network(client, headers, cli.id)
+    net = network(client, committed_headers, cli.id)
     assert net["duplicates"] == 0, net
     delivered = total - interrupted
     assert delivered <= net["received"] <= total
 
 
-def test_opt_out_and_back_in_over_sim(committed, committed_client, org, headers, run_pool):
+def test_opt_out_and_back_in_over_sim(committed, committed_client, committed_org, committed_headers, run_pool):
     client = committed_client
-    cli = f.make_client(committed, organization_id=org.id, status="ready", phone="+14155550100",
+    cli = f.make_client(committed, organization_id=committed_org.id, status="ready", phone="+14155550100",
                         config={"pacing": False, **FAST_ACKS})
     committed.commit()
     run_pool("default")
     run_pool("messages")
     assert client.post(f"/api/clients/{cli.id}/sim/inbound", json={"from": TO, "text": "STOP"},
-                       headers=headers).status_code == 202
+                       headers=committed_headers).status_code == 202
 
     def contact():
         committed.rollback()
-        return committed.scalars(select(Contact).where(Contact.organization_id == org.id, Contact.phone == TO)).first()
+        return committed.scalars(select(Contact).where(Contact.organization_id == committed_org.id,
+                                                       Contact.phone == TO)).first()
 
     wait_for(lambda: contact() is not None and contact().opted_out, timeout=20, message="the opt-out")
     wait_for(lambda: [m.status for m in rows(committed, Message.client_id == cli.id, Message.direction == "outbound")]
@@ -221,61 +214,71 @@ def test_opt_out_and_back_in_over_sim(committed, committed_client, org, headers,
     committed.rollback()
     assert committed.scalar(select(func.count()).select_from(WebhookEvent).where(
         WebhookEvent.type == "contact.opted_out")) == 1
-    r = client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "offer"}, headers=headers)
+    r = client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "offer"},
+                    headers=committed_headers)
     assert r.status_code == 422 and r.get_json()["error"]["code"] == "contact_opted_out"
 
-    client.post(f"/api/clients/{cli.id}/sim/inbound", json={"from": TO, "text": "start"}, headers=headers)
+    client.post(f"/api/clients/{cli.id}/sim/inbound", json={"from": TO, "text": "start"}, headers=committed_headers)
     wait_for(lambda: not contact().opted_out, timeout=20, message="the opt-in")
-    r = client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "welcome back"}, headers=headers)
+    r = client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "welcome back"},
+                    headers=committed_headers)
     assert r.status_code == 202
-    wait_for(lambda: client.get(f"/api/messages/{r.get_json()['id']}", headers=headers).get_json()["sent_at"],
+    wait_for(lambda: client.get(f"/api/messages/{r.get_json()['id']}", headers=committed_headers).get_json()["sent_at"],
              timeout=20, message="the send after opting back in")
     assert len(rows(committed, Message.client_id == cli.id, Message.direction == "outbound")) == 2
 
 
-def test_transient_faults_retry_and_permanent_ones_fail_with_the_transports_code(committed, committed_client, org,
-                                                                                 headers, run_pool):
+def test_transient_faults_retry_and_permanent_ones_fail_with_the_transports_code(committed, committed_client,
+                                                                                 committed_org,
+                                                                                 committed_headers, run_pool):
     client = committed_client
-    cli = f.make_client(committed, organization_id=org.id, status="ready", config={"pacing": False, **FAST_ACKS})
+    cli = f.make_client(committed, organization_id=committed_org.id, status="ready",
+                        config={"pacing": False, **FAST_ACKS})
     committed.commit()
     run_pool("messages")
-    client.post(f"/api/clients/{cli.id}/sim/fault", json={"type": "fail_next", "count": 1}, headers=headers)
-    first = client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "a"}, headers=headers)
-    wait_for(lambda: client.get(f"/api/messages/{first.get_json()['id']}", headers=headers).get_json()["sent_at"],
+    client.post(f"/api/clients/{cli.id}/sim/fault", json={"type": "fail_next", "count": 1}, headers=committed_headers)
+    first = client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "a"},
+                        headers=committed_headers)
+    wait_for(lambda: client.get(f"/api/messages/{first.get_json()['id']}",
+                                headers=committed_headers).get_json()["sent_at"],
              timeout=30, message="the retried send")
-    assert client.get(f"/api/messages/{first.get_json()['id']}", headers=headers).get_json()["attempts"] == 2
+    assert client.get(f"/api/messages/{first.get_json()['id']}", headers=committed_headers).get_json()["attempts"] == 2
     client.post(f"/api/clients/{cli.id}/sim/fault", json={"type": "fail_next", "count": 1, "permanent": True},
-                headers=headers)
-    second = client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "b"}, headers=headers)
-    wait_for(lambda: client.get(f"/api/messages/{second.get_json()['id']}", headers=headers).get_json()["status"]
+                headers=committed_headers)
+    second = client.post(f"/api/clients/{cli.id}/send-message", json={"to": TO, "message": "b"},
+                         headers=committed_headers)
+    wait_for(lambda: client.get(f"/api/messages/{second.get_json()['id']}",
+                                headers=committed_headers).get_json()["status"]
              == "failed", timeout=20, message="the permanent failure")
-    body = client.get(f"/api/messages/{second.get_json()['id']}", headers=headers).get_json()
+    body = client.get(f"/api/messages/{second.get_json()['id']}", headers=committed_headers).get_json()
     assert body["error"]["code"] == "sim_fault" and body["attempts"] == 1
-    assert network(client, headers, cli.id)["received"] == 1
+    assert network(client, committed_headers, cli.id)["received"] == 1
 
 
 def test_a_banned_clients_waiting_messages_are_held_then_sent_once_when_it_is_ready_again(committed, committed_client,
-                                                                                          headers, run_pool):
+                                                                                          committed_headers, run_pool):
     client = committed_client
     created = client.post("/api/clients", json={"name": "Banned", "transport": "sim",
                                                 "config": {"scan_after_ms": 300, **FAST_ACKS},
-                                                "limits": {"min_gap_ms": 1500, "max_gap_ms": 1500}}, headers=headers)
+                                                "limits": {"min_gap_ms": 1500,
+                                                           "max_gap_ms": 1500}}, headers=committed_headers)
     assert created.status_code == 201, created.get_json()
     cli = created.get_json()["id"]
     run_pool("default")
     run_pool("messages")
 
     def client_status():
-        return client.get(f"/api/clients/{cli}", headers=headers).get_json()["status"]
+        return client.get(f"/api/clients/{cli}", headers=committed_headers).get_json()["status"]
 
-    assert client.post(f"/api/clients/{cli}/start", headers=headers).status_code == 202
+    assert client.post(f"/api/clients/{cli}/start", headers=committed_headers).status_code == 202
     wait_for(lambda: client_status() == "ready", timeout=30, message="the client to be ready")
     batch = client.post("/api/messages/batch", json={"client_id": cli, "messages": [
-        {"to": f"+1415555{4000 + i:04d}", "text": f"b{i}"} for i in range(4)]}, headers=headers)
+        {"to": f"+1415555{4000 + i:04d}", "text": f"b{i}"} for i in range(4)]}, headers=committed_headers)
     ids = [m["id"] for m in batch.get_json()["messages"]]
     wait_for(lambda: rows(committed, Message.id == ids[0])[0].sent_at is not None, timeout=20,
              message="the first send")
-    assert client.post(f"/api/clients/{cli}/sim/fault", json={"type": "ban"}, headers=headers).status_code == 202
+    assert client.post(f"/api/clients/{cli}/sim/fault", json={"type": "ban"},
+                       headers=committed_headers).status_code == 202
     wait_for(lambda: client_status() == "banned", timeout=20, message="the ban")
 
     # the others' jobs come at their slots and hold them: queued, without a slot, nothing failed
@@ -286,15 +289,16 @@ def test_a_banned_clients_waiting_messages_are_held_then_sent_once_when_it_is_re
     waiting = wait_for(held, timeout=30, message="the waiting messages to be held")
     assert pacing.reservations(cli) == []
     sent_before = len(ids) - len(waiting)
-    assert network(client, headers, cli)["received"] == sent_before
+    assert network(client, committed_headers, cli)["received"] == sent_before
 
-    assert client.post(f"/api/clients/{cli}/sim/fault", json={"type": "clear"}, headers=headers).status_code == 202
-    assert client.post(f"/api/clients/{cli}/start", headers=headers).status_code == 202
+    assert client.post(f"/api/clients/{cli}/sim/fault", json={"type": "clear"},
+                       headers=committed_headers).status_code == 202
+    assert client.post(f"/api/clients/{cli}/start", headers=committed_headers).status_code == 202
     wait_for(lambda: all(m.sent_at for m in rows(committed, Message.id.in_(ids))), timeout=40,
              message="the held messages to be sent once the client is ready again")
     msgs = rows(committed, Message.id.in_(ids))
     assert all(m.error_code is None for m in msgs)
     sending = sorted(m.sending_at for m in msgs if m.id in {w.id for w in waiting})
     assert all(b - a >= timedelta(milliseconds=1500) for a, b in zip(sending, sending[1:])), sending
-    net = network(client, headers, cli)
+    net = network(client, committed_headers, cli)
     assert (net["received"], net["duplicates"]) == (len(ids), 0)

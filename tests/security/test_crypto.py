@@ -150,16 +150,12 @@ def test_development_generates_a_key_into_data_dir(tmp_path):
     assert dev.secret("APP_ENCRYPTION_KEYS") == spec  # stable across restarts
 
 
-def test_create_app_refuses_production_without_secrets():
+def test_create_app_refuses_production_without_secrets(override_settings):
     from app import create_app
 
-    before = {k: getattr(settings, k) for k in ("APP_ENV", *GOOD)}
-    settings.override(APP_ENV="production", SECRET_KEY="", APP_ENCRYPTION_KEYS="", API_KEY_PEPPER="")
-    try:
+    with override_settings(APP_ENV="production", SECRET_KEY="", APP_ENCRYPTION_KEYS="", API_KEY_PEPPER=""):
         with pytest.raises(SystemExit, match="SECRET_KEY, APP_ENCRYPTION_KEYS, API_KEY_PEPPER must be set"):
             create_app()
-    finally:
-        settings.override(**before)
 
 
 @pytest.mark.parametrize("argv", [["-m", "workers", "run", "--pool", "messages"], ["-m", "workers", "scheduler"],

@@ -12,7 +12,6 @@ import io
 import json
 import socket
 import sys
-from contextlib import contextmanager
 
 import pytest
 from flask import Blueprint, jsonify, request
@@ -109,19 +108,10 @@ def pclient(papp):
     return papp.test_client()
 
 
-@contextmanager
-def overridden(**changes):
-    """settings.override for the block, restored afterwards."""
-    before = {k: getattr(settings, k) for k in changes}
-    settings.override(**changes)
-    try:
-        yield
-    finally:
-        settings.override(**before)
-
-
-def limits_on(**changes):
-    return overridden(RATE_LIMIT_ENABLED=True, **changes)
+@pytest.fixture
+def limits_on(override_settings):
+    """``with limits_on(RATE_LIMIT_PUBLIC=...):`` rate limits on, with these settings, for the block."""
+    return lambda **changes: override_settings(RATE_LIMIT_ENABLED=True, **changes)
 
 
 def ip(addr: str) -> dict:
@@ -164,7 +154,7 @@ def assert_limited(resp, scope: str, window: int):
 # ----------------------------------------------------------------------------- per-IP limit
 
 
-def test_public_endpoints_are_limited_per_ip(pclient):
+def test_public_endpoints_are_limited_per_ip(pclient, limits_on):
     with limits_on(RATE_LIMIT_PUBLIC="3 per minute"):
         for remaining in (2, 1, 0):
             resp = pclient.get("/api/t/public", **ip("203.0.113.1"))
@@ -177,7 +167,7 @@ def test_public_endpoints_are_limited_per_ip(pclient):
         assert_rate_headers(other, 3, 2, 60)
 
 
-def test_several_windows_in_one_setting(pclient):
+def test_several_windows_in_one_setting(pclient, limits_on):
     with limits_on(RATE_LIMIT_PUBLIC="2 per hour; 3 per day"):
         first = pclient.get("/api/t/public")
         assert first.status_code == 200
@@ -188,7 +178,7 @@ def test_several_windows_in_one_setting(pclient):
     assert resp.get_json()["error"]["details"]["window_seconds"] == 3600
 
 
-def test_health_metrics_provider_webhooks_and_dashboard_are_not_limited(pclient):
+def test_health_metrics_provider_webhooks_and_dashboard_are_not_limited(pclient, limits_on):
     with limits_on(RATE_LIMIT_PUBLIC="1 per minute"):
         for _ in range(3):
             for resp in (pclient.get("/health"), pclient.get("/metrics"),
@@ -201,7 +191,7 @@ def test_health_metrics_provider_webhooks_and_dashboard_are_not_limited(pclient)
         assert pclient.get("/api/t/public").status_code == 200
 
 
-def test_requests_without_valid_credentials_fall_under_the_per_ip_limit(session, pclient):
+def test_requests_without_valid_credentials_fall_under_the_per_ip_limit(session, pclient, limits_on):
     key = api_key(session, make_organization(session).id)
     with limits_on(RATE_LIMIT_PUBLIC="3 per minute"):
         missing = pclient.get("/api/t/private", **ip("198.51.100.4"))
@@ -217,15 +207,15 @@ def test_requests_without_valid_credentials_fall_under_the_per_ip_limit(session,
         assert pclient.get("/api/t/private", headers=key, **ip("198.51.100.4")).status_code == 200
 
 
-def test_disabled_limits_send_no_headers_and_never_refuse(pclient):
+def test_disabled_limits_send_no_headers_and_never_refuse(pclient, override_settings):
     assert settings.RATE_LIMIT_ENABLED is False  # the suite's default (conftest)
-    with overridden(RATE_LIMIT_PUBLIC="1 per minute"):
+    with override_settings(RATE_LIMIT_PUBLIC="1 per minute"):
         responses = [pclient.get("/api/t/public") for _ in range(3)]
     assert [r.status_code for r in responses] == [200, 200, 200]
     assert "RateLimit-Limit" not in responses[-1].headers
 
 
-def test_redis_down_lets_requests_through(pclient):
+def test_redis_down_lets_requests_through(pclient, limits_on):
     from app.kv import reset_redis_client
 
     with limits_on(RATE_LIMIT_PUBLIC="1 per minute", REDIS_URL="redis://127.0.0.1:1/0"):
@@ -241,7 +231,7 @@ def test_redis_down_lets_requests_through(pclient):
 # ----------------------------------------------------------------------------- authenticated API
 
 
-def test_organisation_limit_is_shared_by_its_keys_and_isolated_from_other_orgs(session, pclient):
+def test_organisation_limit_is_shared_by_its_keys_and_isolated_from_other_orgs(session, pclient, limits_on):
     org_a, org_b = make_organization(session).id, make_organization(session).id
     key_a1, key_a2, key_b = api_key(session, org_a), api_key(session, org_a), api_key(session, org_b)
     with limits_on(RATE_LIMIT_API="3 per minute", RATE_LIMIT_PUBLIC="1 per minute"):
@@ -261,7 +251,7 @@ def test_organisation_limit_is_shared_by_its_keys_and_isolated_from_other_orgs(s
         assert pclient.get("/api/t/public").status_code == 200
 
 
-def test_each_key_and_user_has_its_own_limit_within_the_organisation(session, pclient):
+def test_each_key_and_user_has_its_own_limit_within_the_organisation(session, pclient, limits_on):
     org = make_organization(session).id
     key1, key2, user = api_key(session, org), api_key(session, org), bearer(session, org)
     with limits_on(RATE_LIMIT_API="10 per minute", RATE_LIMIT_PRINCIPAL="2 per minute"):
@@ -273,7 +263,7 @@ def test_each_key_and_user_has_its_own_limit_within_the_organisation(session, pc
         assert [pclient.get("/api/t/private", headers=user).status_code for _ in range(3)] == [200, 200, 429]
 
 
-def test_limits_are_shared_by_app_instances_through_redis(session, redis_conn):
+def test_limits_are_shared_by_app_instances_through_redis(session, redis_conn, limits_on):
     org = make_organization(session).id
     key = api_key(session, org)
     first, second = build_app().test_client(), build_app().test_client()
@@ -290,7 +280,7 @@ def test_limits_are_shared_by_app_instances_through_redis(session, redis_conn):
         assert second.get("/api/t/private", headers=key).status_code == 200
 
 
-def test_limits_are_shared_with_another_process(pclient):
+def test_limits_are_shared_with_another_process(pclient, limits_on):
     """A separate process (its own app, its own Redis connection) spends part of the per-IP budget
     of an address; this process sees the rest."""
     code = (
@@ -310,7 +300,7 @@ def test_limits_are_shared_with_another_process(pclient):
         assert_limited(pclient.get("/api/t/public", **ip("192.0.2.77")), "ip", 60)
 
 
-def test_product_auth_routes_login_per_ip_and_me_per_organisation(session, pclient):
+def test_product_auth_routes_login_per_ip_and_me_per_organisation(session, pclient, limits_on):
     """The real /api/auth routes: login (public) spends the caller's per-IP budget; ``me`` with
     credentials counts against the organisation and key instead."""
     key = api_key(session, make_organization(session).id)
@@ -326,30 +316,30 @@ def test_product_auth_routes_login_per_ip_and_me_per_organisation(session, pclie
 # ----------------------------------------------------------------------------- client address
 
 
-def test_forwarded_for_is_believed_only_from_trusted_proxies(pclient):
+def test_forwarded_for_is_believed_only_from_trusted_proxies(pclient, override_settings):
     via_proxy = pclient.get("/api/t/whoami", headers={"X-Forwarded-For": "203.0.113.9"}, **ip("127.0.0.1"))
     assert via_proxy.get_json()["ip"] == "203.0.113.9"
     # a client that sends the header itself: its proxy appends the real address, which wins
-    with overridden(TRUSTED_PROXIES=["127.0.0.1/32", "10.0.0.5/32"]):
+    with override_settings(TRUSTED_PROXIES=["127.0.0.1/32", "10.0.0.5/32"]):
         spoofed = pclient.get("/api/t/whoami", headers={"X-Forwarded-For": "10.9.9.9, 1.1.1.1, 203.0.113.9"},
                               **ip("10.0.0.5"))
     assert spoofed.get_json()["ip"] == "203.0.113.9"
     # a peer that is not a trusted proxy cannot choose its address
     direct = pclient.get("/api/t/whoami", headers={"X-Forwarded-For": "203.0.113.50"}, **ip("198.51.100.20"))
     assert direct.get_json()["ip"] == "198.51.100.20"
-    with overridden(TRUSTED_PROXIES=[]):
+    with override_settings(TRUSTED_PROXIES=[]):
         untrusted = pclient.get("/api/t/whoami", headers={"X-Forwarded-For": "203.0.113.9"}, **ip("127.0.0.1"))
     assert untrusted.get_json()["ip"] == "127.0.0.1"
 
 
-def test_by_default_only_loopback_is_a_trusted_proxy(pclient):
+def test_by_default_only_loopback_is_a_trusted_proxy(pclient, limits_on, override_settings):
     """Any host of a private network used to be believed: it could send X-Forwarded-For and start
     every per-IP limit afresh (login, sign-up) with each request."""
     from config import SETTINGS
 
     [default] = [s.default for s in SETTINGS if s.name == "TRUSTED_PROXIES"]
     assert default == "127.0.0.1/32,::1/128"
-    with overridden(TRUSTED_PROXIES=default.split(",")), limits_on(RATE_LIMIT_PUBLIC="2 per minute"):
+    with override_settings(TRUSTED_PROXIES=default.split(",")), limits_on(RATE_LIMIT_PUBLIC="2 per minute"):
         for peer in ("10.0.0.5", "172.18.0.3", "192.168.1.20", "fd00::5"):
             seen = pclient.get("/api/t/whoami", headers={"X-Forwarded-For": "203.0.113.9"}, **ip(peer))
             assert seen.get_json()["ip"] == peer
@@ -363,9 +353,9 @@ def test_by_default_only_loopback_is_a_trusted_proxy(pclient):
                            **ip("::1")).get_json()["ip"] == "203.0.113.9", "nginx on this host is believed"
 
 
-def test_per_ip_limit_keys_on_the_forwarded_client(pclient):
+def test_per_ip_limit_keys_on_the_forwarded_client(pclient, limits_on, override_settings):
     behind_nginx = {"X-Forwarded-For": "203.0.113.9"}
-    with overridden(TRUSTED_PROXIES=["172.18.0.3/32"]), limits_on(RATE_LIMIT_PUBLIC="2 per minute"):
+    with override_settings(TRUSTED_PROXIES=["172.18.0.3/32"]), limits_on(RATE_LIMIT_PUBLIC="2 per minute"):
         for _ in range(2):
             assert pclient.get("/api/t/public", headers=behind_nginx, **ip("172.18.0.3")).status_code == 200
         assert_limited(pclient.get("/api/t/public", headers=behind_nginx, **ip("172.18.0.3")), "ip", 60)
@@ -374,7 +364,7 @@ def test_per_ip_limit_keys_on_the_forwarded_client(pclient):
         assert other.status_code == 200
 
 
-def test_ipv6_clients_are_counted_per_64(pclient):
+def test_ipv6_clients_are_counted_per_64(pclient, limits_on):
     with limits_on(RATE_LIMIT_PUBLIC="2 per minute"):
         assert pclient.get("/api/t/public", **ip("2001:db8:1:2::10")).status_code == 200
         assert pclient.get("/api/t/public", **ip("2001:db8:1:2:ffff::1")).status_code == 200
@@ -422,7 +412,7 @@ def test_hsts_only_over_https(pclient):
     assert "Strict-Transport-Security" not in pclient.get("/api/t/public").headers
 
 
-def test_rate_limited_response_carries_security_headers(pclient):
+def test_rate_limited_response_carries_security_headers(pclient, limits_on):
     with limits_on(RATE_LIMIT_PUBLIC="1 per minute"):
         pclient.get("/api/t/public")
         resp = pclient.get("/api/t/public")
@@ -430,7 +420,7 @@ def test_rate_limited_response_carries_security_headers(pclient):
     _assert_base_headers(resp)
 
 
-def test_headers_survive_a_response_replaced_after_a_failed_commit(session, pclient, monkeypatch):
+def test_headers_survive_a_response_replaced_after_a_failed_commit(session, pclient, monkeypatch, limits_on):
     """The request wrapper answers 503 itself when the commit fails; that response is built after
     the view, and still gets the security and rate limit headers."""
     import sqlalchemy.exc
@@ -490,9 +480,9 @@ def test_swagger_ui_policy_allows_this_server_only(pclient):
 
 
 @pytest.fixture
-def cors_app(session):
+def cors_app(session, override_settings):
     def make(origins: str, env: str = "test"):
-        with overridden(CORS_ORIGINS=origins, APP_ENV=env):
+        with override_settings(CORS_ORIGINS=origins, APP_ENV=env):
             return build_app().test_client()
     return make
 
@@ -535,13 +525,13 @@ def test_no_cors_headers_when_no_origin_is_configured(cors_app):
     assert "Access-Control-Allow-Origin" not in resp.headers
 
 
-def test_wildcard_origin_only_in_development(cors_app):
+def test_wildcard_origin_only_in_development(cors_app, override_settings):
     dev = cors_app("*", env="development")
     assert dev.get("/api/t/public", headers={"Origin": "http://localhost:5173"}) \
         .headers["Access-Control-Allow-Origin"] == "*"
     for env in ("test", "production"):
         with pytest.raises(SystemExit, match="CORS_ORIGINS"):
-            with overridden(SECRET_KEY="s" * 40, API_KEY_PEPPER="p" * 20,
+            with override_settings(SECRET_KEY="s" * 40, API_KEY_PEPPER="p" * 20,
                             APP_ENCRYPTION_KEYS="k1:" + base64.b64encode(b"k" * 32).decode()):
                 cors_app("*", env=env)
 
@@ -552,7 +542,7 @@ def test_malformed_origins_are_refused_at_start(cors_app):
             cors_app(bad)
 
 
-def test_preflight_is_not_rate_limited(cors_app):
+def test_preflight_is_not_rate_limited(cors_app, limits_on):
     client = cors_app("https://app.example.com")
     with limits_on(RATE_LIMIT_PUBLIC="1 per minute"):
         statuses = [client.options("/api/t/public", headers={
@@ -562,10 +552,10 @@ def test_preflight_is_not_rate_limited(cors_app):
         assert client.get("/api/t/public").status_code == 200
 
 
-def test_malformed_settings_stop_the_app_at_start(session):
+def test_malformed_settings_stop_the_app_at_start(session, override_settings):
     for name, value in (("RATE_LIMIT_PUBLIC", "lots"), ("RATE_LIMIT_API", "100 per fortnight"),
                         ("RATE_LIMIT_PRINCIPAL", "x"), ("TRUSTED_PROXIES", ["10.0.0.0/33"])):
-        with overridden(**{name: value}), pytest.raises(SystemExit, match=name):
+        with override_settings(**{name: value}), pytest.raises(SystemExit, match=name):
             build_app()
 
 
@@ -585,8 +575,8 @@ def _chunked(client, path: str, body: bytes, content_type: str = "application/js
     return int(status.split()[0]), json.loads(b"".join(app_iter))
 
 
-def test_json_body_limit_with_content_length(pclient):
-    with overridden(MAX_REQUEST_BYTES=1000):
+def test_json_body_limit_with_content_length(pclient, override_settings):
+    with override_settings(MAX_REQUEST_BYTES=1000):
         at_limit = b'{"a":"' + b"x" * (1000 - 8) + b'"}'
         assert len(at_limit) == 1000
         ok = pclient.post("/api/t/echo", data=at_limit, content_type="application/json")
@@ -597,8 +587,8 @@ def test_json_body_limit_with_content_length(pclient):
     assert over.get_json()["error"]["details"] == {"limit_bytes": 1000}
 
 
-def test_chunked_json_body_limit(pclient):
-    with overridden(MAX_REQUEST_BYTES=1000):
+def test_chunked_json_body_limit(pclient, override_settings):
+    with override_settings(MAX_REQUEST_BYTES=1000):
         status, body = _chunked(pclient, "/api/t/echo", b'{"a":"' + b"x" * 2000 + b'"}')
         assert (status, body["error"]["code"]) == (413, "payload_too_large")
         # padding after a small document used to be cut off at the limit and the rest accepted
@@ -608,8 +598,8 @@ def test_chunked_json_body_limit(pclient):
         assert (status, body) == (200, {"received": {"a": "y" * 992}})
 
 
-def test_upload_limit_with_and_without_content_length(session):
-    with overridden(MAX_UPLOAD_BYTES=20_000, MAX_REQUEST_BYTES=1000):
+def test_upload_limit_with_and_without_content_length(session, override_settings):
+    with override_settings(MAX_UPLOAD_BYTES=20_000, MAX_REQUEST_BYTES=1000):
         client = build_app().test_client()
         small = client.post("/api/t/upload", data={"file": (io.BytesIO(b"a" * 10_000), "a.bin")},
                             content_type="multipart/form-data")

@@ -16,10 +16,8 @@ from app.security import ssrf
 from app.webhooks import delivery, service
 from app.webhooks.events import emit
 from app.webhooks.models import WebhookDelivery, WebhookDeliveryAttempt
-from config import settings
 from tests import factories as f
 from tests.auth_helpers import principal_headers
-from tests.webhook_receiver import allow_private, receiver  # noqa: F401
 
 BLOCKED = {
     "127.0.0.1": "loopback", "127.255.0.9": "loopback", "10.1.2.3": "private", "172.16.0.1": "private",
@@ -38,11 +36,8 @@ PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "::ffff
 
 
 @pytest.fixture(autouse=True)
-def guard_on():
-    before = settings.WEBHOOK_ALLOW_PRIVATE
-    settings.override(WEBHOOK_ALLOW_PRIVATE=False)
-    yield
-    settings.override(WEBHOOK_ALLOW_PRIVATE=before)
+def guard_on(override_settings):
+    override_settings(WEBHOOK_ALLOW_PRIVATE=False)
 
 
 @pytest.mark.parametrize("address,reason", sorted(BLOCKED.items()))
@@ -164,10 +159,10 @@ def test_with_private_targets_allowed_the_loopback_receiver_is_reached(client, s
     assert receiver.count("/hook") == 1 and _last_attempt(session, delivery_id).status_code == 200
 
 
-def test_a_connection_opened_while_allowed_is_not_reused_once_forbidden(receiver):
-    settings.override(WEBHOOK_ALLOW_PRIVATE=True)
+def test_a_connection_opened_while_allowed_is_not_reused_once_forbidden(receiver, override_settings):
+    override_settings(WEBHOOK_ALLOW_PRIVATE=True)
     assert delivery.send(receiver.url("/hook"), b"{}", {}, timeout=5).status_code == 200
-    settings.override(WEBHOOK_ALLOW_PRIVATE=False)
+    override_settings(WEBHOOK_ALLOW_PRIVATE=False)
     outcome = delivery.send(receiver.url("/hook"), b"{}", {}, timeout=5)
     assert outcome.status_code is None and "loopback" in outcome.error
     assert receiver.count("/hook") == 1
@@ -190,15 +185,15 @@ def test_the_system_principal_can_create_on_public_names(session):
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
-def test_loopback_policy_allows_this_machine(address):
-    settings.override(WEBHOOK_ALLOW_PRIVATE="loopback")
+def test_loopback_policy_allows_this_machine(address, override_settings):
+    override_settings(WEBHOOK_ALLOW_PRIVATE="loopback")
     assert ssrf.refusal(address) is None
 
 
 @pytest.mark.parametrize("address", ["10.0.0.1", "192.168.1.1", "172.16.0.1", "169.254.169.254", "100.64.0.1",
                                      "0.0.0.0", "fd00::1", "fe80::1", "::ffff:10.0.0.1", "2002:7f00:1::1"])
-def test_loopback_policy_still_refuses_the_network_around(address):
-    settings.override(WEBHOOK_ALLOW_PRIVATE="loopback")
+def test_loopback_policy_still_refuses_the_network_around(address, override_settings):
+    override_settings(WEBHOOK_ALLOW_PRIVATE="loopback")
     assert ssrf.refusal(address) is not None
 
 

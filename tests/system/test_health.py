@@ -46,28 +46,25 @@ def test_a_real_worker_process_counts_as_live(client, run_pool):
     assert pools["messages"]["live"] == 0
 
 
-def test_health_is_503_when_redis_is_down(client, tmp_path):
+def test_health_is_503_when_redis_is_down(client, tmp_path, override_settings):
     from app import kv
-    from config import settings
     from tests.procs import wait_for
     from workers.embedded import start_redis, stop_redis
 
     url, proc = start_redis(tmp_path)
-    original = settings.REDIS_URL
-    settings.override(REDIS_URL=url)
-    kv.reset_redis_client()
     try:
-        assert client.get("/health").get_json()["checks"]["redis"]["status"] == "ok"
-        stop_redis(proc)
-        resp = wait_for(lambda: (r := client.get("/health")).status_code == 503 and r, timeout=10,
-                        message="/health to notice Redis is gone")
-        body = resp.get_json()
-        assert body["status"] == "down"
-        assert body["checks"]["redis"]["status"] == "down"
-        assert body["checks"]["database"]["status"] == "ok"
-        assert resp.headers["Retry-After"]
+        with override_settings(REDIS_URL=url):
+            kv.reset_redis_client()
+            assert client.get("/health").get_json()["checks"]["redis"]["status"] == "ok"
+            stop_redis(proc)
+            resp = wait_for(lambda: (r := client.get("/health")).status_code == 503 and r, timeout=10,
+                            message="/health to notice Redis is gone")
+            body = resp.get_json()
+            assert body["status"] == "down"
+            assert body["checks"]["redis"]["status"] == "down"
+            assert body["checks"]["database"]["status"] == "ok"
+            assert resp.headers["Retry-After"]
     finally:
-        settings.override(REDIS_URL=original)
         kv.reset_redis_client()
 
 

@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 import pytest
 
 from app.logs import _ContextFilter, formatter
-from config import settings
 from tests import factories as f
 from tests.auth_helpers import principal_headers
 from tests.procs import Output, gunicorn, stop, wait_for
@@ -65,8 +64,8 @@ def test_a_json_line_has_an_iso_8601_utc_time_with_milliseconds():
         "level": "WARNING", "logger": "tests.logging", "message": "hello there", "process": "api", "answer": 42}
 
 
-def test_log_format_text_gives_text():
-    settings.override(LOG_FORMAT="text")  # restored after the test (conftest)
+def test_log_format_text_gives_text(override_settings):
+    override_settings(LOG_FORMAT="text")
     done = capture("tests.logging")
     try:
         logging.getLogger("tests.logging").warning("plain words")

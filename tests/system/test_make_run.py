@@ -191,10 +191,9 @@ def test_make_run_with_given_services_starts_everything_and_stops_cleanly(tmp_pa
     ({"APP_ENV": "development", "HOST": "0.0.0.0", "WEBHOOK_ALLOW_PRIVATE": "true"}, "all"),
     ({"APP_ENV": "production", "HOST": "127.0.0.1"}, "none"),
 ])
-def test_make_run_children_keep_the_operators_guard(tmp_path, env, expected):
+def test_make_run_children_keep_the_operators_guard(tmp_path, env, expected, override_settings):
     """`make run` used to force WEBHOOK_ALLOW_PRIVATE=true on every child in development, whatever
     the operator set, with the api open to the LAN."""
-    import config
     from workers import supervisor
 
     clean = {k: v for k, v in os.environ.items() if k not in ("WEBHOOK_ALLOW_PRIVATE", "HOST", "APP_ENV")}
@@ -202,12 +201,8 @@ def test_make_run_children_keep_the_operators_guard(tmp_path, env, expected):
     try:
         os.environ.clear()
         os.environ.update({**clean, **env})
-        saved = {k: getattr(config.settings, k) for k in ("APP_ENV", "HOST")}
-        config.settings.override(APP_ENV=env["APP_ENV"], HOST=env.get("HOST", "127.0.0.1"))
-        try:
+        with override_settings(APP_ENV=env["APP_ENV"], HOST=env.get("HOST", "127.0.0.1")):
             child = supervisor.children_env("postgresql://x/y", "redis://x/0", tmp_path)
-        finally:
-            config.settings.override(**saved)
     finally:
         os.environ.clear()
         os.environ.update(before)

@@ -44,18 +44,6 @@ class RecordingSink:
 
 
 @pytest.fixture
-def allow_loopback():
-    """The fake Graph API (and the fake proxies) listen on loopback: allow this machine's addresses,
-    and only those, in the address guard for the test."""
-    from config import settings
-
-    before = settings.WEBHOOK_ALLOW_PRIVATE
-    settings.override(WEBHOOK_ALLOW_PRIVATE="loopback")
-    yield
-    settings.override(WEBHOOK_ALLOW_PRIVATE=before)
-
-
-@pytest.fixture
 def graph(allow_loopback):
     with FakeGraph() as g:
         yield g
@@ -126,12 +114,9 @@ def test_start_without_config_fails_without_calling_meta(graph):
     assert graph.requests == []
 
 
-def test_production_refuses_a_base_url_that_is_not_metas(graph):
-    from config import settings
-
+def test_production_refuses_a_base_url_that_is_not_metas(graph, override_settings):
     sink = RecordingSink()
-    settings.override(APP_ENV="production")
-    try:
+    with override_settings(APP_ENV="production"):
         transport(graph, sink).start()
         with pytest.raises(PermanentSendError) as err:
             transport(graph).send(text())
@@ -139,8 +124,6 @@ def test_production_refuses_a_base_url_that_is_not_metas(graph):
                                             config={"phone_number_id": "1"}, secrets={"access_token": "t"}),
                                  RecordingSink())
         assert allowed._config_problem() is None
-    finally:
-        settings.override(APP_ENV="test")
     ((status, detail),) = sink.statuses
     assert status == "failed" and detail["code"] == "invalid_config" and "base_url" in detail["reason"]
     assert err.value.code == "invalid_config"
@@ -381,11 +364,10 @@ def test_connection_refused_is_transient(allow_loopback):
 
 @pytest.mark.parametrize("base_url", ["http://127.0.0.1:{port}", "http://localhost:{port}", "http://2130706433:{port}",
                                       "http://[::ffff:127.0.0.1]:{port}", "http://10.0.0.9:{port}"])
-def test_a_base_url_on_an_internal_address_is_refused_and_never_called(graph, base_url, monkeypatch):
+def test_a_base_url_on_an_internal_address_is_refused_and_never_called(graph, base_url, monkeypatch,
+                                                                       override_settings):
     """With the guard's default (nothing internal): the token never leaves for this machine or the LAN."""
-    from config import settings
-
-    settings.override(WEBHOOK_ALLOW_PRIVATE="false")
+    override_settings(WEBHOOK_ALLOW_PRIVATE="false")
     port = graph.url.rsplit(":", 1)[1]
     client = ClientInfo(id=new_id("cli"), organization_id="org_x", transport="cloud",
                         config={"phone_number_id": graph.phone_number_id, "base_url": base_url.format(port=port)},
@@ -407,10 +389,8 @@ def test_a_base_url_on_an_internal_address_is_refused_and_never_called(graph, ba
     assert graph.requests == []
 
 
-def test_a_proxy_on_an_internal_address_is_refused(graph):
-    from config import settings
-
-    settings.override(WEBHOOK_ALLOW_PRIVATE="false")
+def test_a_proxy_on_an_internal_address_is_refused(graph, override_settings):
+    override_settings(WEBHOOK_ALLOW_PRIVATE="false")
     port = int(graph.url.rsplit(":", 1)[1])
     client = ClientInfo(id=new_id("cli"), organization_id="org_x", transport="cloud",
                         proxy=ProxyInfo(scheme="http", host="127.0.0.1", port=port),

@@ -19,9 +19,9 @@ from app.models import Contact, Message, MessageStatusHistory, WebhookEvent
 from app.security.crypto import encrypt_json
 from tests import factories as f
 from tests.fake_graph import FakeGraph
+from tests.messages.test_workers import rows
 from tests.procs import WorkerProcesses, stop, wait_for
-from tests.transports.test_cloud import APP_SECRET, VERIFY_TOKEN, allow_loopback, change, signed_post  # noqa: F401
-from tests.messages.test_workers import headers, org, rows  # noqa: F401  (fixtures)
+from tests.transports.test_cloud import APP_SECRET, VERIFY_TOKEN, change, signed_post
 
 pytestmark = [pytest.mark.workers, pytest.mark.xdist_group("cloud_pipeline")]  # one set of pools for the module
 
@@ -90,14 +90,17 @@ def pools():
 
 
 @pytest.fixture
-def graph(allow_loopback):
+def scripted_graph(allow_loopback):
+    """The fake Graph API that records its answers and can fail the sends to one recipient."""
     with Graph() as g:
         yield g
 
 
 @pytest.fixture
-def cloud(committed, org, graph, pools):  # noqa: F811
-    cli = f.make_client(committed, organization_id=org.id, transport="cloud", status="ready", phone=BUSINESS_PHONE,
+def cloud(committed, committed_org, scripted_graph, pools):
+    graph = scripted_graph
+    cli = f.make_client(committed, organization_id=committed_org.id, transport="cloud", status="ready",
+                        phone=BUSINESS_PHONE,
                         config={"phone_number_id": graph.phone_number_id, "base_url": graph.url, "pacing": False},
                         secrets_encrypted=encrypt_json({"access_token": graph.access_token, "app_secret": APP_SECRET,
                                                         "verify_token": VERIFY_TOKEN}))
@@ -172,16 +175,16 @@ def send_and_wait_sent(client, auth, client_id, body_text) -> tuple[str, dict]:
 
 
 def test_a_send_reaches_graph_becomes_sent_then_delivered_then_read(
-        committed, committed_client, headers, graph, cloud):  # noqa: F811
+        committed, committed_client, committed_headers, scripted_graph, cloud):
     client = committed_client
-    mid, msg = send_and_wait_sent(client, headers, cloud.id, "Your order has shipped")
+    mid, msg = send_and_wait_sent(client, committed_headers, cloud.id, "Your order has shipped")
 
-    ((status, answer),) = graph.sends_of(mid)
+    ((status, answer),) = scripted_graph.sends_of(mid)
     assert status == 200
     wamid = answer["messages"][0]["id"]
-    (req,) = graph.sent_messages()
-    assert req.path == f"/v21.0/{graph.phone_number_id}/messages"
-    assert req.headers["authorization"] == f"Bearer {graph.access_token}"
+    (req,) = scripted_graph.sent_messages()
+    assert req.path == f"/v21.0/{scripted_graph.phone_number_id}/messages"
+    assert req.headers["authorization"] == f"Bearer {scripted_graph.access_token}"
     assert req.json["to"] == "14155550123" and req.json["type"] == "text"
     assert req.json["text"]["body"] == "Your order has shipped"
     assert msg["error"] is None and msg["attempts"] == 1 and msg["from"] == BUSINESS_PHONE
@@ -192,10 +195,10 @@ def test_a_send_reaches_graph_becomes_sent_then_delivered_then_read(
     base = int(time.time()) + 2  # Meta's timestamps are whole seconds: after our sent_at
     assert post_callback(client, cloud.id, status_callback(wamid, "sent", base))["statuses"] == 1
     post_callback(client, cloud.id, status_callback(wamid, "delivered", base + 1))
-    delivered = wait_status(client, headers, mid, "delivered")
+    delivered = wait_status(client, committed_headers, mid, "delivered")
     assert when(delivered["delivered_at"]) == at(base + 1) and delivered["read_at"] is None
     post_callback(client, cloud.id, status_callback(wamid, "read", base + 3))
-    read = wait_status(client, headers, mid, "read")
+    read = wait_status(client, committed_headers, mid, "read")
     assert when(read["read_at"]) == at(base + 3) and when(read["delivered_at"]) == at(base + 1)
     assert when(read["sending_at"]) <= when(read["sent_at"]) == when(msg["sent_at"]) <= when(read["delivered_at"])
     assert history(committed, mid) == ["queued", "sending", "sent", "delivered", "read"]
@@ -210,25 +213,26 @@ def test_a_send_reaches_graph_becomes_sent_then_delivered_then_read(
     # a late (Meta retried) delivered callback after read: never backwards, nothing recorded
     post_callback(client, cloud.id, status_callback(wamid, "delivered", base + 2))
     wait_for(default_queue_drained, timeout=15, message="the late ack to be processed")
-    assert api_message(client, headers, mid) == read
+    assert api_message(client, committed_headers, mid) == read
     assert history(committed, mid) == ["queued", "sending", "sent", "delivered", "read"]
     assert len(events(committed, mid)) == 4
-    assert len(graph.sent_messages()) == 1
+    assert len(scripted_graph.sent_messages()) == 1
 
 
 def test_read_before_delivered_ends_read_and_the_late_delivered_moves_nothing(
-        committed, committed_client, headers, graph, cloud):  # noqa: F811
+        committed, committed_client, committed_headers, scripted_graph, cloud):
     client = committed_client
-    r = client.post("/api/messages", json={"client_id": cloud.id, "to": TO, "text": "Out of order"}, headers=headers)
+    r = client.post("/api/messages", json={"client_id": cloud.id, "to": TO, "text": "Out of order"},
+                    headers=committed_headers)
     assert r.status_code == 202, r.get_json()
     mid = r.get_json()["id"]
-    sent = wait_status(client, headers, mid, "sent")
-    ((_, answer),) = graph.sends_of(mid)
+    sent = wait_status(client, committed_headers, mid, "sent")
+    ((_, answer),) = scripted_graph.sends_of(mid)
     wamid = answer["messages"][0]["id"]
 
     base = int(time.time()) + 2
     post_callback(client, cloud.id, status_callback(wamid, "read", base + 4))
-    read = wait_status(client, headers, mid, "read")
+    read = wait_status(client, committed_headers, mid, "read")
     assert when(read["read_at"]) == at(base + 4)
     assert read["delivered_at"] is not None, "read implies delivered"
     assert when(sent["sent_at"]) <= when(read["delivered_at"]) <= when(read["read_at"])
@@ -239,13 +243,13 @@ def test_read_before_delivered_ends_read_and_the_late_delivered_moves_nothing(
 
     post_callback(client, cloud.id, status_callback(wamid, "delivered", base + 1))
     wait_for(default_queue_drained, timeout=15, message="the late delivered ack to be processed")
-    assert api_message(client, headers, mid) == read  # status, timestamps: unchanged
+    assert api_message(client, committed_headers, mid) == read  # status, timestamps: unchanged
     assert history(committed, mid) == ["queued", "sending", "sent", "delivered", "read"]
     assert len(events(committed, mid)) == before_events
 
 
 def test_a_signed_inbound_callback_becomes_an_inbound_message_and_a_contact(
-        committed, committed_client, headers, org, cloud):  # noqa: F811
+        committed, committed_client, committed_headers, committed_org, cloud):
     client = committed_client
     ts = int(time.time()) - 5
     payload = change({
@@ -260,13 +264,14 @@ def test_a_signed_inbound_callback_becomes_an_inbound_message_and_a_contact(
     (msg,) = wait_for(inbound, timeout=20, message="the inbound message row")
     assert (msg.from_phone, msg.to_phone, msg.text, msg.type, msg.status) == (
         "+16315551181", BUSINESS_PHONE, "Hi, is my order ready?", "text", "received")
-    assert msg.external_id == "wamid.HBgLMTYzMTU1NTExODEVAgASGBQzQTdDN0I" and msg.organization_id == org.id
-    contact = committed.scalars(select(Contact).where(Contact.organization_id == org.id,
+    assert msg.external_id == "wamid.HBgLMTYzMTU1NTExODEVAgASGBQzQTdDN0I" and msg.organization_id == committed_org.id
+    contact = committed.scalars(select(Contact).where(Contact.organization_id == committed_org.id,
                                                       Contact.phone == "+16315551181")).one()
     assert msg.contact_id == contact.id and contact.name == "Kerry Fisher"
     assert contact.last_inbound_at == at(ts)
     assert [e.type for e in events(committed, msg.id)] == ["message.received"]
-    listed = client.get("/api/messages", query_string={"direction": "inbound", "client_id": cloud.id}, headers=headers)
+    listed = client.get("/api/messages", query_string={"direction": "inbound", "client_id": cloud.id},
+                        headers=committed_headers)
     assert [(m["id"], m["from"], m["text"]) for m in listed.get_json()["items"]] == [
         (msg.id, "+16315551181", "Hi, is my order ready?")]
 
@@ -280,31 +285,31 @@ def test_a_signed_inbound_callback_becomes_an_inbound_message_and_a_contact(
 
 
 def test_throughput_error_is_retried_and_window_and_recipient_errors_fail_at_once(
-        committed, committed_client, headers, graph, cloud):  # noqa: F811
+        committed, committed_client, committed_headers, scripted_graph, cloud):
     client = committed_client
     busy, closed, nobody = "+14155550131", "+14155550132", "+14155550133"
-    graph.fail_sends_to(busy, 130429, "Rate limit hit",
+    scripted_graph.fail_sends_to(busy, 130429, "Rate limit hit",
                         "Message failed to send because there were too many messages sent from this phone number")
-    graph.fail_sends_to(closed, 131047, "Re-engagement message",
+    scripted_graph.fail_sends_to(closed, 131047, "Re-engagement message",
                         "Message failed to send because more than 24 hours have passed since the customer last replied")
-    graph.fail_sends_to(nobody, 131026, "Message Undeliverable.", "Message Undeliverable.")
+    scripted_graph.fail_sends_to(nobody, 131026, "Message Undeliverable.", "Message Undeliverable.")
     ids = {}
     for to in (busy, closed, nobody):
         r = client.post("/api/messages", json={"client_id": cloud.id, "to": to, "text": f"hello {to}"},
-                        headers=headers)
+                        headers=committed_headers)
         assert r.status_code == 202, r.get_json()
         ids[to] = r.get_json()["id"]
 
-    failed = wait_status(client, headers, ids[closed], "failed")
+    failed = wait_status(client, committed_headers, ids[closed], "failed")
     assert failed["error"]["code"] == "outside_customer_window" and failed["attempts"] == 1
     assert failed["failed_at"] is not None and failed["sent_at"] is None
-    undeliverable = wait_status(client, headers, ids[nobody], "failed")
+    undeliverable = wait_status(client, committed_headers, ids[nobody], "failed")
     assert undeliverable["error"]["code"] == "invalid_recipient" and undeliverable["attempts"] == 1
 
     # 130429: back to queued, retried after Meta's backoff, then sent -- by the second request only
-    retried = wait_status(client, headers, ids[busy], "sent", timeout=30)
+    retried = wait_status(client, committed_headers, ids[busy], "sent", timeout=30)
     assert retried["attempts"] == 2 and retried["error"] is None
-    (first, first_body), (second, second_body) = graph.sends_of(ids[busy])
+    (first, first_body), (second, second_body) = scripted_graph.sends_of(ids[busy])
     assert (first, first_body["error"]["code"], second) == (400, 130429, 200)
     committed.rollback()
     assert committed.get(Message, ids[busy]).external_id == second_body["messages"][0]["id"]
@@ -312,11 +317,11 @@ def test_throughput_error_is_retried_and_window_and_recipient_errors_fail_at_onc
     assert [e.type for e in events(committed, ids[busy])] == ["message.queued", "message.sent"]
 
     # the permanent errors were never retried, not even while the throughput retry waited
-    assert [s for s, _ in graph.sends_of(ids[closed])] == [400]
-    assert [s for s, _ in graph.sends_of(ids[nobody])] == [400]
+    assert [s for s, _ in scripted_graph.sends_of(ids[closed])] == [400]
+    assert [s for s, _ in scripted_graph.sends_of(ids[nobody])] == [400]
     for to in (closed, nobody):
         assert history(committed, ids[to]) == ["queued", "sending", "failed"]
         evts = events(committed, ids[to])
         assert [e.type for e in evts] == ["message.queued", "message.failed"]
-        assert evts[-1].payload["error"]["code"] == api_message(client, headers, ids[to])["error"]["code"]
-    assert len(graph.sent_messages()) == 4
+        assert evts[-1].payload["error"]["code"] == api_message(client, committed_headers, ids[to])["error"]["code"]
+    assert len(scripted_graph.sent_messages()) == 4

@@ -17,10 +17,8 @@ from app.clients.models import Client, ClientSession, ClientStatusHistory
 from app.db import utcnow
 from app.kv import redis_client
 from app.transports.web import BrowserRuntime
-from config import settings
 from tests import factories as f
 from tests.auth_helpers import api_key_headers
-from tests.fixtures.wa_web.server import FakeWhatsAppWeb
 from tests.fixtures.wa_web.sink import RecordingSink
 from tests.procs import ROOT, wait_for
 from workers.session_host import (SessionHost, claim_lease, host_queue, lease_owner, orphaned_clients,
@@ -189,32 +187,29 @@ def test_live_hosts_restart_orphaned_sessions_once(committed, web_client):
 
 
 @pytest.fixture
-def in_process_host(committed, fake):
+def in_process_host(committed, wa_web):
     """A session host in this process (its own Chromium) reporting to a recording sink."""
-    saved = settings.WEB_URL
-    settings.override(WEB_URL=fake.url)
     sink = RecordingSink()
     host = SessionHost("host-here", runtime=BrowserRuntime(), sink=sink)
     yield host, sink
     host.shutdown()
-    settings.override(WEB_URL=saved)
 
 
-def _run_session(committed, fake, host, sink) -> Client:
+def _run_session(committed, wa_web, host, sink) -> Client:
     client = f.make_client(committed, transport="web", status="starting")
     committed.commit()
     assert host.start_session(client.id) == "started"
     sink.wait(lambda: sink.qrs(), 60, "a QR code")
-    fake.scan(sink.qrs()[-1], PHONE)
+    wa_web.scan(sink.qrs()[-1], PHONE)
     sink.wait_status("ready", 60)
     committed.rollback()
     assert lease_owner(committed, client.id) == host.host_id
     return client
 
 
-def test_a_host_runs_a_session_and_hands_it_over_at_shutdown(committed, fake, in_process_host):
+def test_a_host_runs_a_session_and_hands_it_over_at_shutdown(committed, wa_web, in_process_host):
     host, sink = in_process_host
-    client = _run_session(committed, fake, host, sink)
+    client = _run_session(committed, wa_web, host, sink)
     assert host.start_session(client.id) == "running"
     sink.wait(lambda: sink.statuses().count("ready") == 2, 20, "the status reported again")
     saved = len(sink.states())
@@ -225,9 +220,9 @@ def test_a_host_runs_a_session_and_hands_it_over_at_shutdown(committed, fake, in
     assert host.sessions == {}
 
 
-def test_a_host_that_lost_the_lease_closes_its_session(committed, fake, in_process_host):
+def test_a_host_that_lost_the_lease_closes_its_session(committed, wa_web, in_process_host):
     host, sink = in_process_host
-    client = _run_session(committed, fake, host, sink)
+    client = _run_session(committed, wa_web, host, sink)
     transport = host.sessions[client.id]
     # meanwhile another host took the client over (this one could not renew in time)
     committed.execute(text("UPDATE client_sessions SET host_id = 'host-else', lease_expires_at = now() + "
@@ -241,13 +236,6 @@ def test_a_host_that_lost_the_lease_closes_its_session(committed, fake, in_proce
 
 
 # ----------------------------------------------------------------------------- real session hosts
-
-
-@pytest.fixture
-def fake():
-    server = FakeWhatsAppWeb().start()
-    yield server
-    server.stop()
 
 
 def _hosts() -> list[dict]:
@@ -268,7 +256,7 @@ def _message(client, headers, message_id: str) -> dict:
 
 @pytest.mark.workers
 def test_two_hosts_one_lease_sends_through_the_owner_and_takeover_after_it_dies(
-        committed, committed_client, run_pool, fake):
+        committed, committed_client, run_pool, wa_web):
     org = f.make_organization(committed)
     committed.commit()
     headers = api_key_headers(committed, org, "admin")
@@ -283,7 +271,7 @@ def test_two_hosts_one_lease_sends_through_the_owner_and_takeover_after_it_dies(
     assert early.status_code == 202, early.get_json()
     early_id = early.get_json()["id"]
 
-    fast = {"WEB_URL": fake.url, "SESSION_LEASE_TTL": "3", "SESSION_HEARTBEAT_INTERVAL": "1"}
+    fast = {"WEB_URL": wa_web.url, "SESSION_LEASE_TTL": "3", "SESSION_HEARTBEAT_INTERVAL": "1"}
     run_pool("default")
     run_pool("messages")
     hosts = [run_pool("sessions", **fast), run_pool("sessions", **fast)]
@@ -292,7 +280,7 @@ def test_two_hosts_one_lease_sends_through_the_owner_and_takeover_after_it_dies(
     assert api.post(f"/api/clients/{cid}/start", headers=headers).status_code == 202
     wait_for(lambda: _client(committed, cid).status == "qr", timeout=120, message="the QR code")
     qr = api.get(f"/api/clients/{cid}/qr", headers=headers).get_json()["qr"]
-    fake.scan(qr, PHONE)
+    wa_web.scan(qr, PHONE)
     wait_for(lambda: _client(committed, cid).status == "ready", timeout=120, message="the client to be ready")
     assert _client(committed, cid).phone == PHONE
 
@@ -309,14 +297,14 @@ def test_two_hosts_one_lease_sends_through_the_owner_and_takeover_after_it_dies(
     # the message accepted before the start was sent through the owner's session, typed
     wait_for(lambda: _message(api, headers, early_id)["status"] == "sent", timeout=120,
              message="the early message sent")
-    sent = fake.wait_sent(PHONE, 1)
+    sent = wa_web.wait_sent(PHONE, 1)
     assert [m.text for m in sent] == ["queued early"] and len(sent[0].typing) == len("queued early")
     assert _message(api, headers, early_id)["attempts"] == 1
-    fake.ack(sent[0].id, "delivered")
+    wa_web.ack(sent[0].id, "delivered")
     wait_for(lambda: _message(api, headers, early_id)["status"] == "delivered", timeout=60, message="the ack")
     wait_for(lambda: (committed.rollback() or committed.get(ClientSession, cid).state_encrypted) is not None,
              timeout=30, message="the login state saved (encrypted)")
-    devices = fake.linked_devices(PHONE)
+    devices = wa_web.linked_devices(PHONE)
 
     # the owner dies without a goodbye: the survivor takes the session over from the saved login
     owner_pid = live[owner]["pid"]
@@ -335,7 +323,7 @@ def test_two_hosts_one_lease_sends_through_the_owner_and_takeover_after_it_dies(
         ClientStatusHistory.client_id == cid, ClientStatusHistory.id > history_before)).all()
     assert "qr" not in later, "no new QR code was needed"
     assert _client(committed, cid).status == "ready"
-    assert fake.linked_devices(PHONE) == devices
+    assert wa_web.linked_devices(PHONE) == devices
 
     # sends now go through the survivor
     r = api.post(f"/api/clients/{cid}/send-message", json={"to": "+15550777002", "message": "after takeover"},
@@ -343,7 +331,7 @@ def test_two_hosts_one_lease_sends_through_the_owner_and_takeover_after_it_dies(
     assert r.status_code == 202
     wait_for(lambda: _message(api, headers, r.get_json()["id"])["status"] == "sent", timeout=120,
              message="the send through the new owner")
-    assert fake.wait_sent(PHONE, 2)[-1].text == "after takeover"
+    assert wa_web.wait_sent(PHONE, 2)[-1].text == "after takeover"
     def survivor_alone() -> str | None:
         """`workers status`, once it lists one host: the dead one is listed until its heartbeat
         expires (WORKER_HEARTBEAT_TTL after its last beat)."""

@@ -265,25 +265,15 @@ def test_valid_config_passes():
 
 # ----------------------------------------------------------------------------------- API hooks
 
-@pytest.fixture
-def org(session):
-    return f.make_organization(session)
-
-
-@pytest.fixture
-def admin(session, org):
-    return principal_headers(session, org, "admin")
-
-
 def queued(redis_conn, actor_name, queue="default"):
     bodies = [json.loads(v) for q in (queue, f"{queue}.DQ") for v in redis_conn.hvals(f"dramatiq:{q}.msgs")]
     return [b for b in bodies if b["actor_name"] == actor_name]
 
 
-def test_inbound_endpoint_reports_an_inbound_message(client, session, org, admin, redis_conn):
+def test_inbound_endpoint_reports_an_inbound_message(client, session, org, admin_headers, redis_conn):
     c = f.make_client(session, organization_id=org.id, status="ready")
     resp = client.post(f"/api/clients/{c.id}/sim/inbound", json={"from": "+14155550199", "text": "Hi there"},
-                       headers=admin)
+                       headers=admin_headers)
     assert resp.status_code == 202, resp.get_json()
     [row] = reported(session, "inbound")
     payload = row.payload
@@ -292,17 +282,17 @@ def test_inbound_endpoint_reports_an_inbound_message(client, session, org, admin
     [job] = queued(redis_conn, "inbox.apply")
     assert job["args"] == [row.id]
 
-    bad = client.post(f"/api/clients/{c.id}/sim/inbound", json={"from": "0612", "text": "x"}, headers=admin)
+    bad = client.post(f"/api/clients/{c.id}/sim/inbound", json={"from": "0612", "text": "x"}, headers=admin_headers)
     assert bad.status_code == 422 and "from" in bad.get_json()["error"]["details"]
     waiting = f.make_client(session, organization_id=org.id, status="qr")
     resp = client.post(f"/api/clients/{waiting.id}/sim/inbound", json={"from": "+14155550199", "text": "x"},
-                       headers=admin)
+                       headers=admin_headers)
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "client_not_ready"
 
 
-def test_scan_endpoint_scans_the_qr_shown_now_and_only_then(client, session, org, admin, redis_conn):
+def test_scan_endpoint_scans_the_qr_shown_now_and_only_then(client, session, org, admin_headers, redis_conn):
     c = f.make_client(session, organization_id=org.id, status="qr", config={"auto_scan": False})
-    resp = client.post(f"/api/clients/{c.id}/sim/scan", headers=admin)
+    resp = client.post(f"/api/clients/{c.id}/sim/scan", headers=admin_headers)
     assert resp.status_code == 202, resp.get_json()
     assert resp.get_json()["id"] == c.id
     [row] = reported(session, "status")
@@ -311,55 +301,56 @@ def test_scan_endpoint_scans_the_qr_shown_now_and_only_then(client, session, org
 
     for state in ("ready", "created", "starting"):
         other = f.make_client(session, organization_id=org.id, status=state)
-        refused = client.post(f"/api/clients/{other.id}/sim/scan", headers=admin)
+        refused = client.post(f"/api/clients/{other.id}/sim/scan", headers=admin_headers)
         assert refused.status_code == 409 and refused.get_json()["error"]["code"] == "client_not_in_qr_state"
     viewer = principal_headers(session, org, "viewer")
     assert client.post(f"/api/clients/{c.id}/sim/scan", headers=viewer).status_code == 403
 
 
-def test_the_qr_of_a_starting_client_says_when_to_ask_again(client, session, org, admin):
+def test_the_qr_of_a_starting_client_says_when_to_ask_again(client, session, org, admin_headers):
     starting = f.make_client(session, organization_id=org.id, status="starting")
-    resp = client.get(f"/api/clients/{starting.id}/qr", headers=admin)
+    resp = client.get(f"/api/clients/{starting.id}/qr", headers=admin_headers)
     assert resp.status_code == 409 and resp.headers["Retry-After"] == "1"
     error = resp.get_json()["error"]
     assert error["code"] == "client_not_in_qr_state" and error["details"] == {"status": "starting", "retry_after": 1}
     assert "retry in 1 s" in error["message"]
     ready = f.make_client(session, organization_id=org.id, status="ready")
-    resp = client.get(f"/api/clients/{ready.id}/qr", headers=admin)
+    resp = client.get(f"/api/clients/{ready.id}/qr", headers=admin_headers)
     assert resp.status_code == 409 and "Retry-After" not in resp.headers and "already linked" in resp.get_json()["error"]["message"]
 
 
-def test_sim_endpoints_are_404_for_other_transports_and_other_organisations(client, session, org, admin):
+def test_sim_endpoints_are_404_for_other_transports_and_other_organisations(client, session, org, admin_headers):
     cloud = f.make_client(session, organization_id=org.id, transport="cloud", status="ready")
     foreign = f.make_client(session, status="ready")
     for client_id in (cloud.id, foreign.id):
-        assert client.get(f"/api/clients/{client_id}/sim/network", headers=admin).status_code == 404
-        assert client.post(f"/api/clients/{client_id}/sim/fault", json={"type": "ban"}, headers=admin).status_code == 404
+        assert client.get(f"/api/clients/{client_id}/sim/network", headers=admin_headers).status_code == 404
+        assert client.post(f"/api/clients/{client_id}/sim/fault", json={"type": "ban"},
+                           headers=admin_headers).status_code == 404
         assert client.post(f"/api/clients/{client_id}/sim/inbound", json={"from": "+14155550199", "text": "x"},
-                           headers=admin).status_code == 404
-        assert client.post(f"/api/clients/{client_id}/sim/scan", headers=admin).status_code == 404
+                           headers=admin_headers).status_code == 404
+        assert client.post(f"/api/clients/{client_id}/sim/scan", headers=admin_headers).status_code == 404
 
 
-def test_network_endpoint_and_fail_next_fault(client, session, org, admin):
+def test_network_endpoint_and_fail_next_fault(client, session, org, admin_headers):
     c = f.make_client(session, organization_id=org.id, status="ready")
     t = SimTransport(service.load_client_info(session, c.id), RecordingSink())
     t.send(text(message_id="msg_a"))
     t.send(text(message_id="msg_a"))
     t.send(text(message_id="msg_b"))
-    body = client.get(f"/api/clients/{c.id}/sim/network", headers=admin).get_json()
+    body = client.get(f"/api/clients/{c.id}/sim/network", headers=admin_headers).get_json()
     assert (body["received"], body["distinct"], body["duplicates"]) == (3, 2, 1)
 
-    resp = client.post(f"/api/clients/{c.id}/sim/fault", json={"type": "fail_next", "count": 2}, headers=admin)
+    resp = client.post(f"/api/clients/{c.id}/sim/fault", json={"type": "fail_next", "count": 2}, headers=admin_headers)
     assert resp.status_code == 202 and resp.get_json()["faults"]["fail_next"] == 2
     with pytest.raises(TransientSendError):
         t.send(text())
-    assert client.get(f"/api/clients/{c.id}/sim/network", headers=admin).get_json()["faults"]["fail_next"] == 1
-    client.post(f"/api/clients/{c.id}/sim/fault", json={"type": "clear"}, headers=admin)
+    assert client.get(f"/api/clients/{c.id}/sim/network", headers=admin_headers).get_json()["faults"]["fail_next"] == 1
+    client.post(f"/api/clients/{c.id}/sim/fault", json={"type": "clear"}, headers=admin_headers)
     assert t.send(text()).status == "sent"
-    bad = client.post(f"/api/clients/{c.id}/sim/fault", json={"type": "explode"}, headers=admin)
+    bad = client.post(f"/api/clients/{c.id}/sim/fault", json={"type": "explode"}, headers=admin_headers)
     assert bad.status_code == 422
     stopped = f.make_client(session, organization_id=org.id, status="stopped")
-    resp = client.post(f"/api/clients/{stopped.id}/sim/fault", json={"type": "disconnect"}, headers=admin)
+    resp = client.post(f"/api/clients/{stopped.id}/sim/fault", json={"type": "disconnect"}, headers=admin_headers)
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "client_not_connected"
 
 

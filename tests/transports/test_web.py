@@ -19,8 +19,6 @@ from app.transports.base import (ClientInfo, MediaRef, OutboundMessage, Permanen
 from app.transports.web import (BrowserRuntime, PermanentStartError, WebTransport, decode_state, profile_for,
                                 proxy_options)
 from app.transports.web_selectors import WA_WEB_SELECTORS_VERSION, hooks_script
-from config import settings
-from tests.fixtures.wa_web.server import FakeWhatsAppWeb
 from tests.fixtures.wa_web.sink import RecordingSink, start_and_scan
 
 #: Chromium is heavy: the browser tests run one at a time, on one xdist worker (one module-wide browser)
@@ -35,17 +33,6 @@ def runtime():
     rt = BrowserRuntime()
     yield rt
     rt.close()
-
-
-@pytest.fixture
-def fake():
-    server = FakeWhatsAppWeb().start()
-    names = ("WEB_URL", "WEB_QR_TIMEOUT", "WEB_NAV_TIMEOUT", "WEB_TYPING_MAX_MS")
-    saved = {name: getattr(settings, name) for name in names}
-    settings.override(WEB_URL=server.url)
-    yield server
-    settings.override(**saved)
-    server.stop()
 
 
 @pytest.fixture
@@ -94,14 +81,14 @@ def test_profile_is_stable_per_account_and_distinct_between_accounts():
     assert configured.user_agent == profile_for(a, 156).user_agent
 
 
-def test_profile_is_what_the_page_sees(fake, open_transport):
+def test_profile_is_what_the_page_sees(wa_web, open_transport):
     first, _ = open_transport("cli_profile_one")
     second, _ = open_transport("cli_profile_two")
     first.start()
     second.start()
-    fake_hellos = lambda: len(fake.hellos) >= 2  # noqa: E731
+    fake_hellos = lambda: len(wa_web.hellos) >= 2  # noqa: E731
     RecordingSink().wait(fake_hellos, 30, "both pages")
-    seen = {tuple(h["viewport"]): h for h in fake.hellos}
+    seen = {tuple(h["viewport"]): h for h in wa_web.hellos}
     for transport in (first, second):
         profile = transport.profile
         page = seen[profile.viewport]
@@ -174,14 +161,14 @@ class _ForwardingProxy:
         self.httpd.server_close()
 
 
-def test_account_traffic_goes_through_its_proxy_with_credentials(fake, open_transport):
-    proxy = _ForwardingProxy(fake.port, "alice", "s3cret")
+def test_account_traffic_goes_through_its_proxy_with_credentials(wa_web, open_transport, override_settings):
+    proxy = _ForwardingProxy(wa_web.port, "alice", "s3cret")
     try:
-        settings.override(WEB_URL=f"http://web.whatsapp.test:{fake.port}")
+        override_settings(WEB_URL=f"http://web.whatsapp.test:{wa_web.port}")
         transport, sink = open_transport(proxy=ProxyInfo(scheme="http", host="127.0.0.1", port=proxy.port,
                                                          username="alice", password="s3cret"))
-        start_and_scan(transport, sink, fake, PHONE)
-        assert ("GET", f"http://web.whatsapp.test:{fake.port}/") in proxy.seen
+        start_and_scan(transport, sink, wa_web, PHONE)
+        assert ("GET", f"http://web.whatsapp.test:{wa_web.port}/") in proxy.seen
         assert any(path.endswith("/api/poll") for _, path in proxy.seen)
     finally:
         proxy.stop()
@@ -190,8 +177,8 @@ def test_account_traffic_goes_through_its_proxy_with_credentials(fake, open_tran
 # ----------------------------------------------------------------------------- QR and login
 
 
-def test_qr_code_is_read_from_the_page_and_every_rotation_reported(fake, open_transport):
-    fake.qr_rotate_s, fake.qr_max_rotations = 0.4, 3
+def test_qr_code_is_read_from_the_page_and_every_rotation_reported(wa_web, open_transport):
+    wa_web.qr_rotate_s, wa_web.qr_max_rotations = 0.4, 3
     transport, sink = open_transport()
     transport.start()
     # three codes, then the page asks for a click to reload: the driver clicks and codes flow again
@@ -202,47 +189,47 @@ def test_qr_code_is_read_from_the_page_and_every_rotation_reported(fake, open_tr
     detail = sink.status_detail("qr")
     assert datetime.fromisoformat(detail["expires_at"]) > datetime.now(timezone.utc)
     assert transport.state == "qr"
-    with fake.lock:  # the code the page shows now (no rotation between reading and scanning it)
-        fake.scan(fake.qr_refs()[0], PHONE)
+    with wa_web.lock:  # the code the page shows now (no rotation between reading and scanning it)
+        wa_web.scan(wa_web.qr_refs()[0], PHONE)
     assert sink.wait_status("ready")["phone"] == PHONE
 
 
-def test_scan_logs_in_reports_ready_with_the_phone_and_saves_the_login(fake, open_transport):
+def test_scan_logs_in_reports_ready_with_the_phone_and_saves_the_login(wa_web, open_transport):
     transport, sink = open_transport()
-    start_and_scan(transport, sink, fake, PHONE)
+    start_and_scan(transport, sink, wa_web, PHONE)
     assert sink.statuses()[-1] == "ready" and sink.status_detail("ready") == {"phone": PHONE}
     assert transport.state == "ready" and transport.phone == PHONE
     state = decode_state(sink.wait(lambda: sink.states(), 20, "a saved login state")[-1])
-    origin = next(o for o in state["origins"] if o["origin"] == fake.url)
+    origin = next(o for o in state["origins"] if o["origin"] == wa_web.url)
     assert origin["indexedDB"], "the login state lacks the page's IndexedDB"
     transport.stop()
     assert transport.state == "closed"
     assert len(sink.states()) >= 2, "stop saves the login state once more"
 
 
-def test_login_survives_a_browser_restart_without_a_new_qr(fake, open_transport):
+def test_login_survives_a_browser_restart_without_a_new_qr(wa_web, open_transport):
     transport, sink = open_transport("cli_persist")
-    start_and_scan(transport, sink, fake, PHONE)
+    start_and_scan(transport, sink, wa_web, PHONE)
     transport.stop()
     saved = sink.states()[-1]
-    devices = fake.linked_devices(PHONE)
+    devices = wa_web.linked_devices(PHONE)
     other_browser = BrowserRuntime()  # a new Chromium: as after a restart or on another host
     try:
         again, sink2 = open_transport("cli_persist", rt=other_browser)
         again.start(saved)
         assert sink2.wait_status("ready")["phone"] == PHONE
         assert "qr" not in sink2.statuses()
-        assert fake.linked_devices(PHONE) == devices, "the same linked device, not a new link"
+        assert wa_web.linked_devices(PHONE) == devices, "the same linked device, not a new link"
         again.stop()
     finally:
         other_browser.close()
 
 
-def test_a_saved_login_the_phone_revoked_reports_logged_out(fake, open_transport):
+def test_a_saved_login_the_phone_revoked_reports_logged_out(wa_web, open_transport):
     transport, sink = open_transport("cli_revoked")
-    start_and_scan(transport, sink, fake, PHONE)
+    start_and_scan(transport, sink, wa_web, PHONE)
     transport.stop()
-    fake.logout(PHONE)  # "log out all devices" while the session was stopped
+    wa_web.logout(PHONE)  # "log out all devices" while the session was stopped
     closed = []
     again, sink2 = open_transport("cli_revoked", on_closed=closed.append)
     again.start(sink.states()[-1])
@@ -252,8 +239,8 @@ def test_a_saved_login_the_phone_revoked_reports_logged_out(fake, open_transport
     assert again.state == "closed" and sink2.statuses() == ["logged_out"]
 
 
-def test_qr_not_scanned_in_time_fails_the_session(fake, open_transport):
-    settings.override(WEB_QR_TIMEOUT=2)
+def test_qr_not_scanned_in_time_fails_the_session(wa_web, open_transport, override_settings):
+    override_settings(WEB_QR_TIMEOUT=2)
     closed = []
     transport, sink = open_transport(on_closed=closed.append)
     transport.start()
@@ -266,9 +253,10 @@ def test_qr_not_scanned_in_time_fails_the_session(fake, open_transport):
 
 
 @pytest.fixture
-def ready(fake, open_transport):
+def ready_transport(wa_web, open_transport):
+    """A web transport logged in (its QR code scanned) and its sink."""
     transport, sink = open_transport()
-    start_and_scan(transport, sink, fake, PHONE)
+    start_and_scan(transport, sink, wa_web, PHONE)
     return transport, sink
 
 
@@ -276,11 +264,11 @@ def _text(to: str, text: str, message_id: str = "msg_test") -> OutboundMessage:
     return OutboundMessage(message_id=message_id, to=to, type="text", text=text)
 
 
-def test_send_text_types_it_at_60_to_100_ms_per_character(fake, ready, monkeypatch):
+def test_send_text_types_it_at_60_to_100_ms_per_character(wa_web, ready_transport, monkeypatch):
     """What the page saw: every character as a key press of its own, in order, at a pace drawn
     per key between 60 and 100 ms. (The pace itself is the driver's: checked on a test clock by
     the next test, since a loaded machine delays keys on their way to the page.)"""
-    transport, _ = ready
+    transport, _ = ready_transport
     import app.transports.web as web
 
     drawn: list[float] = []  # the pace the driver chose for each key
@@ -293,7 +281,7 @@ def test_send_text_types_it_at_60_to_100_ms_per_character(fake, ready, monkeypat
     monkeypatch.setattr(web, "random", Recording())
     text = "Hello from the web transport"
     result = transport.send(_text("+15550999001", text))
-    sent = fake.wait_sent(PHONE, 1)[-1]
+    sent = wa_web.wait_sent(PHONE, 1)[-1]
     assert (sent.text, sent.chat, sent.id) == (text, "15550999001@c.us", result.external_id)
     assert result.status == "sent"
     stamps = sent.typing  # the page's time of each typed character
@@ -303,7 +291,7 @@ def test_send_text_types_it_at_60_to_100_ms_per_character(fake, ready, monkeypat
 
     # a second message to the same chat: typed again, new lines kept, its own id
     second = transport.send(_text("+15550999001", "line one\nline two", "msg_2"))
-    again = fake.wait_sent(PHONE, 2)[-1]
+    again = wa_web.wait_sent(PHONE, 2)[-1]
     assert again.text == "line one\nline two"
     assert second.external_id != result.external_id and again.id == second.external_id
 
@@ -372,24 +360,24 @@ def test_the_driver_keeps_the_pace_whatever_a_key_costs(monkeypatch):
     assert loop.clock.now == pytest.approx(pressed[-1][1] + max(drawn[-1] / 1000, round_trips[len(pressed) - 1]))
 
 
-def test_long_text_types_within_the_budget_and_pastes_the_rest(fake, ready):
-    transport, _ = ready
-    settings.override(WEB_TYPING_MAX_MS=600)
+def test_long_text_types_within_the_budget_and_pastes_the_rest(wa_web, ready_transport, override_settings):
+    transport, _ = ready_transport
+    override_settings(WEB_TYPING_MAX_MS=600)
     text = "x" * 40 + " and the rest is pasted"
     transport.send(_text("+15550999002", text))
-    sent = fake.wait_sent(PHONE, 1)[-1]
+    sent = wa_web.wait_sent(PHONE, 1)[-1]
     assert sent.text == text
     assert 6 <= len(sent.typing) <= 11, "only ~600 ms worth of characters are typed"
 
 
-def test_send_media_uploads_the_file_with_its_caption(fake, ready, tmp_path):
-    transport, _ = ready
+def test_send_media_uploads_the_file_with_its_caption(wa_web, ready_transport, tmp_path):
+    transport, _ = ready_transport
     image = tmp_path / "stored-file"
     image.write_bytes(PNG)
     ref = MediaRef(media_id="med_1", mime_type="image/png", filename="photo.png", path=str(image), size=len(PNG))
     result = transport.send(OutboundMessage(message_id="msg_img", to="+15550999003", type="image", media=ref,
                                             caption="Look at this"))
-    sent = fake.wait_sent(PHONE, 1)[-1]
+    sent = wa_web.wait_sent(PHONE, 1)[-1]
     assert sent.id == result.external_id and sent.caption == "Look at this"
     assert sent.media["name"] == "photo.png" and sent.media["mime"] == "image/png"
     assert base64.b64decode(sent.media["data_b64"]) == PNG
@@ -400,7 +388,7 @@ def test_send_media_uploads_the_file_with_its_caption(fake, ready, tmp_path):
     transport.send(OutboundMessage(message_id="msg_doc", to="+15550999003", type="document",
                                    media=MediaRef(media_id="med_2", mime_type="application/pdf",
                                                   filename="report.pdf", path=str(doc))))
-    sent = fake.wait_sent(PHONE, 2)[-1]
+    sent = wa_web.wait_sent(PHONE, 2)[-1]
     assert sent.media["name"] == "report.pdf" and base64.b64decode(sent.media["data_b64"]) == b"%PDF-1.4 test"
     assert sent.caption is None
 
@@ -410,43 +398,43 @@ def test_send_media_uploads_the_file_with_its_caption(fake, ready, tmp_path):
     assert err.value.code == "media_unavailable"
 
 
-def test_a_number_not_on_whatsapp_fails_permanently(fake, ready):
-    transport, _ = ready
+def test_a_number_not_on_whatsapp_fails_permanently(wa_web, ready_transport):
+    transport, _ = ready_transport
     with pytest.raises(PermanentSendError) as err:
         transport.send(_text("+9991234567", "hello?"))
     assert err.value.code == "invalid_recipient"
-    assert fake.sent(PHONE) == []
+    assert wa_web.sent(PHONE) == []
     # the session goes on
     assert transport.send(_text("+15550999004", "ok")).external_id
 
 
-def test_ticks_become_acks_sent_delivered_read(fake, ready):
-    transport, sink = ready
+def test_ticks_become_acks_sent_delivered_read(wa_web, ready_transport):
+    transport, sink = ready_transport
     external_id = transport.send(_text("+15550999005", "tick tock")).external_id
     sink.wait(lambda: sink.acks(external_id) == ["sent"], 20, "the sent tick")
-    fake.ack(external_id, "delivered")
+    wa_web.ack(external_id, "delivered")
     sink.wait(lambda: sink.acks(external_id)[-1:] == ["delivered"], 20, "the delivered ticks")
-    fake.ack(external_id, "read")
+    wa_web.ack(external_id, "read")
     sink.wait(lambda: sink.acks(external_id)[-1:] == ["read"], 20, "the read ticks")
     assert sink.acks(external_id) == ["sent", "delivered", "read"]
 
 
-def test_inbound_messages_are_reported(fake, ready):
-    transport, sink = ready
+def test_inbound_messages_are_reported(wa_web, ready_transport):
+    transport, sink = ready_transport
     # a contact whose chat is not open: the unread badge makes the driver open it
-    first = fake.inbound(PHONE, "+15550888001", "Hi there", name="Bob")
+    first = wa_web.inbound(PHONE, "+15550888001", "Hi there", name="Bob")
     sink.wait(lambda: sink.inbound_messages(), 30, "the first inbound message")
     msg = sink.inbound_messages()[0]
     assert (msg.external_id, msg.from_phone, msg.type, msg.text, msg.contact_name) == (
         first, "+15550888001", "text", "Hi there", "Bob")
 
     # in the chat that is open now
-    second = fake.inbound(PHONE, "+15550888001", "Are you there?")
+    second = wa_web.inbound(PHONE, "+15550888001", "Are you there?")
     sink.wait(lambda: len(sink.inbound_messages()) == 2, 30, "the second inbound message")
     assert sink.inbound_messages()[1].external_id == second and sink.inbound_messages()[1].text == "Are you there?"
 
     # an image with a caption from a third chat
-    third = fake.inbound(PHONE, "+15550888002", image=PNG, caption="a dot")
+    third = wa_web.inbound(PHONE, "+15550888002", image=PNG, caption="a dot")
     sink.wait(lambda: len(sink.inbound_messages()) == 3, 30, "the image")
     image = sink.inbound_messages()[2]
     assert image.external_id == third and image.type == "image" and image.from_phone == "+15550888002"
@@ -457,11 +445,11 @@ def test_inbound_messages_are_reported(fake, ready):
     assert len(sink.inbound_messages()) == 3
 
 
-def test_chat_history_is_not_reported_as_new_messages(fake, open_transport):
+def test_chat_history_is_not_reported_as_new_messages(wa_web, open_transport):
     transport, sink = open_transport("cli_history")
-    start_and_scan(transport, sink, fake, PHONE)
+    start_and_scan(transport, sink, wa_web, PHONE)
     for text in ("one", "two"):
-        fake.inbound(PHONE, "+15550888003", text)
+        wa_web.inbound(PHONE, "+15550888003", text)
         sink.wait(lambda: text in [m.text for m in sink.inbound_messages()], 30, f"message {text!r}")
     transport.stop()
     # a new session of the account (a restart, another host): the chat it opens shows the history
@@ -469,7 +457,7 @@ def test_chat_history_is_not_reported_as_new_messages(fake, open_transport):
     again.start(sink.states()[-1])
     sink2.wait_status("ready")
     again.send(_text("+15550888003", "back again"))
-    news = fake.inbound(PHONE, "+15550888003", "three")
+    news = wa_web.inbound(PHONE, "+15550888003", "three")
     sink2.wait(lambda: sink2.inbound_messages(), 30, "the new message")
     assert [(m.external_id, m.text) for m in sink2.inbound_messages()] == [(news, "three")]
 
@@ -477,42 +465,42 @@ def test_chat_history_is_not_reported_as_new_messages(fake, open_transport):
 # ----------------------------------------------------------------------------- the end of a session
 
 
-def test_logout_from_the_phone_reports_logged_out(fake, open_transport):
+def test_logout_from_the_phone_reports_logged_out(wa_web, open_transport):
     closed = []
     transport, sink = open_transport(on_closed=closed.append)
-    start_and_scan(transport, sink, fake, PHONE)
-    fake.logout(PHONE)
+    start_and_scan(transport, sink, wa_web, PHONE)
+    wa_web.logout(PHONE)
     assert sink.wait_status("logged_out")["reason"] == "logged out from the phone"
     sink.wait(lambda: closed == [transport], 10, "the host to be told")
     assert transport.state == "closed"
 
 
-def test_ban_screen_reports_banned(fake, open_transport):
+def test_ban_screen_reports_banned(wa_web, open_transport):
     closed = []
     transport, sink = open_transport(on_closed=closed.append)
-    start_and_scan(transport, sink, fake, PHONE)
-    fake.ban(PHONE)
+    start_and_scan(transport, sink, wa_web, PHONE)
+    wa_web.ban(PHONE)
     assert "ban" in sink.wait_status("banned")["reason"]
     sink.wait(lambda: closed == [transport], 10, "the host to be told")
     assert transport.state == "closed"
 
 
-def test_logout_unlinks_the_device_without_reporting_a_logout(fake, open_transport):
+def test_logout_unlinks_the_device_without_reporting_a_logout(wa_web, open_transport):
     transport, sink = open_transport()
-    start_and_scan(transport, sink, fake, PHONE)
-    assert fake.linked_devices(PHONE)
+    start_and_scan(transport, sink, wa_web, PHONE)
+    assert wa_web.linked_devices(PHONE)
     transport.logout()
-    assert fake.linked_devices(PHONE) == []
+    assert wa_web.linked_devices(PHONE) == []
     assert transport.state == "closed"
     assert "logged_out" not in sink.statuses()
 
 
-def test_a_dead_browser_disconnects_its_sessions(fake, open_transport):
+def test_a_dead_browser_disconnects_its_sessions(wa_web, open_transport):
     rt = BrowserRuntime()
     try:
         closed = []
         transport, sink = open_transport(rt=rt, on_closed=closed.append)
-        start_and_scan(transport, sink, fake, PHONE)
+        start_and_scan(transport, sink, wa_web, PHONE)
         sink.wait(lambda: sink.states(), 20, "the login state")
 
         async def kill():

@@ -20,18 +20,12 @@ from app.security.principal import SystemPrincipal
 from app.webhooks import delivery, service
 from app.webhooks.events import emit
 from app.webhooks.models import Webhook, WebhookDelivery, WebhookDeliveryAttempt, WebhookEvent
-from config import settings
 from tests import factories as f
 from tests.auth_helpers import principal_headers
-from tests.webhook_receiver import Reply, allow_private, queued_jobs, receiver, verify_signature  # noqa: F401
+from tests.webhook_receiver import Reply, queued_jobs, verify_signature
 
 MESSAGE = {"id": "msg_01", "client_id": "cli_01", "direction": "outbound", "to": "+14155550123",
            "type": "text", "text": "Olá — ünïcode ✓", "status": "sent"}
-
-
-@pytest.fixture
-def org(session):
-    return f.make_organization(session)
 
 
 @pytest.fixture
@@ -320,20 +314,16 @@ def test_the_log_keeps_only_a_short_printable_excerpt_of_the_response(session, o
     assert fresh(session, session.get(WebhookDelivery, delivery_id)).status == "failed"
 
 
-def test_a_timeout_is_a_failure_with_no_status(session, org, endpoint, receiver):
-    before = settings.WEBHOOK_TIMEOUT
-    settings.override(WEBHOOK_TIMEOUT=0.3)
-    try:
+def test_a_timeout_is_a_failure_with_no_status(session, org, endpoint, receiver, override_settings):
+    with override_settings(WEBHOOK_TIMEOUT=0.3):
         receiver.always("/hook", Reply(200, delay_s=2))
         _, [delivery_id] = deliver_event(session, org.id)
-    finally:
-        settings.override(WEBHOOK_TIMEOUT=before)
     [attempt] = attempts(session, delivery_id)
     assert attempt.status_code is None and attempt.error.startswith("timeout")
     assert fresh(session, session.get(WebhookDelivery, delivery_id)).status == "failed"
 
 
-def test_the_request_timeout_is_15_seconds_by_default(monkeypatch):
+def test_the_request_timeout_is_15_seconds_by_default(monkeypatch, override_settings):
     from config import SETTINGS
 
     assert {x.name: x.default for x in SETTINGS}["WEBHOOK_TIMEOUT"] == "15"
@@ -345,12 +335,8 @@ def test_the_request_timeout_is_15_seconds_by_default(monkeypatch):
             raise OSError("stop here")
 
     monkeypatch.setattr(delivery.ssrf, "thread_pool_manager", lambda: Pools())
-    before = settings.WEBHOOK_TIMEOUT
-    settings.override(WEBHOOK_TIMEOUT=15.0)
-    try:
+    with override_settings(WEBHOOK_TIMEOUT=15.0):
         delivery.send("http://hooks.example.test/x", b"{}", {})
-    finally:
-        settings.override(WEBHOOK_TIMEOUT=before)
     assert (seen["timeout"].connect_timeout, seen["timeout"].read_timeout) == (15.0, 15.0)
     assert seen["redirect"] is False and seen["retries"] is False
 
@@ -420,10 +406,8 @@ def test_the_claimer_resends_an_attempt_whose_worker_died(session, org, endpoint
 
 
 def test_an_endpoint_at_its_in_flight_limit_parks_the_job_until_a_slot_frees(session, org, endpoint, receiver,
-                                                                             redis_conn):
-    before = settings.WEBHOOK_MAX_IN_FLIGHT
-    settings.override(WEBHOOK_MAX_IN_FLIGHT=1)
-    try:
+                                                                             redis_conn, override_settings):
+    with override_settings(WEBHOOK_MAX_IN_FLIGHT=1):
         held = delivery.acquire_slot(endpoint["id"], "another job")
         assert held and redis_conn.zcard(f"wa:whk:waiting:{endpoint['id']}") == 0
         _, [delivery_id] = deliver_event(session, org.id)
@@ -440,14 +424,11 @@ def test_an_endpoint_at_its_in_flight_limit_parks_the_job_until_a_slot_frees(ses
         webhook_jobs.deliver(*json.loads(woken))
         assert receiver.count("/hook") == 1
         assert redis_conn.zcard(f"wa:whk:inflight:{endpoint['id']}") == 0
-    finally:
-        settings.override(WEBHOOK_MAX_IN_FLIGHT=before)
 
 
-def test_a_finished_attempt_passes_its_slot_to_the_next_parked_job(session, org, endpoint, receiver, redis_conn):
-    before = settings.WEBHOOK_MAX_IN_FLIGHT
-    settings.override(WEBHOOK_MAX_IN_FLIGHT=1)
-    try:
+def test_a_finished_attempt_passes_its_slot_to_the_next_parked_job(session, org, endpoint, receiver, redis_conn,
+                                                                   override_settings):
+    with override_settings(WEBHOOK_MAX_IN_FLIGHT=1):
         held = delivery.acquire_slot(endpoint["id"], "x")
         _, [first] = deliver_event(session, org.id)
         _, [second] = deliver_event(session, org.id)
@@ -462,16 +443,12 @@ def test_a_finished_attempt_passes_its_slot_to_the_next_parked_job(session, org,
         assert not [a for a, _, _ in queued_jobs(redis_conn) if a == "webhooks.deliver"], "no broker round trip"
         assert redis_conn.zcard(f"wa:whk:inflight:{endpoint['id']}") == 0, "the slot is released at the end"
         assert redis_conn.zcard(f"wa:whk:waiting:{endpoint['id']}") == 0
-    finally:
-        settings.override(WEBHOOK_MAX_IN_FLIGHT=before)
 
 
 def test_a_thread_runs_a_bounded_chain_of_parked_jobs_then_wakes_the_next_through_the_broker(
-        session, org, endpoint, receiver, redis_conn, monkeypatch):
-    before = settings.WEBHOOK_MAX_IN_FLIGHT
-    settings.override(WEBHOOK_MAX_IN_FLIGHT=1)
+        session, org, endpoint, receiver, redis_conn, monkeypatch, override_settings):
     monkeypatch.setattr(webhook_jobs, "CHAIN_MAX", 1)
-    try:
+    with override_settings(WEBHOOK_MAX_IN_FLIGHT=1):
         held = delivery.acquire_slot(endpoint["id"], "x")
         ids = [deliver_event(session, org.id)[1][0] for _ in range(3)]
         woken = delivery.release_slot(endpoint["id"], held)
@@ -480,15 +457,11 @@ def test_a_thread_runs_a_bounded_chain_of_parked_jobs_then_wakes_the_next_throug
         assert receiver.count("/hook") == 2
         assert [args for a, args, _ in queued_jobs(redis_conn) if a == "webhooks.deliver"] == [[ids[2], 1, endpoint["id"]]]
         assert redis_conn.zcard(f"wa:whk:inflight:{endpoint['id']}") == 0
-    finally:
-        settings.override(WEBHOOK_MAX_IN_FLIGHT=before)
 
 
 def test_a_failure_of_a_chained_job_sends_it_back_to_the_broker(session, org, endpoint, receiver, redis_conn,
-                                                                monkeypatch):
-    before = settings.WEBHOOK_MAX_IN_FLIGHT
-    settings.override(WEBHOOK_MAX_IN_FLIGHT=1)
-    try:
+                                                                monkeypatch, override_settings):
+    with override_settings(WEBHOOK_MAX_IN_FLIGHT=1):
         held = delivery.acquire_slot(endpoint["id"], "x")
         first, second = (deliver_event(session, org.id)[1][0] for _ in range(2))
         woken = delivery.release_slot(endpoint["id"], held)
@@ -506,8 +479,6 @@ def test_a_failure_of_a_chained_job_sends_it_back_to_the_broker(session, org, en
         assert receiver.count("/hook") == 1
         assert [args for a, args, _ in queued_jobs(redis_conn) if a == "webhooks.deliver"] == [[second, 1, endpoint["id"]]]
         assert redis_conn.zcard(f"wa:whk:inflight:{endpoint['id']}") == 0
-    finally:
-        settings.override(WEBHOOK_MAX_IN_FLIGHT=before)
 
 
 def test_the_cleanup_and_the_claimer_are_scheduled():

@@ -27,16 +27,6 @@ from tests.webhook_receiver import queued_jobs
 URL = "https://hooks.example.test/wa?token=abc123"
 
 
-@pytest.fixture
-def org(session):
-    return f.make_organization(session)
-
-
-@pytest.fixture
-def headers(session, org):
-    return principal_headers(session, org, "admin")
-
-
 def create(client, headers, **body):
     body = {"url": URL, "events": ["message.sent"], **body}
     resp = client.post("/api/webhooks", json=body, headers=headers)
@@ -51,16 +41,16 @@ def audit(session, action, target_id=None):
     return list(session.scalars(stmt))
 
 
-def test_create_shows_the_secret_once_and_keeps_it_encrypted(client, session, headers):
-    created = create(client, headers, events=["message.sent", "message.read"], description="CRM sync")
+def test_create_shows_the_secret_once_and_keeps_it_encrypted(client, session, admin_headers):
+    created = create(client, admin_headers, events=["message.sent", "message.read"], description="CRM sync")
     secret = created["secret"]
     assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:], validate=True)) == 32
     assert created["id"].startswith("whk_") and created["enabled"] is True
     assert created["events"] == ["message.sent", "message.read"] and created["description"] == "CRM sync"
 
-    got = client.get(f"/api/webhooks/{created['id']}", headers=headers).get_json()
+    got = client.get(f"/api/webhooks/{created['id']}", headers=admin_headers).get_json()
     assert "secret" not in got and got["url"] == URL
-    listed = client.get("/api/webhooks", headers=headers).get_json()
+    listed = client.get("/api/webhooks", headers=admin_headers).get_json()
     assert [w["id"] for w in listed["items"]] == [created["id"]] and "secret" not in listed["items"][0]
 
     row = session.get(Webhook, created["id"])
@@ -83,55 +73,56 @@ def test_create_shows_the_secret_once_and_keeps_it_encrypted(client, session, he
     ({"events": ["*"]}, "url"),
     ({"url": URL, "events": ["*"], "description": "x" * 501}, "description"),
 ])
-def test_invalid_bodies_are_422_naming_the_field(client, headers, body, field):
-    resp = client.post("/api/webhooks", json=body, headers=headers)
+def test_invalid_bodies_are_422_naming_the_field(client, admin_headers, body, field):
+    resp = client.post("/api/webhooks", json=body, headers=admin_headers)
     assert resp.status_code == 422, resp.get_json()
     assert field in resp.get_json()["error"]["details"]
 
 
-def test_wildcard_and_duplicates_are_normalised(client, headers):
-    assert create(client, headers, events=["message.sent", "*"])["events"] == ["*"]
-    assert create(client, headers, events=["message.sent", "message.sent"])["events"] == ["message.sent"]
+def test_wildcard_and_duplicates_are_normalised(client, admin_headers):
+    assert create(client, admin_headers, events=["message.sent", "*"])["events"] == ["*"]
+    assert create(client, admin_headers, events=["message.sent", "message.sent"])["events"] == ["message.sent"]
 
 
-def test_update_delete_and_their_audit_rows(client, session, headers):
-    hook = create(client, headers)
-    resp = client.patch(f"/api/webhooks/{hook['id']}", headers=headers,
+def test_update_delete_and_their_audit_rows(client, session, admin_headers):
+    hook = create(client, admin_headers)
+    resp = client.patch(f"/api/webhooks/{hook['id']}", headers=admin_headers,
                         json={"url": "https://other.example.test/in", "events": ["*"], "description": "new"})
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["events"] == ["*"] and resp.get_json()["url"] == "https://other.example.test/in"
     [entry] = audit(session, "webhook.update", hook["id"])
     assert entry.changes["url"] == {"from": "https://hooks.example.test/wa?…", "to": "https://other.example.test/in"}
-    assert client.patch(f"/api/webhooks/{hook['id']}", headers=headers, json={"events": ["nope"]}).status_code == 422
-    assert client.patch(f"/api/webhooks/{hook['id']}", headers=headers, json={"secret": "x"}).status_code == 422
+    assert client.patch(f"/api/webhooks/{hook['id']}", headers=admin_headers,
+                        json={"events": ["nope"]}).status_code == 422
+    assert client.patch(f"/api/webhooks/{hook['id']}", headers=admin_headers, json={"secret": "x"}).status_code == 422
 
-    resp = client.patch(f"/api/webhooks/{hook['id']}", headers=headers, json={"enabled": False})
+    resp = client.patch(f"/api/webhooks/{hook['id']}", headers=admin_headers, json={"enabled": False})
     assert resp.get_json()["enabled"] is False and resp.get_json()["disabled_reason"] == "manual"
-    resp = client.patch(f"/api/webhooks/{hook['id']}", headers=headers, json={"enabled": True})
+    resp = client.patch(f"/api/webhooks/{hook['id']}", headers=admin_headers, json={"enabled": True})
     assert resp.get_json()["enabled"] is True and resp.get_json()["disabled_reason"] is None
 
-    assert client.delete(f"/api/webhooks/{hook['id']}", headers=headers).status_code == 204
-    assert client.get(f"/api/webhooks/{hook['id']}", headers=headers).status_code == 404
-    assert client.get("/api/webhooks", headers=headers).get_json()["items"] == []
+    assert client.delete(f"/api/webhooks/{hook['id']}", headers=admin_headers).status_code == 204
+    assert client.get(f"/api/webhooks/{hook['id']}", headers=admin_headers).status_code == 404
+    assert client.get("/api/webhooks", headers=admin_headers).get_json()["items"] == []
     assert audit(session, "webhook.delete", hook["id"])
 
 
-def test_deleting_or_disabling_abandons_pending_deliveries(client, session, org, headers):
-    hook = create(client, headers, events=["*"])
+def test_deleting_or_disabling_abandons_pending_deliveries(client, session, org, admin_headers):
+    hook = create(client, admin_headers, events=["*"])
     event = f.make_webhook_event(session, organization_id=org.id, type="message.sent")
     pending = f.make_webhook_delivery(session, webhook_id=hook["id"], event_id=event.id, status="failed", attempt=2)
-    client.patch(f"/api/webhooks/{hook['id']}", headers=headers, json={"enabled": False})
+    client.patch(f"/api/webhooks/{hook['id']}", headers=admin_headers, json={"enabled": False})
     session.refresh(pending)
     assert pending.status == "dead" and pending.next_attempt_at is None
-    client.patch(f"/api/webhooks/{hook['id']}", headers=headers, json={"enabled": True})
+    client.patch(f"/api/webhooks/{hook['id']}", headers=admin_headers, json={"enabled": True})
     session.refresh(pending)
     assert pending.status == "dead", "re-enabling redelivers nothing by itself"
 
 
-def test_rotate_secret_returns_a_new_secret_and_keeps_the_old_for_24_hours(client, session, headers):
-    hook = create(client, headers)
+def test_rotate_secret_returns_a_new_secret_and_keeps_the_old_for_24_hours(client, session, admin_headers):
+    hook = create(client, admin_headers)
     before = utcnow()
-    resp = client.post(f"/api/webhooks/{hook['id']}/rotate-secret", headers=headers)
+    resp = client.post(f"/api/webhooks/{hook['id']}/rotate-secret", headers=admin_headers)
     assert resp.status_code == 200, resp.get_json()
     rotated = resp.get_json()
     assert rotated["secret"].startswith("whsec_") and rotated["secret"] != hook["secret"]
@@ -142,13 +133,13 @@ def test_rotate_secret_returns_a_new_secret_and_keeps_the_old_for_24_hours(clien
     assert timedelta(hours=23, minutes=59) < row.previous_secret_expires_at - before <= timedelta(hours=24, minutes=1)
     [entry] = audit(session, "webhook.rotate_secret", hook["id"])
     assert "whsec_" not in json.dumps(entry.changes) and "previous_secret_expires_at" in entry.changes
-    assert "secret" not in client.get(f"/api/webhooks/{hook['id']}", headers=headers).get_json()
+    assert "secret" not in client.get(f"/api/webhooks/{hook['id']}", headers=admin_headers).get_json()
 
 
-def test_test_event_goes_to_that_endpoint_only(client, session, org, headers, redis_conn):
-    target = create(client, headers, events=["message.sent"])
-    other = create(client, headers, events=["*"])
-    resp = client.post(f"/api/webhooks/{target['id']}/test", headers=headers)
+def test_test_event_goes_to_that_endpoint_only(client, session, org, admin_headers, redis_conn):
+    target = create(client, admin_headers, events=["message.sent"])
+    other = create(client, admin_headers, events=["*"])
+    resp = client.post(f"/api/webhooks/{target['id']}/test", headers=admin_headers)
     assert resp.status_code == 202, resp.get_json()
     out = resp.get_json()
     assert out["type"] == "webhook.test" and out["event_id"].startswith("evt_")
@@ -161,8 +152,8 @@ def test_test_event_goes_to_that_endpoint_only(client, session, org, headers, re
     assert not [a for a, _, _ in queued_jobs(redis_conn) if a == "webhooks.fan_out"]
     assert audit(session, "webhook.test", target["id"])
 
-    client.patch(f"/api/webhooks/{target['id']}", headers=headers, json={"enabled": False})
-    resp = client.post(f"/api/webhooks/{target['id']}/test", headers=headers)
+    client.patch(f"/api/webhooks/{target['id']}", headers=admin_headers, json={"enabled": False})
+    resp = client.post(f"/api/webhooks/{target['id']}/test", headers=admin_headers)
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "webhook_disabled"
 
 
@@ -181,8 +172,8 @@ def test_unauthenticated_is_401(client):
     assert client.post("/api/webhook-deliveries/dlv_x/redeliver").status_code == 401
 
 
-def test_another_organisation_sees_nothing(client, session, org, headers):
-    hook = create(client, headers, events=["*"])
+def test_another_organisation_sees_nothing(client, session, org, admin_headers):
+    hook = create(client, admin_headers, events=["*"])
     event = f.make_webhook_event(session, organization_id=org.id, type="message.sent")
     dlv = f.make_webhook_delivery(session, webhook_id=hook["id"], event_id=event.id, status="succeeded")
     f.make_webhook_delivery_attempt(session, delivery_id=dlv.id)
@@ -197,7 +188,7 @@ def test_another_organisation_sees_nothing(client, session, org, headers):
     assert client.post(f"/api/webhook-deliveries/{dlv.id}/redeliver", headers=other).status_code == 404
     assert client.delete(base, headers=other).status_code == 404
     assert client.get("/api/webhooks", headers=other).get_json()["items"] == []
-    assert client.get(base, headers=headers).status_code == 200
+    assert client.get(base, headers=admin_headers).status_code == 200
 
 
 def test_emit_delivers_to_each_subscribed_endpoint_of_the_organisation_once(session, org):
@@ -252,8 +243,8 @@ def test_emit_normalises_data_to_json(session, org):
     assert event.payload == {"id": "msg_1", "sent_at": now.isoformat(), "tags": ["a"]}
 
 
-def test_delivery_log_lists_attempts_newest_first_with_a_cursor(client, session, org, headers):
-    hook = create(client, headers, events=["*"])
+def test_delivery_log_lists_attempts_newest_first_with_a_cursor(client, session, org, admin_headers):
+    hook = create(client, admin_headers, events=["*"])
     event = f.make_webhook_event(session, organization_id=org.id, type="message.sent")
     dlv = f.make_webhook_delivery(session, webhook_id=hook["id"], event_id=event.id, status="failed", attempt=3)
     due = utcnow() + timedelta(minutes=30)
@@ -261,7 +252,7 @@ def test_delivery_log_lists_attempts_newest_first_with_a_cursor(client, session,
         f.make_webhook_delivery_attempt(session, delivery_id=dlv.id, attempt=n, status_code=code,
                                         error=None if code else "timeout: no response within 15 s",
                                         next_attempt_at=due, response_excerpt="busy")
-    page = client.get(f"/api/webhooks/{hook['id']}/deliveries?limit=2", headers=headers).get_json()
+    page = client.get(f"/api/webhooks/{hook['id']}/deliveries?limit=2", headers=admin_headers).get_json()
     assert [i["attempt"] for i in page["items"]] == [3, 2]
     first = page["items"][0]
     assert {k: first[k] for k in ("id", "event_id", "event_type", "status_code", "response", "succeeded")} == {
@@ -271,37 +262,38 @@ def test_delivery_log_lists_attempts_newest_first_with_a_cursor(client, session,
                           "created_at", "next_attempt_at"}
     assert page["items"][1]["error"].startswith("timeout")
     rest = client.get(f"/api/webhooks/{hook['id']}/deliveries?limit=2&cursor={page['next_cursor']}",
-                      headers=headers).get_json()
+                      headers=admin_headers).get_json()
     assert [i["attempt"] for i in rest["items"]] == [1] and rest["next_cursor"] is None
-    assert client.get(f"/api/webhooks/{hook['id']}/deliveries?cursor=bad", headers=headers).status_code == 422
-    other_event = client.get(f"/api/webhooks/{hook['id']}/deliveries?event_id=evt_none", headers=headers).get_json()
+    assert client.get(f"/api/webhooks/{hook['id']}/deliveries?cursor=bad", headers=admin_headers).status_code == 422
+    other_event = client.get(f"/api/webhooks/{hook['id']}/deliveries?event_id=evt_none",
+                             headers=admin_headers).get_json()
     assert other_event["items"] == []
 
-    one = client.get(f"/api/webhook-deliveries/{dlv.id}", headers=headers).get_json()
+    one = client.get(f"/api/webhook-deliveries/{dlv.id}", headers=admin_headers).get_json()
     assert one["status"] == "failed" and [a["attempt"] for a in one["attempts"]] == [1, 2, 3]
 
 
-def test_redeliver_resets_the_delivery_and_sends_it_now(client, session, org, headers, redis_conn):
-    hook = create(client, headers, events=["*"])
+def test_redeliver_resets_the_delivery_and_sends_it_now(client, session, org, admin_headers, redis_conn):
+    hook = create(client, admin_headers, events=["*"])
     event = f.make_webhook_event(session, organization_id=org.id, type="message.sent")
     dlv = f.make_webhook_delivery(session, webhook_id=hook["id"], event_id=event.id, status="dead", attempt=10,
                                   last_error="HTTP 500", next_attempt_at=None)
-    resp = client.post(f"/api/webhook-deliveries/{dlv.id}/redeliver", headers=headers)
+    resp = client.post(f"/api/webhook-deliveries/{dlv.id}/redeliver", headers=admin_headers)
     assert resp.status_code == 202, resp.get_json()
     assert resp.get_json()["status"] == "pending" and resp.get_json()["attempt"] == 0
     assert ("webhooks.deliver", [dlv.id, 1, hook["id"]]) in [(a, args) for a, args, _ in queued_jobs(redis_conn)]
     assert audit(session, "webhook_delivery.redeliver", dlv.id)
 
-    client.patch(f"/api/webhooks/{hook['id']}", headers=headers, json={"enabled": False})
-    resp = client.post(f"/api/webhook-deliveries/{dlv.id}/redeliver", headers=headers)
+    client.patch(f"/api/webhooks/{hook['id']}", headers=admin_headers, json={"enabled": False})
+    resp = client.post(f"/api/webhook-deliveries/{dlv.id}/redeliver", headers=admin_headers)
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "webhook_disabled"
 
 
-def test_redeliver_refuses_while_an_attempt_runs(client, session, org, headers):
-    hook = create(client, headers, events=["*"])
+def test_redeliver_refuses_while_an_attempt_runs(client, session, org, admin_headers):
+    hook = create(client, admin_headers, events=["*"])
     dlv = f.make_webhook_delivery(session, webhook_id=hook["id"], status="delivering", attempt=1,
                                   next_attempt_at=utcnow() + timedelta(seconds=60))
-    resp = client.post(f"/api/webhook-deliveries/{dlv.id}/redeliver", headers=headers)
+    resp = client.post(f"/api/webhook-deliveries/{dlv.id}/redeliver", headers=admin_headers)
     assert resp.status_code == 409 and resp.get_json()["error"]["code"] == "delivery_in_progress"
 
 
@@ -315,11 +307,11 @@ def test_an_organisation_has_at_most_50_endpoints(session, org):
         service.create_webhook(session, principal, url=URL, events=["*"])
 
 
-def test_deliveries_of_a_deleted_endpoint_are_gone(client, session, org, headers):
-    hook = create(client, headers, events=["*"])
+def test_deliveries_of_a_deleted_endpoint_are_gone(client, session, org, admin_headers):
+    hook = create(client, admin_headers, events=["*"])
     dlv = f.make_webhook_delivery(session, webhook_id=hook["id"], status="dead")
-    assert client.get(f"/api/webhook-deliveries/{dlv.id}", headers=headers).status_code == 200
-    client.delete(f"/api/webhooks/{hook['id']}", headers=headers)
-    assert client.get(f"/api/webhook-deliveries/{dlv.id}", headers=headers).status_code == 404
-    assert client.post(f"/api/webhook-deliveries/{dlv.id}/redeliver", headers=headers).status_code == 404
-    assert client.get(f"/api/webhooks/{hook['id']}/deliveries", headers=headers).status_code == 404
+    assert client.get(f"/api/webhook-deliveries/{dlv.id}", headers=admin_headers).status_code == 200
+    client.delete(f"/api/webhooks/{hook['id']}", headers=admin_headers)
+    assert client.get(f"/api/webhook-deliveries/{dlv.id}", headers=admin_headers).status_code == 404
+    assert client.post(f"/api/webhook-deliveries/{dlv.id}/redeliver", headers=admin_headers).status_code == 404
+    assert client.get(f"/api/webhooks/{hook['id']}/deliveries", headers=admin_headers).status_code == 404

@@ -20,7 +20,7 @@ from app.webhooks.events import emit
 from app.webhooks.models import WebhookDelivery, WebhookDeliveryAttempt
 from tests import factories as f
 from tests.procs import spawn, stop, wait_for
-from tests.webhook_receiver import Reply, allow_private, receiver, verify_signature  # noqa: F401
+from tests.webhook_receiver import Reply, verify_signature
 
 pytestmark = pytest.mark.workers
 

@@ -64,6 +64,9 @@ def test_an_ack_that_overtakes_its_message_waits_then_is_given_up(session, redis
     session.execute(update(TransportEvent).where(TransportEvent.id == row.id)
                     .values(created_at=datetime.now(timezone.utc) - inbox.ACK_PATIENCE - timedelta(seconds=1)))
     assert inbox.apply(row.id) == "orphaned"
+    session.expire_all()
+    given_up = session.get(TransportEvent, row.id)
+    assert given_up.applied_at is not None and given_up.outcome == "orphaned", "not tried again"
 
 
 def test_an_ack_applies_once_its_message_is_recorded(session):

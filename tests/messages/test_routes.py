@@ -233,8 +233,11 @@ def test_scheduled_at_waits_parked_until_the_feeder_releases_it(session, client,
     assert redis_conn.zcard(dispatch.PARKED_KEY) == 0
     assert send_jobs(redis_conn) == [body["id"]]
     assert redis_conn.llen("dramatiq:messages.DQ") == 1  # delayed until its time
-    # the job, run early, waits again; run at its time it reserves a slot and sends
+    # the job, run early, waits again (parked, no slot taken); run at its time it reserves a slot and sends
     assert dispatch.run_send_job(body["id"]) == "waiting"
+    assert redis_conn.zscore(dispatch.PARKED_KEY, body["id"]) is not None and pacing.slots(paced_client.id) == []
+    session.expire_all()
+    assert session.get(Message, body["id"]).status == "queued"
 
 
 def test_a_soon_scheduled_message_waits_in_the_broker(session, client, paced_client, admin_key_headers, redis_conn):
@@ -554,6 +557,8 @@ def test_a_session_host_sends_a_paced_message_only_right_after_its_grant(session
     finally:
         pacing.set_clock(None)
     assert [s for _, s in pacing.grants(paced_client.id)] == [slot.at_ms + 5000]
+    session.expire_all()
+    assert (session.get(Message, msg.id).status, session.get(Message, msg.id).attempts) == ("sent", 1)
 
 
 def test_a_held_client_keeps_its_messages_queued_and_resume_sends_them_on(session, paced_client, redis_conn):
@@ -603,6 +608,8 @@ def test_a_paused_banned_or_deleted_clients_messages_are_held_not_failed_and_res
     if state == "deleted":  # a deleted client never sends again; its messages stay as they are
         assert dispatch.resume_client(session, paced_client.id) == 0
         assert dispatch.run_send_job(msgs[0].id) == "held"
+        session.expire_all()
+        assert (session.get(Message, msgs[0].id).status, pacing.slots(paced_client.id)) == ("queued", [])
         return
     cli = session.get(Client, paced_client.id)
     cli.status, cli.paused = "ready", False

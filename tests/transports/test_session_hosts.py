@@ -137,7 +137,13 @@ def test_start_skips_clients_that_should_not_run(committed, web_client):
 
 
 def test_stop_of_a_client_started_again_since_is_skipped(committed, web_client):
+    """The client is ready again (started since the stop was asked): its lease is left alone."""
+    claim_lease(committed, web_client.id, web_client.organization_id, "host-x")
+    committed.commit()
     assert SessionHost("host-x").stop_session(web_client.id) == "skipped"
+    committed.rollback()
+    assert lease_owner(committed, web_client.id) == "host-x"
+    assert committed.get(Client, web_client.id).status == "ready"
 
 
 def test_stop_and_logout_go_to_the_live_owner(committed, web_client):

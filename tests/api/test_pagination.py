@@ -43,6 +43,8 @@ def test_new_ids_sort_by_creation_time(monkeypatch):
 
     clock = types.SimpleNamespace(now=time.time() + 10)  # after every id made so far
     monkeypatch.setattr(db, "time", types.SimpleNamespace(time=lambda: clock.now, monotonic=time.monotonic))
+    # ids never go back: without this, every later id of this process would be an hour ahead
+    monkeypatch.setattr(db, "_last_id", db._last_id)
     a = db.new_id("msg")
     clock.now += 0.002
     b = db.new_id("msg")

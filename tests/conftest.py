@@ -100,13 +100,30 @@ def _flush_redis():
     yield
 
 
+class _Overridden:
+    """Settings changed by ``override_settings``; as a context manager, put back at the block's end."""
+
+    def __init__(self, settings, changes: dict):
+        self._settings = settings
+        self._before = {name: getattr(settings, name) for name in changes}
+        settings.override(**changes)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._settings.override(**self._before)
+
+
 @pytest.fixture(autouse=True)
-def _restore_settings():
-    """A test that changes settings (``settings.override``) cannot leak them into the next one."""
+def override_settings():
+    """``override_settings(NAME=value, ...)`` changes settings in this process until the test ends;
+    ``with override_settings(...):`` only for the block. Whatever a test changes, however, is put
+    back when it ends (autouse), so no setting leaks into the next test."""
     from config import settings
 
     saved = dict(vars(settings))
-    yield
+    yield lambda **changes: _Overridden(settings, changes)
     settings.override(**saved)
 
 
@@ -189,3 +206,71 @@ def run_pool():
     procs = WorkerProcesses()
     yield procs.start
     procs.stop_all()
+
+
+# ----------------------------------------------------------------------------- shared by several domains
+
+
+@pytest.fixture
+def org(session):
+    from tests import factories as f
+
+    return f.make_organization(session)
+
+
+@pytest.fixture
+def committed_org(committed):
+    """An organisation that other processes (workers) see."""
+    from tests import factories as f
+
+    org = f.make_organization(committed)
+    committed.commit()
+    return org
+
+
+@pytest.fixture
+def admin_headers(session, org):
+    """Bearer headers of an admin user of ``org``."""
+    from tests.auth_helpers import principal_headers
+
+    return principal_headers(session, org, "admin")
+
+
+@pytest.fixture
+def admin_key_headers(session, org):
+    """``X-API-Key`` headers of an admin API key of ``org``."""
+    from tests.auth_helpers import api_key_headers
+
+    return api_key_headers(session, org, "admin")
+
+
+@pytest.fixture
+def committed_headers(committed, committed_org):
+    """``X-API-Key`` headers of an admin API key of ``committed_org``, committed."""
+    from tests.auth_helpers import api_key_headers
+
+    headers = api_key_headers(committed, committed_org, "admin")
+    committed.commit()
+    return headers
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on loopback (tests/webhook_receiver.py)."""
+    from tests.webhook_receiver import Receiver
+
+    with Receiver() as rx:
+        yield rx
+
+
+@pytest.fixture
+def allow_private(override_settings):
+    """WEBHOOK_ALLOW_PRIVATE=true in this process for the test (the loopback receiver is private)."""
+    override_settings(WEBHOOK_ALLOW_PRIVATE=True)
+
+
+@pytest.fixture
+def allow_loopback(override_settings):
+    """The fake Graph API (and the fake proxies) listen on loopback: allow this machine's addresses,
+    and only those, in the address guard for the test."""
+    override_settings(WEBHOOK_ALLOW_PRIVATE="loopback")

@@ -1,6 +1,6 @@
 """A whole stack the caller can break: its own Postgres (embedded, on a directory of its own) and
 Redis (a redis-server with an AOF), the api under gunicorn, the ``messages`` and ``default`` pools
-and the scheduler, all real processes. Used by tests/test_faults.py (a few hundred messages per
+and the scheduler, all real processes. Used by tests/system/test_faults.py (a few hundred messages per
 fault) and bench/bench_faults.py (10,000 per fault), which print or assert the same table:
 
     fault | accepted | lost | sent twice | stuck | status that lies

@@ -206,24 +206,3 @@ def queued_jobs(redis_conn, queue: str = "webhooks") -> list[tuple[str, list, di
             out.append((data["actor_name"], data["args"], data.get("options") or {}))
     return out
 
-
-# --------------------------------------------------------------------------- fixtures (import them)
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture
-def receiver():
-    with Receiver() as rx:
-        yield rx
-
-
-@pytest.fixture
-def allow_private():
-    """WEBHOOK_ALLOW_PRIVATE=true in this process for the test (the loopback receiver is private)."""
-    from config import settings
-
-    before = settings.WEBHOOK_ALLOW_PRIVATE
-    settings.override(WEBHOOK_ALLOW_PRIVATE=True)
-    yield
-    settings.override(WEBHOOK_ALLOW_PRIVATE=before)

@@ -1,6 +1,6 @@
 """The schema of the first release (migrations/baseline.sql, frozen): what every installation made
 before migrations existed has. A database created from it and upgraded to the head must equal one
-created from schema.sql (tests/test_migrations.py)."""
+created from schema.sql (tests/db/test_migrations.py)."""
 from pathlib import Path
 
 from alembic import op

@@ -1,7 +1,7 @@
 """Examples of request and response bodies for the OpenAPI document, by schema name.
 
 ``app/openapi.py`` attaches ``EXAMPLES[name]`` to every JSON body whose schema is ``name``; a list
-page (``<Name>Page``) shows one item of ``<Name>``. tests/test_openapi.py checks that every body has
+page (``<Name>Page``) shows one item of ``<Name>``. tests/api/test_openapi.py checks that every body has
 one and that each is valid against its schema, so an example cannot drift from what it shows.
 """
 from __future__ import annotations

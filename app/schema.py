@@ -4,7 +4,7 @@ creates the database if needed and brings it to the current schema.
 An empty database gets ``schema.sql`` (the whole current schema) and is stamped with the newest
 migration. A database made earlier is upgraded by the migrations in ``migrations/versions``
 (Alembic) it has not had yet; one made before migrations existed (``schema_version`` but no
-``alembic_version``) is the baseline, ``0001``. tests/test_migrations.py checks that a database
+``alembic_version``) is the baseline, ``0001``. tests/db/test_migrations.py checks that a database
 upgraded from the baseline equals one made from schema.sql. Concurrent starts are serialised by
 an advisory lock.
 """

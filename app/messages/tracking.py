@@ -32,7 +32,7 @@ _TIMES = ("scheduled_at", "scheduled_for", "created_at", "queued_at", "sending_a
 
 def dump(message: Message | dict) -> dict:
     """The message as the API returns it (``MessageSchema``), for webhook events: the same output,
-    computed directly because it runs for every status change (tests/test_messages.py compares)."""
+    computed directly because it runs for every status change (tests/messages/test_routes.py compares)."""
     get = message.get if isinstance(message, dict) else functools.partial(getattr, message)
     out = {key: get(attr) for key, attr in _PLAIN}
     out["variables"] = dict(get("variables") or {})

@@ -61,7 +61,7 @@ def authorize_request() -> None:
     """before_request: authenticate and check the permission of the route about to run.
 
     A MethodView method that declares neither ``@requires`` nor ``@public`` is refused with a
-    500 (fail closed, logged); tests/test_permissions.py catches such a route before it ships.
+    500 (fail closed, logged); tests/security/test_permissions.py catches such a route before it ships.
     """
     if request.method == "OPTIONS":
         return

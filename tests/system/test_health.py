@@ -71,7 +71,6 @@ def test_health_is_503_when_redis_is_down(client, tmp_path, override_settings):
 def test_health_is_503_when_postgres_is_down(client, monkeypatch):
     from sqlalchemy import create_engine
 
-
     dead = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
     monkeypatch.setattr("app.db.get_engine", lambda: dead)
     resp = client.get("/health")

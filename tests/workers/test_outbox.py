@@ -129,7 +129,7 @@ def test_a_real_worker_runs_the_dispatched_job(committed, run_pool):
     """The job's effect is what is checked: a job that fails (no retries) empties its queue too."""
     from datetime import timedelta
 
-    from app.auth.service import EXPIRED_TOKENS_KEPT
+    from app.auth.sessions import EXPIRED_TOKENS_KEPT
     from app.db import utcnow
     from app.models import RefreshToken
     from tests import factories as f

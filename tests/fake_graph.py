@@ -63,7 +63,7 @@ class FakeGraph:
 
     # --- lifecycle
 
-    def start(self) -> "FakeGraph":
+    def start(self) -> FakeGraph:
         handler = type("Handler", (_Handler,), {"graph": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
@@ -77,7 +77,7 @@ class FakeGraph:
             self._server.shutdown()
             self._server.server_close()
 
-    def __enter__(self) -> "FakeGraph":
+    def __enter__(self) -> FakeGraph:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -217,7 +217,7 @@ class FakeSocks5:
         self._sock: socket.socket | None = None
         self._stopped = threading.Event()
 
-    def __enter__(self) -> "FakeSocks5":
+    def __enter__(self) -> FakeSocks5:
         self._sock = socket.create_server(("127.0.0.1", 0))
         self._sock.settimeout(0.05)
         threading.Thread(target=self._accept, name="fake-socks5", daemon=True).start()
@@ -235,7 +235,7 @@ class FakeSocks5:
         while not self._stopped.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return

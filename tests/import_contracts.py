@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 
+from importlinter.application import output
 from importlinter.domain import fields
 from importlinter.domain.contract import Contract, ContractCheck
-from importlinter.application import output
 
 
 class NoModuleCycles(Contract):

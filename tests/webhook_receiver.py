@@ -55,7 +55,7 @@ class Receiver:
 
     # --- lifecycle
 
-    def start(self) -> "Receiver":
+    def start(self) -> Receiver:
         handler = type("Handler", (_Handler,), {"receiver": self})
         self._server = _QuietServer((self.host, 0), handler)
         self._server.daemon_threads = True
@@ -69,7 +69,7 @@ class Receiver:
             self._server.shutdown()
             self._server.server_close()
 
-    def __enter__(self) -> "Receiver":
+    def __enter__(self) -> Receiver:
         return self.start()
 
     def __exit__(self, *exc) -> None:

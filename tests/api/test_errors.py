@@ -1,8 +1,8 @@
 """The error format of API.md for every status the platform itself produces."""
-import pytest
-from flask_smorest import Blueprint
-from flask.views import MethodView
 import marshmallow as ma
+import pytest
+from flask.views import MethodView
+from flask_smorest import Blueprint
 
 from app.errors import Conflict, RateLimited, ServiceUnavailable
 from app.security.guard import public

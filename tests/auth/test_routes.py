@@ -300,9 +300,9 @@ def test_an_expired_refresh_token_is_refused(client, session):
 
 
 def test_refresh_tokens_expired_over_a_week_are_purged_hourly(session):
+    import jobs  # noqa: F401  (declares the periodic jobs)
     from app.auth.sessions import purge_expired_refresh_tokens
     from jobs.periodic import PERIODIC
-    import jobs  # noqa: F401  (declares the periodic jobs)
 
     user = f.make_user(session)
     live = f.make_refresh_token(session, user_id=user.id)

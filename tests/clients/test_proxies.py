@@ -21,7 +21,6 @@ from app.transports.base import ProxyInfo
 from tests import factories as f
 from tests.auth_helpers import principal_headers
 
-
 NEW = {"name": "Frankfurt", "scheme": "http", "host": "proxy.example.test", "port": 3128, "username": "alice",
        "password": "s3cret-pass"}
 

@@ -3,7 +3,7 @@ idempotent; an ack that overtakes its message waits (then is given up); what the
 sent again; applied rows are purged."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
 
@@ -63,7 +63,7 @@ def test_an_ack_that_overtakes_its_message_waits_then_is_given_up(session, redis
     waiting = session.get(TransportEvent, row.id)
     assert waiting.applied_at is None and waiting.attempts == 1
     session.execute(update(TransportEvent).where(TransportEvent.id == row.id)
-                    .values(created_at=datetime.now(timezone.utc) - inbox.ACK_PATIENCE - timedelta(seconds=1)))
+                    .values(created_at=datetime.now(UTC) - inbox.ACK_PATIENCE - timedelta(seconds=1)))
     assert inbox_apply.apply(row.id) == "orphaned"
     session.expire_all()
     given_up = session.get(TransportEvent, row.id)
@@ -83,13 +83,13 @@ def test_an_ack_applies_once_its_message_is_recorded(session):
 
 def test_what_the_broker_lost_is_sent_again_and_applied_rows_are_purged(session, redis_conn):
     client = f.make_client(session, status="ready")
-    old = datetime.now(timezone.utc) - timedelta(minutes=5)
+    old = datetime.now(UTC) - timedelta(minutes=5)
     lost = f.make_transport_event(session, client_id=client.id, organization_id=client.organization_id,
                                   due_at=old, dispatched_at=old)
     future = f.make_transport_event(session, client_id=client.id, organization_id=client.organization_id,
-                                    due_at=datetime.now(timezone.utc) + timedelta(minutes=5), dispatched_at=old)
+                                    due_at=datetime.now(UTC) + timedelta(minutes=5), dispatched_at=old)
     done = f.make_transport_event(session, client_id=client.id, organization_id=client.organization_id,
-                                  applied_at=datetime.now(timezone.utc) - timedelta(days=2), outcome="applied")
+                                  applied_at=datetime.now(UTC) - timedelta(days=2), outcome="applied")
     assert inbox.redispatch(session, overdue=timedelta(seconds=30)) == 1
     assert inbox.redispatch(session, overdue=timedelta(seconds=30)) == 0, "not again before it is overdue again"
     session.commit()
@@ -111,7 +111,7 @@ def test_a_backlog_is_not_taken_for_a_loss(session, redis_conn):
     from workers.broker import get_broker
 
     client = f.make_client(session, status="ready")
-    five_minutes_ago = datetime.now(timezone.utc) - timedelta(minutes=5)
+    five_minutes_ago = datetime.now(UTC) - timedelta(minutes=5)
     f.make_transport_event(session, client_id=client.id, organization_id=client.organization_id,
                            due_at=five_minutes_ago, dispatched_at=five_minutes_ago)
     older = int((time.time() - 600) * 1000)

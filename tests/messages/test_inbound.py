@@ -1,5 +1,5 @@
 """Inbound messages and opt-out keywords (app/messages/inbound.py), rolled back."""
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
@@ -21,7 +21,7 @@ def cli(session):
 
 def inbound(session, cli, text, ext=None, phone=PHONE, **extra):
     payload = {"external_id": ext or f"in-{text}-{datetime.now().timestamp()}", "from_phone": phone, "type": "text",
-               "text": text, "media": None, "timestamp": datetime.now(timezone.utc).isoformat(),
+               "text": text, "media": None, "timestamp": datetime.now(UTC).isoformat(),
                "contact_name": "Ann", **extra}
     return receive_inbound(session, cli.id, payload)
 
@@ -119,7 +119,7 @@ def test_an_organisation_without_settings_gets_the_defaults(session, cli):
 
 def test_inbound_for_a_deleted_client_or_a_bad_number_is_dropped(session, cli):
     assert inbound(session, cli, "hi", phone="12345") is None
-    cli.deleted_at = datetime.now(timezone.utc)
+    cli.deleted_at = datetime.now(UTC)
     session.flush()
     assert inbound(session, cli, "hi") is None
     assert session.scalar(select(func.count()).select_from(Message)) == 0

@@ -3,20 +3,19 @@
 The end-to-end behaviour with real workers over the sim transport is tests/messages/test_workers.py.
 """
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import event, func, select, text
 
 import jobs  # noqa: F401  (registers the actors: the outbox enqueues by name)
-from app.messages import dispatch, planning, service, sweeper, tracking
+from app.messages import dispatch, pacing, planning, service, sweeper, tracking
+from app.messages.pacing import Limits
 from app.models import Contact, Message, MessageStatusHistory, WebhookEvent
 from app.transports.base import PermanentSendError, SendResult, TransientSendError
 from config import settings
 from tests import factories as f
 from tests.auth_helpers import api_key_headers, principal_headers, user_with_headers
-from app.messages import pacing
-from app.messages.pacing import Limits
 
 TO = "+14155550123"
 
@@ -138,7 +137,7 @@ def test_validation_errors_name_the_fields(session, client, paced_client, admin_
 
 def test_the_client_must_exist_be_usable_and_not_deleted(session, client, org, paced_client, admin_key_headers):
     other = f.make_client(session, status="ready")
-    deleted = f.make_client(session, organization_id=org.id, status="ready", deleted_at=datetime.now(timezone.utc))
+    deleted = f.make_client(session, organization_id=org.id, status="ready", deleted_at=datetime.now(UTC))
     for client_id in (other.id, deleted.id, "cli_nope"):
         r = client.post("/api/messages", json={"client_id": client_id, "to": TO, "text": "x"},
                         headers=admin_key_headers)
@@ -215,7 +214,7 @@ def test_sends_to_a_client_that_is_not_ready_are_accepted_and_wait(session, clie
 
 def test_scheduled_at_waits_parked_until_the_feeder_releases_it(session, client, paced_client, admin_key_headers,
                                                                 redis_conn):
-    when = datetime.now(timezone.utc) + timedelta(hours=2)
+    when = datetime.now(UTC) + timedelta(hours=2)
     r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "text": "later",
                                            "scheduled_at": when.isoformat()}, headers=admin_key_headers)
     assert r.status_code == 202
@@ -241,7 +240,7 @@ def test_scheduled_at_waits_parked_until_the_feeder_releases_it(session, client,
 
 
 def test_a_soon_scheduled_message_waits_in_the_broker(session, client, paced_client, admin_key_headers, redis_conn):
-    when = datetime.now(timezone.utc) + timedelta(seconds=20)
+    when = datetime.now(UTC) + timedelta(seconds=20)
     r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "text": "soon",
                                            "scheduled_at": when.isoformat()}, headers=admin_key_headers)
     assert r.status_code == 202
@@ -384,8 +383,8 @@ def test_list_filters_and_cursor(session, client, org, paced_client, admin_key_h
     assert ids(f"contact={contact.id}") == [c.id, b.id]
     assert ids("contact=%2B14155550777") == [c.id, b.id]
     assert ids("contact=%2B14155550778") == []
-    future = (datetime.now(timezone.utc) + timedelta(minutes=1)).isoformat().replace("+", "%2B")
-    past = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat().replace("+", "%2B")
+    future = (datetime.now(UTC) + timedelta(minutes=1)).isoformat().replace("+", "%2B")
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat().replace("+", "%2B")
     assert ids(f"since={future}") == [] and ids(f"until={past}") == []
     assert ids(f"since={past}&until={future}") == [c.id, b.id, a.id]
     page = client.get("/api/messages?limit=2", headers=admin_key_headers).get_json()
@@ -432,7 +431,7 @@ def test_a_page_of_100k_messages_is_an_index_range_scan(session, org, paced_clie
         service.list_messages(session, principal, limit=50, client_id=second.id, cursor=first["next_cursor"])
         service.list_messages(session, principal, limit=50, status="failed")
         service.list_messages(session, principal, limit=50, direction="inbound",
-                              since=datetime.now(timezone.utc) - timedelta(hours=3))
+                              since=datetime.now(UTC) - timedelta(hours=3))
         service.list_messages(session, principal, limit=50, contact="ctc_bench7")
     finally:
         event.remove(conn, "before_cursor_execute", capture)
@@ -545,7 +544,7 @@ def test_a_session_host_sends_a_paced_message_only_right_after_its_grant(session
     [(_, planned)] = pacing.reservations(paced_client.id)
     slot = pacing.acquire(paced_client.id, planned, Limits.of(paced_client), token)  # messages.send granted it ...
     assert slot.granted
-    msg.scheduled_for = datetime.fromtimestamp(slot.at_ms / 1000, timezone.utc)
+    msg.scheduled_for = datetime.fromtimestamp(slot.at_ms / 1000, UTC)
     session.flush()
     transport = FakeTransport()
     pacing.set_clock(pacing.FixedClock(slot.at_ms + 5000))  # ... and the host got to it 5 s later
@@ -593,7 +592,7 @@ def test_a_paused_banned_or_deleted_clients_messages_are_held_not_failed_and_res
     elif state == "banned":
         paced_client.status, paced_client.paused = "banned", True
     else:
-        paced_client.deleted_at = datetime.now(timezone.utc)
+        paced_client.deleted_at = datetime.now(UTC)
     session.flush()
     for m in msgs:
         assert dispatch.run_send_job(m.id) == "held"
@@ -669,7 +668,7 @@ def test_acks_out_of_order_never_move_a_message_backwards(session, unpaced):
     msg = queue_one(session, unpaced)
     dispatch.perform_send(msg.id, lambda cid: FakeTransport())
     ext = f"ext-{msg.id}"
-    t0 = datetime.now(timezone.utc)
+    t0 = datetime.now(UTC)
     assert tracking.apply_ack(session, unpaced.id, "ext-unknown", "delivered") is None
     tracking.apply_ack(session, unpaced.id, ext, "read", at=t0 + timedelta(seconds=2))
     tracking.apply_ack(session, unpaced.id, ext, "delivered", at=t0 + timedelta(seconds=1))
@@ -703,18 +702,18 @@ def test_a_failed_ack_fails_a_sent_message(session, unpaced):
 
 def test_sweeper_makes_interrupted_sends_unknown_and_requeues_lost_jobs(session, unpaced, redis_conn):
     stuck = f.make_message(session, client_id=unpaced.id, status="sending",
-                           sending_at=datetime.now(timezone.utc) - timedelta(minutes=10))
-    fresh = f.make_message(session, client_id=unpaced.id, status="sending", sending_at=datetime.now(timezone.utc))
+                           sending_at=datetime.now(UTC) - timedelta(minutes=10))
+    fresh = f.make_message(session, client_id=unpaced.id, status="sending", sending_at=datetime.now(UTC))
     lost = f.make_message(session, client_id=unpaced.id, status="queued",
-                          updated_at=datetime.now(timezone.utc) - timedelta(hours=1))
+                          updated_at=datetime.now(UTC) - timedelta(hours=1))
     waiting = f.make_message(session, client_id=unpaced.id, status="queued",
-                             updated_at=datetime.now(timezone.utc) - timedelta(hours=1),
-                             scheduled_for=datetime.now(timezone.utc) + timedelta(minutes=5))
+                             updated_at=datetime.now(UTC) - timedelta(hours=1),
+                             scheduled_for=datetime.now(UTC) + timedelta(minutes=5))
     offline = f.make_client(session, organization_id=unpaced.organization_id, status="disconnected")
     held = f.make_message(session, client_id=offline.id, status="queued",
-                          updated_at=datetime.now(timezone.utc) - timedelta(hours=1))
+                          updated_at=datetime.now(UTC) - timedelta(hours=1))
     f.make_idempotency_key(session, organization_id=unpaced.organization_id,
-                           expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+                           expires_at=datetime.now(UTC) - timedelta(seconds=1))
     result = sweeper.sweep(session, sending_timeout_s=120, lost_after_s=300)
     assert result == {"interrupted": 1, "reconciling": 0, "requeued": 1, "idempotency_keys_purged": 1}
     session.expire_all()

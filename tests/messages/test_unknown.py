@@ -4,7 +4,7 @@ by the transport (``lookup``: the sim knows by message id) or by the first ack. 
 database blip."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
 
@@ -57,7 +57,7 @@ def test_the_first_ack_tells_the_truth_of_an_unknown_message(session, unpaced):
 
 def test_an_ack_corrects_a_failure_the_worker_only_presumed(session, unpaced):
     msg = f.make_message(session, client_id=unpaced.id, status="failed", error_code="interrupted",
-                         failed_at=datetime.now(timezone.utc))
+                         failed_at=datetime.now(UTC))
     tracking.apply_ack(session, unpaced.id, "ext-x", "delivered", message_id=msg.id)
     session.expire_all()
     row = session.get(Message, msg.id)
@@ -78,7 +78,7 @@ def test_reconcile_asks_the_sim_which_knows_by_message_id(session, org, redis_co
     client, msg = _sim_message(session, org)
     SimNetwork(client.id).record_send(msg.id)  # it arrived, and then its sender died
     session.execute(update(Message).where(Message.id == msg.id).values(
-        status="sending", sending_at=datetime.now(timezone.utc) - timedelta(minutes=5)))
+        status="sending", sending_at=datetime.now(UTC) - timedelta(minutes=5)))
     assert sweeper.interrupted(session, older_than_s=60) == 1
     assert session.get(Message, msg.id).status == "unknown"
     assert sweeper.reconcile(msg.id) == "read"
@@ -91,7 +91,7 @@ def test_reconcile_asks_the_sim_which_knows_by_message_id(session, org, redis_co
 def test_reconcile_sends_again_what_the_sim_never_received(session, org, redis_conn):
     client, msg = _sim_message(session, org)
     session.execute(update(Message).where(Message.id == msg.id).values(
-        status="unknown", sending_at=datetime.now(timezone.utc) - timedelta(minutes=5)))
+        status="unknown", sending_at=datetime.now(UTC) - timedelta(minutes=5)))
     assert sweeper.reconcile(msg.id) == "requeued"
     session.expire_all()
     assert session.get(Message, msg.id).status == "queued"
@@ -139,7 +139,7 @@ def test_the_sim_says_not_sent_only_when_its_network_never_took_it(redis_conn):
 def test_a_sent_message_whose_receipts_never_came_is_asked_about(session, org, redis_conn):
     client, msg = _sim_message(session, org)
     SimNetwork(client.id).record_send(msg.id)
-    long_ago = datetime.now(timezone.utc) - timedelta(minutes=30)
+    long_ago = datetime.now(UTC) - timedelta(minutes=30)
     session.execute(update(Message).where(Message.id == msg.id).values(
         status="sent", external_id="sim_x", sent_at=long_ago, updated_at=long_ago))
     assert sweeper.reconcile_unknown(session) == 1

@@ -11,12 +11,11 @@ import pytest
 from sqlalchemy import func, select, text
 
 import jobs  # noqa: F401
-from app.messages import sweeper
+from app.messages import pacing, sweeper
 from app.models import Contact, Message, MessageStatusHistory, WebhookEvent
 from config import settings
 from tests import factories as f
 from tests.procs import wait_for
-from app.messages import pacing
 
 pytestmark = pytest.mark.workers
 TO = "+14155550123"

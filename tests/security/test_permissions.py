@@ -18,9 +18,9 @@ of an endpoint cannot pass validation, add a sample to ``SAMPLE_BODIES``.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable
 
 import pytest
 from sqlalchemy import func, select

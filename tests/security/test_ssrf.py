@@ -10,9 +10,8 @@ import pytest
 from sqlalchemy import select
 
 import jobs.webhooks as webhook_jobs
-from app.security import crypto
+from app.security import crypto, ssrf
 from app.security.principal import SystemPrincipal
-from app.security import ssrf
 from app.webhooks import delivery, service
 from app.webhooks import events as webhook_events
 from app.webhooks.events import emit

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from config import SETTINGS
 from app.queues import POOLS
+from config import SETTINGS
 from tests.procs import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"

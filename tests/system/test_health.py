@@ -1,8 +1,8 @@
 """/health: ok with every pool alive, degraded when a pool is down, 503 when Redis or Postgres is."""
 import pytest
 
-from workers.middleware import HeartbeatThread
 from app.queues import POOLS
+from workers.middleware import HeartbeatThread
 
 
 def beat(redis_conn, kind, name, **extra):

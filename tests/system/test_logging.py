@@ -4,7 +4,7 @@ import io
 import json
 import logging
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -51,9 +51,9 @@ def test_request_log_lines_carry_the_request_id(client):
 def test_a_json_line_has_an_iso_8601_utc_time_with_milliseconds():
     done = capture("tests.logging")
     try:
-        before = datetime.now(timezone.utc)
+        before = datetime.now(UTC)
         logging.getLogger("tests.logging").warning("hello %s", "there", extra={"answer": 42})
-        after = datetime.now(timezone.utc)
+        after = datetime.now(UTC)
     finally:
         out = done()
     (line,) = [json.loads(x) for x in out.splitlines()]

@@ -2,7 +2,6 @@
 import shutil
 import subprocess
 
-
 import config
 from tests.procs import ROOT
 

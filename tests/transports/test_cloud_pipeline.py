@@ -9,7 +9,7 @@ paced (``config.pacing: false``): pacing is tests/messages/test_workers.py's sub
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select, text
@@ -138,7 +138,7 @@ def events(committed, message_id) -> list[WebhookEvent]:
 
 
 def at(ts: int) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)
+    return datetime.fromtimestamp(ts, UTC)
 
 
 def when(iso: str | None) -> datetime | None:

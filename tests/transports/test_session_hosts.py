@@ -13,6 +13,7 @@ import psutil
 import pytest
 from sqlalchemy import select, text
 
+from app.clients.leases import claim_lease, host_queue, lease_owner, orphaned_clients, release_lease, renew_leases
 from app.clients.models import Client, ClientSession, ClientStatusHistory
 from app.db import utcnow
 from app.kv import redis_client
@@ -21,7 +22,6 @@ from tests import factories as f
 from tests.auth_helpers import api_key_headers
 from tests.fixtures.wa_web.sink import RecordingSink
 from tests.procs import ROOT, wait_for
-from app.clients.leases import claim_lease, host_queue, lease_owner, orphaned_clients, release_lease, renew_leases
 from workers.session_host import SessionHost
 
 #: Chromium is heavy: the browser tests run one at a time, on one xdist worker
@@ -365,9 +365,9 @@ def test_jobs_left_in_a_dead_hosts_queue_move_to_the_shared_queue(redis_conn):
     import dramatiq
 
     import jobs  # noqa: F401  (declares the queues and the periodic jobs)
-    from workers.middleware import heartbeat_key
-    from jobs.periodic import PERIODIC
     from app.clients.leases import HEARTBEAT_KIND, reap_dead_host_queues
+    from jobs.periodic import PERIODIC
+    from workers.middleware import heartbeat_key
 
     broker = dramatiq.get_broker()
     live, dead = "hostlive-1-aaaa", "hostgone-2-bbbb"

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
@@ -60,9 +60,9 @@ def test_registered_as_the_sim_transport():
 
 def test_start_shows_a_qr_code_now_and_the_phone_scans_it_later():
     t = sim({"scan_after_ms": 1500})
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     t.start()
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     (qr, qr_detail, qr_delay), (ready, ready_detail, ready_delay) = t.events.statuses
     assert (qr, qr_delay) == ("qr", 0) and qr_detail["qr"].startswith("2@sim,")
     # the code lives 20 s (qr_ttl_ms) from the start, however long the start took

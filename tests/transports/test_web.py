@@ -9,15 +9,21 @@ import http.server
 import selectors
 import threading
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
 
 from app.transports import transport_class
-from app.transports.base import (ClientInfo, MediaRef, OutboundMessage, PermanentSendError, ProxyInfo)
-from app.transports.web import (BrowserRuntime, PermanentStartError, WebTransport, decode_state, profile_for,
-                                proxy_options)
+from app.transports.base import ClientInfo, MediaRef, OutboundMessage, PermanentSendError, ProxyInfo
+from app.transports.web import (
+    BrowserRuntime,
+    PermanentStartError,
+    WebTransport,
+    decode_state,
+    profile_for,
+    proxy_options,
+)
 from app.transports.web_selectors import WA_WEB_SELECTORS_VERSION, hooks_script
 from tests.fixtures.wa_web.sink import RecordingSink, start_and_scan
 
@@ -187,7 +193,7 @@ def test_qr_code_is_read_from_the_page_and_every_rotation_reported(wa_web, open_
     assert len(codes) == len(set(codes)), "a code was reported twice"
     assert all(c.startswith("2@") for c in codes)
     detail = sink.status_detail("qr")
-    assert datetime.fromisoformat(detail["expires_at"]) > datetime.now(timezone.utc)
+    assert datetime.fromisoformat(detail["expires_at"]) > datetime.now(UTC)
     assert transport.state == "qr"
     with wa_web.lock:  # the code the page shows now (no rotation between reading and scanning it)
         wa_web.scan(wa_web.qr_refs()[0], PHONE)

@@ -10,7 +10,8 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
-from standardwebhooks.webhooks import Webhook as StandardWebhook, WebhookVerificationError
+from standardwebhooks.webhooks import Webhook as StandardWebhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
 import jobs.webhooks as webhook_jobs
 from app.audit.models import AuditLog

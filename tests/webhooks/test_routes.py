@@ -16,8 +16,8 @@ from app.db import utcnow
 from app.models import JobOutbox
 from app.security import crypto
 from app.security.principal import SystemPrincipal
-from app.webhooks import service
 from app.webhooks import events as events_module
+from app.webhooks import service
 from app.webhooks.events import emit
 from app.webhooks.models import Webhook, WebhookDelivery, WebhookEvent
 from tests import factories as f

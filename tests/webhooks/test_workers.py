@@ -15,8 +15,8 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 import jobs.webhooks as webhook_jobs
 from app.db import utcnow
 from app.security.principal import SystemPrincipal
-from app.webhooks import service
 from app.webhooks import events as webhook_events
+from app.webhooks import service
 from app.webhooks.events import emit
 from app.webhooks.models import WebhookDelivery, WebhookDeliveryAttempt
 from tests import factories as f

@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from config import settings
 from app.messages import pacing
 from app.messages.pacing import Limits
+from config import settings
 
 T0 = 1_700_000_000_000
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000

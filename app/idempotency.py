@@ -42,7 +42,7 @@ from flask import Response, request
 from sqlalchemy import BigInteger, ForeignKey, Integer, Text, delete, func, select, update
 from sqlalchemy import text as sqltext
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.columns import CID, TS
 from app.db import Base
@@ -154,7 +154,7 @@ def claim(principal, key: str, fingerprint: str, method: str, path: str) -> int 
         session.close()
 
 
-def complete(session, key_id: int, status: int, body) -> None:
+def complete(session: Session, key_id: int, status: int, body) -> None:
     """Store the response in the request's own transaction (commits with what the request wrote)."""
     session.execute(update(IdempotencyKey).where(IdempotencyKey.id == key_id)
                     .values(status="completed", response_status=status, response_body=body))
@@ -229,7 +229,7 @@ class _Releaser:
 _releaser = _Releaser()
 
 
-def purge_expired(session, limit: int = 10_000) -> int:
+def purge_expired(session: Session, limit: int = 10_000) -> int:
     """Delete keys past their 24 hours (at most ``limit`` per call)."""
     ids = select(IdempotencyKey.id).where(IdempotencyKey.expires_at < func.now()).limit(limit).scalar_subquery()
     return session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids))).rowcount or 0

@@ -233,7 +233,7 @@ def sweep(session: Session, older_than_s: int | None = None, limit: int = 1000) 
     return len(sent)
 
 
-def _db_now(session: Session):
+def _db_now(session: Session) -> datetime:
     from sqlalchemy import func
 
     return session.scalar(select(func.now()))

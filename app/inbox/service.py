@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.orm import Session
 
 from app import outbox
 from app.clients.session_state import save_session_state
@@ -55,7 +56,7 @@ class Report:
     delay_ms: int = 0
 
 
-def record(session, reports: list[Report]) -> list[int]:
+def record(session: Session, reports: list[Report]) -> list[int]:
     """Write ``reports`` in the caller's transaction; their ``inbox.apply`` jobs go after commit."""
     if not reports:
         return []
@@ -74,7 +75,7 @@ def record(session, reports: list[Report]) -> list[int]:
 class InboxSink:
     """The platform's EventSink (see the module docstring)."""
 
-    def __init__(self, session=None):
+    def __init__(self, session: Session | None = None) -> None:
         self.session = session
         self._local = threading.local()
 
@@ -136,7 +137,7 @@ class InboxSink:
 # ----------------------------------------------------------------------------- sweeping
 
 
-def redispatch(session, *, overdue: timedelta | None = None, limit: int = 5000) -> int:
+def redispatch(session: Session, *, overdue: timedelta | None = None, limit: int = 5000) -> int:
     """Send again the ``inbox.apply`` jobs of rows that should have been applied by now (the
     broker lost them, or their worker dropped them): overdue by ``INBOX_REDISPATCH_AFTER``. A
     duplicate only finds the row applied."""
@@ -165,13 +166,13 @@ def redispatch(session, *, overdue: timedelta | None = None, limit: int = 5000) 
     return len(ids)
 
 
-def purge(session, *, older_than: timedelta = KEEP_APPLIED, limit: int = 10_000) -> int:
+def purge(session: Session, *, older_than: timedelta = KEEP_APPLIED, limit: int = 10_000) -> int:
     """Delete rows applied more than ``older_than`` ago (at most ``limit``)."""
     old = (select(TransportEvent.id).where(TransportEvent.applied_at < func.now() - older_than)
            .limit(limit).scalar_subquery())
     return session.execute(delete(TransportEvent).where(TransportEvent.id.in_(old))).rowcount or 0
 
 
-def pending_count(session) -> int:
+def pending_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(TransportEvent).where(TransportEvent.applied_at.is_(None)))
 

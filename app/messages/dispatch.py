@@ -30,7 +30,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, text, update
+from sqlalchemy import Row, select, text, update
 from sqlalchemy.orm import Session
 
 from app import outbox
@@ -61,7 +61,7 @@ RECONCILE_FIRST_MS = 5_000
 
 # ----------------------------------------------------------------------------- the messages.send job
 
-def _load(session: Session, message_id: str):
+def _load(session: Session, message_id: str) -> Row[tuple[Message, Client, bool | None]] | None:
     """(message, client, contact opted out?) of a message, or None."""
     return session.execute(select(Message, Client, Contact.opted_out)
                            .join(Client, Client.id == Message.client_id)
@@ -150,7 +150,8 @@ def perform_send(message_id: str, transport_for) -> str:
     return _deliver(prepared, transport_for)
 
 
-def _claim(session: Session, message: Message, client: Client, opted_out: bool | None):
+def _claim(session: Session, message: Message, client: Client,
+           opted_out: bool | None) -> tuple[str, _Prepared | None]:
     """In the caller's transaction: the last checks, then ``queued -> sending``. Returns
     (outcome, None) when there is nothing to send, or ("claimed", what to send)."""
     if message.status != "queued" or message.direction != "outbound":

@@ -61,7 +61,7 @@ def client_for_send(session: Session, principal: Principal, client_id: str, *, f
 class _Lookups:
     """Media and templates of one organisation, loaded once per accept call."""
 
-    def __init__(self, session, organization_id: str):
+    def __init__(self, session: Session, organization_id: str) -> None:
         self.session, self.organization_id = session, organization_id
         self.media: dict[str, Media | None] = {}
         self.templates: dict[str, Template | None] = {}

@@ -29,7 +29,7 @@ MAX_WEBHOOKS_PER_ORG = 50
 PREVIOUS_SECRET_TTL = timedelta(hours=24)
 
 
-def _forget_subscriptions(session) -> None:
+def _forget_subscriptions(session: Session) -> None:
     session.info.pop(_MEMO, None)
 
 

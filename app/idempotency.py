@@ -45,7 +45,7 @@ from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.columns import CID, TS
-from app.db import Base
+from app.db import Base, rowcount
 from app.errors import Conflict, ValidationError
 from config import settings
 
@@ -232,7 +232,7 @@ _releaser = _Releaser()
 def purge_expired(session: Session, limit: int = 10_000) -> int:
     """Delete keys past their 24 hours (at most ``limit`` per call)."""
     ids = select(IdempotencyKey.id).where(IdempotencyKey.expires_at < func.now()).limit(limit).scalar_subquery()
-    return session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids))).rowcount or 0
+    return rowcount(session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids)))) or 0
 
 
 def _replay_response(replay: _Replay) -> Response:

@@ -167,7 +167,7 @@ def cmd_dlq(args) -> None:
     total = 0
     for queue in _dlq_queues(r, args):
         xq = f"dramatiq:{xq_name(queue)}"
-        ids = [i.decode() for i in r.zrange(xq, 0, -1)]
+        ids = [i.decode() for i in r.zrange(xq, 0, -1)]  # type: ignore[union-attr]  # redis-py types replies bytes | str: ours are bytes
         msgs = r.hmget(f"{xq}.msgs", ids) if ids else []
         for mid, raw in zip(ids, msgs, strict=True):
             if raw is None:  # its body expired (dead_message_ttl): only the id is left
@@ -189,7 +189,7 @@ def cmd_dlq(args) -> None:
 
                 from workers.broker import get_broker
 
-                msg = dramatiq.Message(queue_name=_retry_queue(queue), actor_name=data["actor_name"],
+                msg: dramatiq.Message = dramatiq.Message(queue_name=_retry_queue(queue), actor_name=data["actor_name"],
                                        args=tuple(data["args"]), kwargs=data.get("kwargs") or {}, options={})
                 get_broker().enqueue(msg)
                 r.zrem(xq, mid)

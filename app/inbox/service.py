@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from app import outbox
 from app.clients.session_state import save_session_state
-from app.db import job_session, utcnow
+from app.db import job_session, rowcount, utcnow
 from app.inbox.models import TransportEvent
 from app.queues import queue_of
 from app.transports.base import ClientInfo, InboundMessage
@@ -170,7 +170,7 @@ def purge(session: Session, *, older_than: timedelta = KEEP_APPLIED, limit: int 
     """Delete rows applied more than ``older_than`` ago (at most ``limit``)."""
     old = (select(TransportEvent.id).where(TransportEvent.applied_at < func.now() - older_than)
            .limit(limit).scalar_subquery())
-    return session.execute(delete(TransportEvent).where(TransportEvent.id.in_(old))).rowcount or 0
+    return rowcount(session.execute(delete(TransportEvent).where(TransportEvent.id.in_(old)))) or 0
 
 
 def pending_count(session: Session) -> int:

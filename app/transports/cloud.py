@@ -342,7 +342,7 @@ class CloudTransport(Transport):
         except Exception:
             log.warning("cannot check for an earlier send", exc_info=True)
             return None
-        return raw.decode() if raw else None
+        return raw.decode() if raw else None  # type: ignore[union-attr]  # redis-py types replies bytes | str: ours are bytes
 
     def _remember_sent(self, message_id: str, wamid: str) -> None:
         try:

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from app import outbox
 from app.audit.service import record
 from app.clients.models import BanAlert
-from app.db import new_id, utcnow
+from app.db import new_id, rowcount, utcnow
 from app.security import crypto, ssrf
 from app.webhooks import delivery, signing
 from app.webhooks.events import lease_end
@@ -233,9 +233,9 @@ def record_attempt(session: Session, req: DeliveryRequest, outcome: delivery.Out
         by_broker = delay <= BROKER_CARRIES_S
         attempt_row["next_at"] = due
         values.update(status="failed", next_attempt_at=lease_end(due) if by_broker else due)
-    updated = session.execute(
+    updated = rowcount(session.execute(
         update(D).where(D.id == req.delivery_id, D.attempt == req.attempt, D.status == "delivering")
-        .values(**values).execution_options(**NO_SYNC)).rowcount
+        .values(**values).execution_options(**NO_SYNC)))
     if not updated:  # redelivered, disabled or deleted meanwhile: log the attempt, schedule nothing
         attempt_row["next_at"] = None
     session.execute(text(_INSERT_ATTEMPT), attempt_row)

@@ -300,7 +300,8 @@ def idempotent(fn=None, *, secret: bool = False):
             release(claimed)
         return response
 
-    wrapper.idempotent = True  # the OpenAPI document adds the 409 and 422 this can answer
+    # the OpenAPI document adds the 409 and 422 this can answer; typeshed types wraps() without attributes
+    wrapper.idempotent = True  # type: ignore[attr-defined]
     from flask_smorest import Blueprint
 
     return Blueprint.doc(parameters=[HEADER_DOC])(wrapper)

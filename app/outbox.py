@@ -112,7 +112,7 @@ def _send(row: dict) -> None:
     options = dict(row.get("options") or {})
     eta = options.pop("eta", None)
     delay = max(0, eta - int(time.time() * 1000)) if eta else None
-    message = dramatiq.Message(
+    message: dramatiq.Message = dramatiq.Message(
         queue_name=row["queue_name"], actor_name=row["actor_name"], args=tuple(row["args"]),
         kwargs=row["kwargs"] or {}, options=options,
     )

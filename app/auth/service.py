@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -277,10 +278,11 @@ def me(session: Session, principal: Principal) -> dict:
     if org_name is None:
         org = session.get(Organization, principal.organization_id)
         org_name = org.name if org else None
-    body = {"kind": principal.kind, "id": principal.id, "name": principal.name, "email": principal.email,
-            "role": principal.role, "organization": {"id": principal.organization_id, "name": org_name},
-            "client_ids": sorted(principal.client_ids) if principal.client_ids is not None else None,
-            "permissions": sorted(p for p, roles in MATRIX.items() if principal.role in roles)}
+    body: dict[str, Any] = {
+        "kind": principal.kind, "id": principal.id, "name": principal.name, "email": principal.email,
+        "role": principal.role, "organization": {"id": principal.organization_id, "name": org_name},
+        "client_ids": sorted(principal.client_ids) if principal.client_ids is not None else None,
+        "permissions": sorted(p for p, roles in MATRIX.items() if principal.role in roles)}
     if principal.kind == "api_key":
         body["api_key"] = {k: principal.extra.get(k) for k in ("prefix", "expires_at", "created_at", "created_by")}
         body["api_key"]["role"] = principal.extra.get("key_role")

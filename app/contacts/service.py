@@ -192,10 +192,10 @@ def touch_inbound(session: Session, organization_id: str, phone: str, name: str 
     """The contact of an inbound message, created or revived, with ``last_inbound_at`` moved on."""
     stmt = insert(Contact).values(id=new_id("ctc"), organization_id=organization_id, phone=phone, name=name,
                                   last_inbound_at=at)
-    stmt = stmt.on_conflict_do_update(
+    upsert = stmt.on_conflict_do_update(
         constraint="contacts_org_phone_key",
         set_={"last_inbound_at": func.greatest(Contact.last_inbound_at, stmt.excluded.last_inbound_at),
               "name": func.coalesce(Contact.name, stmt.excluded.name),
               "deleted_at": None, "updated_at": func.now()},
     ).returning(Contact)
-    return session.scalars(stmt, execution_options={"populate_existing": True}).one()
+    return session.scalars(upsert, execution_options={"populate_existing": True}).one()

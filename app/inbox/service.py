@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -80,7 +81,7 @@ class InboxSink:
         self._local = threading.local()
 
     @contextmanager
-    def batch(self):
+    def batch(self) -> Iterator[list[Report]]:
         """Collect the reports made in this thread inside the block, and write those still in the
         yielded list at its end, in one transaction. The caller may take them out of the list
         first and ``record`` them in a transaction of its own (a send's receipts with its ``sent``)."""

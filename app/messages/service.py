@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import Table, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -193,11 +194,11 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
         contact_id, opted_out = book[cols["to_phone"]]
         key = keys[i] if keys else None
         if opted_out and not (key or "").startswith(OPT_OUT_KEY_PREFIX):
-            exc = ValidationError("This contact opted out of messages", code="contact_opted_out",
-                                  details={"to": ["The contact opted out (STOP); they receive no more messages."]})
+            refusal = ValidationError("This contact opted out of messages", code="contact_opted_out",
+                                      details={"to": ["The contact opted out (STOP); they receive no more messages."]})
             if strict:
-                raise exc
-            results[i] = {"error": _error(exc)}
+                raise refusal
+            results[i] = {"error": _error(refusal)}
             continue
         accepted.append((i, {**cols, "contact_id": contact_id, "idempotency_key": key}))
     if not accepted:
@@ -209,7 +210,7 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
                "created_at": now, "updated_at": now, "scheduled_for": plan.scheduled_for,
                "campaign_id": campaign_id, "automation_id": automation_id}
               for (_, cols), plan in zip(accepted, plans, strict=True)]
-    table = Message.__table__
+    table = cast(Table, Message.__table__)  # typed FromClause: a declarative model's is a Table
     if keys:
         inserted = set(session.scalars(
             pg_insert(table).on_conflict_do_nothing(

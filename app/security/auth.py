@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from flask import g, request
 from sqlalchemy import and_, select, update
@@ -98,7 +99,7 @@ def principal_for_access_token(session: Session, token: str) -> Principal:
                             "organization_name": org_name})
 
 
-def principal_for_api_key(session: Session, key: str) -> Principal:
+def principal_for_api_key(session: Session | Callable[[], Session], key: str) -> Principal:
     """The principal of an API key. The key row is read from a short-lived Redis copy when there
     is one (one Redis round trip instead of a database transaction: the key check runs on every
     request), else from Postgres. The HMAC of the presented key is compared either way.

@@ -22,6 +22,7 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
@@ -224,7 +225,8 @@ def record_attempt(session: Session, req: DeliveryRequest, outcome: delivery.Out
             seconds=delivery.scaled(delivery.DISABLE_AFTER_S)):
         disable = "failing"
     delay = None if disable else delivery.next_delay(req.attempt, outcome.retry_after, rng)
-    values = {"last_status_code": outcome.status_code, "last_error": attempt_row["error"], "updated_at": now}
+    values: dict[str, Any] = {"last_status_code": outcome.status_code, "last_error": attempt_row["error"],
+                              "updated_at": now}
     by_broker = False
     if delay is None:
         values.update(status="dead", next_attempt_at=None)

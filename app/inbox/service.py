@@ -89,7 +89,8 @@ class InboxSink:
         if outer is not None:  # nested: the outer block writes
             yield outer
             return
-        self._local.reports = collected = []
+        collected: list[Report] = []
+        self._local.reports = collected
         try:
             yield collected
         finally:

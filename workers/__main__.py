@@ -85,7 +85,8 @@ def cmd_status(args) -> None:
     print(f"{'pool':<10} {'workers':>7}  {'queue':<10} {'ready':>7} {'delayed':>8} {'dead':>6}")
     for p in report["pools"]:
         for q in p["queues"]:
-            print(f"{p['pool']:<10} {p['live_workers']:>7}  {q['queue']:<10} {q['ready']:>7} {q['delayed']:>8} {q['dead']:>6}")
+            print(f"{p['pool']:<10} {p['live_workers']:>7}  "
+                  f"{q['queue']:<10} {q['ready']:>7} {q['delayed']:>8} {q['dead']:>6}")
     leaders = [s for s in report["scheduler"] if s.get("leader")]
     print(f"scheduler: {len(report['scheduler'])} process(es), leader: "
           f"{leaders[0]['host'] + ':' + str(leaders[0]['pid']) if leaders else 'none'}")

@@ -60,7 +60,8 @@ class Heartbeat(Middleware):
 
         pool = current_pool()
         if pool:
-            self.thread = HeartbeatThread(redis_client(), "pool", pool, extra=lambda: {"threads": worker.worker_threads})
+            self.thread = HeartbeatThread(redis_client(), "pool", pool,
+                                          extra=lambda: {"threads": worker.worker_threads})
             self.thread.beat()
             self.thread.start()
 

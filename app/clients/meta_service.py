@@ -31,7 +31,8 @@ MEDIA_KINDS = ("image", "video", "audio", "document", "sticker")
 
 # ------------------------------------------------------------------------------- entry points
 
-def verify_subscription(session: Session, client_id: str, mode: str | None, token: str | None, challenge: str | None) -> str:
+def verify_subscription(session: Session, client_id: str, mode: str | None, token: str | None,
+                        challenge: str | None) -> str:
     """The GET handshake: the challenge to echo when the token is the client's ``verify_token``."""
     client = cloud_client_info(session, client_id)
     expected = (client.secrets or {}).get("verify_token") or ""
@@ -40,7 +41,8 @@ def verify_subscription(session: Session, client_id: str, mode: str | None, toke
     return challenge or ""
 
 
-def receive(session: Session, client_id: str, raw_body: bytes, signature: str | None, sink: EventSink | None = None) -> dict:
+def receive(session: Session, client_id: str, raw_body: bytes, signature: str | None,
+            sink: EventSink | None = None) -> dict:
     """A signed POST from Meta: verify, then report every message and status. Returns counts."""
     client = cloud_client_info(session, client_id)
     check_signature((client.secrets or {}).get("app_secret"), raw_body, signature)

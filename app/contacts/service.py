@@ -51,8 +51,8 @@ def _clean_tags(tags) -> list[str]:
     return out
 
 
-def list_contacts(session: Session, principal: Principal, *, limit: int, cursor: str | None = None, tag: str | None = None,
-                  q: str | None = None, opted_out: bool | None = None) -> dict:
+def list_contacts(session: Session, principal: Principal, *, limit: int, cursor: str | None = None,
+                  tag: str | None = None, q: str | None = None, opted_out: bool | None = None) -> dict:
     stmt = scoped_select(Contact, principal.organization_id)
     if tag:
         stmt = stmt.where(Contact.tags.contains([tag]))
@@ -86,8 +86,9 @@ def create_contact(session: Session, principal: Principal, *, phone: str, name: 
         contact.updated_at = now
         was_opted_out = contact.opted_out
     else:
-        contact, action = Contact(id=new_id("ctc"), organization_id=principal.organization_id, phone=phone, name=name,
-                                  tags=_clean_tags(tags), attributes=attributes or {}, opted_out=False), "contact.create"
+        contact = Contact(id=new_id("ctc"), organization_id=principal.organization_id, phone=phone, name=name,
+                          tags=_clean_tags(tags), attributes=attributes or {}, opted_out=False)
+        action = "contact.create"
         session.add(contact)
         was_opted_out = False
     session.flush()

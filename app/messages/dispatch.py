@@ -363,7 +363,8 @@ def build_outbound(session: Session, message) -> OutboundMessage:
     if message.template_id:
         tpl = session.get(Template, message.template_id)
         if tpl is not None:
-            template = {"name": tpl.name, "language": tpl.language, "body": render_template(tpl.body, message.variables),
+            template = {"name": tpl.name, "language": tpl.language,
+                        "body": render_template(tpl.body, message.variables),
                         "variables": dict(message.variables or {})}
     return OutboundMessage(message_id=message.id, to=message.to_phone, type=message.type, text=message.text,
                            caption=message.caption, media=media, template=template)

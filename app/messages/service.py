@@ -155,7 +155,8 @@ def _columns(item: dict, lookups: _Lookups) -> dict:
     if scheduled_at is not None and scheduled_at.tzinfo is None:
         scheduled_at = scheduled_at.replace(tzinfo=UTC)
     return {"to_phone": to, "type": kind, "text": text, "media_id": media_id if kind in MEDIA_TYPES else None,
-            "caption": caption if kind in MEDIA_TYPES else None, "template_id": template_id if kind == "template" else None,
+            "caption": caption if kind in MEDIA_TYPES else None,
+            "template_id": template_id if kind == "template" else None,
             "variables": variables if kind == "template" else {}, "scheduled_at": scheduled_at}
 
 
@@ -290,7 +291,8 @@ def create_batch(session: Session, principal: Principal, *, client_id: str, mess
         results[i] = res
     for i, err in errors.items():
         results[i] = err
-    return {"messages": [r if "error" in r else {"id": r["id"], "status": r["status"], "scheduled_for": r["scheduled_for"]}
+    return {"messages": [r if "error" in r
+                         else {"id": r["id"], "status": r["status"], "scheduled_for": r["scheduled_for"]}
                          for r in results]}
 
 

@@ -190,7 +190,8 @@ def update_user(session: Session, principal: Principal, user_id: str, *, name: s
         fields["email"] = email
     if role is not None and role != user.role:
         if is_self:
-            raise ValidationError("You cannot change your own role", details={"role": ["You cannot change your own role."]})
+            raise ValidationError("You cannot change your own role",
+                                  details={"role": ["You cannot change your own role."]})
         _check_may_grant(principal, role)
         fields["role"] = role
     if status is not None and status != user.status:
@@ -198,7 +199,8 @@ def update_user(session: Session, principal: Principal, user_id: str, *, name: s
             raise ValidationError("You cannot change your own status",
                                   details={"status": ["You cannot change your own status."]})
         fields["status"] = status
-    if _is_active_admin(user) and (fields.get("role", "admin") != "admin" or fields.get("status", "active") != "active"):
+    if _is_active_admin(user) and (fields.get("role", "admin") != "admin"
+                                   or fields.get("status", "active") != "active"):
         _ensure_another_admin(admins, user)
     changes = diff(user, fields)
     if password is not None:

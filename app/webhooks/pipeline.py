@@ -145,7 +145,8 @@ UPDATE webhook_deliveries SET status = 'dead', attempt = :attempt, next_attempt_
 """)
 
 
-def prepare_attempt(session: Session, delivery_id: str, attempt: int, *, now: datetime | None = None) -> DeliveryRequest | None:
+def prepare_attempt(session: Session, delivery_id: str, attempt: int, *,
+                    now: datetime | None = None) -> DeliveryRequest | None:
     """Claim attempt ``attempt`` of a delivery and build its signed request; None when there is
     nothing to do (a duplicate or stale job, a disabled or deleted endpoint).
 

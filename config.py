@@ -358,7 +358,7 @@ def check_production_settings(s: Settings | None = None) -> None:
         if s.API_KEY_PEPPER and len(s.API_KEY_PEPPER) < 16:
             problems.append("API_KEY_PEPPER must be at least 16 characters")
     try:
-        s.private_targets
+        s.private_targets  # noqa: B018  (reading it checks WEBHOOK_ALLOW_PRIVATE)
     except ValueError as exc:
         problems.append(f"WEBHOOK_ALLOW_PRIVATE: {exc}")
     if s.APP_ENCRYPTION_KEYS.strip():

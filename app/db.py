@@ -14,12 +14,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
-from sqlalchemy import create_engine, event, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import Select, create_engine, event, select
+from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, sessionmaker
 
 from app.errors import NotFound
 from config import settings
@@ -150,14 +150,27 @@ def job_session() -> Iterator[Session]:
         session.close()
 
 
-M = TypeVar("M")
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched. ``Session.execute`` is typed to return a ``Result``,
+    which has no ``rowcount``; for such a statement it is a ``CursorResult``, which has."""
+    return cast(CursorResult[Any], result).rowcount
 
 
-def get_scoped(session: Session, model: type[M], organization_id: str, object_id: str, *, for_update: bool = False) -> M:
+class TenantOwned(Protocol):
+    """A model whose rows belong to one organisation (and may be soft-deleted: ``deleted_at``)."""
+    id: ClassVar[Mapped[str]]
+    organization_id: ClassVar[Mapped[str]]
+
+
+M = TypeVar("M", bound=TenantOwned)
+
+
+def get_scoped(session: Session, model: type[M], organization_id: str, object_id: str, *,
+               for_update: bool = False) -> M:
     """Load a tenant-owned row by id within ``organization_id`` or raise NotFound."""
     stmt = select(model).where(model.id == object_id, model.organization_id == organization_id)
-    if hasattr(model, "deleted_at"):
-        stmt = stmt.where(model.deleted_at.is_(None))
+    if (deleted_at := getattr(model, "deleted_at", None)) is not None:
+        stmt = stmt.where(deleted_at.is_(None))
     if for_update:
         stmt = stmt.with_for_update()
     row = session.scalars(stmt).first() if isinstance(object_id, str) else None
@@ -166,11 +179,11 @@ def get_scoped(session: Session, model: type[M], organization_id: str, object_id
     return row
 
 
-def scoped_select(model, organization_id: str):
+def scoped_select(model: type[M], organization_id: str) -> Select[M]:
     """``select(model)`` already restricted to one organisation (and not soft-deleted)."""
     stmt = select(model).where(model.organization_id == organization_id)
-    if hasattr(model, "deleted_at"):
-        stmt = stmt.where(model.deleted_at.is_(None))
+    if (deleted_at := getattr(model, "deleted_at", None)) is not None:
+        stmt = stmt.where(deleted_at.is_(None))
     return stmt
 
 

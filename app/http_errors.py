@@ -87,8 +87,8 @@ def register_error_handlers(app: Flask) -> None:
             404: "Not found", 405: "Method not allowed", 413: "Request body too large",
         }.get(status, err.name)
         headers = {}
-        if status == 405 and getattr(err, "valid_methods", None):
-            headers["Allow"] = ", ".join(err.valid_methods)
+        if status == 405 and (methods := getattr(err, "valid_methods", None)):
+            headers["Allow"] = ", ".join(methods)
         return _response(status, code, message, headers=headers)
 
     @app.errorhandler(Exception)

@@ -42,10 +42,10 @@ from flask import Response, request
 from sqlalchemy import BigInteger, ForeignKey, Integer, Text, delete, func, select, update
 from sqlalchemy import text as sqltext
 from sqlalchemy.dialects.postgresql import JSONB, insert
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.columns import CID, TS
-from app.db import Base
+from app.db import Base, rowcount
 from app.errors import Conflict, ValidationError
 from config import settings
 
@@ -154,7 +154,7 @@ def claim(principal, key: str, fingerprint: str, method: str, path: str) -> int 
         session.close()
 
 
-def complete(session, key_id: int, status: int, body) -> None:
+def complete(session: Session, key_id: int, status: int, body) -> None:
     """Store the response in the request's own transaction (commits with what the request wrote)."""
     session.execute(update(IdempotencyKey).where(IdempotencyKey.id == key_id)
                     .values(status="completed", response_status=status, response_body=body))
@@ -229,10 +229,10 @@ class _Releaser:
 _releaser = _Releaser()
 
 
-def purge_expired(session, limit: int = 10_000) -> int:
+def purge_expired(session: Session, limit: int = 10_000) -> int:
     """Delete keys past their 24 hours (at most ``limit`` per call)."""
     ids = select(IdempotencyKey.id).where(IdempotencyKey.expires_at < func.now()).limit(limit).scalar_subquery()
-    return session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids))).rowcount or 0
+    return rowcount(session.execute(delete(IdempotencyKey).where(IdempotencyKey.id.in_(ids)))) or 0
 
 
 def _replay_response(replay: _Replay) -> Response:
@@ -300,7 +300,8 @@ def idempotent(fn=None, *, secret: bool = False):
             release(claimed)
         return response
 
-    wrapper.idempotent = True  # the OpenAPI document adds the 409 and 422 this can answer
+    # the OpenAPI document adds the 409 and 422 this can answer; typeshed types wraps() without attributes
+    wrapper.idempotent = True  # type: ignore[attr-defined]
     from flask_smorest import Blueprint
 
     return Blueprint.doc(parameters=[HEADER_DOC])(wrapper)

@@ -161,9 +161,10 @@ class OperationDocs(BasePlugin):
                 reasons.setdefault(int(status), [])
         field = next((p["name"] for p in params if p.get("in") == "query" and p["name"] not in ("limit", "cursor")),
                      self._body_field(op) or "limit")
-        for status, why in reasons.items():
-            retry = status in (429, 503) or (status == 409 and idempotent)
-            responses[str(status)] = self._error_response(responses.get(str(status)), why, status, field, retry)
+        for error_status, why in reasons.items():
+            retry = error_status in (429, 503) or (error_status == 409 and idempotent)
+            responses[str(error_status)] = self._error_response(responses.get(str(error_status)), why, error_status,
+                                                                field, retry)
         if idempotent:
             for status, response in responses.items():
                 if status[0] == "2":

@@ -134,7 +134,8 @@ EXAMPLES: dict[str, dict] = {
     "Health": {"status": "ok", "checks": {
         "database": {"status": "ok", "latency_ms": 0.8}, "redis": {"status": "ok", "latency_ms": 0.3},
         "workers": {"status": "ok",
-                    "pools": {name: {"status": "ok", "live": 1} for name in ("messages", "sessions", "webhooks", "default")},
+                    "pools": {name: {"status": "ok", "live": 1}
+                              for name in ("messages", "sessions", "webhooks", "default")},
                     "scheduler": {"status": "ok", "processes": 1}}}},
 }
 

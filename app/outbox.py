@@ -112,7 +112,7 @@ def _send(row: dict) -> None:
     options = dict(row.get("options") or {})
     eta = options.pop("eta", None)
     delay = max(0, eta - int(time.time() * 1000)) if eta else None
-    message = dramatiq.Message(
+    message: dramatiq.Message = dramatiq.Message(
         queue_name=row["queue_name"], actor_name=row["actor_name"], args=tuple(row["args"]),
         kwargs=row["kwargs"] or {}, options=options,
     )
@@ -233,7 +233,7 @@ def sweep(session: Session, older_than_s: int | None = None, limit: int = 1000) 
     return len(sent)
 
 
-def _db_now(session: Session):
+def _db_now(session: Session) -> datetime:
     from sqlalchemy import func
 
     return session.scalar(select(func.now()))

@@ -25,10 +25,12 @@ class Pool:
 POOLS: dict[str, Pool] = {
     p.name: p
     for p in (
-        Pool("messages", ("messages",), 16, "claims and sends paced outbound messages over stateless transports (sim, cloud)"),
+        Pool("messages", ("messages",), 16,
+             "claims and sends paced outbound messages over stateless transports (sim, cloud)"),
         Pool("sessions", ("sessions",), 4, "session hosts: own the stateful WhatsApp Web sessions and send for them"),
         Pool("webhooks", ("webhooks",), 16, "signs and delivers webhook events, retries on schedule"),
-        Pool("default", ("default",), 8, "campaign fan-out, automations, media processing, analytics rollups, status updates"),
+        Pool("default", ("default",), 8,
+             "campaign fan-out, automations, media processing, analytics rollups, status updates"),
     )
 }
 

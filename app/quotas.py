@@ -11,6 +11,7 @@ imports are.
 from __future__ import annotations
 
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from app.errors import ValidationError
 from config import settings
@@ -25,7 +26,7 @@ CAPS = {
 }
 
 
-def enforce(session, organization_id: str, resource: str, model, *live, adding: int = 1) -> None:
+def enforce(session: Session, organization_id: str, resource: str, model, *live, adding: int = 1) -> None:
     """422 ``limit_reached`` unless ``adding`` more ``model`` rows of the organisation (those
     matching the ``live`` conditions, e.g. not deleted) stay within the resource's cap."""
     limit = getattr(settings, CAPS[resource])

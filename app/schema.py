@@ -11,6 +11,7 @@ an advisory lock.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import psycopg
 from psycopg import sql
@@ -44,7 +45,7 @@ def ensure_database(url: str) -> bool:
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
             raise
-    name = psycopg.conninfo.conninfo_to_dict(dsn).get("dbname")
+    name = cast(str, psycopg.conninfo.conninfo_to_dict(dsn).get("dbname"))  # typed str | int: a name is a str
     admin = with_database(dsn, "postgres")
     with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
         try:

@@ -288,7 +288,8 @@ def bench_intake(org_id: str) -> dict:
 
     def one(conn, w, i):
         cli = clients[(w + i) % len(clients)]
-        return api.post(conn, f"/api/clients/{cli}/send-message", {"to": f"+1415{w:02d}{i:05d}", "message": f"hello {i}"})
+        return api.post(conn, f"/api/clients/{cli}/send-message",
+                        {"to": f"+1415{w:02d}{i:05d}", "message": f"hello {i}"})
 
     run_parallel(INTAKE_CONNECTIONS, 30, one)  # warm up every process and connection
     per = INTAKE_REQUESTS // INTAKE_CONNECTIONS
@@ -341,7 +342,8 @@ def bench_noop() -> dict:
 
     broker = dramatiq.get_broker()
     for i in range(NOOP_JOBS):
-        broker.enqueue(dramatiq.Message(queue_name="default", actor_name="system.noop", args=(i,), kwargs={}, options={}))
+        broker.enqueue(dramatiq.Message(queue_name="default", actor_name="system.noop", args=(i,), kwargs={},
+                                        options={}))
     pool = start_pool(procs, "default", POOL_PROCESSES, POOL_THREADS)
     from app.kv import redis_client
 
@@ -582,7 +584,8 @@ def main() -> None:
     rwidth = max(len(r[1]) for r in rows)
     print()
     print(f"Message pipeline benchmark ({cores} cores, Python {sys.version.split()[0]}, 1-minute load average "
-          f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). CPU is that of the benchmark's own processes (api, workers, "
+          f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). "
+          "CPU is that of the benchmark's own processes (api, workers, "
           "Postgres and Redis when embedded, load generator); the load average shows what else the machine "
           "was running.")
     print(f"| {'measure':<{width}} | {'result':<{rwidth}} | goal |")

@@ -16,8 +16,9 @@ Scenarios: a burst of ``--events`` events (transactions of 100) to 1 endpoint, a
 that to 20 endpoints (throughput: until every delivery is received); then ``--rate`` events/s to
 1 endpoint and ``--rate20`` events/s to 20 endpoints for ``--seconds`` seconds, one event per
 transaction as status changes come (latency; "events/s" is the rate the emitters achieved, and
-"deliveries/s" counts every delivery from the first emit to the last receipt). A last row shows emit() for an organisation with no
-endpoint: no job is enqueued at all. Rows are printed as they are measured.
+"deliveries/s" counts every delivery from the first emit to the last receipt). A last row shows
+emit() for an organisation with no endpoint: no job is enqueued at all. Rows are printed as they
+are measured.
 """
 from __future__ import annotations
 
@@ -134,7 +135,8 @@ def start_workers(env: dict, processes: int, threads: int) -> subprocess.Popen:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit("bench: the webhooks pool exited at start")
-        fresh = [b for b in live_heartbeats(redis_client(), "pool") if b["name"] == "webhooks" and b["pid"] not in before]
+        fresh = [b for b in live_heartbeats(redis_client(), "pool")
+                 if b["name"] == "webhooks" and b["pid"] not in before]
         if len(fresh) >= processes:
             return proc
         time.sleep(0.2)
@@ -265,8 +267,8 @@ def print_row(name: str, endpoints: int, eps: float | None, dps: float | None, l
 
     p50 = statistics.median(lat) * 1000 if lat else None
     p99 = pct(lat, 99) * 1000 if lat else None
-    print(f"| {name:<42} | {POOL:>7} | {endpoints:>9} | {num(eps, 8)} | {num(dps, 12)} | {num(p50, 7)} | {num(p99, 7)} | "
-          f"{num(cpu_ms, 14, '.1f')} |", flush=True)
+    print(f"| {name:<42} | {POOL:>7} | {endpoints:>9} | {num(eps, 8)} | {num(dps, 12)} | "
+          f"{num(p50, 7)} | {num(p99, 7)} | {num(cpu_ms, 14, '.1f')} |", flush=True)
 
 
 def main(argv=None) -> None:
@@ -305,8 +307,8 @@ def main(argv=None) -> None:
           f"(WEBHOOK_MAX_IN_FLIGHT={settings.WEBHOOK_MAX_IN_FLIGHT} per endpoint), receiver on loopback in its own "
           f"process, {'embedded' if embedded else 'configured'} Postgres/Redis, {os.cpu_count()} CPU(s), "
           f"load averages {load()} at start\n")
-    print(f"| {'scenario':<42} | {'pool':>7} | {'endpoints':>9} | {'events/s':>8} | {'deliveries/s':>12} | {'p50 ms':>7} | {'p99 ms':>7} "
-          f"| {'worker CPU ms':>14} |")
+    print(f"| {'scenario':<42} | {'pool':>7} | {'endpoints':>9} | {'events/s':>8} | {'deliveries/s':>12} "
+          f"| {'p50 ms':>7} | {'p99 ms':>7} | {'worker CPU ms':>14} |")
     print(f"|{'-' * 44}|{'-' * 9}|{'-' * 11}|{'-' * 10}|{'-' * 14}|{'-' * 9}|{'-' * 9}|{'-' * 16}|", flush=True)
     try:
         for endpoints, events in ((1, args.events), (20, max(1, args.events // 10))):
@@ -369,7 +371,8 @@ def main(argv=None) -> None:
     print(f"load averages {load()} at the end")
     rate, achieved, p99 = p99_goal
     if achieved < 0.95 * rate:
-        verdict = f"the goal is not shown: the emitters reached only {achieved:.0f} of {rate:.0f} events/s on this machine"
+        verdict = (f"the goal is not shown: the emitters reached only {achieved:.0f} of {rate:.0f} events/s "
+                   "on this machine")
     else:
         verdict = f"{'meets' if p99 < 1 else 'MISSES'} the goal of p99 < 1 s at {rate:.0f} events/s"
     print(f"p99 creation -> receipt at {achieved:.0f} events/s (asked {rate:.0f}), 1 endpoint: {p99 * 1000:.0f} ms; "

@@ -87,7 +87,8 @@ def cmd_status(args) -> None:
     print(f"{'pool':<10} {'workers':>7}  {'queue':<10} {'ready':>7} {'delayed':>8} {'dead':>6}")
     for p in report["pools"]:
         for q in p["queues"]:
-            print(f"{p['pool']:<10} {p['live_workers']:>7}  {q['queue']:<10} {q['ready']:>7} {q['delayed']:>8} {q['dead']:>6}")
+            print(f"{p['pool']:<10} {p['live_workers']:>7}  "
+                  f"{q['queue']:<10} {q['ready']:>7} {q['delayed']:>8} {q['dead']:>6}")
     leaders = [s for s in report["scheduler"] if s.get("leader")]
     print(f"scheduler: {len(report['scheduler'])} process(es), leader: "
           f"{leaders[0]['host'] + ':' + str(leaders[0]['pid']) if leaders else 'none'}")
@@ -169,7 +170,7 @@ def cmd_dlq(args) -> None:
     total = 0
     for queue in _dlq_queues(r, args):
         xq = f"dramatiq:{xq_name(queue)}"
-        ids = [i.decode() for i in r.zrange(xq, 0, -1)]
+        ids = [i.decode() for i in r.zrange(xq, 0, -1)]  # type: ignore[union-attr]  # redis-py types replies bytes | str: ours are bytes
         msgs = r.hmget(f"{xq}.msgs", ids) if ids else []
         for mid, raw in zip(ids, msgs, strict=True):
             if raw is None:  # its body expired (dead_message_ttl): only the id is left
@@ -191,7 +192,7 @@ def cmd_dlq(args) -> None:
 
                 from workers.broker import get_broker
 
-                msg = dramatiq.Message(queue_name=_retry_queue(queue), actor_name=data["actor_name"],
+                msg: dramatiq.Message = dramatiq.Message(queue_name=_retry_queue(queue), actor_name=data["actor_name"],
                                        args=tuple(data["args"]), kwargs=data.get("kwargs") or {}, options={})
                 get_broker().enqueue(msg)
                 r.zrem(xq, mid)

@@ -5,6 +5,8 @@ tests via ``use_stub_broker()`` before ``jobs`` is imported.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
@@ -106,7 +108,7 @@ def queue_head_ms(queue: str) -> int:
     the head look older, never newer.)"""
     import time
 
-    client = get_broker().client
+    client = cast(RedisBroker, get_broker()).client  # the sweepers that ask run on the Redis broker
     head = client.lindex(f"dramatiq:{queue}", 0)
     if head is None:
         return int(time.time() * 1000)

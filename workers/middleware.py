@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import dramatiq
 from dramatiq.middleware import Middleware
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 class HeartbeatThread(threading.Thread):
     """Writes a heartbeat key every few seconds until stopped; the key expires if we die."""
 
-    def __init__(self, redis_client, kind: str, name: str, extra=None):
+    def __init__(self, redis_client, kind: str, name: str, extra: Callable[[], dict] | None = None) -> None:
         super().__init__(daemon=True, name=f"heartbeat-{kind}-{name}")
         self.redis, self.kind, self.name, self.extra = redis_client, kind, name, extra or (lambda: {})
         self.key = heartbeat_key(kind, name)
@@ -59,7 +60,8 @@ class Heartbeat(Middleware):
 
         pool = current_pool()
         if pool:
-            self.thread = HeartbeatThread(redis_client(), "pool", pool, extra=lambda: {"threads": worker.worker_threads})
+            self.thread = HeartbeatThread(redis_client(), "pool", pool,
+                                          extra=lambda: {"threads": worker.worker_threads})
             self.thread.beat()
             self.thread.start()
 

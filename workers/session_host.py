@@ -61,6 +61,7 @@ from app.queues import SESSIONS_QUEUE
 from app.security.crypto import decrypt_bytes
 from app.transports.base import TransientSendError
 from config import settings
+from workers.middleware import HeartbeatThread
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class SessionHost:
         self._client_locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._stopped = threading.Event()
         self._lease_thread: threading.Thread | None = None
-        self._status_thread = None
+        self._status_thread: HeartbeatThread | None = None
         self._last_renewal = time.monotonic()
 
     # -- collaborators, created on first use (the browser starts with the first session)
@@ -399,8 +400,6 @@ class SessionHost:
                 "browser": self._runtime is not None and self._runtime.browser_running(), **memory_usage()}
 
     def start_background(self) -> None:
-        from workers.middleware import HeartbeatThread
-
         self._stopped.clear()
         self._lease_thread = threading.Thread(target=self._lease_loop, name=f"leases-{self.host_id}", daemon=True)
         self._lease_thread.start()

@@ -160,8 +160,8 @@ def main() -> None:
             if os.getppid() != parent:  # `make` (or the terminal) went away: stop too
                 break
             for key, _ in sel.select(timeout=0.5):
-                c: Child = key.data
-                chunk = os.read(key.fileobj.fileno(), 65536)
+                c = key.data
+                chunk = os.read(key.fd, 65536)
                 if not chunk:
                     sel.unregister(key.fileobj)
                     continue
@@ -206,8 +206,8 @@ def main() -> None:
                                 " in another shell use them)",
                                 "  Press Ctrl-C to stop.",
                             ]
-                            for line in banner:
-                                say("make run", "1", line)
+                            for banner_line in banner:
+                                say("make run", "1", banner_line)
                 except Exception:
                     pass
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app import quotas
 from app.apikeys.models import ApiKey
@@ -29,7 +30,7 @@ def _check_role_ceiling(principal: Principal, role: str, verb: str) -> None:
                         code="role_above_own")
 
 
-def create_api_key(session, principal: Principal, *, name: str, role: str,
+def create_api_key(session: Session, principal: Principal, *, name: str, role: str,
                    expires_at: datetime | None = None) -> tuple[ApiKey, str]:
     """Returns the row and the plaintext key, which is never stored nor shown again."""
     if role not in ROLE_RANK:
@@ -56,14 +57,14 @@ def create_api_key(session, principal: Principal, *, name: str, role: str,
     return key, secret
 
 
-def create_api_key_response(session, principal: Principal, **fields) -> dict:
+def create_api_key_response(session: Session, principal: Principal, **fields) -> dict:
     """``create_api_key`` as the API answers it: the row's fields and, this once, the key."""
     key, secret = create_api_key(session, principal, **fields)
     return {"id": key.id, "name": key.name, "role": key.role, "prefix": key.prefix, "key": secret,
             "expires_at": key.expires_at, "created_by": key.created_by, "created_at": key.created_at or utcnow()}
 
 
-def list_api_keys(session, principal: Principal, *, limit: int, cursor: str | None = None,
+def list_api_keys(session: Session, principal: Principal, *, limit: int, cursor: str | None = None,
                   include_revoked: bool = False) -> dict:
     stmt = scoped_select(ApiKey, principal.organization_id)
     if not include_revoked:
@@ -78,7 +79,7 @@ def list_api_keys(session, principal: Principal, *, limit: int, cursor: str | No
     return page
 
 
-def revoke_api_key(session, principal: Principal, key_id: str) -> None:
+def revoke_api_key(session: Session, principal: Principal, key_id: str) -> None:
     key = get_scoped(session, ApiKey, principal.organization_id, key_id, for_update=True)
     if key.revoked_at is not None:
         raise NotFound("api key not found")
@@ -90,7 +91,7 @@ def revoke_api_key(session, principal: Principal, key_id: str) -> None:
            changes={"name": key.name, "role": key.role, "prefix": key.prefix})
 
 
-def revoke_keys_of(session, principal: Principal, user_id: str, reason: str) -> int:
+def revoke_keys_of(session: Session, principal: Principal, user_id: str, reason: str) -> int:
     """Revoke every live key ``user_id`` created (the user was deleted), each with an audit row."""
     keys = session.scalars(select(ApiKey).where(ApiKey.organization_id == principal.organization_id,
                                                 ApiKey.created_by == user_id, ApiKey.revoked_at.is_(None))

@@ -3,6 +3,7 @@ its audit row commit or vanish together. Secrets never reach ``changes``."""
 from __future__ import annotations
 
 from flask import g, has_request_context, request
+from sqlalchemy.orm import Session
 
 from app.audit.models import AuditLog
 from app.security.principal import Principal
@@ -27,7 +28,7 @@ def _request_context() -> dict:
             "request_id": g.get("request_id")}
 
 
-def record(session, principal: Principal | None, action: str, *, organization_id: str | None = None,
+def record(session: Session, principal: Principal | None, action: str, *, organization_id: str | None = None,
            target_type: str | None = None, target_id: str | None = None, changes: dict | None = None,
            actor_type: str | None = None, actor_id: str | None = None) -> AuditLog:
     """Add an audit row for ``action`` (``<domain>.<verb>``, e.g. ``client.create``)."""
@@ -58,7 +59,7 @@ def _jsonable(v):
     return v.isoformat() if isinstance(v, datetime) else v
 
 
-def list_audit_logs(session, principal: Principal, *, limit: int, cursor: str | None = None,
+def list_audit_logs(session: Session, principal: Principal, *, limit: int, cursor: str | None = None,
                     actor: str | None = None, action: str | None = None, since=None,
                     target: str | None = None) -> dict:
     """The organisation's audit rows, newest first.

@@ -19,8 +19,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app.audit.service import record
 from app.auth.models import RefreshToken
@@ -56,7 +58,7 @@ def _client() -> dict:
 # ----------------------------------------------------------------------------- sessions
 
 
-def _start_session(session, user: User, *, family_id: str | None = None,
+def _start_session(session: Session, user: User, *, family_id: str | None = None,
                    parent: RefreshToken | None = None) -> dict:
     """A new refresh token (a new family unless ``family_id``) and an access token bound to it."""
     refresh = new_refresh_token()
@@ -70,7 +72,7 @@ def _start_session(session, user: User, *, family_id: str | None = None,
             "refresh_expires_in": settings.REFRESH_TOKEN_TTL, "_row": row}
 
 
-def _tokens_response(session, user: User, tokens: dict) -> dict:
+def _tokens_response(session: Session, user: User, tokens: dict) -> dict:
     tokens.pop("_row", None)
     return {**tokens, "user": team.with_client_ids(session, [user])[0]}
 
@@ -139,7 +141,7 @@ def _audit_refused_login(user: User | None, email: str, reason: str) -> None:
         return
     org_id, user_id = user.organization_id, user.id
 
-    def write(session):
+    def write(session: Session) -> None:
         record(session, None, "auth.login_failed", organization_id=org_id, actor_type="user", actor_id=user_id,
                target_type="user", target_id=user_id, changes={"email": email, "reason": reason})
 
@@ -153,7 +155,7 @@ SIGNUP_ACCEPTED = ("If this email address was not registered yet, the organisati
                    "now: sign in with POST /api/auth/login. If it was, sign in with that account's password.")
 
 
-def register(session, *, organization: str, name: str, email: str, password: str) -> dict:
+def register(session: Session, *, organization: str, name: str, email: str, password: str) -> dict:
     """Self-service sign-up: a new organisation and its first admin; then sign in (``login``).
 
     The answer and its cost are the same whether or not the email is taken (one bcrypt hash,
@@ -180,7 +182,7 @@ def register(session, *, organization: str, name: str, email: str, password: str
     return {"status": "accepted", "message": SIGNUP_ACCEPTED}
 
 
-def login(session, *, email: str, password: str) -> dict:
+def login(session: Session, *, email: str, password: str) -> dict:
     ip = _client()["ip"]
     user = team.find_user_by_email(session, email)
     try:
@@ -204,7 +206,7 @@ def login(session, *, email: str, password: str) -> dict:
     return _tokens_response(session, user, tokens)
 
 
-def refresh(session, *, refresh_token: str) -> dict:
+def refresh(session: Session, *, refresh_token: str) -> dict:
     """Exchange a refresh token for a new pair; the presented token is revoked (rotated)."""
     row = session.scalars(select(RefreshToken).where(RefreshToken.token_hash == hash_refresh_token(refresh_token))
                           .with_for_update()).first()
@@ -235,7 +237,7 @@ def _on_reuse(row: RefreshToken) -> None:
     family_id, org_id, user_id = row.family_id, row.organization_id, row.user_id
     deny_session(family_id)  # refuse the family's access tokens at once, whatever happens next
 
-    def write(session):
+    def write(session: Session) -> None:
         revoked = revoke_family(session, family_id, "reuse_detected")
         record(session, None, "auth.refresh_reuse", organization_id=org_id, actor_type="user", actor_id=user_id,
                target_type="user", target_id=user_id, changes={"session": family_id, "revoked_tokens": revoked})
@@ -243,7 +245,7 @@ def _on_reuse(row: RefreshToken) -> None:
     after_refusal(write)
 
 
-def logout(session, principal: Principal | None, *, refresh_token: str | None = None) -> None:
+def logout(session: Session, principal: Principal | None, *, refresh_token: str | None = None) -> None:
     """End a session: the refresh token's family (the one given, or the one the access token was
     issued for) is revoked, and the presented access token is refused from now on."""
     family_ids = set()
@@ -270,23 +272,24 @@ def logout(session, principal: Principal | None, *, refresh_token: str | None = 
            target_type="user", target_id=user_id, changes={"sessions": sorted(family_ids)})
 
 
-def me(session, principal: Principal) -> dict:
+def me(session: Session, principal: Principal) -> dict:
     """Who is calling: the user or key, its role, organisation and permissions."""
     org_name = principal.extra.get("organization_name")
     if org_name is None:
         org = session.get(Organization, principal.organization_id)
         org_name = org.name if org else None
-    body = {"kind": principal.kind, "id": principal.id, "name": principal.name, "email": principal.email,
-            "role": principal.role, "organization": {"id": principal.organization_id, "name": org_name},
-            "client_ids": sorted(principal.client_ids) if principal.client_ids is not None else None,
-            "permissions": sorted(p for p, roles in MATRIX.items() if principal.role in roles)}
+    body: dict[str, Any] = {
+        "kind": principal.kind, "id": principal.id, "name": principal.name, "email": principal.email,
+        "role": principal.role, "organization": {"id": principal.organization_id, "name": org_name},
+        "client_ids": sorted(principal.client_ids) if principal.client_ids is not None else None,
+        "permissions": sorted(p for p, roles in MATRIX.items() if principal.role in roles)}
     if principal.kind == "api_key":
         body["api_key"] = {k: principal.extra.get(k) for k in ("prefix", "expires_at", "created_at", "created_by")}
         body["api_key"]["role"] = principal.extra.get("key_role")
     return body
 
 
-def change_password(session, principal: Principal, *, current_password: str, new_password: str) -> None:
+def change_password(session: Session, principal: Principal, *, current_password: str, new_password: str) -> None:
     """A signed-in user changes their own password; their other sessions end."""
     if principal.kind != "user":
         raise BadRequest("Only users have a password", code="not_a_user")

@@ -11,7 +11,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app.auth.models import RefreshToken
-from app.db import utcnow
+from app.db import rowcount, utcnow
 from app.security.auth import deny_session
 
 
@@ -21,7 +21,7 @@ def revoke_family(session: Session, family_id: str, reason: str) -> int:
         RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None)
     ).values(revoked_at=utcnow(), revoked_reason=reason))
     deny_session(family_id)
-    return result.rowcount or 0
+    return rowcount(result) or 0
 
 
 def revoke_user_sessions(session: Session, user_id: str, reason: str, *, except_family: str | None = None) -> int:
@@ -43,4 +43,4 @@ def purge_expired_refresh_tokens(session: Session, limit: int = PURGE_BATCH) -> 
     """Delete refresh tokens that expired more than EXPIRED_TOKENS_KEPT ago (at most ``limit``)."""
     old = (select(RefreshToken.id).where(RefreshToken.expires_at < utcnow() - EXPIRED_TOKENS_KEPT)
            .limit(limit).scalar_subquery())
-    return session.execute(delete(RefreshToken).where(RefreshToken.id.in_(old))).rowcount
+    return rowcount(session.execute(delete(RefreshToken).where(RefreshToken.id.in_(old))))

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.clients.models import ClientSession
 from app.clients.statuses import ACTIVE_STATUSES
+from app.db import rowcount
 from app.queues import HOST_QUEUE_PREFIX, SESSIONS_QUEUE
 from app.system.heartbeats import live_heartbeats
 from config import settings
@@ -85,7 +86,7 @@ def release_lease(session: Session, client_id: str, host_id: str) -> bool:
     result = session.execute(text("""
         UPDATE client_sessions SET host_id = NULL, lease_expires_at = NULL, updated_at = now()
          WHERE client_id = :client_id AND host_id = :host_id"""), {"client_id": client_id, "host_id": host_id})
-    return result.rowcount > 0
+    return rowcount(result) > 0
 
 
 def lease_owner(session: Session, client_id: str) -> str | None:
@@ -133,13 +134,13 @@ def reap_dead_host_queues(r: Redis) -> int:
         if name.endswith(".XQ") or queue == SESSIONS_QUEUE or queue in live:
             continue
         for mid, raw in r.hgetall(key).items():
-            old = dramatiq.Message.decode(raw)
+            old = dramatiq.Message.decode(raw)  # type: ignore[arg-type]  # redis-py types replies bytes | str: ours are bytes
             eta = old.options.get("eta")
             options = {k: v for k, v in old.options.items() if k not in ("eta", "redis_message_id")}
             delay = max(0, int(eta - time.time() * 1000)) if eta else 0
             broker.enqueue(old.copy(queue_name=SESSIONS_QUEUE, options=options), delay=delay or None)
             r.hdel(key, mid)
-            r.lrem(f"dramatiq:{name}", 0, mid)
+            r.lrem(f"dramatiq:{name}", 0, mid)  # type: ignore[arg-type]  # redis-py types the value str; bytes are as good
             moved += 1
     if moved:
         log.info("session hosts: moved %d job(s) from dead hosts' queues to %r", moved, SESSIONS_QUEUE)

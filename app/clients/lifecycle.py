@@ -39,7 +39,8 @@ REQUESTED = "start requested"
 RECONNECT = "reconnecting"
 
 
-def set_status(session: Session, client: Client, status: str, *, reason: str | None = None, details: dict | None = None) -> bool:
+def set_status(session: Session, client: Client, status: str, *, reason: str | None = None,
+               details: dict | None = None) -> bool:
     """Move ``client`` to ``status``: history row, ``status_changed_at`` and the webhook event.
     Returns False (and does nothing) when it already is in that status."""
     previous = client.status
@@ -109,7 +110,8 @@ def record_status(session: Session, client_id: str, status: str, detail: dict | 
     elif status == "logged_out":
         client.last_error, client.paused = reason or "logged out from the phone", True
         set_status(session, client, "stopped", reason=reason or "logged out from the phone", details=history)
-        raise_alert(session, client.organization_id, "logged_out", client.id, {"reason": reason, **alert_detail(detail)})
+        raise_alert(session, client.organization_id, "logged_out", client.id,
+                    {"reason": reason, **alert_detail(detail)})
         forget_session_state(session, client.id)
     elif status == "failed":
         client.last_error = reason or "failed"

@@ -34,7 +34,8 @@ class ReceivedSchema(Schema):
 class MetaWebhook(MethodView):
     @blp.arguments(VerifyArgs, location="query")
     @blp.doc(operationId="meta_webhook_verify", security=[], responses={
-        "200": {"description": "hub.challenge, as text/plain", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        "200": {"description": "hub.challenge, as text/plain",
+                "content": {"text/plain": {"schema": {"type": "string"}}}},
         "403": {"description": "Not a subscribe request, or the verify token does not match (`verification_failed`)"}})
     @public
     def get(self, args, client_id):

@@ -16,6 +16,8 @@ import json
 import logging
 from datetime import UTC, datetime
 
+from sqlalchemy.orm import Session
+
 from app.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from app.transports.base import ACK_STATUSES, ClientInfo, EventSink, InboundMessage
 from app.transports.cloud import to_e164
@@ -29,7 +31,8 @@ MEDIA_KINDS = ("image", "video", "audio", "document", "sticker")
 
 # ------------------------------------------------------------------------------- entry points
 
-def verify_subscription(session, client_id: str, mode: str | None, token: str | None, challenge: str | None) -> str:
+def verify_subscription(session: Session, client_id: str, mode: str | None, token: str | None,
+                        challenge: str | None) -> str:
     """The GET handshake: the challenge to echo when the token is the client's ``verify_token``."""
     client = cloud_client_info(session, client_id)
     expected = (client.secrets or {}).get("verify_token") or ""
@@ -38,7 +41,8 @@ def verify_subscription(session, client_id: str, mode: str | None, token: str | 
     return challenge or ""
 
 
-def receive(session, client_id: str, raw_body: bytes, signature: str | None, sink: EventSink | None = None) -> dict:
+def receive(session: Session, client_id: str, raw_body: bytes, signature: str | None,
+            sink: EventSink | None = None) -> dict:
     """A signed POST from Meta: verify, then report every message and status. Returns counts."""
     client = cloud_client_info(session, client_id)
     check_signature((client.secrets or {}).get("app_secret"), raw_body, signature)
@@ -51,7 +55,7 @@ def receive(session, client_id: str, raw_body: bytes, signature: str | None, sin
 
 # ------------------------------------------------------------------------------- pieces
 
-def cloud_client_info(session, client_id: str) -> ClientInfo:
+def cloud_client_info(session: Session, client_id: str) -> ClientInfo:
     """The live ``cloud`` client behind a webhook URL (404 for any other), secrets decrypted.
 
     There is no principal here: the client id in Meta's callback URL names the tenant, and the
@@ -82,7 +86,7 @@ def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
-def _inbox_sink(session) -> EventSink:
+def _inbox_sink(session: Session) -> EventSink:
     from app.inbox.service import InboxSink
 
     return InboxSink(session)

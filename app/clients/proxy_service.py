@@ -22,6 +22,7 @@ import socket
 import ssl
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app import outbox, quotas
 from app.audit import service as audit
@@ -47,7 +48,7 @@ def proxy_info(proxy: Proxy) -> ProxyInfo:
 
 # ------------------------------------------------------------------------------- CRUD
 
-def list_proxies(session, principal: Principal, *, limit: int, cursor: str | None = None,
+def list_proxies(session: Session, principal: Principal, *, limit: int, cursor: str | None = None,
                  status: str | None = None) -> dict:
     stmt = scoped_select(Proxy, principal.organization_id)
     if status:
@@ -55,7 +56,7 @@ def list_proxies(session, principal: Principal, *, limit: int, cursor: str | Non
     return paginate(session, stmt, Proxy.id, limit=limit, cursor=cursor)
 
 
-def get_proxy(session, principal: Principal, proxy_id: str) -> Proxy:
+def get_proxy(session: Session, principal: Principal, proxy_id: str) -> Proxy:
     return get_scoped(session, Proxy, principal.organization_id, proxy_id)
 
 
@@ -66,7 +67,7 @@ def check_host(host: str, port: int) -> None:
         raise ValidationError(details={"host": [problem]})
 
 
-def create_proxy(session, principal: Principal, *, scheme: str, host: str, port: int, name: str | None = None,
+def create_proxy(session: Session, principal: Principal, *, scheme: str, host: str, port: int, name: str | None = None,
                  username: str | None = None, password: str | None = None) -> Proxy:
     check_host(host, port)
     quotas.enforce(session, principal.organization_id, "proxies", Proxy, Proxy.deleted_at.is_(None))
@@ -80,7 +81,7 @@ def create_proxy(session, principal: Principal, *, scheme: str, host: str, port:
     return proxy
 
 
-def update_proxy(session, principal: Principal, proxy_id: str, **fields) -> Proxy:
+def update_proxy(session: Session, principal: Principal, proxy_id: str, **fields) -> Proxy:
     proxy = get_scoped(session, Proxy, principal.organization_id, proxy_id, for_update=True)
     if "host" in fields or "port" in fields:
         check_host(fields.get("host", proxy.host), fields.get("port", proxy.port))
@@ -100,7 +101,7 @@ def update_proxy(session, principal: Principal, proxy_id: str, **fields) -> Prox
     return proxy
 
 
-def delete_proxy(session, principal: Principal, proxy_id: str) -> None:
+def delete_proxy(session: Session, principal: Principal, proxy_id: str) -> None:
     proxy = get_scoped(session, Proxy, principal.organization_id, proxy_id, for_update=True)
     users = clients_using(session, proxy.id)
     if users:
@@ -111,26 +112,26 @@ def delete_proxy(session, principal: Principal, proxy_id: str) -> None:
                  changes={"host": proxy.host, "port": proxy.port})
 
 
-def clients_using(session, proxy_id: str) -> list[str]:
+def clients_using(session: Session, proxy_id: str) -> list[str]:
     return list(session.scalars(select(Client.id).where(Client.proxy_id == proxy_id, Client.deleted_at.is_(None))
                                 .order_by(Client.id)))
 
 
 # ------------------------------------------------------------------------------- health check
 
-def enqueue_checks(session) -> int:
+def enqueue_checks(session: Session) -> int:
     """``clients.check_proxies``: one ``clients.check_proxy`` job per live proxy, every organisation."""
     ids = list(session.scalars(select(Proxy.id).where(Proxy.deleted_at.is_(None)).order_by(Proxy.id)))
     outbox.enqueue_many(session, "clients.check_proxy", [(i,) for i in ids])
     return len(ids)
 
 
-def proxy_to_check(session, proxy_id: str) -> ProxyInfo | None:
+def proxy_to_check(session: Session, proxy_id: str) -> ProxyInfo | None:
     proxy = session.get(Proxy, proxy_id)
     return proxy_info(proxy) if proxy is not None and proxy.deleted_at is None else None
 
 
-def record_check(session, proxy_id: str, error: str | None) -> Proxy | None:
+def record_check(session: Session, proxy_id: str, error: str | None) -> Proxy | None:
     """Apply one check's result: ok, or one step towards dead (alerting when it gets there)."""
     proxy = session.get(Proxy, proxy_id, with_for_update=True, populate_existing=True)
     if proxy is None or proxy.deleted_at is not None:

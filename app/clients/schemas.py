@@ -72,7 +72,8 @@ class ClientCreateSchema(ma.Schema):
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
     transport = fields.String(validate=validate.OneOf(TRANSPORTS), load_default=None,
                               metadata={"description": "Default: the DEFAULT_TRANSPORT setting (sim)."})
-    config = fields.Dict(keys=fields.String(), load_default=dict, validate=_config_size, metadata={"description": CONFIG_DOC})
+    config = fields.Dict(keys=fields.String(), load_default=dict, validate=_config_size,
+                         metadata={"description": CONFIG_DOC})
     limits = fields.Nested(LimitsSchema, load_default=None)
     proxy_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
 
@@ -153,7 +154,8 @@ class ProxyCreateSchema(ma.Schema):
     host = fields.String(required=True, validate=HOSTNAME)
     port = fields.Integer(required=True, validate=validate.Range(1, 65535))
     username = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=255))
-    password = fields.String(load_default=None, allow_none=True, load_only=True, validate=validate.Length(min=1, max=255))
+    password = fields.String(load_default=None, allow_none=True, load_only=True,
+                             validate=validate.Length(min=1, max=255))
 
 
 class ProxyUpdateSchema(ma.Schema):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import phonenumbers
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
 
 from app import quotas
 from app.audit.service import diff, record
@@ -50,8 +51,8 @@ def _clean_tags(tags) -> list[str]:
     return out
 
 
-def list_contacts(session, principal: Principal, *, limit: int, cursor: str | None = None, tag: str | None = None,
-                  q: str | None = None, opted_out: bool | None = None) -> dict:
+def list_contacts(session: Session, principal: Principal, *, limit: int, cursor: str | None = None,
+                  tag: str | None = None, q: str | None = None, opted_out: bool | None = None) -> dict:
     stmt = scoped_select(Contact, principal.organization_id)
     if tag:
         stmt = stmt.where(Contact.tags.contains([tag]))
@@ -63,11 +64,11 @@ def list_contacts(session, principal: Principal, *, limit: int, cursor: str | No
     return paginate(session, stmt, Contact.id, limit=limit, cursor=cursor)
 
 
-def get_contact(session, principal: Principal, contact_id: str) -> Contact:
+def get_contact(session: Session, principal: Principal, contact_id: str) -> Contact:
     return get_scoped(session, Contact, principal.organization_id, contact_id)
 
 
-def create_contact(session, principal: Principal, *, phone: str, name: str | None = None, tags=None,
+def create_contact(session: Session, principal: Principal, *, phone: str, name: str | None = None, tags=None,
                    attributes: dict | None = None, opted_out: bool | None = None) -> Contact:
     """A new contact, or a deleted one of the same number revived; 409 if the number is taken."""
     phone = e164(phone)
@@ -85,8 +86,9 @@ def create_contact(session, principal: Principal, *, phone: str, name: str | Non
         contact.updated_at = now
         was_opted_out = contact.opted_out
     else:
-        contact, action = Contact(id=new_id("ctc"), organization_id=principal.organization_id, phone=phone, name=name,
-                                  tags=_clean_tags(tags), attributes=attributes or {}, opted_out=False), "contact.create"
+        contact = Contact(id=new_id("ctc"), organization_id=principal.organization_id, phone=phone, name=name,
+                          tags=_clean_tags(tags), attributes=attributes or {}, opted_out=False)
+        action = "contact.create"
         session.add(contact)
         was_opted_out = False
     session.flush()
@@ -98,7 +100,7 @@ def create_contact(session, principal: Principal, *, phone: str, name: str | Non
     return contact
 
 
-def update_contact(session, principal: Principal, contact_id: str, **changes) -> Contact:
+def update_contact(session: Session, principal: Principal, contact_id: str, **changes) -> Contact:
     contact = get_scoped(session, Contact, principal.organization_id, contact_id, for_update=True)
     if "phone" in changes:
         changes["phone"] = e164(changes["phone"])
@@ -125,7 +127,7 @@ def update_contact(session, principal: Principal, contact_id: str, **changes) ->
     return contact
 
 
-def delete_contact(session, principal: Principal, contact_id: str) -> None:
+def delete_contact(session: Session, principal: Principal, contact_id: str) -> None:
     contact = get_scoped(session, Contact, principal.organization_id, contact_id, for_update=True)
     contact.deleted_at = contact.updated_at = utcnow()
     session.flush()
@@ -133,7 +135,7 @@ def delete_contact(session, principal: Principal, contact_id: str) -> None:
            changes={"phone": contact.phone, "name": contact.name})
 
 
-def set_opted_out(session, principal: Principal | None, contact: Contact, opted_out: bool, *, source: str,
+def set_opted_out(session: Session, principal: Principal | None, contact: Contact, opted_out: bool, *, source: str,
                   audit: bool = True) -> None:
     """Opt ``contact`` out of (or back into) messages; opting out emits ``contact.opted_out``."""
     from app.contacts.schemas import ContactSchema
@@ -171,7 +173,7 @@ _FOR_SEND = text("""
 """)
 
 
-def contacts_for_send(session, organization_id: str, phones: list[str]) -> dict[str, tuple[str, bool]]:
+def contacts_for_send(session: Session, organization_id: str, phones: list[str]) -> dict[str, tuple[str, bool]]:
     """``{phone: (contact_id, opted_out)}`` for every phone, creating contacts for new numbers, in
     one statement. Deleted contacts are not revived by a send, but their opt-out still counts."""
     wanted = sorted(set(phones))
@@ -187,14 +189,14 @@ def contacts_for_send(session, organization_id: str, phones: list[str]) -> dict[
     return found
 
 
-def touch_inbound(session, organization_id: str, phone: str, name: str | None, at) -> Contact:
+def touch_inbound(session: Session, organization_id: str, phone: str, name: str | None, at) -> Contact:
     """The contact of an inbound message, created or revived, with ``last_inbound_at`` moved on."""
     stmt = insert(Contact).values(id=new_id("ctc"), organization_id=organization_id, phone=phone, name=name,
                                   last_inbound_at=at)
-    stmt = stmt.on_conflict_do_update(
+    upsert = stmt.on_conflict_do_update(
         constraint="contacts_org_phone_key",
         set_={"last_inbound_at": func.greatest(Contact.last_inbound_at, stmt.excluded.last_inbound_at),
               "name": func.coalesce(Contact.name, stmt.excluded.name),
               "deleted_at": None, "updated_at": func.now()},
     ).returning(Contact)
-    return session.scalars(stmt, execution_options={"populate_existing": True}).one()
+    return session.scalars(upsert, execution_options={"populate_existing": True}).one()

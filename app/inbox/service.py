@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy.orm import Session
 
 from app import outbox
 from app.clients.session_state import save_session_state
-from app.db import job_session, utcnow
+from app.db import job_session, rowcount, utcnow
 from app.inbox.models import TransportEvent
 from app.queues import queue_of
 from app.transports.base import ClientInfo, InboundMessage
@@ -55,7 +57,7 @@ class Report:
     delay_ms: int = 0
 
 
-def record(session, reports: list[Report]) -> list[int]:
+def record(session: Session, reports: list[Report]) -> list[int]:
     """Write ``reports`` in the caller's transaction; their ``inbox.apply`` jobs go after commit."""
     if not reports:
         return []
@@ -74,12 +76,12 @@ def record(session, reports: list[Report]) -> list[int]:
 class InboxSink:
     """The platform's EventSink (see the module docstring)."""
 
-    def __init__(self, session=None):
+    def __init__(self, session: Session | None = None) -> None:
         self.session = session
         self._local = threading.local()
 
     @contextmanager
-    def batch(self):
+    def batch(self) -> Iterator[list[Report]]:
         """Collect the reports made in this thread inside the block, and write those still in the
         yielded list at its end, in one transaction. The caller may take them out of the list
         first and ``record`` them in a transaction of its own (a send's receipts with its ``sent``)."""
@@ -87,7 +89,8 @@ class InboxSink:
         if outer is not None:  # nested: the outer block writes
             yield outer
             return
-        self._local.reports = collected = []
+        collected: list[Report] = []
+        self._local.reports = collected
         try:
             yield collected
         finally:
@@ -136,7 +139,7 @@ class InboxSink:
 # ----------------------------------------------------------------------------- sweeping
 
 
-def redispatch(session, *, overdue: timedelta | None = None, limit: int = 5000) -> int:
+def redispatch(session: Session, *, overdue: timedelta | None = None, limit: int = 5000) -> int:
     """Send again the ``inbox.apply`` jobs of rows that should have been applied by now (the
     broker lost them, or their worker dropped them): overdue by ``INBOX_REDISPATCH_AFTER``. A
     duplicate only finds the row applied."""
@@ -165,13 +168,13 @@ def redispatch(session, *, overdue: timedelta | None = None, limit: int = 5000) 
     return len(ids)
 
 
-def purge(session, *, older_than: timedelta = KEEP_APPLIED, limit: int = 10_000) -> int:
+def purge(session: Session, *, older_than: timedelta = KEEP_APPLIED, limit: int = 10_000) -> int:
     """Delete rows applied more than ``older_than`` ago (at most ``limit``)."""
     old = (select(TransportEvent.id).where(TransportEvent.applied_at < func.now() - older_than)
            .limit(limit).scalar_subquery())
-    return session.execute(delete(TransportEvent).where(TransportEvent.id.in_(old))).rowcount or 0
+    return rowcount(session.execute(delete(TransportEvent).where(TransportEvent.id.in_(old)))) or 0
 
 
-def pending_count(session) -> int:
+def pending_count(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(TransportEvent).where(TransportEvent.applied_at.is_(None)))
 

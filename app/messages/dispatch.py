@@ -26,11 +26,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, text, update
+from sqlalchemy import Row, select, text, update
 from sqlalchemy.orm import Session
 
 from app import outbox
@@ -61,7 +61,7 @@ RECONCILE_FIRST_MS = 5_000
 
 # ----------------------------------------------------------------------------- the messages.send job
 
-def _load(session: Session, message_id: str):
+def _load(session: Session, message_id: str) -> Row[Message, Client, bool | None] | None:
     """(message, client, contact opted out?) of a message, or None."""
     return session.execute(select(Message, Client, Contact.opted_out)
                            .join(Client, Client.id == Message.client_id)
@@ -150,7 +150,8 @@ def perform_send(message_id: str, transport_for) -> str:
     return _deliver(prepared, transport_for)
 
 
-def _claim(session: Session, message: Message, client: Client, opted_out: bool | None):
+def _claim(session: Session, message: Message, client: Client,
+           opted_out: bool | None) -> tuple[str, _Prepared | None]:
     """In the caller's transaction: the last checks, then ``queued -> sending``. Returns
     (outcome, None) when there is nothing to send, or ("claimed", what to send)."""
     if message.status != "queued" or message.direction != "outbound":
@@ -218,7 +219,7 @@ def _deliver(prepared: _Prepared, transport_for) -> str:
     message_id = prepared.message_id
     transport = transport_for(prepared.client_id)
     sink = getattr(transport, "events", None)
-    collecting = sink.batch() if isinstance(sink, InboxSink) else nullcontext([])
+    collecting: AbstractContextManager[list] = sink.batch() if isinstance(sink, InboxSink) else nullcontext([])
     with collecting as reports:
         try:
             result = transport.send(prepared.outbound)
@@ -242,7 +243,12 @@ def _deliver(prepared: _Prepared, transport_for) -> str:
             return "unknown"
         pending = list(reports)
         reports.clear()
-    if not durably(lambda session: (record(session, pending), _record_sent(session, message_id, result.external_id))):
+
+    def record_sent(session: Session) -> None:
+        record(session, pending)
+        _record_sent(session, message_id, result.external_id)
+
+    if not durably(record_sent):
         log.error("send of %s went out (%s) but could not be recorded; the sweeper will ask the transport",
                   message_id, result.external_id)
     return "sent"
@@ -351,13 +357,14 @@ def build_outbound(session: Session, message) -> OutboundMessage:
 
     media = template = None
     if message.media_id:
-        row = session.get(Media, message.media_id)
-        if row is not None:
-            media = media_ref(session, row)
+        medium = session.get(Media, message.media_id)
+        if medium is not None:
+            media = media_ref(session, medium)
     if message.template_id:
-        row = session.get(Template, message.template_id)
-        if row is not None:
-            template = {"name": row.name, "language": row.language, "body": render_template(row.body, message.variables),
+        tpl = session.get(Template, message.template_id)
+        if tpl is not None:
+            template = {"name": tpl.name, "language": tpl.language,
+                        "body": render_template(tpl.body, message.variables),
                         "variables": dict(message.variables or {})}
     return OutboundMessage(message_id=message.id, to=message.to_phone, type=message.type, text=message.text,
                            caption=message.caption, media=media, template=template)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import Table, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -61,7 +62,7 @@ def client_for_send(session: Session, principal: Principal, client_id: str, *, f
 class _Lookups:
     """Media and templates of one organisation, loaded once per accept call."""
 
-    def __init__(self, session, organization_id: str):
+    def __init__(self, session: Session, organization_id: str) -> None:
         self.session, self.organization_id = session, organization_id
         self.media: dict[str, Media | None] = {}
         self.templates: dict[str, Template | None] = {}
@@ -154,7 +155,8 @@ def _columns(item: dict, lookups: _Lookups) -> dict:
     if scheduled_at is not None and scheduled_at.tzinfo is None:
         scheduled_at = scheduled_at.replace(tzinfo=UTC)
     return {"to_phone": to, "type": kind, "text": text, "media_id": media_id if kind in MEDIA_TYPES else None,
-            "caption": caption if kind in MEDIA_TYPES else None, "template_id": template_id if kind == "template" else None,
+            "caption": caption if kind in MEDIA_TYPES else None,
+            "template_id": template_id if kind == "template" else None,
             "variables": variables if kind == "template" else {}, "scheduled_at": scheduled_at}
 
 
@@ -193,11 +195,11 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
         contact_id, opted_out = book[cols["to_phone"]]
         key = keys[i] if keys else None
         if opted_out and not (key or "").startswith(OPT_OUT_KEY_PREFIX):
-            exc = ValidationError("This contact opted out of messages", code="contact_opted_out",
-                                  details={"to": ["The contact opted out (STOP); they receive no more messages."]})
+            refusal = ValidationError("This contact opted out of messages", code="contact_opted_out",
+                                      details={"to": ["The contact opted out (STOP); they receive no more messages."]})
             if strict:
-                raise exc
-            results[i] = {"error": _error(exc)}
+                raise refusal
+            results[i] = {"error": _error(refusal)}
             continue
         accepted.append((i, {**cols, "contact_id": contact_id, "idempotency_key": key}))
     if not accepted:
@@ -209,7 +211,7 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
                "created_at": now, "updated_at": now, "scheduled_for": plan.scheduled_for,
                "campaign_id": campaign_id, "automation_id": automation_id}
               for (_, cols), plan in zip(accepted, plans, strict=True)]
-    table = Message.__table__
+    table = cast(Table, Message.__table__)  # typed FromClause: a declarative model's is a Table
     if keys:
         inserted = set(session.scalars(
             pg_insert(table).on_conflict_do_nothing(
@@ -289,7 +291,8 @@ def create_batch(session: Session, principal: Principal, *, client_id: str, mess
         results[i] = res
     for i, err in errors.items():
         results[i] = err
-    return {"messages": [r if "error" in r else {"id": r["id"], "status": r["status"], "scheduled_for": r["scheduled_for"]}
+    return {"messages": [r if "error" in r
+                         else {"id": r["id"], "status": r["status"], "scheduled_for": r["scheduled_for"]}
                          for r in results]}
 
 

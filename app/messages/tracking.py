@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.orm import Session
 
 from app.clients.models import Client
@@ -30,9 +30,10 @@ _TIMES = ("scheduled_at", "scheduled_for", "created_at", "queued_at", "sending_a
           "read_at", "failed_at", "cancelled_at")
 
 
-def dump(message: Message | dict) -> dict:
-    """The message as the API returns it (``MessageSchema``), for webhook events: the same output,
-    computed directly because it runs for every status change (tests/messages/test_routes.py compares)."""
+def dump(message: Message | Row | dict) -> dict:
+    """The message (a Message, a row of its columns, or a dict of them) as the API returns it
+    (``MessageSchema``), for webhook events: the same output, computed directly because it runs for
+    every status change (tests/messages/test_routes.py compares)."""
     get = message.get if isinstance(message, dict) else functools.partial(getattr, message)
     out = {key: get(attr) for key, attr in _PLAIN}
     out["variables"] = dict(get("variables") or {})

@@ -21,9 +21,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from flask import g, request
 from sqlalchemy import and_, select, update
+from sqlalchemy.orm import Session
 
 from app.errors import Unauthorized
 from app.security.principal import Principal
@@ -64,7 +66,7 @@ def _authenticate() -> Principal:
                        headers={"WWW-Authenticate": 'Bearer realm="api"'})
 
 
-def _agent_clients(session, user_id: str | None) -> frozenset[str]:
+def _agent_clients(session: Session, user_id: str | None) -> frozenset[str]:
     from app.team.models import UserClient
 
     if not user_id:
@@ -72,7 +74,7 @@ def _agent_clients(session, user_id: str | None) -> frozenset[str]:
     return frozenset(session.scalars(select(UserClient.client_id).where(UserClient.user_id == user_id)))
 
 
-def principal_for_access_token(session, token: str) -> Principal:
+def principal_for_access_token(session: Session, token: str) -> Principal:
     from app.kv import redis_client
     from app.security.tokens import decode_access_token
     from app.team.models import Organization, User
@@ -97,7 +99,7 @@ def principal_for_access_token(session, token: str) -> Principal:
                             "organization_name": org_name})
 
 
-def principal_for_api_key(session, key: str) -> Principal:
+def principal_for_api_key(session: Session | Callable[[], Session], key: str) -> Principal:
     """The principal of an API key. The key row is read from a short-lived Redis copy when there
     is one (one Redis round trip instead of a database transaction: the key check runs on every
     request), else from Postgres. The HMAC of the presented key is compared either way.
@@ -184,7 +186,7 @@ def _cached_key(prefix: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def _load_key(session, prefix: str) -> dict | None:
+def _load_key(session: Session, prefix: str) -> dict | None:
     """The key row (and its organisation) from Postgres; cached when the key is usable."""
     import json
 
@@ -228,7 +230,7 @@ def forget_api_key(prefix: str) -> None:
     pipe.execute()
 
 
-def forget_keys_of(session, user_id: str) -> None:
+def forget_keys_of(session: Session, user_id: str) -> None:
     """Drop the cached copies of every key ``user_id`` created (their role or status changed), now
     and after the commit (see ``forget_api_key_after_commit``)."""
     from app.apikeys.models import ApiKey
@@ -238,7 +240,7 @@ def forget_keys_of(session, user_id: str) -> None:
         forget_api_key_after_commit(session, prefix)
 
 
-def forget_api_key_after_commit(session, prefix: str) -> None:
+def forget_api_key_after_commit(session: Session, prefix: str) -> None:
     """``forget_api_key`` once ``session`` commits (and at once, which costs nothing)."""
     from sqlalchemy import event
 

@@ -350,7 +350,7 @@ def _run_last(app: Flask, hook) -> None:
 
 def init_app(app: Flask) -> None:
     """Install request protections on ``app``."""
-    app.wsgi_app = TrustedProxyMiddleware(app.wsgi_app)
+    app.wsgi_app = TrustedProxyMiddleware(app.wsgi_app)  # type: ignore[method-assign]  # as Flask documents it
     app.before_request(limit_request)
     _install_cors(app)
     _run_last(app, finish_response)

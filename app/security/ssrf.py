@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import threading
+from typing import cast
 from urllib.parse import urlsplit
 
 import certifi
@@ -58,7 +59,8 @@ class BlockedAddress(OSError):
 
 def blocked_reason(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why ``address`` may not be a webhook target, or None when it is public."""
-    ip = ipaddress.ip_address(str(address).split("%", 1)[0]) if not isinstance(address, ipaddress._BaseAddress) else address
+    ip = (ipaddress.ip_address(str(address).split("%", 1)[0]) if not isinstance(address, ipaddress._BaseAddress)
+          else address)
     if ip.version == 6:
         embedded = ip.ipv4_mapped or ip.sixtofour or (
             ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) if ip in _NAT64 else None)
@@ -113,7 +115,7 @@ def resolve(host: str, port: int) -> list[tuple]:
     host = host.strip("[]")
     infos = socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
     for info in infos:
-        address = info[4][0]
+        address = cast(str, info[4][0])  # an AF_INET/AF_INET6 sockaddr: (host, port, ...)
         reason = refusal(address)
         if reason:
             raise BlockedAddress(address, reason)
@@ -152,7 +154,8 @@ def guarded_create_connection(address: tuple[str, int], timeout=_DEFAULT_TIMEOUT
 
 
 class _GuardedConnectionMixin:
-    """Mixed into urllib3's connection classes (which have the attributes used here)."""
+    """Mixed into urllib3's connection classes (which have the attributes used here). urllib3's
+    errors want that connection: mypy sees only the mixin, hence the ``type: ignore`` below."""
 
     _dns_host: str
     port: int
@@ -167,11 +170,13 @@ class _GuardedConnectionMixin:
                                              source_address=self.source_address,
                                              socket_options=self.socket_options)
         except socket.gaierror as exc:
-            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]  (self is a connection)
+            raise NameResolutionError(self.host, self, exc) from exc  # type: ignore[arg-type]  # self: a connection
         except TimeoutError as exc:
-            raise ConnectTimeoutError(self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})") from exc
+            raise ConnectTimeoutError(
+                self, f"Connection to {self.host} timed out. (connect timeout={self.timeout})") from exc
         except OSError as exc:
-            raise NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]
+            raise NewConnectionError(
+                self, f"Failed to establish a new connection: {exc}") from exc  # type: ignore[arg-type]  # as above
 
 
 class GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):

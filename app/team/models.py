@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import BigInteger, ForeignKey, Text, func
 from sqlalchemy import text as sqltext
@@ -61,6 +62,9 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(TS)
+
+    if TYPE_CHECKING:  # not a column: app.team.service.with_client_ids sets it on the users it returns
+        client_ids: list[str] | None
 
 
 class UserClient(Base):

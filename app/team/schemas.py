@@ -10,7 +10,6 @@ from app.pagination import ListArgs
 from app.security.permissions import ROLES
 from app.team.statuses import STATUSES
 
-
 EMAIL: dict[str, Any] = {"validate": validate.Length(max=254)}
 NAME: dict[str, Any] = {"validate": validate.Length(min=1, max=200)}
 # the password policy (length >= 10, not the email) is checked by the service; this only bounds input

@@ -10,6 +10,7 @@ clients assigned to an agent, ``None`` for the other roles, who may use every cl
 from __future__ import annotations
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from app import quotas
 from app.audit.service import diff, record
@@ -31,7 +32,7 @@ def normalise_email(email: str) -> str:
     return f"{local}@{domain.lower()}"
 
 
-def email_taken(session, email: str, *, except_user_id: str | None = None) -> bool:
+def email_taken(session: Session, email: str, *, except_user_id: str | None = None) -> bool:
     stmt = select(func.count()).select_from(User).where(
         func.lower(User.email) == email.lower(), User.deleted_at.is_(None))
     if except_user_id:
@@ -39,7 +40,7 @@ def email_taken(session, email: str, *, except_user_id: str | None = None) -> bo
     return session.scalar(stmt) > 0
 
 
-def find_user_by_email(session, email: str) -> User | None:
+def find_user_by_email(session: Session, email: str) -> User | None:
     """The (not deleted) user with this email, whatever its organisation: emails are unique."""
     return session.scalars(select(User).where(func.lower(User.email) == email.strip().lower(),
                                               User.deleted_at.is_(None))).first()
@@ -52,7 +53,7 @@ def checked_organization_name(name: str) -> str:
     return name
 
 
-def create_organization(session, *, name: str, admin_email: str, admin_password: str | None = None,
+def create_organization(session: Session, *, name: str, admin_email: str, admin_password: str | None = None,
                         admin_password_hash: str | None = None, admin_name: str = "Admin",
                         signup: bool = False) -> tuple[Organization, User]:
     """A new organisation with its settings row and its first admin (``admin_password``, or its
@@ -84,7 +85,7 @@ def create_organization(session, *, name: str, admin_email: str, admin_password:
 # ----------------------------------------------------------------------------- reading
 
 
-def with_client_ids(session, users: list[User]) -> list[User]:
+def with_client_ids(session: Session, users: list[User]) -> list[User]:
     """Set ``client_ids`` on each user: the assigned clients of agents (one query), else None."""
     agents = [u.id for u in users if u.role == "agent"]
     assigned: dict[str, list[str]] = {uid: [] for uid in agents}
@@ -98,7 +99,7 @@ def with_client_ids(session, users: list[User]) -> list[User]:
     return users
 
 
-def list_users(session, principal: Principal, *, limit: int, cursor: str | None = None,
+def list_users(session: Session, principal: Principal, *, limit: int, cursor: str | None = None,
                role: str | None = None, status: str | None = None) -> dict:
     stmt = scoped_select(User, principal.organization_id)
     if role:
@@ -110,7 +111,7 @@ def list_users(session, principal: Principal, *, limit: int, cursor: str | None 
     return page
 
 
-def get_user(session, principal: Principal, user_id: str) -> User:
+def get_user(session: Session, principal: Principal, user_id: str) -> User:
     user = get_scoped(session, User, principal.organization_id, user_id)
     return with_client_ids(session, [user])[0]
 
@@ -134,7 +135,7 @@ def _is_active_admin(user: User) -> bool:
     return user.role == "admin" and user.status == "active" and user.deleted_at is None
 
 
-def _lock_active_admins(session, organization_id: str) -> list[str]:
+def _lock_active_admins(session: Session, organization_id: str) -> list[str]:
     """Lock the organisation's active admins, in id order, before any other user row: two admins
     demoting or removing each other at once then queue up instead of both succeeding (or
     deadlocking), and the second one sees the first one's change."""
@@ -151,7 +152,7 @@ def _ensure_another_admin(admins: list[str], user: User) -> None:
                        code="last_admin")
 
 
-def create_user(session, principal: Principal, *, email: str, name: str, password: str, role: str) -> User:
+def create_user(session: Session, principal: Principal, *, email: str, name: str, password: str, role: str) -> User:
     _check_may_grant(principal, role)
     email = normalise_email(email)
     name = (name or "").strip()
@@ -170,7 +171,7 @@ def create_user(session, principal: Principal, *, email: str, name: str, passwor
     return with_client_ids(session, [user])[0]
 
 
-def update_user(session, principal: Principal, user_id: str, *, name: str | None = None,
+def update_user(session: Session, principal: Principal, user_id: str, *, name: str | None = None,
                 email: str | None = None, role: str | None = None, status: str | None = None,
                 password: str | None = None) -> User:
     admins = _lock_active_admins(session, principal.organization_id) if (role or status) else []
@@ -189,7 +190,8 @@ def update_user(session, principal: Principal, user_id: str, *, name: str | None
         fields["email"] = email
     if role is not None and role != user.role:
         if is_self:
-            raise ValidationError("You cannot change your own role", details={"role": ["You cannot change your own role."]})
+            raise ValidationError("You cannot change your own role",
+                                  details={"role": ["You cannot change your own role."]})
         _check_may_grant(principal, role)
         fields["role"] = role
     if status is not None and status != user.status:
@@ -197,7 +199,8 @@ def update_user(session, principal: Principal, user_id: str, *, name: str | None
             raise ValidationError("You cannot change your own status",
                                   details={"status": ["You cannot change your own status."]})
         fields["status"] = status
-    if _is_active_admin(user) and (fields.get("role", "admin") != "admin" or fields.get("status", "active") != "active"):
+    if _is_active_admin(user) and (fields.get("role", "admin") != "admin"
+                                   or fields.get("status", "active") != "active"):
         _ensure_another_admin(admins, user)
     changes = diff(user, fields)
     if password is not None:
@@ -228,7 +231,7 @@ def update_user(session, principal: Principal, user_id: str, *, name: str | None
     return with_client_ids(session, [user])[0]
 
 
-def delete_user(session, principal: Principal, user_id: str) -> None:
+def delete_user(session: Session, principal: Principal, user_id: str) -> None:
     """Soft delete: the row stays for the audit trail and its email becomes free again."""
     admins = _lock_active_admins(session, principal.organization_id)
     user = get_scoped(session, User, principal.organization_id, user_id, for_update=True)
@@ -248,7 +251,7 @@ def delete_user(session, principal: Principal, user_id: str) -> None:
            changes={"email": user.email, "role": user.role})
 
 
-def set_user_clients(session, principal: Principal, user_id: str, client_ids: list[str]) -> User:
+def set_user_clients(session: Session, principal: Principal, user_id: str, client_ids: list[str]) -> User:
     """Replace the clients an agent may use. Every id must be a client of the organisation."""
     from app.clients.models import Client
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -206,8 +207,8 @@ class CloudTransport(Transport):
 
     def build_payload(self, message: OutboundMessage) -> dict:
         """The JSON body of ``POST /{phone_number_id}/messages`` (uploads a local media file first)."""
-        payload = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": wa_number(message.to),
-                   "biz_opaque_callback_data": message.message_id}
+        payload: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual",
+                                   "to": wa_number(message.to), "biz_opaque_callback_data": message.message_id}
         if message.type == "text":
             if not message.text:
                 raise PermanentSendError("a text message needs text", code="invalid_request")
@@ -312,10 +313,10 @@ class CloudTransport(Transport):
                 raise GraphError(f"the Graph API address is refused: {blocked}", BLOCKED_ADDRESS) from None
             raise GraphError(f"cannot reach the Graph API ({exc.__class__.__name__})", NETWORK_ERROR) from None
         if resp.status_code >= 400:
-            exc = error_from_response(resp)
+            error = error_from_response(resp)
             log.warning("graph api %s %s -> %s (meta code %s, %s)", method, path.split("/")[-1], resp.status_code,
-                        exc.meta_code, exc.rule.code, extra={"client_id": self.client.id})
-            raise exc
+                        error.meta_code, error.rule.code, extra={"client_id": self.client.id})
+            raise error
         try:
             data = resp.json()
         except ValueError:
@@ -342,7 +343,7 @@ class CloudTransport(Transport):
         except Exception:
             log.warning("cannot check for an earlier send", exc_info=True)
             return None
-        return raw.decode() if raw else None
+        return raw.decode() if raw else None  # type: ignore[union-attr]  # redis-py types replies bytes | str: ours are bytes
 
     def _remember_sent(self, message_id: str, wamid: str) -> None:
         try:

@@ -234,7 +234,8 @@ class SimTransport(Transport):
             reply_ms = int(self.config["reply_after_ms"])
             text = str(self.config["reply_text"]).replace("{text}", message.text or message.caption or "")
             self.events.inbound(self.client, InboundMessage(
-                external_id="sim_in_" + hashlib.sha256(f"{self.seed}:{message.message_id}:reply".encode()).hexdigest()[:24],
+                external_id="sim_in_" + hashlib.sha256(
+                    f"{self.seed}:{message.message_id}:reply".encode()).hexdigest()[:24],
                 from_phone=message.to, type="text", text=text, timestamp=now + timedelta(milliseconds=reply_ms)),
                 delay_ms=reply_ms)
         return SendResult(external_id)

@@ -63,7 +63,7 @@ class SimNetwork:
 
     def session(self) -> str | None:
         raw = self.redis.get(self.key("session"))
-        return raw.decode() if raw else None
+        return raw.decode() if raw else None  # type: ignore[union-attr]  # redis-py types replies bytes | str: ours are bytes
 
     def end_session(self, *, forget_login: bool) -> None:
         """Close the live session; keep the login unless told (or unless the QR was not scanned yet)."""

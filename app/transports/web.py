@@ -454,7 +454,7 @@ class WebTransport(Transport):
         WEB_TYPING_MAX_MS of typing is spent, the rest is inserted at once, like a paste."""
         loop = asyncio.get_running_loop()
         low, high = TYPING_MS_PER_CHAR
-        budget_ms = max(0, settings.WEB_TYPING_MAX_MS)
+        budget_ms: float = max(0, settings.WEB_TYPING_MAX_MS)
         next_at = loop.time()
         for i, line in enumerate(text.split("\n")):
             keys = (["Shift+Enter"] if i else []) + list(line)

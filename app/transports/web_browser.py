@@ -15,9 +15,10 @@ import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from app.transports import web_selectors as wa
-from app.transports.base import ClientInfo, Transport
+from app.transports.base import ClientInfo
 from config import settings
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,16 @@ def decode_state(state: bytes | None) -> dict | None:
 
 # ----------------------------------------------------------------------------- the browser of this process
 
+class RuntimeTransport(Protocol):
+    """What the runtime needs of the transports it runs (WebTransport): to end them."""
+
+    state: str
+
+    async def _lost(self, why: str) -> None: ...
+
+    async def _close(self, *, save: bool, reason: tuple[str, dict] | None) -> None: ...
+
+
 class BrowserRuntime:
     """One asyncio loop thread owning Playwright and one Chromium; transports run coroutines on it.
 
@@ -132,7 +143,7 @@ class BrowserRuntime:
         self._browser = None
         self._browser_lock: asyncio.Lock | None = None
         self._reports = ThreadPoolExecutor(max_workers=1, thread_name_prefix="web-reports")
-        self.transports: set[Transport] = set()  # the WebTransports of this runtime
+        self.transports: set[RuntimeTransport] = set()  # the WebTransports of this runtime
         self.browser_version: str | None = None
 
     # -- the loop thread

@@ -124,7 +124,8 @@ def describe_error(exc: BaseException, timeout: float) -> str:
     if isinstance(root, ConnectionRefusedError) or "Connection refused" in str(root):
         return "connection error: connection refused"
     text = str(root).split("(Caused by", 1)[0].strip()
-    return f"connection error: {type(root).__name__}: {text[:300]}" if text else f"connection error: {type(root).__name__}"
+    what = f"connection error: {type(root).__name__}"
+    return f"{what}: {text[:300]}" if text else what
 
 
 #: what a request to the endpoint may raise (urllib3 wraps socket errors; a bad URL is a ValueError)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Any, cast
 
 from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
@@ -75,7 +76,7 @@ def _payload(data: dict | None) -> dict:
     return json.loads(json.dumps(data or {}, default=_json_default))
 
 
-def _route(session, organization_id: str, event_type: str, event_ids: list[str]) -> None:
+def _route(session: Session, organization_id: str, event_type: str, event_ids: list[str]) -> None:
     """Deliveries of recorded events: written here for a few subscribed endpoints, left to one
     ``webhooks.fan_out`` job per event for many, nothing at all for none."""
     endpoints = subscribed_endpoints(session, organization_id, event_type)
@@ -86,7 +87,7 @@ def _route(session, organization_id: str, event_type: str, event_ids: list[str])
         create_deliveries_for(session, organization_id, [(e, hook) for e in event_ids for hook in endpoints])
 
 
-def emit(session, organization_id: str, event_type: str, data: dict):
+def emit(session: Session, organization_id: str, event_type: str, data: dict) -> WebhookEvent:
     """Record ``event_type`` with ``data`` for ``organization_id``; deliveries follow the commit."""
     if event_type not in EVENT_TYPES:
         raise ValueError(f"unknown event type {event_type!r}; add it to EVENT_TYPES and API.md")
@@ -98,19 +99,20 @@ def emit(session, organization_id: str, event_type: str, data: dict):
     return event
 
 
-def emit_many(session, organization_id: str, event_type: str, items: list[dict]) -> list[str]:
+def emit_many(session: Session, organization_id: str, event_type: str, items: list[dict]) -> list[str]:
     """``emit`` for many events of one type (a batch of messages): one INSERT for the events and
     one for their deliveries, instead of an ORM object and a flush each. Returns the event ids."""
-    from sqlalchemy import insert
+    from sqlalchemy import Table, insert
 
     if event_type not in EVENT_TYPES or event_type == TEST_EVENT:
         raise ValueError(f"emit_many cannot record {event_type!r}")
     if not items:
         return []
     now = utcnow()
-    rows = [{"id": new_id("evt"), "organization_id": organization_id, "type": event_type, "payload": _payload(data),
-             "created_at": now} for data in items]
-    session.execute(insert(WebhookEvent.__table__), rows)
+    rows: list[dict[str, Any]] = [{"id": new_id("evt"), "organization_id": organization_id, "type": event_type,
+                                   "payload": _payload(data), "created_at": now} for data in items]
+    # typed FromClause: a declarative model's is a Table
+    session.execute(insert(cast(Table, WebhookEvent.__table__)), rows)
     ids = [row["id"] for row in rows]
     _route(session, organization_id, event_type, ids)
     return ids

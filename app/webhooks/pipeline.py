@@ -22,6 +22,7 @@ import logging
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.orm import Session
@@ -29,7 +30,7 @@ from sqlalchemy.orm import Session
 from app import outbox
 from app.audit.service import record
 from app.clients.models import BanAlert
-from app.db import new_id, utcnow
+from app.db import new_id, rowcount, utcnow
 from app.security import crypto, ssrf
 from app.webhooks import delivery, signing
 from app.webhooks.events import lease_end
@@ -144,7 +145,8 @@ UPDATE webhook_deliveries SET status = 'dead', attempt = :attempt, next_attempt_
 """)
 
 
-def prepare_attempt(session: Session, delivery_id: str, attempt: int, *, now: datetime | None = None) -> DeliveryRequest | None:
+def prepare_attempt(session: Session, delivery_id: str, attempt: int, *,
+                    now: datetime | None = None) -> DeliveryRequest | None:
     """Claim attempt ``attempt`` of a delivery and build its signed request; None when there is
     nothing to do (a duplicate or stale job, a disabled or deleted endpoint).
 
@@ -224,7 +226,8 @@ def record_attempt(session: Session, req: DeliveryRequest, outcome: delivery.Out
             seconds=delivery.scaled(delivery.DISABLE_AFTER_S)):
         disable = "failing"
     delay = None if disable else delivery.next_delay(req.attempt, outcome.retry_after, rng)
-    values = {"last_status_code": outcome.status_code, "last_error": attempt_row["error"], "updated_at": now}
+    values: dict[str, Any] = {"last_status_code": outcome.status_code, "last_error": attempt_row["error"],
+                              "updated_at": now}
     by_broker = False
     if delay is None:
         values.update(status="dead", next_attempt_at=None)
@@ -233,9 +236,9 @@ def record_attempt(session: Session, req: DeliveryRequest, outcome: delivery.Out
         by_broker = delay <= BROKER_CARRIES_S
         attempt_row["next_at"] = due
         values.update(status="failed", next_attempt_at=lease_end(due) if by_broker else due)
-    updated = session.execute(
+    updated = rowcount(session.execute(
         update(D).where(D.id == req.delivery_id, D.attempt == req.attempt, D.status == "delivering")
-        .values(**values).execution_options(**NO_SYNC)).rowcount
+        .values(**values).execution_options(**NO_SYNC)))
     if not updated:  # redelivered, disabled or deleted meanwhile: log the attempt, schedule nothing
         attempt_row["next_at"] = None
     session.execute(text(_INSERT_ATTEMPT), attempt_row)

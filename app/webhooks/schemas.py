@@ -38,14 +38,16 @@ class WebhookCreateSchema(ma.Schema):
     url = fields.String(required=True, validate=validate.Length(min=1, max=2048),
                         metadata={"description": "http(s) URL on a public address."})
     events = fields.List(fields.String(validate=validate.Length(max=64)), required=True,
-                         validate=validate.Length(min=1, max=len(EVENT_TYPES) + 1), metadata={"description": EVENTS_DOC})
+                         validate=validate.Length(min=1, max=len(EVENT_TYPES) + 1),
+                         metadata={"description": EVENTS_DOC})
     description = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=MAX_DESCRIPTION))
 
 
 class WebhookUpdateSchema(ma.Schema):
     url = fields.String(validate=validate.Length(min=1, max=2048))
     events = fields.List(fields.String(validate=validate.Length(max=64)),
-                         validate=validate.Length(min=1, max=len(EVENT_TYPES) + 1), metadata={"description": EVENTS_DOC})
+                         validate=validate.Length(min=1, max=len(EVENT_TYPES) + 1),
+                         metadata={"description": EVENTS_DOC})
     enabled = fields.Boolean(metadata={"description": "Re-enabling redelivers nothing by itself; use redeliver."})
     description = fields.String(allow_none=True, validate=validate.Length(max=MAX_DESCRIPTION))
 
@@ -60,13 +62,15 @@ class DeliveryAttemptSchema(ma.Schema):
     event_id = fields.String()
     event_type = fields.String()
     attempt = fields.Integer(metadata={"description": "1 for the first try; a redelivery starts again at 1."})
-    status_code = fields.Integer(allow_none=True, metadata={"description": "null: no HTTP answer (timeout, connection error, refused address)."})
+    status_code = fields.Integer(allow_none=True, metadata={
+        "description": "null: no HTTP answer (timeout, connection error, refused address)."})
     duration_ms = fields.Integer(allow_none=True)
     error = fields.String(allow_none=True)
     response = fields.String(allow_none=True, metadata={"description": "The first 2 KB of the response body."})
     succeeded = fields.Boolean()
     created_at = fields.DateTime()
-    next_attempt_at = fields.DateTime(allow_none=True, metadata={"description": "When the next try is scheduled, if any."})
+    next_attempt_at = fields.DateTime(allow_none=True,
+                                      metadata={"description": "When the next try is scheduled, if any."})
 
 
 class DeliveryAttemptListArgs(ListArgs):
@@ -78,7 +82,8 @@ class DeliverySchema(ma.Schema):
     webhook_id = fields.String()
     event_id = fields.String()
     event_type = fields.String()
-    status = fields.String(metadata={"description": "pending, delivering, failed (a retry is scheduled), succeeded or dead."})
+    status = fields.String(metadata={
+        "description": "pending, delivering, failed (a retry is scheduled), succeeded or dead."})
     attempt = fields.Integer(metadata={"description": "Attempts made so far (since the last redelivery)."})
     next_attempt_at = fields.DateTime(allow_none=True)
     last_status_code = fields.Integer(allow_none=True)

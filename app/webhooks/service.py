@@ -29,7 +29,7 @@ MAX_WEBHOOKS_PER_ORG = 50
 PREVIOUS_SECRET_TTL = timedelta(hours=24)
 
 
-def _forget_subscriptions(session) -> None:
+def _forget_subscriptions(session: Session) -> None:
     session.info.pop(_MEMO, None)
 
 
@@ -66,7 +66,8 @@ def create_webhook(session: Session, principal: Principal, *, url: str, events: 
                    description: str | None = None) -> dict:
     """A new endpoint; the answer carries its secret, which is never shown again."""
     url, events = _check_url(url), _check_events(events)
-    count = session.scalar(select(func.count()).select_from(scoped_select(Webhook, principal.organization_id).subquery()))
+    count = session.scalar(select(func.count())
+                           .select_from(scoped_select(Webhook, principal.organization_id).subquery()))
     if count >= MAX_WEBHOOKS_PER_ORG:
         raise Conflict(f"An organisation has at most {MAX_WEBHOOKS_PER_ORG} webhook endpoints", code="webhook_limit")
     secret, now = signing.generate_secret(), utcnow()
@@ -220,7 +221,8 @@ def _delivery_view(session: Session, row: WebhookDelivery) -> dict:
             "created_at": row.created_at, "updated_at": row.updated_at, "attempts": items}
 
 
-def _scoped_delivery(session: Session, principal: Principal, delivery_id: str, *, for_update: bool = False) -> WebhookDelivery:
+def _scoped_delivery(session: Session, principal: Principal, delivery_id: str, *,
+                     for_update: bool = False) -> WebhookDelivery:
     """A delivery of the organisation whose endpoint still exists (else 404)."""
     row = get_scoped(session, WebhookDelivery, principal.organization_id, delivery_id, for_update=for_update)
     if session.scalar(select(Webhook.deleted_at.is_(None)).where(Webhook.id == row.webhook_id)) is not True:

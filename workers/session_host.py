@@ -38,6 +38,7 @@ from sqlalchemy import select
 
 from app import outbox
 from app.clients import hosting
+from app.clients.hosting import HostSendOutcome, ShutdownOutcome, StartOutcome
 from app.clients.info import client_info
 from app.clients.leases import (
     HEARTBEAT_KIND,
@@ -170,7 +171,7 @@ class SessionHost:
 
     # -- sessions.start / stop / logout
 
-    def start_session(self, client_id: str) -> str:
+    def start_session(self, client_id: str) -> StartOutcome:
         """Run ``client_id``'s session here unless another live host does. Returns what happened:
         skipped, running, forwarded, started, failed."""
 
@@ -214,15 +215,15 @@ class SessionHost:
                      " from its saved login" if state else "")
             return "started"
 
-    def stop_session(self, client_id: str) -> str:
+    def stop_session(self, client_id: str) -> ShutdownOutcome:
         """Close the session (keeping its login). skipped, forwarded, not_running, stopped."""
         return self._shutdown(client_id, "stop")
 
-    def logout_session(self, client_id: str) -> str:
+    def logout_session(self, client_id: str) -> ShutdownOutcome:
         """Log the account out and forget its saved login. skipped, forwarded, logged_out."""
         return self._shutdown(client_id, "logout")
 
-    def _shutdown(self, client_id: str, verb: str) -> str:
+    def _shutdown(self, client_id: str, verb: str) -> ShutdownOutcome:
 
         with self._client_lock(client_id):
             transport = self.sessions.get(client_id)
@@ -282,7 +283,7 @@ class SessionHost:
             raise TransientSendError("the web session is not live on this host", code="session_not_running")
         return transport
 
-    def send(self, message_id: str) -> str:
+    def send(self, message_id: str) -> HostSendOutcome:
         """``sessions.send``: send through the live session, or hand the message back to
         ``messages.send`` (which routes it to the current owner, or holds it) when it is not here."""
 

@@ -8,19 +8,28 @@ on the runtime.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Literal, Protocol
+
+from app.messages.statuses import SendOutcome
+
+#: what a ``sessions.start`` did on this host
+StartOutcome = Literal["skipped", "running", "forwarded", "started", "failed"]
+#: what a ``sessions.stop`` / ``sessions.logout`` did
+ShutdownOutcome = Literal["skipped", "forwarded", "not_running", "stopped", "logged_out"]
+#: what a ``sessions.send`` did: handed back to ``messages.send`` (rerouted), or the send's outcome
+HostSendOutcome = SendOutcome | Literal["rerouted"]
 
 
 class SessionHostApi(Protocol):
     """What the ``sessions.*`` jobs ask of a session host; each returns what happened (for logs)."""
 
-    def start_session(self, client_id: str) -> str: ...
+    def start_session(self, client_id: str) -> StartOutcome: ...
 
-    def stop_session(self, client_id: str) -> str: ...
+    def stop_session(self, client_id: str) -> ShutdownOutcome: ...
 
-    def logout_session(self, client_id: str) -> str: ...
+    def logout_session(self, client_id: str) -> ShutdownOutcome: ...
 
-    def send(self, message_id: str) -> str: ...
+    def send(self, message_id: str) -> HostSendOutcome: ...
 
 
 _provider: Callable[[], SessionHostApi] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -19,8 +20,11 @@ from app.messages.tracking import apply_ack, parse_time
 
 log = logging.getLogger(__name__)
 
+#: what applying one report did (its row's ``outcome``; ``done``: applied already, or by another job)
+ApplyOutcome = Literal["applied", "ignored", "waiting", "orphaned", "done"]
 
-def apply(event_id: int) -> str:
+
+def apply(event_id: int) -> ApplyOutcome:
     """``inbox.apply``: apply one report once. Returns applied / ignored / waiting / orphaned / done
     (already applied, or taken by a concurrent job)."""
     with job_session() as session:
@@ -45,7 +49,7 @@ def apply(event_id: int) -> str:
         return outcome
 
 
-def _apply(session: Session, event: TransportEvent) -> str:
+def _apply(session: Session, event: TransportEvent) -> ApplyOutcome:
     payload = event.payload
     if event.kind == "status":
         done = record_status(session, event.client_id, payload["status"], payload.get("detail") or {})

@@ -40,15 +40,15 @@ from app.clients.models import Client
 from app.contacts.models import Contact
 from app.db import OperationalErrors, job_session, utcnow
 from app.inbox.service import InboxSink, record
-from app.media.models import Media
 from app.messages import pacing
 from app.messages.models import Message, MessageStatusHistory
+from app.messages.outbound import build_outbound
 from app.messages.pacing import Limits
 from app.messages.planning import _dt, _ms, schedule
+from app.messages.statuses import SendOutcome
 from app.messages.tracking import OPT_OUT_KEY_PREFIX, SEND_ACTOR, apply_ack, dump, record_status, sendable
-from app.templates.rendering import render_template
 from app.transports import STATEFUL, transport_class
-from app.transports.base import MediaRef, OutboundMessage, PermanentSendError, TransientSendError
+from app.transports.base import OutboundMessage, PermanentSendError, TransientSendError
 from config import settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def _hold(session: Session, message: Message, *granted: str) -> None:
         message.scheduled_for = None
 
 
-def run_send_job(message_id: str) -> str:
+def run_send_job(message_id: str) -> SendOutcome:
     """The body of ``messages.send``; returns what happened (for logs and tests):
     missing, skipped, waiting, held, forwarded, repaced, sent, failed."""
     now = pacing.now_ms()
@@ -114,13 +114,13 @@ def run_send_job(message_id: str) -> str:
             outbox.enqueue(session, SESSIONS_SEND, message.id, queue_name=host)
             return "forwarded"
         # sim / cloud: claim in this same transaction (right after the grant), send once committed
-        outcome, prepared = _claim(session, message, client, opted_out)
+        claimed = _claim(session, message, client, opted_out)
         client_id = client.id
-    if prepared is None:
-        if granted and outcome != "repaced":  # not sent (a repaced grant was withdrawn already)
+    if not isinstance(claimed, _Prepared):
+        if granted and claimed != "repaced":  # not sent (a repaced grant was withdrawn already)
             pacing.release(client_id, granted)
-        return outcome
-    return _deliver(prepared, stateless_transport)
+        return claimed
+    return _deliver(claimed, stateless_transport)
 
 
 # ----------------------------------------------------------------------------- sending (contract 4)
@@ -133,7 +133,7 @@ class _Prepared:
     outbound: OutboundMessage
 
 
-def perform_send(message_id: str, transport_for) -> str:
+def perform_send(message_id: str, transport_for) -> SendOutcome:
     """Claim ``message_id`` (queued -> sending), call ``transport_for(client_id).send``, record the
     result. Pacing has already happened (``messages.send``). Returns sent / failed, or skipped (not
     queued any more: another job has it, or it was cancelled), held (client not sendable) or
@@ -144,21 +144,21 @@ def perform_send(message_id: str, transport_for) -> str:
         if found is None:
             return "skipped"
         message, client, opted_out = found
-        outcome, prepared = _claim(session, message, client, opted_out)
-    if prepared is None:
-        return outcome
-    return _deliver(prepared, transport_for)
+        claimed = _claim(session, message, client, opted_out)
+    if not isinstance(claimed, _Prepared):
+        return claimed
+    return _deliver(claimed, transport_for)
 
 
 def _claim(session: Session, message: Message, client: Client,
-           opted_out: bool | None) -> tuple[str, _Prepared | None]:
-    """In the caller's transaction: the last checks, then ``queued -> sending``. Returns
-    (outcome, None) when there is nothing to send, or ("claimed", what to send)."""
+           opted_out: bool | None) -> _Prepared | SendOutcome:
+    """In the caller's transaction: the last checks, then ``queued -> sending``. Returns what to
+    send, or the outcome when there is nothing to send."""
     if message.status != "queued" or message.direction != "outbound":
-        return "skipped", None
+        return "skipped"
     if not sendable(client):
         _hold(session, message)
-        return "held", None
+        return "held"
     now = pacing.now_ms()
     if Limits.of(client):
         # the send must start within the pad after its grant (``scheduled_for``), whatever delayed
@@ -166,19 +166,19 @@ def _claim(session: Session, message: Message, client: Client,
         # keeping its place
         if message.scheduled_for is None:
             outbox.enqueue(session, SEND_ACTOR, message.id)
-            return "repaced", None
+            return "repaced"
         if now - _ms(message.scheduled_for) > pacing.call_pad_ms():
             pacing.retake(client.id, pacing.token_for(message.id, message.attempts), _ms(message.scheduled_for))
             outbox.enqueue(session, SEND_ACTOR, message.id)
-            return "repaced", None
+            return "repaced"
     if opted_out and not (message.idempotency_key or "").startswith(OPT_OUT_KEY_PREFIX):
         _fail(session, message.id, "queued", "contact_opted_out", "The contact opted out after this message was queued")
-        return "failed", None
+        return "failed"
     at = _dt(now)
     claimed = session.execute(_CLAIM, {"id": message.id, "at": at}).first()
     if claimed is None:
-        return "skipped", None
-    return "claimed", _Prepared(claimed.id, client.id, claimed.attempts, build_outbound(session, claimed))
+        return "skipped"
+    return _Prepared(claimed.id, client.id, claimed.attempts, build_outbound(session, claimed))
 
 
 # One statement each for the two writes around the transport call (the hot path of every send).
@@ -208,7 +208,7 @@ _SENT = text("""
 """)
 
 
-def _deliver(prepared: _Prepared, transport_for) -> str:
+def _deliver(prepared: _Prepared, transport_for) -> SendOutcome:
     """Call the transport for a claimed (committed ``sending``) message and record the outcome.
 
     What the transport reports during the send (the simulator's receipts, due later) is collected
@@ -348,31 +348,6 @@ def _record_sent(session: Session, message_id: str, external_id: str, at: dateti
             apply_ack(session, message.client_id, external_id, "sent", at=at, message_id=message_id)
         return
     emit(session, row.organization_id, "message.sent", dump(row))
-
-
-def build_outbound(session: Session, message) -> OutboundMessage:
-    """What the transport sends for ``message`` (a Message or a row of its columns)."""
-    from app.media.models import Media
-    from app.templates.models import Template
-
-    media = template = None
-    if message.media_id:
-        medium = session.get(Media, message.media_id)
-        if medium is not None:
-            media = media_ref(session, medium)
-    if message.template_id:
-        tpl = session.get(Template, message.template_id)
-        if tpl is not None:
-            template = {"name": tpl.name, "language": tpl.language,
-                        "body": render_template(tpl.body, message.variables),
-                        "variables": dict(message.variables or {})}
-    return OutboundMessage(message_id=message.id, to=message.to_phone, type=message.type, text=message.text,
-                           caption=message.caption, media=media, template=template)
-
-
-def media_ref(session: Session, media: Media) -> MediaRef:
-    """A ``MediaRef`` of a media row."""
-    return MediaRef(media_id=media.id, mime_type=media.mime_type, filename=media.filename, size=media.size_bytes)
 
 
 class _StatelessTransports:

@@ -15,3 +15,8 @@ DOUBTFUL_FAILURES = ("interrupted",)
 TIMESTAMP_OF = {"queued": "queued_at", "sending": "sending_at", "sent": "sent_at", "delivered": "delivered_at",
                 "read": "read_at", "failed": "failed_at", "cancelled": "cancelled_at"}
 EVENTS = {"queued", "sent", "delivered", "read", "failed", "received", "unknown"}
+
+#: what one ``messages.send`` job (or a session host's send) did, for its log line and the tests
+SendOutcome = Literal["missing", "skipped", "waiting", "held", "forwarded", "repaced", "sent", "failed", "unknown"]
+#: what ``messages.reconcile`` found out about a message whose send was in doubt
+ReconcileOutcome = Literal["skipped", "unknown", "requeued", "sent", "delivered", "read"]

@@ -21,6 +21,7 @@ from app.messages import pacing
 from app.messages.dispatch import RECONCILE_ACTOR, RECONCILE_FIRST_MS, mark_unknown, requeue_after_error, sink
 from app.messages.models import Message
 from app.messages.planning import _dt, _ms, schedule
+from app.messages.statuses import ReconcileOutcome
 from app.messages.tracking import SEND_ACTOR, apply_ack
 from app.queues import queue_of
 from app.transports import KNOWS_RECEIPTS, STATEFUL, transport_class
@@ -73,7 +74,7 @@ def reconcile_unknown(session: Session, limit: int = 500) -> int:
     return len(ids)
 
 
-def reconcile(message_id: str) -> str:
+def reconcile(message_id: str) -> ReconcileOutcome:
     """``messages.reconcile``: ask the transport whether an ``unknown`` message went out (or how far
     a ``sent`` one whose receipts are overdue got). Sent: the truth is recorded (with the receipts
     it knows of); certainly not sent: queued again; can't tell: stays as it is. Returns what
@@ -100,7 +101,7 @@ def reconcile(message_id: str) -> str:
                                 "the transport never received it")
             schedule(session, [(message_id, 0)])
             return "requeued"
-        status = found.status or "sent"
+        status: ReconcileOutcome = found.status or "sent"
         for step in ("sent", "delivered", "read"):  # each step at its own time
             apply_ack(session, message.client_id, found.external_id, step, at=found.times.get(step),
                       message_id=message_id)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 # client statuses a transport may report (API.md): the platform records the rest itself
 REPORTED_STATUSES = ("starting", "qr", "ready", "disconnected", "banned", "logged_out", "failed")
@@ -75,6 +75,10 @@ class SendResult:
     status: str = "sent"      # "sent" when the network accepted it
 
 
+#: how far a sent message got
+Receipt = Literal["sent", "delivered", "read"]
+
+
 @dataclass(frozen=True)
 class Lookup:
     """What a transport knows of one of our messages (``Transport.lookup``): ``sent`` False when
@@ -83,7 +87,7 @@ class Lookup:
 
     sent: bool
     external_id: str | None = None
-    status: str | None = None
+    status: Receipt | None = None
     times: dict = field(default_factory=dict)   # status -> datetime
 
 

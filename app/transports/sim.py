@@ -37,6 +37,7 @@ from app.transports.base import (
     Lookup,
     OutboundMessage,
     PermanentSendError,
+    Receipt,
     SendResult,
     TransientSendError,
     Transport,
@@ -240,10 +241,10 @@ class SimTransport(Transport):
                 delay_ms=reply_ms)
         return SendResult(external_id)
 
-    def _receipts(self, message_id: str) -> list[tuple[str, int]]:
+    def _receipts(self, message_id: str) -> list[tuple[Receipt, int]]:
         """The receipts of a message: (status, ms after its arrival), fixed by the seed."""
         deliver_ms = int(self.config["deliver_after_ms"])
-        receipts = [("delivered", deliver_ms)]
+        receipts: list[tuple[Receipt, int]] = [("delivered", deliver_ms)]
         if self.chance(message_id, "read") < float(self.config["read_rate"]):
             receipts.append(("read", max(int(self.config["read_after_ms"]), deliver_ms)))
         return receipts
@@ -256,7 +257,7 @@ class SimTransport(Transport):
         if arrived is None:
             return Lookup(sent=False)
         times = {"sent": _dt(arrived)}
-        status = "sent"
+        status: Receipt = "sent"
         for receipt, after_ms in self._receipts(message_id):
             if arrived + after_ms <= now_ms():
                 times[receipt], status = _dt(arrived + after_ms), receipt

@@ -4,6 +4,10 @@ sent twice, nothing stays stuck, and no status lies. bench/bench_faults.py runs 
 over 10,000 messages each."""
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from tests.fault_stack import FAULTS, Stack
@@ -14,13 +18,17 @@ COUNT = 200
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("faults"))
+def stack():
+    """The stack's own Postgres runs as another user: its data lives outside pytest's temporary
+    root, whose permissions any other pytest session of this user resets to 0700."""
+    workdir = Path(tempfile.mkdtemp(prefix="wa-faults-"))
+    s = Stack(workdir)
     try:
         s.start()
         yield s
     finally:
         s.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def clean(row) -> None:

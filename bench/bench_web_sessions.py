@@ -64,7 +64,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from app.transports.base import ClientInfo
-    from app.transports.web import BrowserRuntime, WebTransport
+    from app.transports.web import WebTransport
+    from app.transports.web_browser import BrowserRuntime
     from config import settings
     from tests.fixtures.wa_web.server import FakeWhatsAppWeb
     from tests.fixtures.wa_web.sink import RecordingSink, start_and_scan

@@ -147,7 +147,7 @@ class SessionHost:
     @property
     def runtime(self):
         if self._runtime is None:
-            from app.transports.web import default_runtime
+            from app.transports.web_browser import default_runtime
 
             self._runtime = default_runtime()
         return self._runtime
@@ -203,7 +203,7 @@ class SessionHost:
             try:
                 transport.start(state)
             except Exception as exc:
-                from app.transports.web import PermanentStartError
+                from app.transports.web_browser import PermanentStartError
 
                 log.warning("session host %s: client %s did not start: %s", self.host_id, client_id, exc)
                 self._forget(client_id, transport)

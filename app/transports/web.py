@@ -42,11 +42,9 @@ from app.transports.base import (
     TransientSendError,
     Transport,
 )
-from app.transports.web_browser import (  # noqa: F401  (the session hosts and tests import them from here)
+from app.transports.web_browser import (
     BrowserProfile,
     BrowserRuntime,
-    PermanentStartError,
-    close_default_runtime,
     decode_state,
     default_runtime,
     encode_state,

@@ -17,7 +17,7 @@ from app.clients.leases import claim_lease, host_queue, lease_owner, orphaned_cl
 from app.clients.models import Client, ClientSession, ClientStatusHistory
 from app.db import utcnow
 from app.kv import redis_client
-from app.transports.web import BrowserRuntime
+from app.transports.web_browser import BrowserRuntime
 from tests import factories as f
 from tests.auth_helpers import api_key_headers
 from tests.fixtures.wa_web.sink import RecordingSink

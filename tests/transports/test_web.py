@@ -16,14 +16,8 @@ import pytest
 
 from app.transports import transport_class
 from app.transports.base import ClientInfo, MediaRef, OutboundMessage, PermanentSendError, ProxyInfo
-from app.transports.web import (
-    BrowserRuntime,
-    PermanentStartError,
-    WebTransport,
-    decode_state,
-    profile_for,
-    proxy_options,
-)
+from app.transports.web import WebTransport
+from app.transports.web_browser import BrowserRuntime, PermanentStartError, decode_state, profile_for, proxy_options
 from app.transports.web_selectors import WA_WEB_SELECTORS_VERSION, hooks_script
 from tests.fixtures.wa_web.sink import RecordingSink, start_and_scan
 

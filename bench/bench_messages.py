@@ -129,7 +129,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
 
 def start_pool(procs: Processes, pool: str, processes: int, threads: int) -> subprocess.Popen:
     from app.kv import redis_client
-    from workers.middleware import live_heartbeats
+    from app.system.heartbeats import live_heartbeats
 
     before = {b["pid"] for b in live_heartbeats(redis_client(), "pool")}
     proc = procs.start(f"pool-{pool}", ["-m", "workers", "run", "--pool", pool, "--processes", str(processes),

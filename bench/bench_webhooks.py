@@ -124,7 +124,7 @@ def services(tmp: Path) -> tuple[str, str, list]:
 
 def start_workers(env: dict, processes: int, threads: int) -> subprocess.Popen:
     from app.kv import redis_client
-    from workers.middleware import live_heartbeats
+    from app.system.heartbeats import live_heartbeats
 
     before = {b["pid"] for b in live_heartbeats(redis_client(), "pool")}
     proc = subprocess.Popen([sys.executable, "-m", "workers", "run", "--pool", "webhooks", "--processes",

@@ -83,7 +83,7 @@ class WorkerProcesses:
 
     def start(self, pool: str, threads: int | None = None, wait: bool = True, **env) -> subprocess.Popen:
         from app.kv import redis_client
-        from workers.middleware import live_heartbeats
+        from app.system.heartbeats import live_heartbeats
 
         args = ["-m", "workers", "run", "--pool", pool, "--processes", "1", "--shutdown-timeout-ms", "3000"]
         if threads:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import dramatiq
 from dramatiq.middleware import Middleware
 
-from app.system.heartbeats import heartbeat_key, live_heartbeats  # noqa: F401  (tests import both from here)
+from app.system.heartbeats import heartbeat_key
 from config import settings
 
 log = logging.getLogger(__name__)

@@ -112,7 +112,7 @@ def test_dead_letters_of_session_host_queues_are_listed_and_retried_on_the_share
 
     import jobs  # noqa: F401
     from app.clients.leases import HEARTBEAT_KIND
-    from workers.middleware import heartbeat_key
+    from app.system.heartbeats import heartbeat_key
 
     def dead_letter(queue, actor, arg):
         msg = dramatiq.Message(queue_name=queue, actor_name=actor, args=(arg,), kwargs={}, options={})

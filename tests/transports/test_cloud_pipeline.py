@@ -67,7 +67,7 @@ class Graph(FakeGraph):
 @pytest.fixture(scope="module")
 def pools():
     """One worker per pool the pipeline needs, for the whole module."""
-    from workers.middleware import live_heartbeats
+    from app.system.heartbeats import live_heartbeats
 
     procs = WorkerProcesses()
     try:

@@ -366,8 +366,8 @@ def test_jobs_left_in_a_dead_hosts_queue_move_to_the_shared_queue(redis_conn):
 
     import jobs  # noqa: F401  (declares the queues and the periodic jobs)
     from app.clients.leases import HEARTBEAT_KIND, reap_dead_host_queues
+    from app.system.heartbeats import heartbeat_key
     from jobs.periodic import PERIODIC
-    from workers.middleware import heartbeat_key
 
     broker = dramatiq.get_broker()
     live, dead = "hostlive-1-aaaa", "hostgone-2-bbbb"

@@ -5,8 +5,8 @@ import time
 import pytest
 
 from app.models import JobOutbox
+from app.system.heartbeats import live_heartbeats
 from tests.procs import spawn, stop, wait_for
-from workers.middleware import live_heartbeats
 
 pytestmark = pytest.mark.workers
 

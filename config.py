@@ -1,7 +1,7 @@
 """All settings, read from the environment once.
 
-No other module reads ``os.environ`` (except for ``PROMETHEUS_MULTIPROC_DIR``, prometheus_client's
-own switch, see app/system/metrics.py): import ``settings`` from here. Every setting is one field of
+No other module reads ``os.environ``: import ``settings`` from here (prometheus_client's own
+``PROMETHEUS_MULTIPROC_DIR`` is read live by ``prometheus_multiproc_dir``). Every setting is one field of
 ``Settings``, declared with its default (the text one would set in the environment) and its
 description; the field's type says how that text is parsed, once, at start, so a malformed value
 stops the process with a message naming the setting instead of failing a request later. The
@@ -368,6 +368,26 @@ def check_production_settings(s: Settings | None = None) -> None:
             problems.append(f"APP_ENCRYPTION_KEYS: {exc}")
     if problems:
         raise SystemExit("config: refusing to start: " + "; ".join(problems))
+
+
+#: prometheus_client's switch for multiprocess mode. The library reads it from the environment
+#: itself, so it is never copied into ``settings``: these read and set the live variable.
+PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prometheus_multiproc_dir() -> str | None:
+    """Where every api process writes its metrics samples, when gunicorn_conf has set it."""
+    return os.environ.get(PROMETHEUS_MULTIPROC_DIR) or None
+
+
+def ensure_prometheus_multiproc_dir() -> str:
+    """The multiprocess directory, a fresh temporary one unless set (app/system/gunicorn_conf.py
+    calls it in gunicorn's master, before the workers fork and import prometheus_client)."""
+    if not prometheus_multiproc_dir():
+        import tempfile
+
+        os.environ[PROMETHEUS_MULTIPROC_DIR] = tempfile.mkdtemp(prefix="wa-prometheus-")
+    return os.environ[PROMETHEUS_MULTIPROC_DIR]
 
 
 def child_env(**overrides: str) -> dict:

@@ -5,8 +5,8 @@ With several worker processes, each would count its own requests and /metrics wo
 process answered the scrape. Prometheus' multiprocess mode fixes that: every process writes its
 samples under ``PROMETHEUS_MULTIPROC_DIR`` (a fresh directory per api start unless set) and
 /metrics sums them; a worker that exits is marked dead so its live gauges go away. That variable
-is prometheus_client's own switch, read by the library from the environment: it is not a setting
-of config.py, and is set here in ``os.environ`` before the workers fork.
+is prometheus_client's own switch (``config.ensure_prometheus_multiproc_dir``), set here in the
+master before the workers fork.
 
 gunicorn's own lines (start-up, workers booting and exiting, errors) go through the handler of
 app/logs.py, so they are JSON like every other line (text with ``LOG_FORMAT=text``), at
@@ -14,15 +14,13 @@ app/logs.py, so they are JSON like every other line (text with ``LOG_FORMAT=text
 """
 import os
 import shutil
-import tempfile
 
-if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    # set in the master before the workers fork (and before any of them imports prometheus_client)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wa-prometheus-")
+from gunicorn.glogging import Logger
 
-from gunicorn.glogging import Logger  # noqa: E402
+from config import ensure_prometheus_multiproc_dir, settings
 
-from config import settings  # noqa: E402
+# set in the master before the workers fork (and before any of them imports prometheus_client)
+ensure_prometheus_multiproc_dir()
 
 loglevel = settings.LOG_LEVEL.lower()
 
@@ -53,7 +51,7 @@ logger_class = JsonLogger
 
 def on_starting(server):
     """Samples of an earlier run would be added to this one's: start from an empty directory."""
-    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    path = ensure_prometheus_multiproc_dir()
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)
 

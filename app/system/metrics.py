@@ -2,10 +2,11 @@
 process, see app/system/gunicorn_conf.py) and, read from Redis at scrape time, the depth of every
 job queue and the live worker processes of every pool."""
 import logging
-import os
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+
+from config import prometheus_multiproc_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,11 @@ class QueueCollector:
 
 
 def registry() -> CollectorRegistry:
-    """What /metrics serves: every api process's samples in multiprocess mode, else this one's.
-
-    ``PROMETHEUS_MULTIPROC_DIR`` is read from the environment, not from config: prometheus_client
-    reads that variable itself (set by gunicorn_conf), and this must agree with what it does."""
+    """What /metrics serves: every api process's samples in multiprocess mode (the directory
+    gunicorn_conf sets, which prometheus_client reads itself), else this one's."""
     from prometheus_client import REGISTRY, multiprocess
 
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if prometheus_multiproc_dir():
         reg = CollectorRegistry()
         multiprocess.MultiProcessCollector(reg)
         reg.register(QUEUES)

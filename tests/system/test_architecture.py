@@ -3,9 +3,11 @@ one queue table, statuses and settings in one place, no silent import guards, sh
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +23,21 @@ def code_files() -> list[Path]:
     return sorted(p for d in CODE_DIRS for p in (ROOT / d).rglob("*.py") if "__pycache__" not in p.parts)
 
 
+@functools.cache
 def parsed(path: Path) -> ast.Module:
     return ast.parse(path.read_text(), filename=str(path))
 
 
 def rel(path: Path) -> str:
     return str(path.relative_to(ROOT))
+
+
+def code_nodes(*, skip: tuple[str, ...] = (), extra: tuple[Path, ...] = ()) -> Iterator[tuple[str, ast.AST]]:
+    """(file, node) for every syntax node of the code (but the files in ``skip``)."""
+    for path in [*code_files(), *extra]:
+        if rel(path) not in skip:
+            for node in ast.walk(parsed(path)):
+                yield rel(path), node
 
 
 def test_the_import_contracts_hold():
@@ -68,28 +79,24 @@ def test_no_import_is_guarded_by_except_import_error():
     """A broken import must fail loudly, not silently switch a feature off: an ``except
     ImportError`` may only re-raise it as a clearer error (a missing optional package)."""
     found = []
-    for path in code_files():
-        for node in ast.walk(parsed(path)):
-            if isinstance(node, ast.ExceptHandler) and node.type is not None:
-                names = [n.id for n in ast.walk(node.type) if isinstance(n, ast.Name)]
-                reraises = any(isinstance(n, ast.Raise) for n in ast.walk(node))
-                if ("ImportError" in names or "ModuleNotFoundError" in names) and not reraises:
-                    found.append(f"{rel(path)}:{node.lineno}")
+    for file, node in code_nodes():
+        if isinstance(node, ast.ExceptHandler) and node.type is not None:
+            names = [n.id for n in ast.walk(node.type) if isinstance(n, ast.Name)]
+            reraises = any(isinstance(n, ast.Raise) for n in ast.walk(node))
+            if ("ImportError" in names or "ModuleNotFoundError" in names) and not reraises:
+                found.append(f"{file}:{node.lineno}")
     assert not found, f"import guards: {found}"
 
 
 def test_one_way_to_the_broker():
     """``workers.broker.get_broker()``: never Dramatiq's implicit global, never a side-effect import."""
     found = []
-    for path in code_files():
-        if rel(path) == "workers/broker.py":
-            continue
-        for node in ast.walk(parsed(path)):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_broker"
-                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "dramatiq"):
-                found.append(f"{rel(path)}:{node.lineno} dramatiq.get_broker()")
-            if isinstance(node, ast.Import) and any(a.name == "workers.broker" for a in node.names):
-                found.append(f"{rel(path)}:{node.lineno} import workers.broker")
+    for file, node in code_nodes(skip=("workers/broker.py",)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get_broker"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "dramatiq"):
+            found.append(f"{file}:{node.lineno} dramatiq.get_broker()")
+        if isinstance(node, ast.Import) and any(a.name == "workers.broker" for a in node.names):
+            found.append(f"{file}:{node.lineno} import workers.broker")
     assert not found, found
 
 
@@ -108,13 +115,8 @@ def test_every_actor_runs_on_the_queue_the_table_names_and_a_pool_owns_it():
 
 def test_queues_are_named_in_one_table():
     """No ``queue_name="..."`` literal outside app/queues.py: actors and enqueues by name route there."""
-    found = []
-    for path in code_files():
-        if rel(path) == "app/queues.py":
-            continue
-        for node in ast.walk(parsed(path)):
-            if isinstance(node, ast.keyword) and node.arg == "queue_name" and isinstance(node.value, ast.Constant):
-                found.append(f"{rel(path)}:{node.value.lineno}")
+    found = [f"{file}:{node.value.lineno}" for file, node in code_nodes(skip=("app/queues.py",))
+             if isinstance(node, ast.keyword) and node.arg == "queue_name" and isinstance(node.value, ast.Constant)]
     assert not found, found
 
 
@@ -139,26 +141,10 @@ def test_statuses_are_declared_in_one_place_per_domain():
     assert not found, f"status vocabularies outside statuses.py: {found}"
 
 
-#: prometheus_client reads this variable itself (app/system/metrics.py says why it is not a setting)
-ENV_ALLOWED = {"PROMETHEUS_MULTIPROC_DIR"}
-
-
 def test_nothing_reads_the_environment_but_config():
-    found = []
-    for path in [*code_files(), ROOT / "wsgi.py"]:
-        for node in ast.walk(parsed(path)):
-            env = None
-            if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv") and isinstance(
-                    node.value, ast.Name) and node.value.id == "os":
-                env = node
-            if env is None:
-                continue
-            found.append((rel(path), node.lineno))
-    reads = []
-    for file, line in found:
-        text = (ROOT / file).read_text().splitlines()[line - 1]
-        if not any(name in text for name in ENV_ALLOWED):
-            reads.append(f"{file}:{line}: {text.strip()}")
+    reads = [f"{file}:{node.lineno}" for file, node in code_nodes(extra=(ROOT / "wsgi.py",))
+             if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv")
+             and isinstance(node.value, ast.Name) and node.value.id == "os"]
     assert not reads, reads
 
 

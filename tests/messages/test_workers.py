@@ -33,6 +33,16 @@ def statuses(committed, client_id) -> dict:
                                   .group_by(Message.status)).all())
 
 
+def sim_client(client, headers, name: str, gap_ms: tuple[int, int]) -> str:
+    """A sim client created through the API, its phone scanning after 300 ms and acks fast; its id."""
+    created = client.post("/api/clients", json={"name": name, "transport": "sim",
+                                                "config": {"scan_after_ms": 300, **FAST_ACKS},
+                                                "limits": {"min_gap_ms": gap_ms[0], "max_gap_ms": gap_ms[1]}},
+                          headers=headers)
+    assert created.status_code == 201, created.get_json()
+    return created.get_json()["id"]
+
+
 def network(client, headers, client_id) -> dict:
     r = client.get(f"/api/clients/{client_id}/sim/network", headers=headers)
     assert r.status_code == 200, r.get_json()
@@ -42,12 +52,7 @@ def network(client, headers, client_id) -> dict:
 def test_send_is_delivered_and_read_and_a_duplicated_job_sends_once(committed, committed_client, committed_headers,
                                                                     run_pool):
     client = committed_client
-    created = client.post("/api/clients", json={"name": "Sales", "transport": "sim",
-                                                "config": {"scan_after_ms": 300, **FAST_ACKS},
-                                                "limits": {"min_gap_ms": 100,
-                                                           "max_gap_ms": 200}}, headers=committed_headers)
-    assert created.status_code == 201, created.get_json()
-    cli = created.get_json()["id"]
+    cli = sim_client(client, committed_headers, "Sales", (100, 200))
     # accepted while the client is not connected: it waits, queued
     early = client.post(f"/api/clients/{cli}/send-message", json={"to": TO, "message": "before start"},
                         headers=committed_headers)
@@ -257,12 +262,7 @@ def test_transient_faults_retry_and_permanent_ones_fail_with_the_transports_code
 def test_a_banned_clients_waiting_messages_are_held_then_sent_once_when_it_is_ready_again(committed, committed_client,
                                                                                           committed_headers, run_pool):
     client = committed_client
-    created = client.post("/api/clients", json={"name": "Banned", "transport": "sim",
-                                                "config": {"scan_after_ms": 300, **FAST_ACKS},
-                                                "limits": {"min_gap_ms": 1500,
-                                                           "max_gap_ms": 1500}}, headers=committed_headers)
-    assert created.status_code == 201, created.get_json()
-    cli = created.get_json()["id"]
+    cli = sim_client(client, committed_headers, "Banned", (1500, 1500))
     run_pool("default")
     run_pool("messages")
 

@@ -12,10 +12,16 @@ def beat(redis_conn, kind, name, **extra):
     return t
 
 
-def test_health_ok_when_every_pool_and_the_scheduler_beat(client, redis_conn):
+def beat_all(redis_conn, but: str | None = None) -> None:
+    """A live worker for every pool (``but`` one) and a leading scheduler."""
     for pool in POOLS:
-        beat(redis_conn, "pool", pool)
+        if pool != but:
+            beat(redis_conn, "pool", pool)
     beat(redis_conn, "scheduler", "scheduler", leader=True)
+
+
+def test_health_ok_when_every_pool_and_the_scheduler_beat(client, redis_conn):
+    beat_all(redis_conn)
     resp = client.get("/health")
     assert resp.status_code == 200
     body = resp.get_json()
@@ -26,10 +32,7 @@ def test_health_ok_when_every_pool_and_the_scheduler_beat(client, redis_conn):
 
 
 def test_health_degraded_when_a_pool_has_no_live_worker(client, redis_conn):
-    for pool in POOLS:
-        if pool != "webhooks":
-            beat(redis_conn, "pool", pool)
-    beat(redis_conn, "scheduler", "scheduler", leader=True)
+    beat_all(redis_conn, but="webhooks")
     resp = client.get("/health")
     assert resp.status_code == 200
     body = resp.get_json()

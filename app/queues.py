@@ -37,15 +37,6 @@ POOLS: dict[str, Pool] = {
 QUEUES: dict[str, str] = {q: p.name for p in POOLS.values() for q in p.queues}
 
 
-def pool_for_queue(queue: str) -> str:
-    """The pool that owns a queue; per-host session queues (``sessions.<host>``) belong to ``sessions``."""
-    base = queue.split(".", 1)[0] if queue.startswith("sessions.") else queue
-    try:
-        return QUEUES[base]
-    except KeyError:
-        raise KeyError(f"queue {queue!r} has no owner pool in app/queues.py") from None
-
-
 DEFAULT_QUEUE = "default"
 SESSIONS_QUEUE = "sessions"
 #: per-host queues of the session hosts: ``sessions.<host id>``

@@ -44,7 +44,7 @@ from app.messages import pacing
 from app.messages.models import Message, MessageStatusHistory
 from app.messages.outbound import build_outbound
 from app.messages.pacing import Limits
-from app.messages.planning import _dt, _ms, schedule
+from app.messages.planning import from_ms, schedule, to_ms
 from app.messages.statuses import SendOutcome
 from app.messages.tracking import OPT_OUT_KEY_PREFIX, SEND_ACTOR, apply_ack, dump, record_status, sendable
 from app.transports import STATEFUL, transport_class
@@ -90,8 +90,8 @@ def run_send_job(message_id: str) -> SendOutcome:
             # a duplicate job may have reserved a slot for it meanwhile: give those back
             pacing.release(message.client_id, *[pacing.token_for(message.id, n) for n in range(message.attempts + 1)])
             return "skipped"
-        if message.scheduled_at is not None and _ms(message.scheduled_at) > now:
-            schedule(session, [(message.id, _ms(message.scheduled_at) - now)])
+        if message.scheduled_at is not None and to_ms(message.scheduled_at) > now:
+            schedule(session, [(message.id, to_ms(message.scheduled_at) - now)])
             return "waiting"
         if not sendable(client):
             _hold(session, message)
@@ -100,8 +100,8 @@ def run_send_job(message_id: str) -> SendOutcome:
         if limits:
             now = pacing.now_ms()  # the grant's moment: as late as possible before the claim
             slot = pacing.acquire(client.id, now, limits, pacing.token_for(message.id, message.attempts))
-            if message.scheduled_for is None or _ms(message.scheduled_for) != slot.at_ms:
-                message.scheduled_for = _dt(slot.at_ms)
+            if message.scheduled_for is None or to_ms(message.scheduled_for) != slot.at_ms:
+                message.scheduled_for = from_ms(slot.at_ms)
             if not slot.granted:
                 schedule(session, [(message.id, slot.at_ms - now)])
                 return "waiting"
@@ -167,14 +167,14 @@ def _claim(session: Session, message: Message, client: Client,
         if message.scheduled_for is None:
             outbox.enqueue(session, SEND_ACTOR, message.id)
             return "repaced"
-        if now - _ms(message.scheduled_for) > pacing.call_pad_ms():
-            pacing.retake(client.id, pacing.token_for(message.id, message.attempts), _ms(message.scheduled_for))
+        if now - to_ms(message.scheduled_for) > pacing.call_pad_ms():
+            pacing.retake(client.id, pacing.token_for(message.id, message.attempts), to_ms(message.scheduled_for))
             outbox.enqueue(session, SEND_ACTOR, message.id)
             return "repaced"
     if opted_out and not (message.idempotency_key or "").startswith(OPT_OUT_KEY_PREFIX):
         _fail(session, message.id, "queued", "contact_opted_out", "The contact opted out after this message was queued")
         return "failed"
-    at = _dt(now)
+    at = from_ms(now)
     claimed = session.execute(_CLAIM, {"id": message.id, "at": at}).first()
     if claimed is None:
         return "skipped"

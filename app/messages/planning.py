@@ -29,11 +29,13 @@ from config import settings
 from workers.broker import get_broker
 
 
-def _ms(when: datetime) -> int:
+def to_ms(when: datetime) -> int:
+    """A time as epoch milliseconds (pacing's unit)."""
     return int(when.timestamp() * 1000)
 
 
-def _dt(ms: int) -> datetime:
+def from_ms(ms: int) -> datetime:
+    """Epoch milliseconds as a UTC time."""
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
@@ -60,7 +62,7 @@ def plan(client: Client, entries: list[tuple[str, int, datetime | None]]) -> lis
     that instead; a client that is not ready gets its jobs at once (they hold the messages)."""
     now_ms = pacing.now_ms()
     limits = Limits.of(client) if sendable(client) else None
-    due = [(i, e) for i, e in enumerate(entries) if not (e[2] is not None and _ms(e[2]) > now_ms)]
+    due = [(i, e) for i, e in enumerate(entries) if not (e[2] is not None and to_ms(e[2]) > now_ms)]
     slots = {}
     if limits and due:
         got = pacing.acquire_many(client.id, now_ms, limits, [pacing.token_for(e[0], e[1]) for _, e in due],
@@ -71,9 +73,9 @@ def plan(client: Client, entries: list[tuple[str, int, datetime | None]]) -> lis
         token = pacing.token_for(message_id, attempt)
         if i in slots:
             at = slots[i].at_ms
-            plans.append(Plan(message_id, token, max(0, at - now_ms), _dt(at), True))
-        elif scheduled_at is not None and _ms(scheduled_at) > now_ms:
-            plans.append(Plan(message_id, token, _ms(scheduled_at) - now_ms, None, False))
+            plans.append(Plan(message_id, token, max(0, at - now_ms), from_ms(at), True))
+        elif scheduled_at is not None and to_ms(scheduled_at) > now_ms:
+            plans.append(Plan(message_id, token, to_ms(scheduled_at) - now_ms, None, False))
         else:
             plans.append(Plan(message_id, token, 0, None, False))
     return plans

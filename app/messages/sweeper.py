@@ -20,7 +20,7 @@ from app.db import job_session
 from app.messages import pacing
 from app.messages.dispatch import RECONCILE_ACTOR, RECONCILE_FIRST_MS, mark_unknown, requeue_after_error, sink
 from app.messages.models import Message
-from app.messages.planning import _dt, _ms, schedule
+from app.messages.planning import from_ms, schedule, to_ms
 from app.messages.statuses import ReconcileOutcome
 from app.messages.tracking import SEND_ACTOR, apply_ack
 from app.queues import queue_of
@@ -116,7 +116,7 @@ def requeue_lost(session: Session, lost_after_s: float | None = None, limit: int
     a new one (a duplicate is harmless: the claim happens once)."""
     lost_after_s = settings.MESSAGE_LOST_AFTER if lost_after_s is None else lost_after_s
     # a backlog is not a loss: a job due before the one at the head of the queue has had its turn
-    head = _dt(queue_head_ms(queue_of(SEND_ACTOR))) - timedelta(seconds=lost_after_s)
+    head = from_ms(queue_head_ms(queue_of(SEND_ACTOR))) - timedelta(seconds=lost_after_s)
     cutoff = func.least(func.now() - timedelta(seconds=lost_after_s), head)
     ids = session.scalars(
         select(Message.id).join(Client, Client.id == Message.client_id)
@@ -143,7 +143,8 @@ def reschedule_queued(session: Session, after_id: str = "", limit: int = 5000) -
                Client.status == "ready", Client.paused.is_(False), Client.deleted_at.is_(None))
         .order_by(Message.id).limit(limit)).all()
     now = pacing.now_ms()
-    schedule(session, [(r.id, max([0] + [_ms(t) - now for t in (r.scheduled_for, r.scheduled_at) if t])) for r in rows])
+    schedule(session, [(r.id, max([0] + [to_ms(t) - now for t in (r.scheduled_for, r.scheduled_at) if t]))
+                       for r in rows])
     return [r.id for r in rows]
 
 

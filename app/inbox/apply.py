@@ -56,8 +56,7 @@ def _apply(session: Session, event: TransportEvent) -> ApplyOutcome:
         return "applied" if done is not None else "ignored"
     if event.kind == "ack":
         found = apply_ack(session, event.client_id, payload["external_id"], payload["status"],
-                                   payload.get("error"), parse_time(payload.get("at")),
-                                   message_id=payload.get("message_id"))
+                          payload.get("error"), parse_time(payload.get("at")), message_id=payload.get("message_id"))
         return "applied" if found is not None else "waiting"
     if event.kind == "inbound":
         return "applied" if receive_inbound(session, event.client_id, payload) is not None else "ignored"

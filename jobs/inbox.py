@@ -5,9 +5,17 @@ from config import settings
 from jobs.periodic import every
 
 
+@actor("inbox.apply_due", max_retries=20, min_backoff=500, max_backoff=60_000)
+def apply_due(tick: int = 0) -> None:
+    """Apply every transport report (client statuses, acks, inbound messages) due by now, in batches."""
+    from app.inbox import apply as inbox_apply
+
+    inbox_apply.apply_due(tick)
+
+
 @actor("inbox.apply", max_retries=20, min_backoff=500, max_backoff=60_000)
 def apply(event_id: int) -> None:
-    """Apply one transport report (a client status, an ack, an inbound message) once."""
+    """Apply one transport report once (the jobs of earlier versions; reports now wake apply_due)."""
     from app.inbox import apply as inbox_apply
 
     inbox_apply.apply(event_id)

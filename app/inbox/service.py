@@ -3,16 +3,19 @@
 Every report a transport makes — a client status (``qr``, ``ready``, ...), an ack of a message it
 sent, a message a contact wrote — is a ``transport_events`` row in Postgres before the transport
 is answered: the Cloud API webhook commits it before its 200, the simulator's and WhatsApp Web's
-reports are written before the call that made them returns. An ``inbox.apply`` job, sent after
-the commit and delayed to the report's ``due_at``, applies it (app/inbox/apply.py) and marks the
-row applied.
+reports are written before the call that made them returns. Reports are applied in batches
+(app/inbox/apply.py): an ``inbox.apply_due`` job applies every report due by the time it runs,
+with a few statements for the whole batch, and marks the rows applied. Reports are data, not
+jobs: one wake-up job serves every report due within the same ``TICK_MS`` (after the commit, a
+Redis ``SET NX`` per tick decides which transaction sends it), so a thousand acks a second cost
+ten jobs, not a thousand.
 
-The row is what survives: if the broker loses the job (a Redis restart, a worker whose delayed
-jobs were dropped), ``redispatch`` (periodic) sends it again once it is overdue by
-``INBOX_REDISPATCH_AFTER``; applying twice is
-harmless (the row is locked and checked, and every apply is idempotent). An ack that finds no
-message yet (it overtook the recording of its send) is tried again with backoff, and given up as
-``orphaned`` after ``ACK_PATIENCE``. Applied rows are purged after ``KEEP_APPLIED``.
+The row is what survives: if the broker loses a wake-up (a Redis restart, a worker whose delayed
+jobs were dropped), ``redispatch`` (periodic) sends one again for the rows overdue by
+``INBOX_REDISPATCH_AFTER``; applying twice is harmless (the rows are locked and checked, and
+every apply is idempotent). An ack that finds no message yet (it overtook the recording of its
+send) is tried again with backoff, and given up as ``orphaned`` after ``ACK_PATIENCE``. Applied
+rows are purged after ``KEEP_APPLIED``.
 
 ``InboxSink`` is the platform's EventSink. Given a session it writes into that transaction (the
 webhook request, an API call that drives the simulator); otherwise each report is its own short
@@ -23,25 +26,37 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
+import dramatiq
 from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from app import outbox
 from app.clients.session_state import save_session_state
 from app.db import job_session, rowcount, utcnow
 from app.inbox.models import TransportEvent
+from app.kv import redis_client
 from app.queues import queue_of
 from app.transports.base import ClientInfo, InboundMessage
 from config import settings
+from workers.broker import get_broker, queue_head_ms
 
 log = logging.getLogger(__name__)
 
+#: applies one report (what the apply jobs of earlier versions ask for)
 APPLY_ACTOR = "inbox.apply"
+#: applies every report due by the time it runs (the wake-up job)
+APPLY_DUE_ACTOR = "inbox.apply_due"
+#: reports due within one tick of this many milliseconds share one wake-up job
+TICK_MS = 100
+_WAKE_KEY = "wa:inbox:wake:"
+_WAKES = "inbox_wakes"
 #: how long an ack waits for its message to be recorded before it is given up (orphaned)
 ACK_PATIENCE = timedelta(hours=1)
 #: applied rows are kept this long (for inspection), then purged
@@ -57,17 +72,65 @@ class Report:
     delay_ms: int = 0
 
 
-def record(session: Session, reports: list[Report]) -> list[int]:
-    """Write ``reports`` in the caller's transaction; their ``inbox.apply`` jobs go after commit."""
+def record(session: Session, reports: list[Report]) -> None:
+    """Write ``reports`` in the caller's transaction; their wake-up jobs go after commit."""
     if not reports:
-        return []
+        return
     now = utcnow()
     rows = [{"organization_id": r.organization_id, "client_id": r.client_id, "kind": r.kind, "payload": r.payload,
              "due_at": now + timedelta(milliseconds=max(0, r.delay_ms)), "dispatched_at": now, "created_at": now}
             for r in reports]
-    ids = list(session.scalars(insert(TransportEvent).returning(TransportEvent.id), rows))
-    outbox.after_commit(session, APPLY_ACTOR, [(i,) for i in ids], delays_ms=[r.delay_ms for r in reports])
-    return ids
+    session.execute(insert(TransportEvent), rows)
+    wake_after_commit(session, [max(0, r.delay_ms) for r in reports])
+
+
+def wake_after_commit(session: Session, delays_ms: list[int]) -> None:
+    """Have ``inbox.apply_due`` run once ``delays_ms`` (from now) have passed, after ``session``
+    commits: at the end of each one's tick, one job per tick whichever transaction asks first."""
+    now_ms = int(time.time() * 1000)
+    ticks = session.info.setdefault(_WAKES, set())
+    ticks.update(-(-(now_ms + d) // TICK_MS) * TICK_MS for d in delays_ms)
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _send_wakes(session: Session) -> None:
+    ticks = session.info.pop(_WAKES, None)
+    if not ticks:
+        return
+    try:
+        send_wakes(sorted(ticks))
+    except Exception:  # the rows are durable: redispatch wakes them once they are overdue
+        log.warning("inbox: could not send %d wake-up job(s); the sweeper will", len(ticks), exc_info=True)
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _forget_wakes(session: Session) -> None:
+    session.info.pop(_WAKES, None)
+
+
+def send_wakes(ticks: list[int]) -> int:
+    """One ``inbox.apply_due`` job per tick (epoch ms) that has none yet; returns how many were sent.
+    The tick's key lives until its job starts (it deletes it) or, if the job is lost, a minute
+    past the tick: a transaction that commits after the job started sends another."""
+    now_ms = int(time.time() * 1000)
+    pipe = redis_client().pipeline(transaction=False)
+    for tick in ticks:
+        pipe.set(f"{_WAKE_KEY}{tick}", 1, nx=True, px=max(1, tick - now_ms) + 60_000)
+    broker = get_broker()
+    sent = 0
+    for tick, first in zip(ticks, pipe.execute(), strict=True):
+        if first:
+            delay = tick - now_ms
+            broker.enqueue(dramatiq.Message(queue_name=queue_of(APPLY_DUE_ACTOR), actor_name=APPLY_DUE_ACTOR,
+                                            args=(tick,), kwargs={}, options={}),
+                           delay=delay if delay > 0 else None)
+            sent += 1
+    return sent
+
+
+def woken(tick: int) -> None:
+    """The wake-up job of ``tick`` started: later reports of that tick need a job of their own."""
+    redis_client().delete(f"{_WAKE_KEY}{tick}")
 
 
 # ----------------------------------------------------------------------------- the sink
@@ -140,11 +203,9 @@ class InboxSink:
 
 
 def redispatch(session: Session, *, overdue: timedelta | None = None, limit: int = 5000) -> int:
-    """Send again the ``inbox.apply`` jobs of rows that should have been applied by now (the
-    broker lost them, or their worker dropped them): overdue by ``INBOX_REDISPATCH_AFTER``. A
-    duplicate only finds the row applied."""
-    from workers.broker import queue_head_ms
-
+    """Wake the applier again for rows that should have been applied by now (the broker lost
+    their wake-up, or its worker dropped it): overdue by ``INBOX_REDISPATCH_AFTER``. A duplicate
+    only finds the rows applied."""
     if overdue is None:
         overdue = timedelta(seconds=settings.INBOX_REDISPATCH_AFTER)
     # a backlog is not a loss: only jobs sent before the one now at the head of the queue have had
@@ -163,8 +224,8 @@ def redispatch(session: Session, *, overdue: timedelta | None = None, limit: int
     session.execute(update(TransportEvent).where(TransportEvent.id.in_(ids))
                     .values(dispatched_at=func.now() + (func.now() - TransportEvent.created_at)),
                     execution_options={"synchronize_session": False})
-    outbox.after_commit(session, APPLY_ACTOR, [(i,) for i in ids])
-    log.warning("inbox: sent again %d transport report(s) the broker did not deliver", len(ids))
+    outbox.after_commit(session, APPLY_DUE_ACTOR, [(0,)])
+    log.warning("inbox: woke the applier again for %d transport report(s) the broker did not deliver", len(ids))
     return len(ids)
 
 

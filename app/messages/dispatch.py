@@ -335,7 +335,7 @@ def requeue_after_error(session: Session, message_id: str, attempt: int, code: s
 
 
 def _record_sent(session: Session, message_id: str, external_id: str, at: datetime | None = None) -> None:
-    from app.webhooks.events import emit
+    from app.webhooks.events import emit_many
 
     row = session.execute(_SENT, {"id": message_id, "at": at or utcnow(), "external_id": external_id}).first()
     if row is None:
@@ -347,7 +347,7 @@ def _record_sent(session: Session, message_id: str, external_id: str, at: dateti
         if message is not None and message.status == "unknown":
             apply_ack(session, message.client_id, external_id, "sent", at=at, message_id=message_id)
         return
-    emit(session, row.organization_id, "message.sent", dump(row))
+    emit_many(session, row.organization_id, "message.sent", [dump(row)], json_ready=True)
 
 
 class _StatelessTransports:

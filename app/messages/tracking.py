@@ -7,16 +7,18 @@ emits the matching ``message.*`` event with the message as the API shows it.
 from __future__ import annotations
 
 import functools
+import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Row, select
+from sqlalchemy import Row, text
 from sqlalchemy.orm import Session
 
 from app.clients.models import Client
 from app.db import utcnow
 from app.messages.models import Message, MessageStatusHistory
 from app.messages.statuses import DOUBTFUL_FAILURES, EVENTS, RANK, TERMINAL, TIMESTAMP_OF
-from app.webhooks.events import emit
+from app.webhooks.events import emit, emit_many
 
 SEND_ACTOR = "messages.send"
 #: messages.idempotency_key of the confirmation sent to a contact who opts out (it must reach them)
@@ -59,55 +61,167 @@ def sendable(client: Client) -> bool:
     return client.status == "ready" and not client.paused and client.deleted_at is None
 
 
+@dataclass(frozen=True)
+class Ack:
+    """A transport's delivery report of one message it sent (``apply_acks``)."""
+
+    client_id: str
+    external_id: str | None
+    status: str
+    error: dict | None = None
+    at: datetime | None = None
+    message_id: str | None = None
+
+
 def apply_ack(session: Session, client_id: str, external_id: str | None, status: str, error: dict | None = None,
-              at: datetime | None = None, *, message_id: str | None = None) -> Message | None:
-    """A transport's ack. None when no message has this external id (yet) — nor this
-    ``message_id``, when the transport knows ours (a message whose send was never recorded).
+              at: datetime | None = None, *, message_id: str | None = None) -> dict | None:
+    """One transport ack (``apply_acks`` of one)."""
+    return apply_acks(session, [Ack(client_id, external_id, status, error, at, message_id)])[0]
+
+
+def apply_acks(session: Session, acks: list[Ack]) -> list[dict | None]:
+    """Apply transport acks, in order, with a fixed number of statements whatever their number:
+    one SELECT ... FOR UPDATE per way of finding the messages (their transport id, else our id
+    when the transport knows it), one UPDATE, one history INSERT and one event INSERT per status
+    reached. Returns, per ack, the message's columns after it (a dict), or None when no message
+    has this external id (yet) — nor this ``message_id`` (a message whose send was never recorded).
+
     Statuses only move forward, and a failed ack does not undo a delivery; an ``unknown`` message,
-    or one failed only because its worker was interrupted, takes what the ack says."""
-    found = select(Message).where(Message.client_id == client_id, Message.direction == "outbound")
-    message = None
-    if external_id:
-        message = session.scalars(found.where(Message.external_id == external_id).with_for_update()
-                                  .execution_options(populate_existing=True)).first()  # the locked row
-    if message is None and message_id:
-        message = session.scalars(found.where(Message.id == message_id).with_for_update()
-                                  .execution_options(populate_existing=True)).first()
-        if message is not None and external_id and message.external_id is None:
-            message.external_id = external_id
-    if message is None:
-        return None
-    at = at or utcnow()
-    current = message.status
-    doubtful = current == "failed" and message.error_code in DOUBTFUL_FAILURES
+    or one failed only because its worker was interrupted, takes what the ack says. A read that
+    overtook its delivery report also records ``delivered`` (read implies delivered implies sent),
+    with its history row and event, so that integrators counting ``message.delivered`` miss none.
+    Several acks of one message in one call (delivered and read both waiting) are folded into one
+    update of its row."""
+    if not acks:
+        return []
+    rows = _lock_acked(session, acks)
+    now = utcnow()
+    changed: dict[str, dict] = {}
+    steps: list[tuple[str, dict, datetime, dict]] = []  # (status, message after it, at, details)
+    results: list[dict | None] = []
+    for ack in acks:
+        row = rows.get(("ext", ack.client_id, ack.external_id)) if ack.external_id else None
+        if row is None and ack.message_id:
+            row = rows.get(("id", ack.client_id, ack.message_id))
+        if row is None:
+            results.append(None)
+            continue
+        if ack.external_id and row["external_id"] is None:
+            row["external_id"] = ack.external_id
+            changed[row["id"]] = row
+        moves = _steps(row, ack)
+        if moves and ack.status != "failed":  # a forward move clears an error; a doubtful failure is undone
+            if row["status"] == "failed":
+                row["failed_at"] = None
+            row["error_code"] = row["error_message"] = None
+        for step in moves:
+            at = ack.at or now
+            row["status"] = step
+            if step == "failed":
+                error = ack.error or {}
+                row["failed_at"] = at
+                row["error_code"] = str(error.get("code") or "undelivered")[:100]
+                row["error_message"] = str(error["message"])[:1000] if error.get("message") else None
+            elif row[TIMESTAMP_OF[step]] is None:
+                row[TIMESTAMP_OF[step]] = at
+            row["updated_at"] = now
+            changed[row["id"]] = row
+            steps.append((step, dict(row), at, {"external_id": ack.external_id, "ack": ack.status}))
+        results.append(row)
+    if changed:
+        _write_acked(session, list(changed.values()), steps)
+    return results
+
+
+def _steps(row: dict, ack: Ack) -> list[str]:
+    """The statuses ``ack`` moves the message (its current columns) through, in order."""
+    current = row["status"]
+    doubtful = current == "failed" and row["error_code"] in DOUBTFUL_FAILURES
     if current in TERMINAL and not doubtful:
-        return message
-    if status == "failed":
+        return []
+    if ack.status == "failed":
         if doubtful or RANK.get(current, 0) >= RANK["delivered"]:
-            return message
-        error = error or {}
-        message.failed_at = at
-        message.error_code = str(error.get("code") or "undelivered")[:100]
-        message.error_message = (str(error["message"])[:1000] if error.get("message") else None)
-        steps = ["failed"]
-    elif status in RANK and (doubtful or RANK[status] > RANK.get(current, 0)):
-        # read implies delivered implies sent: a step the acks skipped (a read that overtook its
-        # delivery report) is recorded too, with its history row and event, so that integrators
-        # counting message.delivered miss none
+            return []
+        return ["failed"]
+    if ack.status in RANK and (doubtful or RANK[ack.status] > RANK.get(current, 0)):
         base = 1 if doubtful else RANK.get(current, 0)
-        steps = [step for step in ("sent", "delivered", "read") if base < RANK[step] <= RANK[status]]
-        message.error_code = message.error_message = None
-        message.failed_at = None if doubtful else message.failed_at
-    else:
-        return message  # late or repeated ack: nothing moves backwards
-    for step in steps:
-        message.status = step
-        if getattr(message, TIMESTAMP_OF[step]) is None:
-            setattr(message, TIMESTAMP_OF[step], at)
-        message.updated_at = utcnow()
-        session.flush()
-        record_status(session, message, step, at=at, details={"external_id": external_id, "ack": status})
-    return message
+        return [step for step in ("sent", "delivered", "read") if base < RANK[step] <= RANK[ack.status]]
+    return []  # late or repeated ack: nothing moves backwards
+
+
+_COLUMNS = [c.key for c in Message.__table__.columns]
+_LOCK_BY_EXTERNAL = text(f"""
+    SELECT {", ".join("m." + c for c in _COLUMNS)} FROM messages AS m
+      JOIN unnest(CAST(:clients AS text[]), CAST(:keys AS text[])) AS a(client_id, external_id)
+        ON m.client_id = a.client_id AND m.external_id = a.external_id
+     WHERE m.direction = 'outbound' ORDER BY m.id FOR UPDATE OF m""")
+_LOCK_BY_ID = text(f"""
+    SELECT {", ".join(_COLUMNS)} FROM messages
+     WHERE id = ANY(CAST(:keys AS text[])) AND direction = 'outbound' ORDER BY id FOR UPDATE""")
+
+
+def _lock_acked(session: Session, acks: list[Ack]) -> dict[tuple[str, str, str], dict]:
+    """The acked messages' columns, locked, keyed ``("ext", client, external id)`` and
+    ``("id", client, message id)``."""
+    found: dict[tuple[str, str, str], dict] = {}
+    by_id: dict[str, dict] = {}
+    pairs = sorted({(a.client_id, a.external_id) for a in acks if a.external_id})
+    if pairs:
+        for r in session.execute(_LOCK_BY_EXTERNAL, {"clients": [c for c, _ in pairs], "keys": [e for _, e in pairs]}):
+            row = by_id.setdefault(r.id, dict(r._mapping))
+            found[("ext", row["client_id"], row["external_id"])] = row
+    wanted = sorted({a.message_id for a in acks if a.message_id and a.message_id not in by_id
+                     and ("ext", a.client_id, a.external_id) not in found})
+    if wanted:
+        for r in session.execute(_LOCK_BY_ID, {"keys": wanted}):
+            by_id.setdefault(r.id, dict(r._mapping))
+    for row in by_id.values():
+        found[("id", row["client_id"], row["id"])] = row
+    return found
+
+
+_UPDATE_ACKED = text("""
+    UPDATE messages AS m
+       SET status = u.status, external_id = u.external_id, sent_at = u.sent_at, delivered_at = u.delivered_at,
+           read_at = u.read_at, failed_at = u.failed_at, error_code = u.error_code, error_message = u.error_message,
+           updated_at = u.updated_at
+      FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:externals AS text[]),
+                  CAST(:sent AS timestamptz[]), CAST(:delivered AS timestamptz[]), CAST(:read AS timestamptz[]),
+                  CAST(:failed AS timestamptz[]), CAST(:codes AS text[]), CAST(:texts AS text[]),
+                  CAST(:updated AS timestamptz[]))
+           AS u(id, status, external_id, sent_at, delivered_at, read_at, failed_at, error_code, error_message,
+                updated_at)
+     WHERE m.id = u.id""")
+_INSERT_HISTORY = text("""
+    INSERT INTO message_status_history (organization_id, message_id, status, at, details)
+    SELECT * FROM unnest(CAST(:orgs AS text[]), CAST(:ids AS text[]), CAST(:statuses AS text[]),
+                         CAST(:ats AS timestamptz[]), CAST(CAST(:details AS text[]) AS jsonb[]))""")
+#: the order events of one batch are emitted in: a message's steps always climb it
+_EVENT_ORDER = ("sent", "delivered", "read", "failed")
+
+
+def _write_acked(session: Session, rows: list[dict], steps: list[tuple[str, dict, datetime, dict]]) -> None:
+    session.execute(_UPDATE_ACKED, {
+        "ids": [r["id"] for r in rows], "statuses": [r["status"] for r in rows],
+        "externals": [r["external_id"] for r in rows], "sent": [r["sent_at"] for r in rows],
+        "delivered": [r["delivered_at"] for r in rows], "read": [r["read_at"] for r in rows],
+        "failed": [r["failed_at"] for r in rows], "codes": [r["error_code"] for r in rows],
+        "texts": [r["error_message"] for r in rows], "updated": [r["updated_at"] for r in rows]})
+    ordered = sorted(steps, key=lambda s: _EVENT_ORDER.index(s[0]))
+    if ordered:
+        session.execute(_INSERT_HISTORY, {
+            "orgs": [m["organization_id"] for _, m, _, _ in ordered], "ids": [m["id"] for _, m, _, _ in ordered],
+            "statuses": [s for s, _, _, _ in ordered], "ats": [at for _, _, at, _ in ordered],
+            "details": [json.dumps(d) for _, _, _, d in ordered]})
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for status, message, _, _ in ordered:
+        groups.setdefault((message["organization_id"], status), []).append(dump(message))
+    for (organization_id, status), items in groups.items():
+        emit_many(session, organization_id, f"message.{status}", items, json_ready=True)
+    ids = {r["id"] for r in rows}
+    for obj in list(session.identity_map.values()):  # ORM copies of these rows are stale now
+        if isinstance(obj, Message) and obj.id in ids:
+            session.expire(obj)
 
 
 def parse_time(value: object) -> datetime | None:

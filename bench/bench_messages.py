@@ -502,7 +502,7 @@ def bench_pacing(org_id: str, pool) -> dict:
 
     from app.db import job_session
     from app.kv import redis_client
-    from app.messages.dispatch import PARKED_KEY
+    from app.messages.planning import PARKED_KEY
 
     # the whole product now: acks on the default pool, and the scheduler's feeder that hands parked
     # messages (slots more than MESSAGE_PARK_AFTER ahead) to the broker. This part measures itself:

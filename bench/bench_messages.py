@@ -39,6 +39,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -694,9 +695,7 @@ def report(results: dict, loads: tuple[float, float], notes: list[str]) -> list[
     single, batch, noop, e2e, hooks, paced = (results.get(k) for k in ("a", "b", "noop", "c", "w", "d"))
     pools = (f"{POOL_PROCESSES} processes per pool (messages and default x {POOL_THREADS} threads, "
              "webhooks and sessions their own threads) and the scheduler")
-    text = [
-        "### Message pipeline — `bench/bench_messages.py`",
-        "",
+    about = (
         f"Measured {date.today().isoformat()}: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
         f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end. \"Server CPU\" is "
         "every server process: the api (gunicorn master and workers), the pools and the scheduler, Postgres "
@@ -704,7 +703,13 @@ def report(results: dict, loads: tuple[float, float], notes: list[str]) -> list[
         "Each anchor is measured in the same run with the same meter and load. End to end: "
         f"{pools}; sim clients with pacing off, read_rate 1, delivered after "
         f"{SIM_FAST['deliver_after_ms']} ms, read after {SIM_FAST['read_after_ms']} ms."
-        + "".join(f" {note}." for note in notes),
+        + "".join(f" {note}." for note in notes)
+        + " The benchmark's own polling (a count query every 0.25 s until the last message is read) is "
+        "server work too, and counted. `bench/bench_messages.py --readme` rewrites this part.")
+    text = [
+        "### Message pipeline — `bench/bench_messages.py`",
+        "",
+        *textwrap.wrap(about, 100, break_on_hyphens=False),
         "",
         *markdown(["goal", "measured", "anchor", "ratio", "target", "met?"],
                   goal_rows(single, batch, noop, e2e, hooks, paced)),

@@ -1,17 +1,31 @@
-"""Benchmark of the message pipeline, in one run on this machine; prints a table.
+"""Benchmark of the message pipeline, in one run on this machine; prints a table of goals, each
+beside the anchor it is judged against (measured in the same run, with the same meter and load).
 
-  (a) single-send intake: POST /api/clients/{id}/send-message with an API key against gunicorn on
-      loopback: accepted sends/s, p50 / p99 latency;
-  (b) batch intake: POST /api/messages/batch (1000 per request), messages/s;
-  (c) end to end, accepted -> sent over the sim transport with pacing off, messages/s, beside
-      Dramatiq's own no-op job throughput with the same processes and threads (the ceiling);
+  (a) single send: POST /api/clients/{id}/send-message with an API key under gunicorn (the api's
+      own config, 2 workers x 4 threads), beside two anchors under the same gunicorn and load:
+      a minimal Flask app doing 1 INSERT + 1 LPUSH per request, and the same with flask-smorest and
+      a marshmallow schema (bench/anchor_app.py); then the send again with an Idempotency-Key;
+  (b) batch intake: POST /api/messages/batch, 1000 per request;
+  (c) end to end over the sim transport, every pool and the scheduler running: accepted -> sent ->
+      delivered -> read, beside Dramatiq's own no-op job throughput on the same processes;
+  (w) webhooks: (c) again with one endpoint subscribed to every event, on a local receiver;
   (d) pacing: 50 clients with a backlog each: window/gap violations (from the recorded send times),
-      share of the allowed rate used, and worker threads busy while the backlog waits.
+      share of the allowed rate used, and worker threads busy while the backlog waits (110 s).
+
+CPU is that of the server side only (bench/common.py ``ServerMeter``): the api (gunicorn master and
+workers), every pool process, the scheduler, Postgres and Redis; not this process, its HTTP client
+threads or the webhook receiver, which are the load. Costs per unit are what compare across runs
+on a busy machine; rates depend on what else runs.
 
 Postgres and Redis: DATABASE_URL / REDIS_URL when set (a database ``BENCH_DATABASE_NAME``, default
 ``wa_bench``, is recreated on that server; use a Redis database of its own), else embedded servers
-in a temporary directory. Run: ``.venv/bin/python bench/bench_messages.py`` (``make bench``), about four
-minutes on an idle machine; ``--quick`` makes (a)-(c) smaller; ``BENCH_ONLY=ad`` runs some parts only.
+in a temporary directory. Run: ``.venv/bin/python bench/bench_messages.py`` (``make bench``):
+``--quick`` makes (a)-(w) smaller, ``--readme`` rewrites the message-pipeline part of README.md with
+the table, ``BENCH_ONLY=abcw`` runs some parts only (the default ``abcwd``; (d) alone takes two
+minutes).
+
+Size: one script per benchmark is how bench/ reads (``make bench`` runs each); the five parts share
+its environment, servers and meter, and the table relates them, so they stay together.
 """
 from __future__ import annotations
 
@@ -19,28 +33,51 @@ import base64
 import http.client
 import json
 import os
+import re
 import secrets
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
+import uuid
+from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-INTAKE_REQUESTS = 3000
+from bench.common import (  # noqa: E402
+    ROOT,
+    Processes,
+    ReceiverProcess,
+    ServerMeter,
+    named_postgres_pids,
+    pct,
+    postmaster_pids,
+    redis_server_pid,
+    wait_until,
+)
+
+INTAKE_REQUESTS = 2000
 INTAKE_CONNECTIONS = 8
+GUNICORN_SHAPE = ["--workers", "2", "--threads", "4", "--keep-alive", "30"]
 BATCHES, BATCH_SIZE = 10, 1000
-E2E_MESSAGES = 4000
+E2E_MESSAGES = 3000
+WEBHOOK_MESSAGES = 1500
 NOOP_JOBS = 6000
 POOL_PROCESSES, POOL_THREADS = 2, 8
+SIM_FAST = {"deliver_after_ms": 50, "read_after_ms": 100, "read_rate": 1}
 PACED_CLIENTS, PACED_BACKLOG = 50, 30
 PACED_LIMITS = {"per_minute": 10, "per_hour": 1000, "per_day": 10000, "min_gap_ms": 100, "max_gap_ms": 300}
 PACED_SECONDS = 110  # two per-minute windows (the second opens at 60 s), ends before the third
+
+GOALS = {
+    "send_cpu_vs_anchor": 1.5, "send_rate_vs_anchor": 0.70, "send_p99_ms": 50, "idempotency_cpu": 1.20,
+    "batch_rate": 15_000, "batch_cpu_ms": 0.1, "e2e_cpu_ms": 3.0, "e2e_rate_vs_noop": 0.50,
+    "webhook_cpu_ms": 1.5, "webhook_p99_ms": 500,
+}
 
 
 # ----------------------------------------------------------------------------- environment
@@ -57,6 +94,7 @@ def prepare_environment() -> dict:
     data_dir = Path(tempfile.mkdtemp(prefix="wa-bench-"))
     server = os.environ.get("DATABASE_URL")
     redis_url = os.environ.get("REDIS_URL")
+    keep["external"] = [name for name, url in (("Postgres", server), ("Redis", redis_url)) if url]
     if not server:
         from workers.embedded import start_postgres
 
@@ -81,6 +119,7 @@ def prepare_environment() -> dict:
         "SECRET_KEY": secrets.token_urlsafe(48), "API_KEY_PEPPER": secrets.token_urlsafe(32),
         "APP_ENCRYPTION_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
         "WORKER_HEARTBEAT_TTL": "5", "PYTHONUNBUFFERED": "1",
+        "WEBHOOK_ALLOW_PRIVATE": "loopback",  # the receiver of (w) listens on 127.0.0.1
     })
     from app.schema import apply_schema
 
@@ -92,64 +131,78 @@ def prepare_environment() -> dict:
     return keep
 
 
-class Processes:
-    def __init__(self, log_dir: Path):
-        self.log_dir, self.procs = log_dir, []
+def server_meter(keep: dict) -> ServerMeter:
+    """The meter with Postgres and Redis registered: the embedded servers exactly; external ones as
+    every local process named postgres and the redis-server answering REDIS_URL."""
+    from config import settings
 
-    def start(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=dict(os.environ), stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            self.stop(proc)
+    meter = ServerMeter()
+    if "Postgres" in keep["external"]:
+        meter.add("postgres", named_postgres_pids)
+        meter.notes.append("Postgres is an external server: every process named postgres on this machine is "
+                           "counted, other users of it too")
+    else:
+        meter.add("postgres", postmaster_pids(keep["data_dir"] / "postgres"))
+    pid = redis_server_pid(settings.REDIS_URL)
+    if pid is None:
+        meter.notes.append("Redis runs on another machine: its CPU is not counted")
+    else:
+        meter.add("redis", pid)
+        if "Redis" in keep["external"]:
+            meter.notes.append("Redis is an external server: its redis-server is counted, other users of it too")
+    return meter
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"bench: timed out waiting for {what}")
-
-
-def start_pool(procs: Processes, pool: str, processes: int, threads: int) -> subprocess.Popen:
+def start_pool(pool: str, processes: int, threads: int):
     from app.kv import redis_client
     from app.system.heartbeats import live_heartbeats
 
     before = {b["pid"] for b in live_heartbeats(redis_client(), "pool")}
     proc = procs.start(f"pool-{pool}", ["-m", "workers", "run", "--pool", pool, "--processes", str(processes),
                                         "--threads", str(threads)])
+    meter.add(f"pool:{pool}", proc.pid)
     wait_until(lambda: len([b for b in live_heartbeats(redis_client(), "pool")
                             if b["name"] == pool and b["pid"] not in before]) >= processes,
-               60, f"the {pool} pool")
+               90, f"the {pool} pool")
     return proc
+
+
+def stop_server(group: str, proc) -> None:
+    procs.stop(proc)
+    meter.remove(group)
+
+
+def start_gunicorn(group: str, app: str) -> tuple:
+    """``app`` under the api's gunicorn config and shape, on a free port; (process, port) once it answers."""
+    from workers.embedded import free_port
+
+    port = free_port()
+    proc = procs.start(group, ["-m", "gunicorn", "-c", "python:app.system.gunicorn_conf", app,
+                               "--bind", f"127.0.0.1:{port}", *GUNICORN_SHAPE])
+    meter.add(group, proc.pid)
+
+    def up():
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/health")
+            return c.getresponse().status in (200, 404)
+        except OSError:
+            return False
+
+    wait_until(up, 60, f"gunicorn {app}")
+    return proc, port
 
 
 # ----------------------------------------------------------------------------- data
 
-def make_org_and_key():
+def make_org_and_key(name: str = "Bench"):
     from app.apikeys.service import create_api_key
     from app.db import job_session
     from app.security.principal import SystemPrincipal
     from app.team.models import Organization
 
     with job_session() as session:
-        org = Organization(name="Bench")
+        org = Organization(name=name)
         session.add(org)
         session.flush()
         _, key = create_api_key(session, SystemPrincipal(org.id), name="bench", role="admin")
@@ -172,7 +225,7 @@ def make_clients(org_id: str, n: int, *, pacing: bool, limits: dict | None = Non
         return [r.id for r in rows]
 
 
-def count(sql: str, **params) -> int:
+def count(sql: str, **params):
     from sqlalchemy import text
 
     from app.db import job_session
@@ -188,25 +241,26 @@ class Api:
         self.port, self.key = port, key
 
     def connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
 
-    def post(self, conn, path: str, body) -> tuple[int, dict, float]:
+    def post(self, conn, path: str, body, headers: dict | None = None) -> tuple[int, dict, float]:
         data = json.dumps(body)
         started = time.perf_counter()
-        conn.request("POST", path, body=data, headers={"X-API-Key": self.key, "Content-Type": "application/json"})
+        conn.request("POST", path, body=data,
+                     headers={"X-API-Key": self.key, "Content-Type": "application/json", **(headers or {})})
         resp = conn.getresponse()
         payload = resp.read()
         return resp.status, json.loads(payload or b"{}"), time.perf_counter() - started
 
 
-def run_parallel(workers: int, per_worker: int, make_request) -> list[float]:
+def run_parallel(target: Api, workers: int, per_worker: int, make_request) -> list[float]:
     """``make_request(conn, worker, i)`` per request on one keep-alive connection per worker; latencies."""
     latencies: list[float] = []
     lock = threading.Lock()
     errors: list = []
 
     def worker(w: int):
-        conn = api.connection()
+        conn = target.connection()
         mine = []
         for i in range(per_worker):
             status, body, took = make_request(conn, w, i)
@@ -227,78 +281,52 @@ def run_parallel(workers: int, per_worker: int, make_request) -> list[float]:
     return latencies
 
 
-class CpuMeter:
-    """CPU seconds used by this benchmark's own processes (this process, everything it started, and
-    the embedded Postgres and Redis): with other work on the machine, wall-clock rates understate
-    what the pipeline can do, and CPU per message says what it costs."""
-
-    def __init__(self, data_dir: Path):
-        self.data_dir = data_dir
-
-    def _roots(self) -> list:
-        import psutil
-
-        roots = [psutil.Process()]
-        pidfile = self.data_dir / "postgres" / "postmaster.pid"
-        if pidfile.exists():
-            try:
-                roots.append(psutil.Process(int(pidfile.read_text().split()[0])))
-            except (psutil.Error, ValueError):
-                pass
-        return roots
-
-    def seconds(self) -> float:
-        import psutil
-
-        total, seen = 0.0, set()
-        for root in self._roots():
-            try:
-                family = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                continue
-            for p in family:
-                if p.pid in seen:
-                    continue
-                seen.add(p.pid)
-                try:
-                    t = p.cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
-        return total
+def per_unit(reading, n: int) -> float:
+    """Server CPU milliseconds per unit."""
+    return reading.cpu * 1000 / max(n, 1)
 
 
-def measured(fn):
-    """Run ``fn()``; returns (its result, CPU seconds of our processes, load average before)."""
-    load = os.getloadavg()[0]
-    before = meter.seconds()
-    result = fn()
-    return result, meter.seconds() - before, load
+# ----------------------------------------------------------------------------- (a) single send
 
+def single_send_load(target: Api, clients: list[str], idempotent: bool, tag: str) -> dict:
+    """The same load for the api and the anchors: INTAKE_REQUESTS sends over INTAKE_CONNECTIONS
+    keep-alive connections, after a warm-up of every process and connection."""
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    def one(conn, w, i, phase="m"):
+        headers = {"Idempotency-Key": uuid.uuid4().hex} if idempotent else None
+        return target.post(conn, f"/api/clients/{clients[(w + i) % len(clients)]}/send-message",
+                           {"to": f"+1415{w:02d}{i:05d}", "message": f"hello {tag}{phase} {i}"}, headers)
 
-
-# ----------------------------------------------------------------------------- the four measurements
-
-def bench_intake(org_id: str) -> dict:
-    clients = make_clients(org_id, 10, pacing=True, name="intake")
-
-    def one(conn, w, i):
-        cli = clients[(w + i) % len(clients)]
-        return api.post(conn, f"/api/clients/{cli}/send-message",
-                        {"to": f"+1415{w:02d}{i:05d}", "message": f"hello {i}"})
-
-    run_parallel(INTAKE_CONNECTIONS, 30, one)  # warm up every process and connection
+    run_parallel(target, INTAKE_CONNECTIONS, 30, lambda c, w, i: one(c, w, i, "w"))
     per = INTAKE_REQUESTS // INTAKE_CONNECTIONS
-    started = time.perf_counter()
-    latencies, cpu, load = measured(lambda: run_parallel(INTAKE_CONNECTIONS, per, one))
-    elapsed = time.perf_counter() - started
-    return {"rate": len(latencies) / elapsed, "p50": pct(latencies, 50) * 1000, "p99": pct(latencies, 99) * 1000,
-            "n": len(latencies), "cpu_ms": cpu * 1000 / len(latencies), "load": load}
+    latencies, reading = meter.measure(lambda: run_parallel(target, INTAKE_CONNECTIONS, per, one))
+    n = len(latencies)
+    return {"rate": n / reading.wall, "p50": pct(latencies, 50) * 1000, "p99": pct(latencies, 99) * 1000,
+            "n": n, "cpu_ms": per_unit(reading, n), "reading": reading}
 
+
+def bench_single_send(org_id: str) -> dict:
+    from bench import anchor_app
+
+    anchor_app.create_table()
+    clients = make_clients(org_id, 10, pacing=True, name="intake")
+    results = {}
+    for label, app in (("plain", "bench.anchor_app:plain"), ("api", None), ("idempotent", None),
+                       ("smorest", "bench.anchor_app:smorest")):
+        print(f"bench:   {label} ...", flush=True)
+        if app is None:
+            results[label] = single_send_load(api, clients, label == "idempotent", label)
+        else:
+            proc, port = start_gunicorn("anchor", app)
+            try:
+                results[label] = single_send_load(Api(port, api.key), clients, False, label)
+            finally:
+                stop_server("anchor", proc)
+        show(results[label])
+    return results
+
+
+# ----------------------------------------------------------------------------- (b) batch intake
 
 def bench_batch(org_id: str) -> dict:
     cli = make_clients(org_id, 1, pacing=True, name="batch")[0]
@@ -310,67 +338,135 @@ def bench_batch(org_id: str) -> dict:
             return 500, body["messages"][:3], took
         return status, body, took
 
-    run_parallel(1, 1, lambda c, w, i: one(c, 9, i))  # warm-up
-    started = time.perf_counter()
-    latencies, cpu, load = measured(lambda: run_parallel(2, BATCHES // 2, one))
-    elapsed = time.perf_counter() - started
+    run_parallel(api, 1, 1, lambda c, w, i: one(c, 9, i))  # warm-up
+    latencies, reading = meter.measure(lambda: run_parallel(api, 2, BATCHES // 2, one))
     n = len(latencies) * BATCH_SIZE
-    return {"rate": n / elapsed, "per_batch_ms": statistics.mean(latencies) * 1000, "cpu_ms": cpu * 1000 / n,
-            "load": load}
+    return {"rate": n / reading.wall, "p50": pct(latencies, 50) * 1000, "p99": pct(latencies, 99) * 1000,
+            "n": n, "cpu_ms": per_unit(reading, n), "reading": reading}
 
 
-def drain_time(queue: str, total: int) -> float:
-    """Seconds from now until ``queue`` has nothing ready, delayed or in flight."""
+# ----------------------------------------------------------------------------- (c) end to end, (w) webhooks
+
+def drain_time(queue: str, timeout: float = 300) -> None:
+    """Returns once ``queue`` has nothing ready, delayed or in flight. The workers' ack sets (jobs
+    in flight) are named from the broker's heartbeats once: a SCAN per poll would be Redis work of
+    the benchmark's own making, counted as the server's."""
     from app.kv import redis_client
 
     r = redis_client()
-    started = time.perf_counter()
+    workers = [w.decode() for w in r.zrange("dramatiq:__heartbeats__", 0, -1)]
+    acks = [f"dramatiq:__acks__.{w}.{q}" for w in workers for q in (queue, f"{queue}.DQ")]
 
     def empty():
-        if r.llen(f"dramatiq:{queue}") or r.llen(f"dramatiq:{queue}.DQ"):
-            return False
-        return not any(r.scard(k) for q in (queue, f"{queue}.DQ") for k in r.scan_iter(f"dramatiq:__acks__.*.{q}"))
+        pipe = r.pipeline(transaction=False)
+        for key in (f"dramatiq:{queue}", f"dramatiq:{queue}.DQ"):
+            pipe.llen(key)
+        for key in acks:
+            pipe.scard(key)
+        return not any(pipe.execute())
 
-    wait_until(empty, 300, f"{queue} to drain", interval=0.02)
-    return time.perf_counter() - started
+    wait_until(empty, timeout, f"{queue} to drain", interval=0.02)
+
+
+def enqueue_noop_jobs(n: int) -> None:
+    """``n`` no-op jobs on the default queue at once (one MULTI/EXEC, as the broker's own enqueue
+    script writes them), so a running pool cannot start on them before the last is in."""
+    import dramatiq
+
+    from app.kv import redis_client
+
+    ids, bodies = [], {}
+    for i in range(n):
+        rid = str(uuid.uuid4())
+        message = dramatiq.Message(queue_name="default", actor_name="system.noop", args=(i,), kwargs={},
+                                   options={"redis_message_id": rid})
+        ids.append(rid)
+        bodies[rid] = message.encode()
+    pipe = redis_client().pipeline(transaction=True)
+    pipe.hset("dramatiq:default.msgs", mapping=bodies)
+    pipe.rpush("dramatiq:default", *ids)
+    pipe.execute()
+
+
+def start_every_pool() -> dict:
+    """Every pool of app/queues.py and the scheduler, as in production; returns their processes
+    once every one beats."""
+    from app.kv import redis_client
+    from app.queues import POOLS
+    from app.system.heartbeats import live_heartbeats
+
+    started = {}
+    for name, pool in POOLS.items():
+        threads = POOL_THREADS if name in ("messages", "default") else pool.threads
+        started[f"pool:{name}"] = start_pool(name, POOL_PROCESSES, threads)
+    scheduler = procs.start("scheduler", ["-m", "workers", "scheduler"])
+    meter.add("scheduler", scheduler.pid)
+    wait_until(lambda: any(b["pid"] == scheduler.pid for b in live_heartbeats(redis_client(), "scheduler")),
+               60, "the scheduler")
+    started["scheduler"] = scheduler
+    time.sleep(3)  # the scheduler's first round of periodic jobs, the pools' first idle polls
+    drain_time("default")
+    return started
 
 
 def bench_noop() -> dict:
-    import dramatiq
-
-    import jobs  # noqa: F401
-
-    broker = dramatiq.get_broker()
-    for i in range(NOOP_JOBS):
-        broker.enqueue(dramatiq.Message(queue_name="default", actor_name="system.noop", args=(i,), kwargs={},
-                                        options={}))
-    pool = start_pool(procs, "default", POOL_PROCESSES, POOL_THREADS)
-    from app.kv import redis_client
-
-    left = redis_client().llen("dramatiq:default")
-    seconds, cpu, load = measured(lambda: drain_time("default", NOOP_JOBS))
-    procs.stop(pool)
-    return {"rate": left / seconds if seconds else float("inf"), "cpu_ms": cpu * 1000 / max(left, 1), "load": load}
+    """Dramatiq's own ceiling on these processes: no-op jobs through the default pool."""
+    enqueue_noop_jobs(NOOP_JOBS)
+    _, reading = meter.measure(lambda: drain_time("default"))
+    return {"rate": NOOP_JOBS / reading.wall, "n": NOOP_JOBS, "cpu_ms": per_unit(reading, NOOP_JOBS),
+            "reading": reading}
 
 
-def bench_end_to_end(org_id: str) -> dict:
-    cli = make_clients(org_id, 1, pacing=False, name="e2e", config={"read_rate": 0})[0]
-    conn = api.connection()
-    for b in range(E2E_MESSAGES // BATCH_SIZE):
-        items = [{"to": f"+1417{b:02d}{j:05d}", "text": f"e2e {b}/{j}"} for j in range(BATCH_SIZE)]
-        status, body, _ = api.post(conn, "/api/messages/batch", {"client_id": cli, "messages": items})
-        assert status == 202, body
-    load = os.getloadavg()[0]
-    before = meter.seconds()
-    pool = start_pool(procs, "messages", POOL_PROCESSES, POOL_THREADS)
-    wait_until(lambda: count("SELECT count(*) FROM messages WHERE client_id = :c AND status IN ('queued', 'sending')",
-                             c=cli) == 0, 600, "every end-to-end message to be sent", interval=0.2)
-    cpu = meter.seconds() - before
-    seconds = count("SELECT extract(epoch FROM max(sent_at) - min(sending_at)) FROM messages WHERE client_id = :c",
-                    c=cli)
-    sent = count("SELECT count(*) FROM messages WHERE client_id = :c AND status = 'sent'", c=cli)
-    return {"rate": sent / float(seconds), "sent": sent, "pool": pool, "cpu_ms": cpu * 1000 / sent, "load": load}
+def flow(target: Api, org_id: str, n: int, receiver: ReceiverProcess | None = None) -> dict:
+    """``n`` messages from accepted (batch API) to read, and with ``receiver`` every webhook event
+    of the organisation received: the server CPU of the whole of it, per message."""
+    cli = make_clients(org_id, 1, pacing=False, name=f"e2e-{org_id[-4:]}", config=SIM_FAST)[0]
 
+    def run():
+        conn = target.connection()
+        for start in range(0, n, BATCH_SIZE):
+            items = [{"to": f"+1417{start + j:07d}", "text": f"e2e {start + j}"}
+                     for j in range(min(BATCH_SIZE, n - start))]
+            status, body, _ = target.post(conn, "/api/messages/batch", {"client_id": cli, "messages": items})
+            assert status == 202, body
+        wait_until(lambda: count("SELECT count(*) FROM messages WHERE client_id = :c AND status <> 'read'",
+                                 c=cli) == 0, 900, "every end-to-end message to be read", interval=0.25)
+        if receiver is not None:
+            events = count("SELECT count(*) FROM webhook_events WHERE organization_id = :o", o=org_id)
+            receiver.wait_for(events, timeout=900)
+            return events
+        return 0
+
+    events, reading = meter.measure(run)
+    seconds = float(count("SELECT extract(epoch FROM max(read_at) - min(queued_at)) FROM messages "
+                          "WHERE client_id = :c", c=cli))
+    result = {"rate": n / seconds, "n": n, "cpu_ms": per_unit(reading, n), "reading": reading, "seconds": seconds}
+    if receiver is not None:
+        latencies = [lat for _, lat in receiver.ask("take")]
+        span = float(count("SELECT extract(epoch FROM max(created_at) - min(created_at)) FROM webhook_events "
+                           "WHERE organization_id = :o", o=org_id))
+        result["webhooks"] = {
+            "rate": events / span if span else float("inf"), "n": len(latencies), "events": events,
+            "p50": pct(latencies, 50) * 1000, "p99": pct(latencies, 99) * 1000,
+            "cpu_ms": reading.of("pool:webhooks") * 1000 / max(len(latencies), 1),
+            "all_cpu_ms": per_unit(reading, len(latencies)), "reading": reading}
+    return result
+
+
+def bench_webhooks(receiver: ReceiverProcess) -> dict:
+    from app.db import job_session
+    from app.security.principal import SystemPrincipal
+    from app.webhooks import service
+
+    org_id, key = make_org_and_key("Bench webhooks")
+    with job_session() as session:
+        service.create_webhook(session, SystemPrincipal(org_id), url=f"http://127.0.0.1:{receiver.port}/e",
+                               events=["*"])
+    receiver.ask("take")
+    return flow(Api(api.port, key), org_id, WEBHOOK_MESSAGES, receiver)
+
+
+# ----------------------------------------------------------------------------- (d) pacing
 
 def greedy_allowed(limits: dict, seconds: float) -> int:
     """The most sends the limits allow in ``seconds`` from the first one (earliest-possible schedule)."""
@@ -407,7 +503,7 @@ def bench_pacing(org_id: str, pool) -> dict:
 
     from app.db import job_session
     from app.kv import redis_client
-    from app.messages.dispatch import PARKED_KEY
+    from app.messages.planning import PARKED_KEY
 
     # the whole product now: acks on the default pool, and the scheduler's feeder that hands parked
     # messages (slots more than MESSAGE_PARK_AFTER ahead) to the broker. This part measures itself:
@@ -421,10 +517,10 @@ def bench_pacing(org_id: str, pool) -> dict:
     stale = [k for pattern in ("dramatiq:messages*", "dramatiq:__acks__.*.messages*", "wa:pace:*")
              for k in r.scan_iter(pattern)]
     r.delete(PARKED_KEY, *stale)
-    start_pool(procs, "default", 1, 8)
-    drain_time("default", 0)
+    start_pool("default", 1, 8)
+    drain_time("default")
     procs.start("scheduler", ["-m", "workers", "scheduler"])
-    pool = start_pool(procs, "messages", POOL_PROCESSES, POOL_THREADS)
+    pool = start_pool("messages", POOL_PROCESSES, POOL_THREADS)
     clients = make_clients(org_id, PACED_CLIENTS, pacing=True, limits=PACED_LIMITS, name="paced")
     conn = api.connection()
     plans = []
@@ -481,7 +577,171 @@ def bench_pacing(org_id: str, pool) -> dict:
             "cpu": cpu_share}
 
 
+# ----------------------------------------------------------------------------- the table
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT MET"
+
+
+def goal_rows(single, batch, noop, e2e, hooks, paced) -> list[tuple]:
+    """(goal, measured, anchor, ratio, target, met?) for every part that ran."""
+    g = GOALS
+    rows = []
+    if single:
+        api_run, plain, smorest, idem = single["api"], single["plain"], single["smorest"], single["idempotent"]
+        shape = f"gunicorn 2x4, {INTAKE_CONNECTIONS} connections, {api_run['n']} requests"
+        ratio = api_run["cpu_ms"] / plain["cpu_ms"]
+        rows.append((f"(a) single send ({shape}): server CPU per accepted send",
+                     f"{api_run['cpu_ms']:.2f} ms", f"{plain['cpu_ms']:.2f} ms (Flask, 1 INSERT + 1 LPUSH)",
+                     f"{ratio:.2f}x", f"<= {g['send_cpu_vs_anchor']}x", verdict(ratio <= g["send_cpu_vs_anchor"])))
+        rows.append(("(a) single send: server CPU per send, beside the flask-smorest anchor",
+                     f"{api_run['cpu_ms']:.2f} ms", f"{smorest['cpu_ms']:.2f} ms (flask-smorest + schema)",
+                     f"{api_run['cpu_ms'] / smorest['cpu_ms']:.2f}x", "(reference)", "-"))
+        ratio = api_run["rate"] / plain["rate"]
+        rows.append(("(a) single send: accepted sends/s, same load", f"{api_run['rate']:.0f}/s",
+                     f"{plain['rate']:.0f} requests/s", f"{100 * ratio:.0f}%",
+                     f">= {100 * g['send_rate_vs_anchor']:.0f}%", verdict(ratio >= g["send_rate_vs_anchor"])))
+        rows.append(("(a) single send: p99 latency at that load", f"{api_run['p99']:.1f} ms",
+                     f"{plain['p99']:.1f} ms", f"{api_run['p99'] / plain['p99']:.1f}x",
+                     f"< {g['send_p99_ms']} ms", verdict(api_run["p99"] < g["send_p99_ms"])))
+        ratio = idem["cpu_ms"] / api_run["cpu_ms"]
+        rows.append(("(a) single send with a unique Idempotency-Key: server CPU per send",
+                     f"{idem['cpu_ms']:.2f} ms", f"{api_run['cpu_ms']:.2f} ms (without)", f"{ratio:.2f}x",
+                     f"<= {g['idempotency_cpu']:.2f}x", verdict(ratio <= g["idempotency_cpu"])))
+    if batch:
+        rows.append((f"(b) batch intake ({BATCHES} x {BATCH_SIZE}, 2 connections): messages/s",
+                     f"{batch['rate']:,.0f}/s", "-", "-", f">= {g['batch_rate']:,}/s",
+                     verdict(batch["rate"] >= g["batch_rate"])))
+        rows.append(("(b) batch intake: server CPU per message", f"{batch['cpu_ms']:.3f} ms", "-", "-",
+                     f"<= {g['batch_cpu_ms']} ms", verdict(batch["cpu_ms"] <= g["batch_cpu_ms"])))
+    if e2e:
+        rows.append((f"(c) end to end, accepted -> read, sim, every pool + scheduler ({e2e['n']} messages): "
+                     "server CPU per message", f"{e2e['cpu_ms']:.2f} ms", "-", "-", f"<= {g['e2e_cpu_ms']} ms",
+                     verdict(e2e["cpu_ms"] <= g["e2e_cpu_ms"])))
+        ratio = e2e["rate"] / noop["rate"]
+        rows.append(("(c) end to end: messages/s (first queued -> last read)", f"{e2e['rate']:.0f}/s",
+                     f"{noop['rate']:.0f} no-op jobs/s", f"{100 * ratio:.0f}%",
+                     f">= {100 * g['e2e_rate_vs_noop']:.0f}%", verdict(ratio >= g["e2e_rate_vs_noop"])))
+    if hooks:
+        w = hooks["webhooks"]
+        rows.append((f"(w) webhooks, 1 endpoint on every event ({w['n']} deliveries): webhooks pool CPU "
+                     "per delivery", f"{w['cpu_ms']:.2f} ms", "-", "-", f"<= {g['webhook_cpu_ms']} ms",
+                     verdict(w["cpu_ms"] <= g["webhook_cpu_ms"])))
+        rows.append((f"(w) webhooks: p99 event created -> received, at the pipeline's own {w['rate']:.0f} events/s",
+                     f"{w['p99']:.0f} ms", "-", "-", f"< {g['webhook_p99_ms']} ms",
+                     verdict(w["p99"] < g["webhook_p99_ms"])))
+    if paced:
+        share = paced["used"] / paced["allowed"]
+        rows += [
+            (f"(d) pacing, {PACED_CLIENTS} clients x {PACED_BACKLOG} backlog, {PACED_LIMITS['per_minute']}/min, "
+             f"gap {PACED_LIMITS['min_gap_ms']}-{PACED_LIMITS['max_gap_ms']} ms, {PACED_SECONDS} s: window or gap "
+             "violations", f"{paced['violations']}", "-", "-", "0", verdict(paced["violations"] == 0)),
+            ("(d) share of the allowed rate used (sends / most the limits allow)",
+             f"{100 * share:.1f}% ({paced['used']}/{paced['allowed']})", "-", "-", ">= 95%", verdict(share >= 0.95)),
+            ("(d) while the backlog waits: jobs held by worker threads / messages delayed in the broker, "
+             "messages pool CPU", f"{paced['busy']:.2f} / {paced['waiting']:.0f}, {100 * paced['cpu']:.1f}% of a core",
+             "-", "-", "~0 threads", verdict(paced["busy"] < 0.5)),
+        ]
+    return rows
+
+
+def split(reading, n: int) -> str:
+    """Server CPU per unit by process group, largest first."""
+    parts = sorted(reading.groups.items(), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} {seconds * 1000 / max(n, 1):.2f}" for name, seconds in parts if seconds > 0.0005)
+
+
+def raw_rows(single, batch, noop, e2e, hooks) -> list[tuple]:
+    """(run, rate, p50, p99, server CPU per unit, CPU per unit by process group) per measured run."""
+    def ms(value):
+        return f"{value:.1f} ms" if value is not None else "-"
+
+    rows = []
+    for label, run in ((single or {}).items()):
+        name = {"api": "send-message, API key", "idempotent": "send-message, API key + Idempotency-Key",
+                "plain": "anchor: Flask, 1 INSERT + 1 LPUSH",
+                "smorest": "anchor: flask-smorest + schema, 1 INSERT + 1 LPUSH"}[label]
+        rows.append((f"(a) {name}", f"{run['rate']:.0f} req/s", ms(run["p50"]), ms(run["p99"]),
+                     f"{run['cpu_ms']:.2f} ms/request", split(run["reading"], run["n"])))
+    if batch:
+        rows.append(("(b) batch of 1000 (latency per request)", f"{batch['rate']:,.0f} msg/s", ms(batch["p50"]),
+                     ms(batch["p99"]), f"{batch['cpu_ms']:.3f} ms/message", split(batch["reading"], batch["n"])))
+    if noop:
+        rows.append((f"(c) Dramatiq no-op jobs ({noop['n']}), every pool running", f"{noop['rate']:.0f} jobs/s",
+                     "-", "-", f"{noop['cpu_ms']:.2f} ms/job", split(noop["reading"], noop["n"])))
+    if e2e:
+        rows.append((f"(c) end to end, {e2e['n']} messages, no webhook endpoint", f"{e2e['rate']:.0f} msg/s", "-",
+                     "-", f"{e2e['cpu_ms']:.2f} ms/message", split(e2e["reading"], e2e["n"])))
+    if hooks:
+        w = hooks["webhooks"]
+        rows.append((f"(w) end to end, {hooks['n']} messages, 1 endpoint on '*'", f"{hooks['rate']:.0f} msg/s", "-",
+                     "-", f"{hooks['cpu_ms']:.2f} ms/message", split(hooks["reading"], hooks["n"])))
+        rows.append((f"(w) its webhook deliveries ({w['n']} of {w['events']} events)",
+                     f"{w['rate']:.0f} events/s", ms(w["p50"]), ms(w["p99"]),
+                     f"{w['cpu_ms']:.2f} ms/delivery (webhooks pool), {w['all_cpu_ms']:.2f} all in", "-"))
+    return rows
+
+
+def markdown(header: list[str], rows: list[tuple]) -> list[str]:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    line = "| " + " | ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True)) + " |"
+    out = [line, "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += ["| " + " | ".join(f"{c!s:<{w}}" for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return out
+
+
+def report(results: dict, loads: tuple[float, float], notes: list[str]) -> list[str]:
+    """The section of README.md for this benchmark, as lines."""
+    single, batch, noop, e2e, hooks, paced = (results.get(k) for k in ("a", "b", "noop", "c", "w", "d"))
+    pools = (f"{POOL_PROCESSES} processes per pool (messages and default x {POOL_THREADS} threads, "
+             "webhooks and sessions their own threads) and the scheduler")
+    about = (
+        f"Measured {date.today().isoformat()}: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end. \"Server CPU\" is "
+        "every server process: the api (gunicorn master and workers), the pools and the scheduler, Postgres "
+        "and Redis; the load generator (the benchmark, its HTTP threads, the webhook receiver) is not. "
+        "Each anchor is measured in the same run with the same meter and load. End to end: "
+        f"{pools}; sim clients with pacing off, read_rate 1, delivered after "
+        f"{SIM_FAST['deliver_after_ms']} ms, read after {SIM_FAST['read_after_ms']} ms."
+        + "".join(f" {note}." for note in notes)
+        + " The benchmark's own polling (a count query every 0.25 s until the last message is read) is "
+        "server work too, and counted. `bench/bench_messages.py --readme` rewrites this part.")
+    text = [
+        "### Message pipeline — `bench/bench_messages.py`",
+        "",
+        *textwrap.wrap(about, 100, break_on_hyphens=False),
+        "",
+        *markdown(["goal", "measured", "anchor", "ratio", "target", "met?"],
+                  goal_rows(single, batch, noop, e2e, hooks, paced)),
+    ]
+    raw = raw_rows(single, batch, noop, e2e, hooks)
+    if raw:
+        text += ["", "Raw figures (server CPU per unit, then the same split by process group, ms):", "",
+                 *markdown(["run", "rate", "p50", "p99", "server CPU", "by process"], raw)]
+    return text
+
+
+def rewrite_readme(section: list[str]) -> None:
+    """Replaces the message-pipeline part of README.md (its heading up to the next heading inside
+    the bench markers) with ``section``."""
+    path = ROOT / "README.md"
+    readme = path.read_text()
+    begin, end = readme.index("<!-- bench:begin -->"), readme.index("<!-- bench:end -->")
+    match = re.search(r"^### Message pipeline.*?(?=^### |\Z)", readme[begin:end], flags=re.S | re.M)
+    if match is None:
+        raise SystemExit("bench: README.md has no '### Message pipeline' part between its bench markers")
+    start, stop = begin + match.start(), begin + match.end()
+    path.write_text(readme[:start] + "\n".join(section) + "\n\n" + readme[stop:])
+    print(f"bench: {path} rewritten", flush=True)
+
+
 # ----------------------------------------------------------------------------- main
+
+def show(result: dict) -> None:
+    brief = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in result.items()
+             if k not in ("reading", "webhooks")}
+    print(f"bench:     {brief}", flush=True)
+
 
 def _cleanup(keep: dict) -> None:
     procs.stop_all()
@@ -493,105 +753,63 @@ def _cleanup(keep: dict) -> None:
 
 
 def main() -> None:
-    global api, procs, INTAKE_REQUESTS, BATCHES, E2E_MESSAGES, NOOP_JOBS
-    if "--quick" in sys.argv[1:]:  # smaller (a)-(c) for a loaded machine; (d) needs its two minutes
-        INTAKE_REQUESTS, BATCHES, E2E_MESSAGES, NOOP_JOBS = 1000, 4, 2000, 3000
+    global api, procs, meter, INTAKE_REQUESTS, BATCHES, E2E_MESSAGES, WEBHOOK_MESSAGES, NOOP_JOBS
+    args = sys.argv[1:]
+    if "--quick" in args:  # smaller (a)-(w) for a loaded machine; (d) needs its two minutes
+        INTAKE_REQUESTS, BATCHES, E2E_MESSAGES, WEBHOOK_MESSAGES, NOOP_JOBS = 800, 4, 1000, 500, 3000
+    parts = os.environ.get("BENCH_ONLY", "") or "abcwd"
     load_at_start = os.getloadavg()[0]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    receiver = ReceiverProcess() if "w" in parts else None  # forked before any connection exists
     keep = prepare_environment()
     procs = Processes(keep["data_dir"])
-    global meter
-    meter = CpuMeter(keep["data_dir"])
+    meter = server_meter(keep)
     import atexit
 
     atexit.register(_cleanup, keep)
+    if receiver is not None:
+        atexit.register(receiver.stop)
+    import jobs  # noqa: F401  (every actor, for the no-op jobs' encoder and the outbox)
     from app.db import get_engine
 
     get_engine()
     org_id, key = make_org_and_key()
-    from workers.embedded import free_port
-
-    port = free_port()
-    procs.start("api", ["-m", "gunicorn", "wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                        "--threads", "4", "--keep-alive", "30", "--log-level", "warning", "--no-control-socket"])
+    _, port = start_gunicorn("api", "wsgi:app")
     api = Api(port, key)
-
-    def up():
-        try:
-            c = api.connection()
-            c.request("GET", "/health")
-            return c.getresponse().status == 200
-        except OSError:
-            return False
-
-    wait_until(up, 60, "the api")
-    parts = os.environ.get("BENCH_ONLY", "") or "abcd"  # e.g. BENCH_ONLY=c: run some parts (profiling)
-    intake = batch = noop = e2e = paced = None
-
-    def show(result: dict) -> None:
-        print(f"bench:     { {k: v for k, v in result.items() if k != 'pool'} }", flush=True)
-
+    results: dict = {}
     try:
         if "a" in parts:
-            print("bench: (a) single-send intake ...", flush=True)
-            show(intake := bench_intake(org_id))
+            print("bench: (a) single send, anchors, with an Idempotency-Key ...", flush=True)
+            results["a"] = bench_single_send(org_id)
         if "b" in parts:
             print("bench: (b) batch intake ...", flush=True)
-            show(batch := bench_batch(org_id))
-        if "c" in parts:
-            print("bench: (c) Dramatiq no-op ceiling ...", flush=True)
-            show(noop := bench_noop())
-            print("bench: (c) end to end over sim ...", flush=True)
-            show(e2e := bench_end_to_end(org_id))
+            show(results.setdefault("b", bench_batch(org_id)))
+        if "c" in parts or "w" in parts:
+            print("bench: (c) every pool and the scheduler, warming up ...", flush=True)
+            running = start_every_pool()
+            if "c" in parts:
+                print("bench: (c) Dramatiq no-op jobs ...", flush=True)
+                show(results.setdefault("noop", bench_noop()))
+                print("bench: (c) end to end over sim ...", flush=True)
+                show(results.setdefault("c", flow(api, org_id, E2E_MESSAGES)))
+            if "w" in parts:
+                print("bench: (w) end to end with a webhook endpoint ...", flush=True)
+                show(results.setdefault("w", bench_webhooks(receiver)))
+                show(results["w"]["webhooks"])
+            for group, proc in running.items():
+                stop_server(group, proc)
         if "d" in parts:
             print(f"bench: (d) pacing, {PACED_CLIENTS} clients, {PACED_SECONDS} s ...", flush=True)
-            show(paced := bench_pacing(org_id, e2e["pool"] if e2e else None))
+            show(results.setdefault("d", bench_pacing(org_id, None)))
     finally:
         _cleanup(keep)
 
-    cores = os.cpu_count()
-    pool = f"{POOL_PROCESSES} processes x {POOL_THREADS} threads"
-
-    def cost(r: dict, unit: str) -> str:
-        return f"; {r['cpu_ms']:.2f} ms CPU per {unit} (load avg {r['load']:.1f})"
-
-    rows = []
-    if intake:
-        rows.append(("(a) single-send intake, API key, gunicorn 2x4 threads, "
-                     f"{INTAKE_CONNECTIONS} connections, {intake['n']} sends",
-                     f"{intake['rate']:.0f} sends/s, p50 {intake['p50']:.1f} ms, p99 {intake['p99']:.1f} ms"
-                     + cost(intake, "send"), ">= 500/s, p99 < 50 ms"))
-    if batch:
-        rows.append((f"(b) batch intake, {BATCHES} x {BATCH_SIZE} messages, 2 connections",
-                     f"{batch['rate']:.0f} messages/s ({batch['per_batch_ms']:.0f} ms per batch)"
-                     + cost(batch, "message"), ">= 5,000/s"))
-    if e2e:
-        rows.append((f"(c) end to end accepted -> sent, sim, pacing off, {e2e['sent']} messages, {pool}",
-                     f"{e2e['rate']:.0f} messages/s" + cost(e2e, "message"), ">= 500/s"))
-        rows.append((f"(c) Dramatiq no-op jobs, same pool shape ({NOOP_JOBS} jobs): the ceiling",
-                     f"{noop['rate']:.0f} jobs/s" + cost(noop, "job"), "-"))
-    if paced:
-        rows += [
-            (f"(d) pacing, {PACED_CLIENTS} clients x {PACED_BACKLOG} backlog, "
-             f"{PACED_LIMITS['per_minute']}/min, gap {PACED_LIMITS['min_gap_ms']}-{PACED_LIMITS['max_gap_ms']} ms, "
-             f"{PACED_SECONDS} s: window or gap violations", f"{paced['violations']}", "0"),
-            ("(d) share of the allowed rate used (sends / most the limits allow)",
-             f"{100 * paced['used'] / paced['allowed']:.1f}% ({paced['used']}/{paced['allowed']})", ">= 95%"),
-            ("(d) while the backlog waits: jobs held by worker threads / messages delayed in the broker, "
-             "worker CPU", f"{paced['busy']:.2f} / {paced['waiting']:.0f}, {100 * paced['cpu']:.1f}% of a core", "~0"),
-        ]
-    width = max(len(r[0]) for r in rows)
-    rwidth = max(len(r[1]) for r in rows)
+    section = report(results, (load_at_start, os.getloadavg()[0]), meter.notes)
     print()
-    print(f"Message pipeline benchmark ({cores} cores, Python {sys.version.split()[0]}, 1-minute load average "
-          f"{load_at_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end). "
-          "CPU is that of the benchmark's own processes (api, workers, "
-          "Postgres and Redis when embedded, load generator); the load average shows what else the machine "
-          "was running.")
-    print(f"| {'measure':<{width}} | {'result':<{rwidth}} | goal |")
-    print(f"|{'-' * (width + 2)}|{'-' * (rwidth + 2)}|------|")
-    for name, result, goal in rows:
-        print(f"| {name:<{width}} | {result:<{rwidth}} | {goal} |")
+    print("\n".join(section))
+    if "--readme" in args:
+        rewrite_readme(section)
+
 
 if __name__ == "__main__":
     main()

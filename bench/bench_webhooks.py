@@ -23,8 +23,6 @@ are measured.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
 import os
 import signal
 import statistics
@@ -33,74 +31,11 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-# ----------------------------------------------------------------------------- the receiver process
-
-
-def _receiver_main(conn) -> None:
-    """Child process: a Receiver that notes (path, latency) of every request; answers commands."""
-    from tests.webhook_receiver import Receiver
-
-    lock = threading.Lock()
-    seen: list[tuple[str, float]] = []
-
-    def probe(item) -> None:
-        created = datetime.fromisoformat(json.loads(item.body)["created_at"]).timestamp()
-        with lock:
-            seen.append((item.path, item.received_at - created))
-
-    rx = Receiver().start()
-    rx.on_request = probe
-    conn.send(rx.port)
-    while True:
-        command = conn.recv()
-        if command == "stop":
-            break
-        with lock:
-            if command == "count":
-                conn.send(len(seen))
-            elif command == "take":
-                conn.send(list(seen))
-                seen.clear()
-    rx.stop()
-
-
-class ReceiverProcess:
-    def __init__(self):
-        ctx = multiprocessing.get_context("fork")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_receiver_main, args=(child,), daemon=True)
-        self.proc.start()
-        self.port = self.conn.recv()
-        self._lock = threading.Lock()
-
-    def ask(self, command: str):
-        with self._lock:
-            self.conn.send(command)
-            return self.conn.recv()
-
-    def wait_for(self, count: int, timeout: float) -> float:
-        """Blocks until ``count`` requests arrived; returns the time.time() it saw the last one."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ask("count") >= count:
-                return time.time()
-            time.sleep(0.005)
-        raise SystemExit(f"bench: only {self.ask('count')} of {count} deliveries arrived within {timeout:.0f} s")
-
-    def stop(self) -> None:
-        try:
-            self.conn.send("stop")
-        except OSError:
-            pass
-        self.proc.join(5)
-
+from bench.common import ROOT, ReceiverProcess, pct, tree_cpu  # noqa: E402
 
 # ----------------------------------------------------------------------------- services and workers
 
@@ -145,20 +80,7 @@ def start_workers(env: dict, processes: int, threads: int) -> subprocess.Popen:
 
 def cpu_seconds(proc: subprocess.Popen) -> float:
     """CPU time used so far by a process and its children (the pool's worker processes)."""
-    import psutil
-
-    total = 0.0
-    try:
-        root = psutil.Process(proc.pid)
-        for p in [root, *root.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-    except psutil.NoSuchProcess:
-        pass
-    return total
+    return tree_cpu([proc.pid])
 
 
 def stop_workers(proc: subprocess.Popen) -> None:
@@ -253,11 +175,6 @@ POOL = "-"  # "<processes>x<threads>" of the webhooks pool, shown in every row
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
 def print_row(name: str, endpoints: int, eps: float | None, dps: float | None, lat: list[float] | None,

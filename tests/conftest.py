@@ -119,9 +119,11 @@ def redis_conn():
 
 @pytest.fixture(autouse=True)
 def _flush_redis():
+    from app.inbox.service import forget_taken_wakes
     from app.kv import redis_client
 
     redis_client().flushdb()
+    forget_taken_wakes()
     yield
 
 

@@ -39,7 +39,8 @@ _MARK = text("""UPDATE transport_events AS t SET applied_at = now(), outcome = u
                   FROM unnest(CAST(:ids AS bigint[]), CAST(:outcomes AS text[])) AS u(id, outcome)
                  WHERE t.id = u.id""")
 _LATER = text("""UPDATE transport_events AS t SET attempts = t.attempts + 1,
-                        due_at = now() + u.delay_ms * interval '1 millisecond', dispatched_at = now() + u.delay_ms * interval '1 millisecond'
+                        due_at = now() + u.delay_ms * interval '1 millisecond',
+                        dispatched_at = now() + u.delay_ms * interval '1 millisecond'
                    FROM unnest(CAST(:ids AS bigint[]), CAST(:delays AS integer[])) AS u(id, delay_ms)
                   WHERE t.id = u.id""")
 

@@ -23,12 +23,12 @@ The path of one outbound message:
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import Row, select, text, update
 from sqlalchemy.orm import Session
@@ -38,7 +38,7 @@ from app.clients.info import load_client_info
 from app.clients.leases import host_queue
 from app.clients.models import Client
 from app.contacts.models import Contact
-from app.db import OperationalErrors, job_session, utcnow
+from app.db import OperationalErrors, job_session, new_id, utcnow
 from app.inbox.service import InboxSink, record
 from app.messages import pacing
 from app.messages.models import Message, MessageStatusHistory
@@ -49,6 +49,7 @@ from app.messages.statuses import SendOutcome
 from app.messages.tracking import OPT_OUT_KEY_PREFIX, SEND_ACTOR, apply_ack, dump, record_status, sendable
 from app.transports import STATEFUL, transport_class
 from app.transports.base import OutboundMessage, PermanentSendError, TransientSendError
+from app.webhooks.events import route, subscribed_where
 from config import settings
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class _Prepared:
     client_id: str
     attempt: int
     outbound: OutboundMessage
+    row: dict  # the message's columns as claimed (``sending``): its ``sent`` event is computed from them
 
 
 def perform_send(message_id: str, transport_for) -> SendOutcome:
@@ -178,7 +180,7 @@ def _claim(session: Session, message: Message, client: Client,
     claimed = session.execute(_CLAIM, {"id": message.id, "at": at}).first()
     if claimed is None:
         return "skipped"
-    return _Prepared(claimed.id, client.id, claimed.attempts, build_outbound(session, claimed))
+    return _Prepared(claimed.id, client.id, claimed.attempts, build_outbound(session, claimed), dict(claimed._mapping))
 
 
 # One statement each for the two writes around the transport call (the hot path of every send).
@@ -186,25 +188,31 @@ _CLAIM = text("""
     WITH m AS (
         UPDATE messages SET status = 'sending', sending_at = :at, attempts = attempts + 1, updated_at = :at
         WHERE id = :id AND status = 'queued'
-        RETURNING id, organization_id, attempts, to_phone, type, text, caption, media_id, template_id, variables),
+        RETURNING *),
     h AS (
         INSERT INTO message_status_history (organization_id, message_id, status, at, details)
         SELECT organization_id, id, 'sending', :at, jsonb_build_object('attempt', attempts) FROM m)
     SELECT * FROM m
 """)
-_SENT = text("""
+_SENT = text(f"""
     WITH m AS (
         UPDATE messages SET status = 'sent', sent_at = :at, external_id = :external_id, updated_at = :at,
                             error_code = NULL, error_message = NULL
         WHERE id = :id AND status = 'sending'
-        RETURNING *),
+        RETURNING id, organization_id, contact_id),
     h AS (
         INSERT INTO message_status_history (organization_id, message_id, status, at, details)
         SELECT organization_id, id, 'sent', :at, jsonb_build_object('external_id', CAST(:external_id AS text)) FROM m),
     c AS (
         UPDATE contacts SET last_outbound_at = GREATEST(contacts.last_outbound_at, :at)
-        FROM m WHERE contacts.id = m.contact_id)
-    SELECT * FROM m
+        FROM m WHERE contacts.id = m.contact_id),
+    e AS (
+        INSERT INTO webhook_events (id, organization_id, type, payload, created_at)
+        SELECT :event_id, organization_id, 'message.sent', CAST(:payload AS jsonb), :at FROM m)
+    SELECT m.organization_id,
+           ARRAY(SELECT w.id FROM webhooks AS w WHERE {subscribed_where("w", "m.organization_id", "'message.sent'")}
+                 ORDER BY w.id) AS endpoints
+      FROM m
 """)
 
 
@@ -238,15 +246,19 @@ def _deliver(prepared: _Prepared, transport_for) -> SendOutcome:
                         exc_info=True)
             pending, why = list(reports), f"{exc.__class__.__name__}: {exc}"[:500]
             reports.clear()
-            durably(lambda session: (record(session, pending),
-                                     mark_unknown(session, message_id, "transport_error", why)))
+
+            def record_unknown(session: Session) -> None:
+                record(session, pending)
+                mark_unknown(session, message_id, "transport_error", why)
+
+            durably(record_unknown)
             return "unknown"
         pending = list(reports)
         reports.clear()
 
     def record_sent(session: Session) -> None:
         record(session, pending)
-        _record_sent(session, message_id, result.external_id)
+        _record_sent(session, message_id, result.external_id, claimed=prepared.row)
 
     if not durably(record_sent):
         log.error("send of %s went out (%s) but could not be recorded; the sweeper will ask the transport",
@@ -334,20 +346,26 @@ def requeue_after_error(session: Session, message_id: str, attempt: int, code: s
     return True
 
 
-def _record_sent(session: Session, message_id: str, external_id: str, at: datetime | None = None) -> None:
-    from app.webhooks.events import emit_many
-
-    row = session.execute(_SENT, {"id": message_id, "at": at or utcnow(), "external_id": external_id}).first()
-    if row is None:
-        # reconciled meanwhile (unknown, or a late ack): keep the transport's id, and let an
-        # unknown message know it went out
-        session.execute(update(Message).where(Message.id == message_id).values(external_id=external_id),
-                        execution_options={"synchronize_session": False})
-        message = session.get(Message, message_id)
-        if message is not None and message.status == "unknown":
-            apply_ack(session, message.client_id, external_id, "sent", at=at, message_id=message_id)
+def _record_sent(session: Session, message_id: str, external_id: str, *, claimed: dict) -> None:
+    """``sending -> sent`` with its history row, the contact's last outbound time and the
+    ``message.sent`` event, in one statement. ``claimed`` (the row as the claim returned it) gives the
+    event's data: nothing else changes a ``sending`` row, so it is the row after the update."""
+    at = utcnow()
+    after = {**claimed, "status": "sent", "sent_at": at, "external_id": external_id, "updated_at": at,
+             "error_code": None, "error_message": None}
+    event_id = new_id("evt")
+    row = session.execute(_SENT, {"id": message_id, "at": at, "external_id": external_id, "event_id": event_id,
+                                  "payload": json.dumps(dump(after))}).first()
+    if row is not None:
+        route(session, row.organization_id, "message.sent", [event_id], endpoints=list(row.endpoints))
         return
-    emit_many(session, row.organization_id, "message.sent", [dump(row)], json_ready=True)
+    # reconciled meanwhile (unknown, or a late ack): keep the transport's id, and let an
+    # unknown message know it went out
+    session.execute(update(Message).where(Message.id == message_id).values(external_id=external_id),
+                    execution_options={"synchronize_session": False})
+    message = session.get(Message, message_id)
+    if message is not None and message.status == "unknown":
+        apply_ack(session, message.client_id, external_id, "sent", at=at, message_id=message_id)
 
 
 class _StatelessTransports:

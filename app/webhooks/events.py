@@ -41,9 +41,15 @@ _MEMO = "webhooks_subscribed"
 #: at most this many subscribed endpoints get their deliveries written inside emit()
 INLINE_FAN_OUT_MAX = 5
 
-_SUBSCRIBED = text(
-    "SELECT id FROM webhooks WHERE organization_id = :org AND enabled AND deleted_at IS NULL"
-    " AND (events @> ARRAY[CAST(:type AS text)] OR events @> ARRAY['*']) ORDER BY id")
+
+def subscribed_where(alias: str, organization: str, event_type: str) -> str:
+    """The SQL condition "endpoint ``alias`` of ``organization`` takes ``event_type``" (both SQL
+    expressions), for statements that find the subscribers in passing (a message's ``sent``)."""
+    return (f"{alias}.organization_id = {organization} AND {alias}.enabled AND {alias}.deleted_at IS NULL"
+            f" AND ({alias}.events @> ARRAY[CAST({event_type} AS text)] OR {alias}.events @> ARRAY['*'])")
+
+
+_SUBSCRIBED = text(f"SELECT w.id FROM webhooks AS w WHERE {subscribed_where('w', ':org', ':type')} ORDER BY w.id")
 
 
 def subscribed_endpoints(session: Session, organization_id: str, event_type: str) -> list[str]:
@@ -76,10 +82,15 @@ def _payload(data: dict | None) -> dict:
     return json.loads(json.dumps(data or {}, default=_json_default))
 
 
-def _route(session: Session, organization_id: str, event_type: str, event_ids: list[str]) -> None:
+def route(session: Session, organization_id: str, event_type: str, event_ids: list[str], *,
+          endpoints: list[str] | None = None) -> None:
     """Deliveries of recorded events: written here for a few subscribed endpoints, left to one
-    ``webhooks.fan_out`` job per event for many, nothing at all for none."""
-    endpoints = subscribed_endpoints(session, organization_id, event_type)
+    ``webhooks.fan_out`` job per event for many, nothing at all for none. ``endpoints``: the
+    subscribers, when the statement that recorded the events found them in the same transaction."""
+    if endpoints is None:
+        endpoints = subscribed_endpoints(session, organization_id, event_type)
+    else:
+        session.info.setdefault(_MEMO, {})[(organization_id, event_type)] = endpoints
     if len(endpoints) > INLINE_FAN_OUT_MAX:
         outbox.enqueue_many(session, "webhooks.fan_out", [(event_id,) for event_id in event_ids])
     elif endpoints:
@@ -95,7 +106,7 @@ def emit(session: Session, organization_id: str, event_type: str, data: dict) ->
                          created_at=utcnow())
     session.add(event)
     if event_type != TEST_EVENT:
-        _route(session, organization_id, event_type, [event.id])
+        route(session, organization_id, event_type, [event.id])
     return event
 
 
@@ -118,7 +129,7 @@ def emit_many(session: Session, organization_id: str, event_type: str, items: li
     # typed FromClause: a declarative model's is a Table
     session.execute(insert(cast(Table, WebhookEvent.__table__)), rows)
     ids = [row["id"] for row in rows]
-    _route(session, organization_id, event_type, ids)
+    route(session, organization_id, event_type, ids)
     return ids
 
 

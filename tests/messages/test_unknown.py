@@ -108,14 +108,14 @@ def test_recording_the_outcome_outlives_a_database_blip(session, unpaced, monkey
     failures = {"left": 2}
     real = dispatch._record_sent
 
-    def flaky(s, message_id, external_id, at=None):
+    def flaky(s, message_id, external_id, **kwargs):
         if failures["left"]:
             failures["left"] -= 1
             import psycopg
             from sqlalchemy.exc import OperationalError
 
             raise OperationalError("UPDATE messages", {}, psycopg.OperationalError("server closed the connection"))
-        return real(s, message_id, external_id, at)
+        return real(s, message_id, external_id, **kwargs)
 
     monkeypatch.setattr(dispatch, "_record_sent", flaky)
     assert dispatch.perform_send(msg.id, lambda cid: FakeTransport()) == "sent"

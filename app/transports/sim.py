@@ -208,24 +208,24 @@ class SimTransport(Transport):
         self.network.end_session(forget_login=True)
 
     def send(self, message: OutboundMessage) -> SendResult:
-        fault = self.network.take_send_fault()
-        if fault == "permanent":
-            raise PermanentSendError("send refused by an injected sim fault", code="sim_fault")
-        if fault == "transient":
-            raise TransientSendError("send failed by an injected sim fault", code="sim_fault")
-        if self.network.banned():
-            raise TransientSendError("the simulated network banned this account", code="client_banned")
-        if self.chance(message.message_id, "fail") < float(self.config["fail_rate"]):
-            raise PermanentSendError(f"{message.to} is not on the simulated network", code="invalid_recipient")
-        external_id = self.external_id(message.message_id)
+        not_on_network = self.chance(message.message_id, "fail") < float(self.config["fail_rate"])
         try:
-            arrivals = self.network.record_send(message.message_id)
+            outcome, detail = self.network.send(message.message_id, not_on_network=not_on_network)
         except Exception as exc:
             if refused_before_running(exc):  # the network never took it: safe to try again
                 raise TransientSendError(f"the simulated network refused the send ({exc.__class__.__name__})",
                                          code="transport_unavailable") from exc
             raise  # it may have arrived: the platform asks ``lookup`` once it can
-        if arrivals > 1:
+        if outcome == "fault" and detail == "1":
+            raise PermanentSendError("send refused by an injected sim fault", code="sim_fault")
+        if outcome == "fault":
+            raise TransientSendError("send failed by an injected sim fault", code="sim_fault")
+        if outcome == "banned":
+            raise TransientSendError("the simulated network banned this account", code="client_banned")
+        if outcome == "not_on_network":
+            raise PermanentSendError(f"{message.to} is not on the simulated network", code="invalid_recipient")
+        external_id = self.external_id(message.message_id)
+        if int(detail) > 1:
             return SendResult(external_id)  # a resend: the network counted it, the contact already has it
         now = datetime.now(UTC)
         for status, after_ms in self._receipts(message.message_id):

@@ -23,22 +23,29 @@ class SimNetwork:
 
     PREFIX = "wa:sim:"
 
-    _TAKE_FAULT = """
-    local n = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
-    if n <= 0 then return false end
-    if n == 1 then
-        local permanent = redis.call('HGET', KEYS[1], 'permanent') or '0'
-        redis.call('DEL', KEYS[1])
-        return permanent
-    end
-    redis.call('HINCRBY', KEYS[1], 'count', -1)
-    return redis.call('HGET', KEYS[1], 'permanent') or '0'
-    """
     _TAKE_ONE = """
     local n = tonumber(redis.call('GET', KEYS[1]) or '0')
     if n <= 0 then return 0 end
     redis.call('DECR', KEYS[1])
     return 1
+    """
+
+    # One round trip per send: take an injected fault, or see the ban, or (unless the recipient
+    # is not on the network) count the arrival. Returns {outcome, detail}.
+    _SEND = """
+    local n = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+    if n > 0 then
+        local permanent = redis.call('HGET', KEYS[1], 'permanent') or '0'
+        if n == 1 then redis.call('DEL', KEYS[1]) else redis.call('HINCRBY', KEYS[1], 'count', -1) end
+        return {'fault', permanent}
+    end
+    if redis.call('EXISTS', KEYS[2]) == 1 then return {'banned', ''} end
+    if ARGV[2] == '1' then return {'not_on_network', ''} end
+    local times = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+    redis.call('HSETNX', KEYS[4], ARGV[1], ARGV[3])
+    redis.call('INCR', KEYS[5])
+    for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+    return {'arrived', tostring(times)}
     """
 
     def __init__(self, client_id: str, redis=None):
@@ -105,13 +112,6 @@ class SimNetwork:
         self.redis.hset(self.key("fail_next"), mapping={"count": count, "permanent": int(permanent)})
         self.redis.expire(self.key("fail_next"), NETWORK_TTL_S)
 
-    def take_send_fault(self) -> str | None:
-        """``"permanent"`` / ``"transient"`` when this send must fail (and uses up one), else None."""
-        raw = self.redis.eval(self._TAKE_FAULT, 1, self.key("fail_next"))
-        if raw is None:
-            return None
-        return "permanent" if raw in (b"1", "1", 1) else "transient"
-
     def clear_faults(self) -> None:
         self.redis.delete(self.key("banned"), self.key("refuse"), self.key("fail_next"))
 
@@ -126,6 +126,15 @@ class SimNetwork:
                 "fail_next": fail_next.get("count", 0), "fail_next_permanent": bool(fail_next.get("permanent", 0))}
 
     # -- traffic ----------------------------------------------------------------------------
+
+    def send(self, message_id: str, *, not_on_network: bool) -> tuple[str, str]:
+        """A send reaching the network, in one round trip: ``("fault", "1"|"0")`` (an injected fault
+        taken, permanent or not), ``("banned", "")``, ``("not_on_network", "")``, or ``("arrived",
+        times)`` (counted; how often this message id has arrived)."""
+        keys = [self.key(name) for name in ("fail_next", "banned", "ids", "sent_at", "received")]
+        outcome, detail = self.redis.eval(self._SEND, len(keys), *keys, message_id, int(not_on_network), now_ms(),
+                                          NETWORK_TTL_S)
+        return outcome.decode(), detail.decode()
 
     def record_send(self, message_id: str) -> int:
         """Count a send the network received; returns how often this message id has arrived."""

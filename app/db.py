@@ -150,6 +150,24 @@ def job_session() -> Iterator[Session]:
         session.close()
 
 
+@contextmanager
+def one_statement() -> Iterator[Any]:  # a Connection or a Session: either executes statements
+    """Where a statement that is a transaction by itself runs (a webhook's claim, a send's record).
+
+    A connection of the engine in autocommit: one round trip, no BEGIN and COMMIT around it. When
+    sessions are bound to an outer connection instead (the tests' transaction), a job session
+    joining it."""
+    get_engine()  # (re)binds the session factory in a forked worker
+    bind = SessionFactory.kw.get("bind")
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+    else:
+        with job_session() as session:
+            yield session
+
+
 def rowcount(result: Result[Any]) -> int:
     """The rows an UPDATE or DELETE matched. ``Session.execute`` is typed to return a ``Result``,
     which has no ``rowcount``; for such a statement it is a ``CursorResult``, which has."""

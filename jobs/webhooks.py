@@ -6,11 +6,8 @@ lost with a worker or with Redis; ``cleanup`` (hourly) keeps the delivery log to
 """
 import json
 import time
-from contextlib import contextmanager
 
-from sqlalchemy.engine import Engine
-
-from app.db import SessionFactory, get_engine, job_session
+from app.db import job_session, one_statement
 from app.queues import actor
 from app.webhooks import delivery, pipeline
 from app.webhooks import events as webhook_events
@@ -32,24 +29,6 @@ def fan_out(event_id: str) -> None:
 #: straight to it), at most this many times or for this long, then hands over through the broker
 CHAIN_MAX = 100
 CHAIN_SECONDS = 5.0
-
-
-@contextmanager
-def one_statement():
-    """Where a statement that is a transaction by itself runs (the claim; a success's record).
-
-    A connection of the engine in autocommit: one round trip, no BEGIN and COMMIT around it. When
-    sessions are bound to an outer connection instead (the tests' transaction), a job session
-    joining it."""
-    get_engine()  # (re)binds the session factory in a forked worker
-    bind = SessionFactory.kw.get("bind")
-    if isinstance(bind, Engine):
-        with bind.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT")
-            yield conn
-    else:
-        with job_session() as session:
-            yield session
 
 
 @actor("webhooks.deliver", max_retries=5, min_backoff=1000, max_backoff=60_000,

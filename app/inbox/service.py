@@ -60,13 +60,22 @@ _WAKE_KEY = "wa:inbox:wake:"
 _WAKES = "inbox_wakes"
 #: a tick this process knows has its job is not asked about again until this close to it
 _WAKE_MARGIN_MS = 50
-# one statement for any number of reports (arrays, not a VALUES list or an executemany)
-_INSERT = text("""
+
+
+def insert_reports_sql(only_if: str = "TRUE") -> str:
+    """One statement for any number of reports (arrays, not a VALUES list or an executemany), with
+    ``report_params``; a statement that records reports in passing (the send) embeds it, writing
+    them only if its condition ``only_if`` holds."""
+    return f"""
     INSERT INTO transport_events (organization_id, client_id, kind, payload, due_at, dispatched_at, created_at)
-    SELECT r.organization_id, r.client_id, r.kind, r.payload, r.due_at, :now, :now
-      FROM unnest(CAST(:orgs AS text[]), CAST(:clients AS text[]), CAST(:kinds AS text[]),
-                  CAST(CAST(:payloads AS text[]) AS jsonb[]), CAST(:due AS timestamptz[]))
-           AS r(organization_id, client_id, kind, payload, due_at)""")
+    SELECT r.organization_id, r.client_id, r.kind, r.payload, r.due_at, :reports_at, :reports_at
+      FROM unnest(CAST(:report_orgs AS text[]), CAST(:report_clients AS text[]), CAST(:report_kinds AS text[]),
+                  CAST(CAST(:report_payloads AS text[]) AS jsonb[]), CAST(:report_due AS timestamptz[]))
+           AS r(organization_id, client_id, kind, payload, due_at)
+     WHERE {only_if}"""
+
+
+_INSERT = text(insert_reports_sql())
 #: how long an ack waits for its message to be recorded before it is given up (orphaned)
 ACK_PATIENCE = timedelta(hours=1)
 #: applied rows are kept this long (for inspection), then purged
@@ -86,31 +95,47 @@ def record(session: Session, reports: list[Report]) -> None:
     """Write ``reports`` in the caller's transaction; their wake-up jobs go after commit."""
     if not reports:
         return
-    now = utcnow()
-    session.execute(_INSERT, {
-        "orgs": [r.organization_id for r in reports], "clients": [r.client_id for r in reports],
-        "kinds": [r.kind for r in reports], "payloads": [json.dumps(r.payload) for r in reports],
-        "due": [now + timedelta(milliseconds=max(0, r.delay_ms)) for r in reports], "now": now})
+    session.execute(_INSERT, report_params(reports))
     wake_after_commit(session, [max(0, r.delay_ms) for r in reports])
+
+
+def report_params(reports: list[Report]) -> dict:
+    """The parameters of ``INSERT_REPORTS`` for ``reports``."""
+    now = utcnow()
+    return {"report_orgs": [r.organization_id for r in reports], "report_clients": [r.client_id for r in reports],
+            "report_kinds": [r.kind for r in reports], "report_payloads": [json.dumps(r.payload) for r in reports],
+            "report_due": [now + timedelta(milliseconds=max(0, r.delay_ms)) for r in reports], "reports_at": now}
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _ticks(delays_ms: list[int]) -> set[int]:
+    now_ms = _now_ms()
+    return {-(-(now_ms + max(0, d)) // TICK_MS) * TICK_MS for d in delays_ms}
+
+
 def wake_after_commit(session: Session, delays_ms: list[int]) -> None:
     """Have ``inbox.apply_due`` run once ``delays_ms`` (from now) have passed, after ``session``
     commits: at the end of each one's tick, one job per tick whichever transaction asks first."""
-    now_ms = _now_ms()
-    ticks = session.info.setdefault(_WAKES, set())
-    ticks.update(-(-(now_ms + d) // TICK_MS) * TICK_MS for d in delays_ms)
+    session.info.setdefault(_WAKES, set()).update(_ticks(delays_ms))
+
+
+def wake(reports: list[Report]) -> None:
+    """``wake_after_commit`` for reports a statement of its own committed (``INSERT_REPORTS``)."""
+    if reports:
+        _wake_quietly(_ticks([r.delay_ms for r in reports]))
 
 
 @sa_event.listens_for(Session, "after_commit")
 def _send_wakes(session: Session) -> None:
     ticks = session.info.pop(_WAKES, None)
-    if not ticks:
-        return
+    if ticks:
+        _wake_quietly(ticks)
+
+
+def _wake_quietly(ticks: set[int]) -> None:
     try:
         send_wakes(sorted(ticks))
     except Exception:  # the rows are durable: redispatch wakes them once they are overdue

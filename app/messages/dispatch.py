@@ -14,16 +14,16 @@ The path of one outbound message:
    ``perform_send``.
 3. ``perform_send`` claims the row (``UPDATE ... SET status='sending' WHERE status='queued'``) and
    commits before calling the transport, so a redelivered or duplicated job finds nothing to claim,
-   and a cancel that committed first wins. Then ``sent`` (with the transport's id, for the acks),
-   or ``failed`` at once on a permanent error, or back to ``queued`` and a retry with backoff on a
-   transient one (``TransientSendError`` is raised to the actor; the attempts are counted in the
-   row, so at most ``MESSAGE_MAX_ATTEMPTS`` transport calls whatever the broker does).
+   and a cancel that committed first wins. Then ``sent`` (with the transport's id, for the acks;
+   app/messages/recording.py), or ``failed`` at once on a permanent error, or back to ``queued`` and
+   a retry with backoff on a transient one (``TransientSendError`` is raised to the actor; the
+   attempts are counted in the row, so at most ``MESSAGE_MAX_ATTEMPTS`` transport calls whatever
+   the broker does).
 4. A send whose outcome is in doubt (an error after the transport took it, a worker killed
    mid-send) is ``unknown``, never resent; app/messages/sweeper.py reconciles it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -38,26 +38,23 @@ from app.clients.info import load_client_info
 from app.clients.leases import host_queue
 from app.clients.models import Client
 from app.contacts.models import Contact
-from app.db import OperationalErrors, job_session, new_id, utcnow
+from app.db import job_session, utcnow
 from app.inbox.service import InboxSink, record
 from app.messages import pacing
 from app.messages.models import Message, MessageStatusHistory
 from app.messages.outbound import build_outbound
 from app.messages.pacing import Limits
 from app.messages.planning import from_ms, schedule, to_ms
+from app.messages.recording import durably, mark_unknown, record_sent, record_sent_alone
 from app.messages.statuses import SendOutcome
-from app.messages.tracking import OPT_OUT_KEY_PREFIX, SEND_ACTOR, apply_ack, dump, record_status, sendable
+from app.messages.tracking import OPT_OUT_KEY_PREFIX, SEND_ACTOR, record_status, sendable
 from app.transports import STATEFUL, transport_class
 from app.transports.base import OutboundMessage, PermanentSendError, TransientSendError
-from app.webhooks.events import route, subscribed_where
 from config import settings
 
 log = logging.getLogger(__name__)
 
 SESSIONS_SEND = "sessions.send"
-RECONCILE_ACTOR = "messages.reconcile"
-#: the first question to the transport about a message whose send ended in doubt
-RECONCILE_FIRST_MS = 5_000
 
 
 # ----------------------------------------------------------------------------- the messages.send job
@@ -194,28 +191,6 @@ _CLAIM = text("""
         SELECT organization_id, id, 'sending', :at, jsonb_build_object('attempt', attempts) FROM m)
     SELECT * FROM m
 """)
-_SENT = text(f"""
-    WITH m AS (
-        UPDATE messages SET status = 'sent', sent_at = :at, external_id = :external_id, updated_at = :at,
-                            error_code = NULL, error_message = NULL
-        WHERE id = :id AND status = 'sending'
-        RETURNING id, organization_id, contact_id),
-    h AS (
-        INSERT INTO message_status_history (organization_id, message_id, status, at, details)
-        SELECT organization_id, id, 'sent', :at, jsonb_build_object('external_id', CAST(:external_id AS text)) FROM m),
-    c AS (
-        UPDATE contacts SET last_outbound_at = GREATEST(contacts.last_outbound_at, :at)
-        FROM m WHERE contacts.id = m.contact_id),
-    e AS (
-        INSERT INTO webhook_events (id, organization_id, type, payload, created_at)
-        SELECT :event_id, organization_id, 'message.sent', CAST(:payload AS jsonb), :at FROM m)
-    SELECT m.organization_id,
-           ARRAY(SELECT w.id FROM webhooks AS w WHERE {subscribed_where("w", "m.organization_id", "'message.sent'")}
-                 ORDER BY w.id) AS endpoints
-      FROM m
-""")
-
-
 def _deliver(prepared: _Prepared, transport_for) -> SendOutcome:
     """Call the transport for a claimed (committed ``sending``) message and record the outcome.
 
@@ -256,53 +231,17 @@ def _deliver(prepared: _Prepared, transport_for) -> SendOutcome:
         pending = list(reports)
         reports.clear()
 
-    def record_sent(session: Session) -> None:
+    def record_outcome(session: Session | None) -> bool:
+        if session is None:  # first as one statement, which declines when it cannot do it all
+            return record_sent_alone(prepared.row, result.external_id, pending)
         record(session, pending)
-        _record_sent(session, message_id, result.external_id, claimed=prepared.row)
+        record_sent(session, message_id, result.external_id, claimed=prepared.row)
+        return True
 
-    if not durably(record_sent):
+    if not durably(record_outcome, alone_first=True):
         log.error("send of %s went out (%s) but could not be recorded; the sweeper will ask the transport",
                   message_id, result.external_id)
     return "sent"
-
-
-#: how long a worker keeps trying to record the outcome of a send while the database is away
-RECORD_PATIENCE_S = 30.0
-
-
-def durably(work, patience_s: float | None = None) -> bool:
-    """Run ``work(session)`` in a transaction, retried with backoff while the database is
-    unreachable (at most ``patience_s``): the outcome of a send that happened must not be lost to
-    a database blip. False when it never succeeded (the sweeper then reconciles the message)."""
-    deadline = time.monotonic() + (RECORD_PATIENCE_S if patience_s is None else patience_s)
-    pause = 0.2
-    while True:
-        try:
-            with job_session() as session:
-                work(session)
-            return True
-        except OperationalErrors as exc:
-            if time.monotonic() + pause > deadline:
-                log.error("database unavailable for %.0f s; giving up recording (%s)", RECORD_PATIENCE_S,
-                          exc.__class__.__name__)
-                return False
-            log.warning("database unavailable (%s); recording again in %.1f s", exc.__class__.__name__, pause)
-            time.sleep(pause)
-            pause = min(pause * 2, 5.0)
-
-
-def mark_unknown(session: Session, message_id: str, code: str, text: str) -> Message | None:
-    """``sending`` -> ``unknown``: it may or may not have reached WhatsApp. Never sent again; a
-    ``messages.reconcile`` job asks the transport, and any ack moves it to the truth."""
-    now = utcnow()
-    row = session.scalars(
-        update(Message).where(Message.id == message_id, Message.status == "sending")
-        .values(status="unknown", error_code=code[:100], error_message=text[:1000], updated_at=now)
-        .returning(Message), execution_options={"populate_existing": True, "synchronize_session": False}).first()
-    if row is not None:
-        record_status(session, row, "unknown", at=now, details={"code": code})
-        outbox.enqueue(session, RECONCILE_ACTOR, row.id, delay_ms=RECONCILE_FIRST_MS)
-    return row
 
 
 def _fail(session: Session, message_id: str, from_status: str, code: str, text: str | None) -> Message | None:
@@ -344,28 +283,6 @@ def requeue_after_error(session: Session, message_id: str, attempt: int, code: s
                                      at=now, details={"retry_after_attempt": attempt,
                                                       "error": {"code": code, "message": text[:500]}}))
     return True
-
-
-def _record_sent(session: Session, message_id: str, external_id: str, *, claimed: dict) -> None:
-    """``sending -> sent`` with its history row, the contact's last outbound time and the
-    ``message.sent`` event, in one statement. ``claimed`` (the row as the claim returned it) gives the
-    event's data: nothing else changes a ``sending`` row, so it is the row after the update."""
-    at = utcnow()
-    after = {**claimed, "status": "sent", "sent_at": at, "external_id": external_id, "updated_at": at,
-             "error_code": None, "error_message": None}
-    event_id = new_id("evt")
-    row = session.execute(_SENT, {"id": message_id, "at": at, "external_id": external_id, "event_id": event_id,
-                                  "payload": json.dumps(dump(after))}).first()
-    if row is not None:
-        route(session, row.organization_id, "message.sent", [event_id], endpoints=list(row.endpoints))
-        return
-    # reconciled meanwhile (unknown, or a late ack): keep the transport's id, and let an
-    # unknown message know it went out
-    session.execute(update(Message).where(Message.id == message_id).values(external_id=external_id),
-                    execution_options={"synchronize_session": False})
-    message = session.get(Message, message_id)
-    if message is not None and message.status == "unknown":
-        apply_ack(session, message.client_id, external_id, "sent", at=at, message_id=message_id)
 
 
 class _StatelessTransports:

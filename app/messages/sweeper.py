@@ -18,9 +18,10 @@ from app.clients.info import load_client_info
 from app.clients.models import Client
 from app.db import job_session
 from app.messages import pacing
-from app.messages.dispatch import RECONCILE_ACTOR, RECONCILE_FIRST_MS, mark_unknown, requeue_after_error, sink
+from app.messages.dispatch import requeue_after_error, sink
 from app.messages.models import Message
 from app.messages.planning import from_ms, schedule, to_ms
+from app.messages.recording import RECONCILE_ACTOR, RECONCILE_FIRST_MS, mark_unknown
 from app.messages.statuses import ReconcileOutcome
 from app.messages.tracking import SEND_ACTOR, apply_ack
 from app.queues import queue_of

@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.inbox import apply as inbox_apply
 from app.inbox import service as inbox
@@ -117,7 +117,10 @@ def test_a_batch_applies_acks_that_came_out_of_order_as_the_single_path_would(se
     outcomes = {r.payload["external_id"] + ":" + r.payload["status"]: r.outcome for r in reported(session, "ack")}
     assert outcomes.pop("ext-nobody:delivered") is None, "waits for its message"
     assert set(outcomes.values()) == {"applied"}
-    assert inbox_apply.apply_due() == 0, "the waiting ack is not due again yet"
+    [waiting] = [r for r in reported(session, "ack") if r.payload["external_id"] == "ext-nobody"]
+    now = session.scalar(text("SELECT now()"))  # the transaction's clock, which the backoff counts from
+    assert (waiting.attempts, waiting.due_at) == (1, now + timedelta(milliseconds=250)), \
+        "the waiting ack is due again after its backoff, not at once"
 
 
 def test_a_batch_finds_a_message_by_our_id_when_its_transport_id_is_not_recorded(session):
@@ -186,5 +189,7 @@ def test_a_report_that_breaks_applying_does_not_hold_up_the_others(session, monk
     rows = {r.payload.get("external_id"): r for r in reported(session)}
     assert rows["in-good"].outcome == "applied" and rows["ext-ok"].outcome == "applied"
     bad = rows["in-bad"]
-    assert bad.applied_at is None and bad.attempts == 1 and bad.due_at > datetime.now(UTC), "tried again later"
+    backoff = timedelta(milliseconds=250)  # from the transaction's clock
+    assert (bad.applied_at, bad.attempts, bad.due_at) == (None, 1, session.scalar(text("SELECT now()")) + backoff), \
+        "tried again later"
     assert session.scalar(select(TransportEvent.id).where(TransportEvent.applied_at.is_(None))) == bad.id

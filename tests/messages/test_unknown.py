@@ -103,26 +103,6 @@ def service_info(session, client):
     return load_client_info(session, client.id)
 
 
-def test_recording_the_outcome_outlives_a_database_blip(session, unpaced, monkeypatch):
-    msg = queue_one(session, unpaced)
-    failures = {"left": 2}
-    real = dispatch._record_sent
-
-    def flaky(s, message_id, external_id, **kwargs):
-        if failures["left"]:
-            failures["left"] -= 1
-            import psycopg
-            from sqlalchemy.exc import OperationalError
-
-            raise OperationalError("UPDATE messages", {}, psycopg.OperationalError("server closed the connection"))
-        return real(s, message_id, external_id, **kwargs)
-
-    monkeypatch.setattr(dispatch, "_record_sent", flaky)
-    assert dispatch.perform_send(msg.id, lambda cid: FakeTransport()) == "sent"
-    session.expire_all()
-    assert session.get(Message, msg.id).status == "sent" and failures["left"] == 0
-
-
 def test_the_sim_says_not_sent_only_when_its_network_never_took_it(redis_conn):
     import redis as redis_lib
 

@@ -30,11 +30,14 @@ RECONCILE_ACTOR = "messages.reconcile"
 #: the first question to the transport about a message whose send ended in doubt
 RECONCILE_FIRST_MS = 5_000
 
-_SENT = text(f"""
-    WITH m AS (
+def _sent_steps(only_if: str = "TRUE") -> str:
+    """The CTEs of ``sending -> sent`` (``m``: the message, its history row, the contact's last
+    outbound time, the ``message.sent`` event), the transition made only if ``only_if`` holds."""
+    return f"""
+    m AS (
         UPDATE messages SET status = 'sent', sent_at = :at, external_id = :external_id, updated_at = :at,
                             error_code = NULL, error_message = NULL
-        WHERE id = :id AND status = 'sending'
+        WHERE id = :id AND status = 'sending' AND {only_if}
         RETURNING id, organization_id, contact_id),
     h AS (
         INSERT INTO message_status_history (organization_id, message_id, status, at, details)
@@ -44,31 +47,24 @@ _SENT = text(f"""
         FROM m WHERE contacts.id = m.contact_id),
     e AS (
         INSERT INTO webhook_events (id, organization_id, type, payload, created_at)
-        SELECT :event_id, organization_id, 'message.sent', CAST(:payload AS jsonb), :at FROM m)
+        SELECT :event_id, organization_id, 'message.sent', CAST(:payload AS jsonb), :at FROM m)"""
+
+
+# in the caller's transaction; returns the subscribers of ``message.sent``, for their deliveries
+_SENT = text(f"""
+    WITH {_sent_steps()}
     SELECT m.organization_id,
            ARRAY(SELECT w.id FROM webhooks AS w WHERE {subscribed_where("w", "m.organization_id", "'message.sent'")}
                  ORDER BY w.id) AS endpoints
       FROM m
 """)
-# _SENT and the reports in one statement, made only while nobody takes ``message.sent``
+# the same and the transport's reports, as a statement of its own, made only while nobody takes
+# ``message.sent`` (``s``)
 _SENT_ALONE = text(f"""
     WITH s AS (
         SELECT EXISTS (SELECT 1 FROM webhooks AS w
                         WHERE {subscribed_where("w", "CAST(:org AS text)", "'message.sent'")}) AS subscribed),
-    m AS (
-        UPDATE messages SET status = 'sent', sent_at = :at, external_id = :external_id, updated_at = :at,
-                            error_code = NULL, error_message = NULL
-        WHERE id = :id AND status = 'sending' AND NOT (SELECT subscribed FROM s)
-        RETURNING id, organization_id, contact_id),
-    h AS (
-        INSERT INTO message_status_history (organization_id, message_id, status, at, details)
-        SELECT organization_id, id, 'sent', :at, jsonb_build_object('external_id', CAST(:external_id AS text)) FROM m),
-    c AS (
-        UPDATE contacts SET last_outbound_at = GREATEST(contacts.last_outbound_at, :at)
-        FROM m WHERE contacts.id = m.contact_id),
-    e AS (
-        INSERT INTO webhook_events (id, organization_id, type, payload, created_at)
-        SELECT :event_id, organization_id, 'message.sent', CAST(:payload AS jsonb), :at FROM m),
+    {_sent_steps(only_if="NOT (SELECT subscribed FROM s)")},
     r AS ({insert_reports_sql(only_if="EXISTS (SELECT 1 FROM m)")})
     SELECT EXISTS (SELECT 1 FROM m) AS done, (SELECT subscribed FROM s) AS subscribed
 """)

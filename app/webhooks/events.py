@@ -182,5 +182,7 @@ def create_deliveries_for(session: Session, organization_id: str, pairs: list[tu
     created = session.execute(_CREATE_DELIVERIES, {
         "ids": [new_id("dlv") for _ in pairs], "events": [e for e, _ in pairs], "hooks": [h for _, h in pairs],
         "org": organization_id, "lease_end": lease_end(now), "now": now}).all()
-    outbox.enqueue_many(session, "webhooks.deliver", [(delivery_id, 1, hook_id) for delivery_id, hook_id in created])
+    # no outbox row: each delivery is leased (``next_attempt_at``), so the claimer sends a job the
+    # broker never got once its lease runs out (``dispatch_due``)
+    outbox.after_commit(session, "webhooks.deliver", [(delivery_id, 1, hook_id) for delivery_id, hook_id in created])
     return len(created)

@@ -191,7 +191,7 @@ def test_another_organisation_sees_nothing(client, session, org, admin_headers):
     assert client.get(base, headers=admin_headers).status_code == 200
 
 
-def test_emit_delivers_to_each_subscribed_endpoint_of_the_organisation_once(session, org):
+def test_emit_delivers_to_each_subscribed_endpoint_of_the_organisation_once(session, org, redis_conn):
     sent = f.make_webhook(session, organization_id=org.id, events=["message.sent"])
     every = f.make_webhook(session, organization_id=org.id, events=["*"])
     f.make_webhook(session, organization_id=org.id, events=["message.read"])
@@ -202,9 +202,14 @@ def test_emit_delivers_to_each_subscribed_endpoint_of_the_organisation_once(sess
     rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.event_id == event.id)).all()
     assert sorted(r.webhook_id for r in rows) == sorted([sent.id, every.id]), "written in the emitting transaction"
     assert all(r.status == "pending" and r.attempt == 0 and r.organization_id == org.id for r in rows)
-    jobs_ = session.execute(select(JobOutbox.actor_name, JobOutbox.args)).all()
+    assert not queued_jobs(redis_conn), "nothing is sent before the commit"
+    session.commit()
+    jobs_ = [(actor, args) for actor, args, _ in queued_jobs(redis_conn)]
     assert sorted(jobs_) == sorted(("webhooks.deliver", [r.id, 1, r.webhook_id]) for r in rows), \
-        "a job per delivery, no fan-out hop"
+        "a job per delivery once committed, no fan-out hop"
+    assert session.scalar(select(func.count()).select_from(JobOutbox)) == 0, \
+        "no outbox row: a delivery whose job is lost is due again when its lease runs out"
+    assert all(r.next_attempt_at > utcnow() for r in rows)
     assert events_module.fan_out(session, event.id) == 0, "fan-out is idempotent"
 
 
@@ -217,9 +222,10 @@ def test_many_endpoints_are_fanned_out_by_a_job(session, org):
     assert events_module.fan_out(session, event.id) == 0
 
 
-def test_emit_enqueues_nothing_when_nobody_listens(session, org):
+def test_emit_enqueues_nothing_when_nobody_listens(session, org, redis_conn):
     def jobs_():
-        return session.scalar(select(func.count()).select_from(JobOutbox))
+        session.commit()  # what the transaction sends, it sends once committed
+        return session.scalar(select(func.count()).select_from(JobOutbox)) + len(queued_jobs(redis_conn))
 
     emit(session, org.id, "message.sent", {"id": "msg_1"})
     assert jobs_() == 0

@@ -11,12 +11,11 @@ app/messages/tracking.py; inbound messages and opt-outs app/messages/inbound.py.
 """
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import cast
 
-from sqlalchemy import Table, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from app.clients.models import Client
@@ -28,11 +27,12 @@ from app.media.models import Media
 from app.messages import planning
 from app.messages.models import Message
 from app.messages.schemas import CAPTION_MAX, MEDIA_TYPES, TEXT_MAX, MessageSchema
-from app.messages.tracking import OPT_OUT_KEY_PREFIX, dump, record_status
+from app.messages.tracking import OPT_OUT_KEY_PREFIX, SEND_ACTOR, dump, record_status
 from app.pagination import paginate
 from app.security.principal import Principal
 from app.templates.models import Template
 from app.templates.rendering import render_template, template_placeholders
+from config import settings
 
 log = logging.getLogger(__name__)
 
@@ -211,17 +211,12 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
                "created_at": now, "updated_at": now, "scheduled_for": plan.scheduled_for,
                "campaign_id": campaign_id, "automation_id": automation_id}
               for (_, cols), plan in zip(accepted, plans, strict=True)]
-    table = cast(Table, Message.__table__)  # typed FromClause: a declarative model's is a Table
-    if keys:
-        inserted = set(session.scalars(
-            pg_insert(table).on_conflict_do_nothing(
-                index_elements=[table.c.organization_id, table.c.idempotency_key],
-                index_where=table.c.idempotency_key.isnot(None)).returning(table.c.id), values))
-    else:
-        session.execute(insert(table), values)  # one executemany, no RETURNING: every value is known here
-        inserted = {v["id"] for v in values}
-    fresh = [(i, v, plan) for (i, _), v, plan in zip(accepted, values, plans, strict=True) if v["id"] in inserted]
+    inserted = _insert_queued(session, client, values, now, campaign_id=campaign_id, automation_id=automation_id,
+                              keys=bool(keys))
+    fresh = [(i, v, plan) for (i, _), v, plan in zip(accepted, values, plans, strict=True)
+             if inserted is None or v["id"] in inserted]
     if len(fresh) < len(accepted):  # items whose key was used before: the first message answers
+        assert inserted is not None
         taken = {v["idempotency_key"]: i for (i, _), v in zip(accepted, values, strict=True) if v["id"] not in inserted}
         for m in session.scalars(select(Message).where(Message.organization_id == client.organization_id,
                                                        Message.idempotency_key.in_(list(taken)))):
@@ -229,20 +224,81 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
         planning.release_plans(client.id, [p for (_, _), v, p in zip(accepted, values, plans, strict=True)
                                                   if v["id"] not in inserted])
     if fresh:
-        session.execute(_QUEUED_HISTORY, {"ids": [v["id"] for _, v, _ in fresh], "at": now})
         from app.webhooks.events import emit_many
 
         for i, v, _ in fresh:
             results[i] = {**_BLANK, **v}
-        emit_many(session, client.organization_id, "message.queued", [dump(results[i]) for i, _, _ in fresh])
-        planning.enqueue_plans(session, [p for _, _, p in fresh])
+        emit_many(session, client.organization_id, "message.queued", [dump(results[i]) for i, _, _ in fresh],
+                  json_ready=True)
+        _send_after_commit(session, [p for _, _, p in fresh])
     return results
 
 
-_QUEUED_HISTORY = text(
-    "INSERT INTO message_status_history (organization_id, message_id, status, at, details) "
-    "SELECT organization_id, id, 'queued', :at, '{}'::jsonb FROM messages WHERE id = ANY(CAST(:ids AS text[]))")
+#: the messages and their ``queued`` history rows in one statement, from one array per column
+_INSERT_QUEUED = """
+    WITH m AS (
+        INSERT INTO messages (id, organization_id, client_id, direction, contact_id, to_phone, from_phone, type, text,
+                              media_id, caption, template_id, variables, status, campaign_id, automation_id,
+                              idempotency_key, scheduled_at, scheduled_for, attempts, queued_at, created_at, updated_at)
+        SELECT u.id, :org, :client, 'outbound', u.contact_id, u.to_phone, :from_phone, u.type, u.text,
+               u.media_id, u.caption, u.template_id, COALESCE(u.variables, '{{}}'::jsonb), 'queued', :campaign,
+               :automation, u.idempotency_key, u.scheduled_at, u.scheduled_for, 0, :now, :now, :now
+        FROM unnest(CAST(:ids AS text[]), CAST(:contact_ids AS text[]), CAST(:to_phones AS text[]),
+                    CAST(:types AS text[]), CAST(:texts AS text[]), CAST(:media_ids AS text[]),
+                    CAST(:captions AS text[]), CAST(:template_ids AS text[]), CAST(:variables AS jsonb[]),
+                    CAST(:keys AS text[]), CAST(:scheduled_at AS timestamptz[]), CAST(:scheduled_for AS timestamptz[]))
+             AS u(id, contact_id, to_phone, type, text, media_id, caption, template_id, variables, idempotency_key,
+                  scheduled_at, scheduled_for)
+        {on_conflict}
+        RETURNING id)
+    INSERT INTO message_status_history (organization_id, message_id, status, at, details)
+    SELECT :org, m.id, 'queued', :now, '{{}}'::jsonb FROM m
+    {returning}"""
+_INSERT_PLAIN = text(_INSERT_QUEUED.format(on_conflict="", returning=""))
+_INSERT_KEYED = text(_INSERT_QUEUED.format(
+    on_conflict="ON CONFLICT (organization_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+    returning="RETURNING message_id"))
 _BLANK = {c.key: None for c in Message.__table__.columns} | {"attempts": 0, "variables": {}}
+
+
+def _insert_queued(session: Session, client: Client, values: list[dict], now: datetime, *, campaign_id: str | None,
+                   automation_id: str | None, keys: bool) -> set[str] | None:
+    """Write the messages of ``values`` and their ``queued`` history rows with one ``INSERT ...
+    SELECT FROM unnest`` (an array per column: one statement and one round trip whatever the
+    count). With ``keys`` a message whose idempotency key exists is skipped, and the ids written
+    are returned; without, None (all were)."""
+    params = {
+        "org": client.organization_id, "client": client.id, "from_phone": client.phone, "now": now,
+        "campaign": campaign_id, "automation": automation_id,
+        "ids": [v["id"] for v in values], "contact_ids": [v["contact_id"] for v in values],
+        "to_phones": [v["to_phone"] for v in values], "types": [v["type"] for v in values],
+        "texts": [v["text"] for v in values], "media_ids": [v["media_id"] for v in values],
+        "captions": [v["caption"] for v in values], "template_ids": [v["template_id"] for v in values],
+        "variables": [json.dumps(v["variables"]) if v["variables"] else None for v in values],
+        "keys": [v["idempotency_key"] for v in values], "scheduled_at": [v["scheduled_at"] for v in values],
+        "scheduled_for": [v["scheduled_for"] for v in values],
+    }
+    if keys:
+        return set(session.scalars(_INSERT_KEYED, params))
+    session.execute(_INSERT_PLAIN, params)
+    return None
+
+
+def _send_after_commit(session: Session, plans: list[planning.Plan]) -> None:
+    """Have each new message's ``messages.send`` run at its time: sent to the broker once the
+    transaction commits (nothing on rollback), without an outbox row: the message row is the
+    record of the work, and a job lost between the commit and the broker (a crash, Redis away) is
+    sent again by the sweeper (``requeue_lost``, after ``MESSAGE_LOST_AFTER``). Jobs due later than
+    ``MESSAGE_PARK_AFTER`` are parked in Redis as before (``planning.schedule``)."""
+    from app import outbox
+
+    park_after_ms = settings.MESSAGE_PARK_AFTER * 1000
+    soon = [p for p in plans if p.delay_ms <= park_after_ms]
+    later = [(p.message_id, p.delay_ms) for p in plans if p.delay_ms > park_after_ms]
+    if soon:
+        outbox.after_commit(session, SEND_ACTOR, [(p.message_id,) for p in soon], delays_ms=[p.delay_ms for p in soon])
+    if later:
+        planning.schedule(session, later)
 
 
 def as_row(message: Message) -> dict:

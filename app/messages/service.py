@@ -2,12 +2,16 @@
 
 Accepting (``accept_messages``, behind the three POST routes and usable by campaigns/automations)
 validates every item (E.164, sizes, media and template of the organisation, template variables,
-opted-out contacts), then writes the rows, their ``queued`` history rows and ``message.queued``
-events and enqueues one ``messages.send`` job per message, all in the caller's transaction (the
-outbox sends the jobs after commit). A ready client's pacing slots are reserved right away, so a
-message waits in the broker until its slot (``scheduled_for``) without a first trip through a
-worker (app/messages/planning.py). Sending is app/messages/dispatch.py; statuses and acks
-app/messages/tracking.py; inbound messages and opt-outs app/messages/inbound.py.
+opted-out contacts), then writes the rows and their ``queued`` history rows (one ``INSERT ... SELECT
+FROM unnest`` statement whatever the count) and ``message.queued`` events, all in the caller's
+transaction. Each message's ``messages.send`` job goes to the broker once that transaction commits
+(nothing on rollback), without an outbox row: the message row is the record of the work, and a job
+lost between the commit and the broker is sent again by the sweeper (``requeue_lost``, after
+``MESSAGE_LOST_AFTER``). A ready client's pacing slots are reserved right away, so a message waits in
+the broker until its slot (``scheduled_for``) without a first trip through a worker
+(app/messages/planning.py); one due later than ``MESSAGE_PARK_AFTER`` is parked in Redis. Sending is
+app/messages/dispatch.py; statuses and acks app/messages/tracking.py; inbound messages and opt-outs
+app/messages/inbound.py.
 """
 from __future__ import annotations
 

@@ -89,3 +89,32 @@ def test_generated_items_load_the_same():
             raw.pop("extra", None)
         kinds[same(raw)[0]] += 1
     assert kinds["ok"] > 500 and kinds["error"] > 500, kinds
+
+
+def test_the_batch_answer_dumps_as_marshmallow_does():
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from app.messages.schemas import BatchResultSchema
+
+    fast = BatchResultSchema()
+    error = {"code": "validation_error", "message": "Validation failed", "details": {"to": ["Bad."]}}
+    at = datetime(2030, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    answers = [
+        {"messages": [{"id": "msg_1", "status": "queued", "scheduled_for": at},
+                      {"id": "msg_2", "status": "queued", "scheduled_for": None}, {"error": error},
+                      {"id": "msg_3", "status": "queued", "scheduled_for": at.astimezone(timezone(timedelta(hours=2)))}]},
+        {"messages": []},
+        {"messages": [{"id": "msg_1", "status": "queued"}]},  # other shapes: marshmallow itself
+        {"messages": [{"id": "msg_1", "status": "queued", "scheduled_for": at, "extra": 1}]},
+        {"messages": [{"error": error, "id": "msg_1"}]},
+    ]
+    for answer in answers:
+        assert fast.dump(answer) == ma_dump(answer), answer
+
+
+def ma_dump(answer):
+    import marshmallow
+
+    from app.messages.schemas import BatchResultSchema
+
+    return marshmallow.Schema.dump(BatchResultSchema(), answer)

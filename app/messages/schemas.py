@@ -180,7 +180,7 @@ _ACCEPTED_KEYS = frozenset(("id", "status", "scheduled_for"))
 def _fast_batch_dump(obj) -> dict | None:
     if type(obj) is not dict or obj.keys() != {"messages"} or type(obj["messages"]) is not list:
         return None
-    out = []
+    out: list[dict] = []
     for item in obj["messages"]:
         if type(item) is not dict:
             return None

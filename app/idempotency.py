@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import Response, request
-from sqlalchemy import BigInteger, ForeignKey, Integer, Text, delete, func, select, update
+from sqlalchemy import BigInteger, ForeignKey, Integer, Text, delete, func, select
 from sqlalchemy import text as sqltext
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.columns import CID, TS
@@ -106,58 +106,85 @@ def _principal_key(principal) -> str:
     return principal.id or f"{principal.kind}"
 
 
+#: One statement takes the key: a new row, or an expired or abandoned one taken over; else the row
+#: as it stands (in the statement's snapshot: a row inserted concurrently since is not seen, and the
+#: claim asks again). Run in autocommit, it is one round trip.
+_CLAIM = sqltext("""
+    WITH taken AS (
+        INSERT INTO idempotency_keys AS k (organization_id, principal_id, key, method, path, request_hash, status,
+                                           created_at, expires_at)
+        VALUES (:org, :who, :key, :method, :path, :hash, 'in_flight', now(), now() + :ttl)
+        ON CONFLICT ON CONSTRAINT idempotency_keys_org_key_key DO UPDATE
+            SET principal_id = EXCLUDED.principal_id, method = EXCLUDED.method, path = EXCLUDED.path,
+                request_hash = EXCLUDED.request_hash, status = 'in_flight', response_status = NULL,
+                response_body = NULL, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+            WHERE k.expires_at <= now() OR (k.status = 'in_flight' AND k.created_at < now() - :abandoned_after)
+        RETURNING k.id)
+    SELECT id, true AS claimed, NULL AS principal_id, NULL AS request_hash, NULL AS status,
+           NULL::integer AS response_status, NULL::jsonb AS response_body
+    FROM taken
+    UNION ALL
+    SELECT id, false, principal_id, request_hash, status, response_status, response_body
+    FROM idempotency_keys
+    WHERE organization_id = :org AND key = :key AND NOT EXISTS (SELECT FROM taken)""")
+
+
 def claim(principal, key: str, fingerprint: str, method: str, path: str) -> int | _Replay:
     """Take ``key`` for this request (its row id), or the stored response to replay; raises 409/422."""
+    params = {"org": principal.organization_id, "who": _principal_key(principal), "key": key, "method": method,
+              "path": path, "hash": fingerprint, "ttl": TTL,
+              "abandoned_after": timedelta(seconds=settings.IDEMPOTENCY_IN_FLIGHT_TIMEOUT)}
+    for _ in range(3):
+        row = _run_claim(params)
+        if row is None:  # inserted by a concurrent request after this statement's snapshot: ask again
+            continue
+        if row.claimed:
+            return row.id
+        if row.principal_id != params["who"] or row.request_hash != fingerprint:
+            raise ValidationError(
+                "This Idempotency-Key was already used for a different request",
+                code="idempotency_key_reused", details={HEADER: ["Already used with another request body."]})
+        if row.status == "in_flight":
+            raise Conflict("A request with this Idempotency-Key is still in progress; retry shortly",
+                           code="idempotency_in_flight", headers={"Retry-After": "1"})
+        return _Replay(row.response_status, row.response_body)
+    raise Conflict("Idempotency-Key contention; retry", code="idempotency_in_flight",
+                   headers={"Retry-After": "1"})
+
+
+def _run_claim(params: dict):
+    """The claim statement, committed on its own before the route runs (so a concurrent duplicate
+    sees the key in flight): in autocommit on a pooled connection, one round trip. A session
+    joined to an outer transaction (the tests') runs it in a savepoint of that instead."""
+    from sqlalchemy.engine import Engine
+
     from app.db import new_session
-    who = _principal_key(principal)
     session = new_session()
+    bind = session.bind
+    if isinstance(bind, Engine):
+        session.close()
+        with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            return conn.execute(_CLAIM, params).first()
     try:
-        for _ in range(3):
-            row_id = session.scalar(
-                insert(IdempotencyKey)
-                .values(organization_id=principal.organization_id, principal_id=who, key=key, method=method,
-                        path=path, request_hash=fingerprint, status="in_flight",
-                        created_at=func.now(), expires_at=func.now() + TTL)
-                .on_conflict_do_nothing(constraint="idempotency_keys_org_key_key")
-                .returning(IdempotencyKey.id))
-            if row_id is not None:
-                session.commit()
-                return row_id
-            row = session.scalars(select(IdempotencyKey).where(
-                IdempotencyKey.organization_id == principal.organization_id, IdempotencyKey.key == key)
-                .with_for_update()).first()
-            if row is None:  # deleted between the two statements (released): try again
-                session.rollback()
-                continue
-            now = session.scalar(select(func.now()))
-            abandoned = (row.status == "in_flight"
-                         and row.created_at < now - timedelta(seconds=settings.IDEMPOTENCY_IN_FLIGHT_TIMEOUT))
-            if row.expires_at <= now or abandoned:
-                row.principal_id, row.method, row.path, row.request_hash = who, method, path, fingerprint
-                row.status, row.response_status, row.response_body = "in_flight", None, None
-                row.created_at, row.expires_at = now, now + TTL
-                session.commit()
-                return row.id
-            if row.principal_id != who or row.request_hash != fingerprint:
-                raise ValidationError(
-                    "This Idempotency-Key was already used for a different request",
-                    code="idempotency_key_reused", details={HEADER: ["Already used with another request body."]})
-            if row.status == "in_flight":
-                raise Conflict("A request with this Idempotency-Key is still in progress; retry shortly",
-                               code="idempotency_in_flight", headers={"Retry-After": "1"})
-            return _Replay(row.response_status, row.response_body)
-        raise Conflict("Idempotency-Key contention; retry", code="idempotency_in_flight",
-                       headers={"Retry-After": "1"})
+        row = session.execute(_CLAIM, params).first()
+        session.commit()
+        return row
     finally:
         if session.in_transaction():
             session.rollback()
         session.close()
 
 
-def complete(session: Session, key_id: int, status: int, body) -> None:
-    """Store the response in the request's own transaction (commits with what the request wrote)."""
-    session.execute(update(IdempotencyKey).where(IdempotencyKey.id == key_id)
-                    .values(status="completed", response_status=status, response_body=body))
+_COMPLETE = sqltext("UPDATE idempotency_keys SET status = 'completed', response_status = :status, "
+                    "response_body = CAST(:body AS jsonb) WHERE id = :id")
+
+
+def complete(session: Session, key_id: int, status: int, body, *, raw: str | None = None) -> None:
+    """Store the response in the request's own transaction (commits with what the request wrote).
+    ``raw``: the response's JSON text, stored as it is (no parse and dump again)."""
+    if raw is None and body is not None:
+        raw = json.dumps(body)
+    session.execute(_COMPLETE, {"status": status, "body": raw, "id": key_id})
 
 
 def release(key_id: int) -> None:
@@ -295,7 +322,12 @@ def idempotent(fn=None, *, secret: bool = False):
             release(claimed)
             raise TypeError("@idempotent must be placed above the @blp.arguments/@blp.response decorators")
         if 200 <= response.status_code < 300 and (response.is_json or not response.get_data()):
-            complete(request_session(), claimed, response.status_code, _stored(response.get_json(silent=True), secret))
+            if secret or not response.is_json:
+                complete(request_session(), claimed, response.status_code,
+                         _stored(response.get_json(silent=True), secret))
+            else:  # the JSON text as it is (jsonb stores it by content)
+                complete(request_session(), claimed, response.status_code, None,
+                         raw=response.get_data(as_text=True) or None)
         else:
             release(claimed)
         return response

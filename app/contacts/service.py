@@ -9,6 +9,8 @@ are never forgotten.
 """
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.dialects.postgresql import insert
@@ -29,16 +31,25 @@ def e164(value, field: str = "phone") -> str:
     """``value`` if it is a possible phone number written in E.164, else a 422 naming ``field``."""
     if not isinstance(value, str) or not value.startswith("+") or not value[1:].isdigit():
         raise ValidationError(details={field: [E164_HINT]})
+    problem = _e164_problem(value)
+    if problem is not None:
+        raise ValidationError(details={field: [problem]})
+    return value
+
+
+@functools.lru_cache(maxsize=65536)
+def _e164_problem(value: str) -> str | None:
+    """What is wrong with ``value`` ("+" and digits) as an E.164 number, or None: the phonenumbers
+    parse and format of a number, remembered (campaigns and retries send to the same numbers)."""
     try:
         number = phonenumbers.parse(value, None)
     except phonenumbers.NumberParseException:
-        raise ValidationError(details={field: [E164_HINT]}) from None
+        return E164_HINT
     if not phonenumbers.is_possible_number(number):
-        raise ValidationError(details={field: [E164_HINT + " This number has the wrong length for its country."]})
-    normalised = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-    if normalised != value:
-        raise ValidationError(details={field: [E164_HINT]})
-    return value
+        return E164_HINT + " This number has the wrong length for its country."
+    if phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) != value:
+        return E164_HINT
+    return None
 
 
 def _clean_tags(tags) -> list[str]:

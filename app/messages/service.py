@@ -2,21 +2,23 @@
 
 Accepting (``accept_messages``, behind the three POST routes and usable by campaigns/automations)
 validates every item (E.164, sizes, media and template of the organisation, template variables,
-opted-out contacts), then writes the rows, their ``queued`` history rows and ``message.queued``
-events and enqueues one ``messages.send`` job per message, all in the caller's transaction (the
-outbox sends the jobs after commit). A ready client's pacing slots are reserved right away, so a
-message waits in the broker until its slot (``scheduled_for``) without a first trip through a
-worker (app/messages/planning.py). Sending is app/messages/dispatch.py; statuses and acks
-app/messages/tracking.py; inbound messages and opt-outs app/messages/inbound.py.
+opted-out contacts), then writes the rows and their ``queued`` history rows (one ``INSERT ... SELECT
+FROM unnest`` statement whatever the count) and ``message.queued`` events, all in the caller's
+transaction. Each message's ``messages.send`` job goes to the broker once that transaction commits
+(nothing on rollback), without an outbox row: the message row is the record of the work, and a job
+lost between the commit and the broker is sent again by the sweeper (``requeue_lost``, after
+``MESSAGE_LOST_AFTER``). A ready client's pacing slots are reserved right away, so a message waits in
+the broker until its slot (``scheduled_for``) without a first trip through a worker
+(app/messages/planning.py); one due later than ``MESSAGE_PARK_AFTER`` is parked in Redis. Sending is
+app/messages/dispatch.py; statuses and acks app/messages/tracking.py; inbound messages and opt-outs
+app/messages/inbound.py.
 """
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import cast
 
-from sqlalchemy import Table, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.clients.models import Client
@@ -25,9 +27,9 @@ from app.contacts.models import Contact
 from app.db import get_scoped, new_id, scoped_select, utcnow
 from app.errors import AppError, Conflict, Forbidden, NotFound, ValidationError
 from app.media.models import Media
-from app.messages import planning
+from app.messages import intake, planning
 from app.messages.models import Message
-from app.messages.schemas import CAPTION_MAX, MEDIA_TYPES, TEXT_MAX, MessageSchema
+from app.messages.schemas import CAPTION_MAX, MEDIA_TYPES, TEXT_MAX, FastItemLoader, MessageSchema
 from app.messages.tracking import OPT_OUT_KEY_PREFIX, dump, record_status
 from app.pagination import paginate
 from app.security.principal import Principal
@@ -37,6 +39,7 @@ from app.templates.rendering import render_template, template_placeholders
 log = logging.getLogger(__name__)
 
 _SCHEMA = MessageSchema()
+_ITEM_LOADER = FastItemLoader()  # MessageItemSchema().load, fast for the common shape
 
 
 # ----------------------------------------------------------------------------- accepting
@@ -211,17 +214,12 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
                "created_at": now, "updated_at": now, "scheduled_for": plan.scheduled_for,
                "campaign_id": campaign_id, "automation_id": automation_id}
               for (_, cols), plan in zip(accepted, plans, strict=True)]
-    table = cast(Table, Message.__table__)  # typed FromClause: a declarative model's is a Table
-    if keys:
-        inserted = set(session.scalars(
-            pg_insert(table).on_conflict_do_nothing(
-                index_elements=[table.c.organization_id, table.c.idempotency_key],
-                index_where=table.c.idempotency_key.isnot(None)).returning(table.c.id), values))
-    else:
-        session.execute(insert(table), values)  # one executemany, no RETURNING: every value is known here
-        inserted = {v["id"] for v in values}
-    fresh = [(i, v, plan) for (i, _), v, plan in zip(accepted, values, plans, strict=True) if v["id"] in inserted]
+    inserted = intake.insert_queued(session, client, values, now, campaign_id=campaign_id, automation_id=automation_id,
+                              keys=bool(keys))
+    fresh = [(i, v, plan) for (i, _), v, plan in zip(accepted, values, plans, strict=True)
+             if inserted is None or v["id"] in inserted]
     if len(fresh) < len(accepted):  # items whose key was used before: the first message answers
+        assert inserted is not None
         taken = {v["idempotency_key"]: i for (i, _), v in zip(accepted, values, strict=True) if v["id"] not in inserted}
         for m in session.scalars(select(Message).where(Message.organization_id == client.organization_id,
                                                        Message.idempotency_key.in_(list(taken)))):
@@ -229,19 +227,16 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
         planning.release_plans(client.id, [p for (_, _), v, p in zip(accepted, values, plans, strict=True)
                                                   if v["id"] not in inserted])
     if fresh:
-        session.execute(_QUEUED_HISTORY, {"ids": [v["id"] for _, v, _ in fresh], "at": now})
         from app.webhooks.events import emit_many
 
         for i, v, _ in fresh:
             results[i] = {**_BLANK, **v}
-        emit_many(session, client.organization_id, "message.queued", [dump(results[i]) for i, _, _ in fresh])
-        planning.enqueue_plans(session, [p for _, _, p in fresh])
+        emit_many(session, client.organization_id, "message.queued", [dump(results[i]) for i, _, _ in fresh],
+                  json_ready=True)
+        intake.send_after_commit(session, [p for _, _, p in fresh])
     return results
 
 
-_QUEUED_HISTORY = text(
-    "INSERT INTO message_status_history (organization_id, message_id, status, at, details) "
-    "SELECT organization_id, id, 'queued', :at, '{}'::jsonb FROM messages WHERE id = ANY(CAST(:ids AS text[]))")
 _BLANK = {c.key: None for c in Message.__table__.columns} | {"attempts": 0, "variables": {}}
 
 
@@ -271,10 +266,8 @@ def create_batch(session: Session, principal: Principal, *, client_id: str, mess
     """``POST /api/messages/batch``: every item validated on its own; one INSERT for the accepted ones."""
     from marshmallow import ValidationError as SchemaError
 
-    from app.messages.schemas import MessageItemSchema
-
     client = client_for_send(session, principal, client_id, field="client_id")
-    schema = MessageItemSchema()
+    schema = _ITEM_LOADER
     items: list[dict | None] = []
     errors: dict[int, dict] = {}
     for i, raw in enumerate(messages):

@@ -159,6 +159,37 @@ def test_concurrent_duplicates_create_one_message(committed, committed_client):
     assert committed.scalar(select(func.count()).select_from(Message)) == 1
 
 
+@pytest.mark.workers
+def test_the_claim_commits_on_its_own_in_autocommit(committed, committed_client):
+    """Real commits (the claim's autocommit path): a key is in flight for others as soon as it is
+    claimed, replayed once completed, and an expired or abandoned one is taken over."""
+    org = f.make_organization(committed)
+    cli = f.make_client(committed, organization_id=org.id, status="ready", config={"pacing": False})
+    headers = api_key_headers(committed, org, "admin")
+    committed.commit()
+    path, body = f"/api/clients/{cli.id}/send-message", {"to": TO, "message": "hi"}
+    h = {**headers, "Idempotency-Key": "auto-1"}
+    first = committed_client.post(path, json=body, headers=h)
+    assert first.status_code == 202
+    again = committed_client.post(path, json=body, headers=h)
+    assert again.get_json() == first.get_json() and again.headers["Idempotent-Replayed"] == "true"
+    assert committed_client.post(path, json={**body, "message": "other"}, headers=h).status_code == 422
+    row = committed.scalars(select(IdempotencyKey).where(IdempotencyKey.key == "auto-1")).one()
+    assert (row.status, row.response_status, row.response_body) == ("completed", 202, first.get_json())
+    committed.execute(text("UPDATE idempotency_keys SET expires_at = now() - interval '1 second'"))
+    committed.commit()
+    taken = committed_client.post(path, json={**body, "message": "other"}, headers=h)  # expired: a new request
+    assert taken.status_code == 202 and taken.get_json()["id"] != first.get_json()["id"]
+    committed.execute(text("UPDATE idempotency_keys SET status = 'in_flight', created_at = now() - interval '10 s'"))
+    committed.commit()
+    other = {**body, "message": "other"}
+    assert committed_client.post(path, json=other, headers=h).status_code == 409, "in flight, not abandoned yet"
+    committed.execute(text("UPDATE idempotency_keys SET created_at = now() - interval '1 hour'"))
+    committed.commit()
+    assert committed_client.post(path, json=body, headers=h).status_code == 202, "abandoned: taken over by anyone"
+    assert committed.scalar(select(func.count()).select_from(Message)) == 3
+
+
 CREATING = {  # every creating POST of API.md that a principal calls, with a valid body
     "/api/clients": ({"name": "Phone", "transport": "sim"}, None),
     "/api/proxies": ({"scheme": "http", "host": "proxy.example.test", "port": 8080, "username": "u",

@@ -1,0 +1,87 @@
+"""Writing accepted messages (``app.messages.service.accept_messages`` decides what is accepted):
+the rows and their ``queued`` history rows in one statement, and each message's ``messages.send``
+job after the commit.
+
+The job needs no outbox row: the message row itself is the durable record of the work. A job lost
+between the commit and the broker (the process died, Redis refused it) leaves a ``queued`` message
+with nothing on its way, which the sweeper (``app.messages.sweeper.requeue_lost``) sends again once
+its due time is ``MESSAGE_LOST_AFTER`` past (tests/messages/test_routes.py checks it).
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from app.clients.models import Client
+from app.messages import planning
+from app.messages.tracking import SEND_ACTOR
+from config import settings
+
+#: the messages and their ``queued`` history rows in one statement, from one array per column
+_INSERT_QUEUED = """
+    WITH m AS (
+        INSERT INTO messages (id, organization_id, client_id, direction, contact_id, to_phone, from_phone, type, text,
+                              media_id, caption, template_id, variables, status, campaign_id, automation_id,
+                              idempotency_key, scheduled_at, scheduled_for, attempts, queued_at, created_at, updated_at)
+        SELECT u.id, :org, :client, 'outbound', u.contact_id, u.to_phone, :from_phone, u.type, u.text,
+               u.media_id, u.caption, u.template_id, COALESCE(u.variables, '{{}}'::jsonb), 'queued', :campaign,
+               :automation, u.idempotency_key, u.scheduled_at, u.scheduled_for, 0, :now, :now, :now
+        FROM unnest(CAST(:ids AS text[]), CAST(:contact_ids AS text[]), CAST(:to_phones AS text[]),
+                    CAST(:types AS text[]), CAST(:texts AS text[]), CAST(:media_ids AS text[]),
+                    CAST(:captions AS text[]), CAST(:template_ids AS text[]), CAST(:variables AS jsonb[]),
+                    CAST(:keys AS text[]), CAST(:scheduled_at AS timestamptz[]), CAST(:scheduled_for AS timestamptz[]))
+             AS u(id, contact_id, to_phone, type, text, media_id, caption, template_id, variables, idempotency_key,
+                  scheduled_at, scheduled_for)
+        {on_conflict}
+        RETURNING id)
+    INSERT INTO message_status_history (organization_id, message_id, status, at, details)
+    SELECT :org, m.id, 'queued', :now, '{{}}'::jsonb FROM m
+    {returning}"""
+_INSERT_PLAIN = text(_INSERT_QUEUED.format(on_conflict="", returning=""))
+_INSERT_KEYED = text(_INSERT_QUEUED.format(
+    on_conflict="ON CONFLICT (organization_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+    returning="RETURNING message_id"))
+
+
+
+def insert_queued(session: Session, client: Client, values: list[dict], now: datetime, *, campaign_id: str | None,
+                   automation_id: str | None, keys: bool) -> set[str] | None:
+    """Write the messages of ``values`` and their ``queued`` history rows with one ``INSERT ...
+    SELECT FROM unnest`` (an array per column: one statement and one round trip whatever the
+    count). With ``keys`` a message whose idempotency key exists is skipped, and the ids written
+    are returned; without, None (all were)."""
+    params = {
+        "org": client.organization_id, "client": client.id, "from_phone": client.phone, "now": now,
+        "campaign": campaign_id, "automation": automation_id,
+        "ids": [v["id"] for v in values], "contact_ids": [v["contact_id"] for v in values],
+        "to_phones": [v["to_phone"] for v in values], "types": [v["type"] for v in values],
+        "texts": [v["text"] for v in values], "media_ids": [v["media_id"] for v in values],
+        "captions": [v["caption"] for v in values], "template_ids": [v["template_id"] for v in values],
+        "variables": [json.dumps(v["variables"]) if v["variables"] else None for v in values],
+        "keys": [v["idempotency_key"] for v in values], "scheduled_at": [v["scheduled_at"] for v in values],
+        "scheduled_for": [v["scheduled_for"] for v in values],
+    }
+    if keys:
+        return set(session.scalars(_INSERT_KEYED, params))
+    session.execute(_INSERT_PLAIN, params)
+    return None
+
+
+def send_after_commit(session: Session, plans: list[planning.Plan]) -> None:
+    """Have each new message's ``messages.send`` run at its time: sent to the broker once the
+    transaction commits (nothing on rollback), without an outbox row: the message row is the
+    record of the work, and a job lost between the commit and the broker (a crash, Redis away) is
+    sent again by the sweeper (``requeue_lost``, after ``MESSAGE_LOST_AFTER``). Jobs due later than
+    ``MESSAGE_PARK_AFTER`` are parked in Redis as before (``planning.schedule``)."""
+    from app import outbox
+
+    park_after_ms = settings.MESSAGE_PARK_AFTER * 1000
+    soon = [p for p in plans if p.delay_ms <= park_after_ms]
+    later = [(p.message_id, p.delay_ms) for p in plans if p.delay_ms > park_after_ms]
+    if soon:
+        outbox.after_commit(session, SEND_ACTOR, [(p.message_id,) for p in soon], delays_ms=[p.delay_ms for p in soon])
+    if later:
+        planning.schedule(session, later)

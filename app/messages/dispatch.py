@@ -2,8 +2,9 @@
 
 The path of one outbound message:
 
-1. Accepted (app/messages/service.py): the row and its ``messages.send`` job commit together (the
-   outbox), the job delayed until the message's pacing slot or parked (app/messages/planning.py).
+1. Accepted (app/messages/service.py, app/messages/intake.py): the row commits, then its
+   ``messages.send`` job goes to the broker, delayed until the message's pacing slot or parked
+   (app/messages/planning.py); the sweeper sends a lost one again.
 2. ``messages.send`` (``run_send_job``): skips a message that is no longer queued; holds one whose
    client is not ready, paused or deleted (it stays ``queued``; ``resume_client`` sends it on when
    the client is ready again); asks pacing for its slot (app/messages/pacing.py). Not due yet: the job is

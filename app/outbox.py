@@ -94,9 +94,10 @@ def after_commit(session: Session, actor_name: str, arg_lists: list, *,
         return
     now_ms = int(time.time() * 1000)
     delays_ms = delays_ms or [None] * len(arg_lists)
+    origin = {"request_id": rid} if (rid := current_request_id.get()) else {}  # as enqueue_many's jobs
     session.info.setdefault(_PENDING, []).extend(
         {"id": None, "actor_name": actor_name, "queue_name": queue_of(actor_name), "args": list(a), "kwargs": {},
-         "options": {"eta": now_ms + int(d)} if d and d > 0 else {}}
+         "options": {**origin, "eta": now_ms + int(d)} if d and d > 0 else origin}
         for a, d in zip(arg_lists, delays_ms, strict=True))
 
 

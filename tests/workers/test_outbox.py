@@ -161,3 +161,23 @@ def test_the_api_process_sends_to_the_configured_broker(redis_conn):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert redis_conn.llen("dramatiq:default") == 1
+
+
+def test_a_job_sent_after_commit_without_a_row_carries_its_request_id_too(session, redis_conn):
+    import dramatiq
+
+    from app.logs import current_request_id
+
+    token = current_request_id.set("req-78")
+    try:
+        outbox.after_commit(session, "system.noop", [("traced",)])
+        outbox.after_commit(session, "system.noop", [("delayed",)], delays_ms=[60_000])
+        session.commit()
+    finally:
+        current_request_id.reset(token)
+    outbox.after_commit(session, "system.noop", [("untraced",)])
+    session.commit()
+    raw = [*redis_conn.hvals("dramatiq:default.msgs"), *redis_conn.hvals("dramatiq:default.DQ.msgs")]
+    options = {m.args[0]: m.options for m in map(dramatiq.Message.decode, raw)}
+    assert options["traced"]["request_id"] == options["delayed"]["request_id"] == "req-78"
+    assert "request_id" not in options["untraced"]

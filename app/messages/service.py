@@ -231,8 +231,7 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
 
         for i, v, _ in fresh:
             results[i] = {**_BLANK, **v}
-        emit_many(session, client.organization_id, "message.queued", [dump(results[i]) for i, _, _ in fresh],
-                  json_ready=True)
+        emit_many(session, client.organization_id, "message.queued", [dump(results[i]) for i, _, _ in fresh])
         intake.send_after_commit(session, [p for _, _, p in fresh])
     return results
 

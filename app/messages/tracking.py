@@ -217,7 +217,7 @@ def _write_acked(session: Session, rows: list[dict], steps: list[tuple[str, dict
     for status, message, _, _ in ordered:
         groups.setdefault((message["organization_id"], status), []).append(dump(message))
     for (organization_id, status), items in groups.items():
-        emit_many(session, organization_id, f"message.{status}", items, json_ready=True)
+        emit_many(session, organization_id, f"message.{status}", items)
     ids = {r["id"] for r in rows}
     for obj in list(session.identity_map.values()):  # ORM copies of these rows are stale now
         if isinstance(obj, Message) and obj.id in ids:

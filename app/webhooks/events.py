@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
 
 from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
@@ -110,27 +109,36 @@ def emit(session: Session, organization_id: str, event_type: str, data: dict) ->
     return event
 
 
-def emit_many(session: Session, organization_id: str, event_type: str, items: list[dict], *,
-              json_ready: bool = False) -> list[str]:
-    """``emit`` for many events of one type (a batch of messages): one INSERT for the events and
-    one for their deliveries, instead of an ORM object and a flush each. Returns the event ids.
-    ``json_ready``: the items hold only JSON values already (``dump`` of a message), so they are
-    stored as they are."""
-    from sqlalchemy import Table, insert
-
+def emit_many(session: Session, organization_id: str, event_type: str, items: list[dict]) -> list[str]:
+    """``emit`` for many events of one type (a batch of messages): one statement for the events
+    (which also finds their subscribers, unless this transaction knows them) and one for their
+    deliveries, instead of an ORM object and a flush each. Returns the event ids."""
     if event_type not in EVENT_TYPES or event_type == TEST_EVENT:
         raise ValueError(f"emit_many cannot record {event_type!r}")
     if not items:
         return []
-    now = utcnow()
-    rows: list[dict[str, Any]] = [{"id": new_id("evt"), "organization_id": organization_id, "type": event_type,
-                                   "payload": data if json_ready else _payload(data), "created_at": now}
-                                  for data in items]
-    # typed FromClause: a declarative model's is a Table
-    session.execute(insert(cast(Table, WebhookEvent.__table__)), rows)
-    ids = [row["id"] for row in rows]
-    route(session, organization_id, event_type, ids)
+    ids = [new_id("evt") for _ in items]
+    params = {"ids": ids, "org": organization_id, "type": event_type, "at": utcnow(),
+              "payloads": [json.dumps(data or {}, default=_json_default) for data in items]}
+    known = session.info.get(_MEMO, {}).get((organization_id, event_type))
+    if known is not None:
+        session.execute(_INSERT_EVENTS, params)
+        route(session, organization_id, event_type, ids, endpoints=known)
+    else:
+        endpoints = session.scalar(_INSERT_EVENTS_FINDING_SUBSCRIBERS, params)
+        route(session, organization_id, event_type, ids, endpoints=list(endpoints or []))
     return ids
+
+
+_INSERT_EVENTS_SQL = """
+    INSERT INTO webhook_events (id, organization_id, type, payload, created_at)
+    SELECT e.id, :org, :type, e.payload, :at
+      FROM unnest(CAST(:ids AS text[]), CAST(CAST(:payloads AS text[]) AS jsonb[])) AS e(id, payload)"""
+_INSERT_EVENTS = text(_INSERT_EVENTS_SQL)
+_INSERT_EVENTS_FINDING_SUBSCRIBERS = text(f"""
+    WITH e AS ({_INSERT_EVENTS_SQL})
+    SELECT ARRAY(SELECT w.id FROM webhooks AS w WHERE {subscribed_where("w", "CAST(:org AS text)", ":type")}
+                 ORDER BY w.id)""")
 
 
 # ----------------------------------------------------------------------------- fan-out into deliveries

@@ -152,6 +152,7 @@ def record_sent(session: Session, message_id: str, external_id: str, *, claimed:
     row = session.execute(_SENT, {"id": message_id, "at": at, "external_id": external_id, "event_id": event_id,
                                   "payload": json.dumps(dump(after))}).first()
     if row is not None:
+        _SUBSCRIBED_ORGS[row.organization_id] = bool(row.endpoints)  # none any more: one statement next time
         route(session, row.organization_id, "message.sent", [event_id], endpoints=list(row.endpoints))
         return
     # reconciled meanwhile (unknown, or a late ack): keep the transport's id, and let an

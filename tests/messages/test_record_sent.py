@@ -125,3 +125,27 @@ def test_the_transaction_record_outlives_a_database_blip(session, sim_client, mo
     seen = recorded(session, msg)
     assert (seen["status"], seen["history"], seen["reports"]) == ("sent", ["queued", "sending", "sent"],
                                                                    ["delivered", "read"])
+
+
+def test_once_its_endpoint_is_gone_an_organisation_is_recorded_in_one_statement_again(session, sim_client, monkeypatch):
+    hook = f.make_webhook(session, organization_id=sim_client.organization_id, events=["message.sent"])
+    first = queue_one(session, sim_client)
+    session.commit()
+    assert dispatch.perform_send(first.id, lambda cid: sim_transport(session, sim_client)) == "sent"
+    hook.enabled = False
+    second, third = queue_one(session, sim_client), queue_one(session, sim_client)
+    session.commit()
+    ways = []
+    real_alone, real_tx = recording.record_sent_alone, recording.record_sent
+
+    def alone(*args, **kwargs):
+        done = real_alone(*args, **kwargs)
+        ways.append("one statement" if done else "declined")
+        return done
+
+    monkeypatch.setattr(dispatch, "record_sent_alone", alone)
+    monkeypatch.setattr(dispatch, "record_sent", lambda *a, **k: ways.append("transaction") or real_tx(*a, **k))
+    for msg in (second, third):
+        assert dispatch.perform_send(msg.id, lambda cid: sim_transport(session, sim_client)) == "sent"
+    assert ways == ["declined", "transaction", "one statement"], \
+        "the organisation that had an endpoint goes back to one statement once it has none"

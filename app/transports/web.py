@@ -109,8 +109,10 @@ class WebTransport(Transport):
         self.runtime.run(self._start(state), timeout=settings.WEB_NAV_TIMEOUT + 30)
 
     def stop(self) -> None:
-        """Close the context after saving the login state (the next start needs no QR)."""
+        """Close the context after saving the login state (the next start needs no QR); the state
+        has reached the sink when this returns, so whoever starts the session next has it."""
         self.runtime.run(self._close(save=True, reason=None), timeout=settings.WEB_NAV_TIMEOUT + 30)
+        self.runtime.flush_reports()
 
     def logout(self) -> None:
         self.runtime.run(self._logout(), timeout=2 * settings.WEB_NAV_TIMEOUT + 30)

@@ -210,6 +210,7 @@ def test_scan_logs_in_reports_ready_with_the_phone_and_saves_the_login(wa_web, o
 def test_login_survives_a_browser_restart_without_a_new_qr(wa_web, open_transport):
     transport, sink = open_transport("cli_persist")
     start_and_scan(transport, sink, wa_web, PHONE)
+    sink.wait(lambda: sink.states(), 20, "a saved login state")
     transport.stop()
     saved = sink.states()[-1]
     devices = wa_web.linked_devices(PHONE)
@@ -228,6 +229,7 @@ def test_login_survives_a_browser_restart_without_a_new_qr(wa_web, open_transpor
 def test_a_saved_login_the_phone_revoked_reports_logged_out(wa_web, open_transport):
     transport, sink = open_transport("cli_revoked")
     start_and_scan(transport, sink, wa_web, PHONE)
+    sink.wait(lambda: sink.states(), 20, "a saved login state")
     transport.stop()
     wa_web.logout(PHONE)  # "log out all devices" while the session was stopped
     closed = []
@@ -448,6 +450,7 @@ def test_inbound_messages_are_reported(wa_web, ready_transport):
 def test_chat_history_is_not_reported_as_new_messages(wa_web, open_transport):
     transport, sink = open_transport("cli_history")
     start_and_scan(transport, sink, wa_web, PHONE)
+    sink.wait(lambda: sink.states(), 20, "a saved login state")
     for text in ("one", "two"):
         wa_web.inbound(PHONE, "+15550888003", text)
         sink.wait(lambda: text in [m.text for m in sink.inbound_messages()], 30, f"message {text!r}")

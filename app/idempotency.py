@@ -154,25 +154,11 @@ def claim(principal, key: str, fingerprint: str, method: str, path: str) -> int 
 
 def _run_claim(params: dict):
     """The claim statement, committed on its own before the route runs (so a concurrent duplicate
-    sees the key in flight): in autocommit on a pooled connection, one round trip. A session
-    joined to an outer transaction (the tests') runs it in a savepoint of that instead."""
-    from sqlalchemy.engine import Engine
+    sees the key in flight): one round trip in autocommit (``one_statement``)."""
+    from app.db import one_statement
 
-    from app.db import new_session
-    session = new_session()
-    bind = session.bind
-    if isinstance(bind, Engine):
-        session.close()
-        with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            return conn.execute(_CLAIM, params).first()
-    try:
-        row = session.execute(_CLAIM, params).first()
-        session.commit()
-        return row
-    finally:
-        if session.in_transaction():
-            session.rollback()
-        session.close()
+    with one_statement() as conn:
+        return conn.execute(_CLAIM, params).first()
 
 
 _COMPLETE = sqltext("UPDATE idempotency_keys SET status = 'completed', response_status = :status, "

@@ -1,6 +1,6 @@
 """Writing accepted messages (``app.messages.service.accept_messages`` decides what is accepted):
-the rows and their ``queued`` history rows in one statement, and each message's ``messages.send``
-job after the commit.
+the rows and their ``queued`` history rows in one statement. Their ``messages.send`` jobs go after
+the commit (``planning.enqueue_plans(..., outbox_row=False)``).
 
 The job needs no outbox row: the message row itself is the durable record of the work. A job lost
 between the commit and the broker (the process died, Redis refused it) leaves a ``queued`` message
@@ -16,9 +16,6 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.clients.models import Client
-from app.messages import planning
-from app.messages.tracking import SEND_ACTOR
-from config import settings
 
 #: the messages and their ``queued`` history rows in one statement, from one array per column
 _INSERT_QUEUED = """
@@ -46,7 +43,6 @@ _INSERT_KEYED = text(_INSERT_QUEUED.format(
     returning="RETURNING message_id"))
 
 
-
 def insert_queued(session: Session, client: Client, values: list[dict], now: datetime, *, campaign_id: str | None,
                    automation_id: str | None, keys: bool) -> set[str] | None:
     """Write the messages of ``values`` and their ``queued`` history rows with one ``INSERT ...
@@ -68,20 +64,3 @@ def insert_queued(session: Session, client: Client, values: list[dict], now: dat
         return set(session.scalars(_INSERT_KEYED, params))
     session.execute(_INSERT_PLAIN, params)
     return None
-
-
-def send_after_commit(session: Session, plans: list[planning.Plan]) -> None:
-    """Have each new message's ``messages.send`` run at its time: sent to the broker once the
-    transaction commits (nothing on rollback), without an outbox row: the message row is the
-    record of the work, and a job lost between the commit and the broker (a crash, Redis away) is
-    sent again by the sweeper (``requeue_lost``, after ``MESSAGE_LOST_AFTER``). Jobs due later than
-    ``MESSAGE_PARK_AFTER`` are parked in Redis as before (``planning.schedule``)."""
-    from app import outbox
-
-    park_after_ms = settings.MESSAGE_PARK_AFTER * 1000
-    soon = [p for p in plans if p.delay_ms <= park_after_ms]
-    later = [(p.message_id, p.delay_ms) for p in plans if p.delay_ms > park_after_ms]
-    if soon:
-        outbox.after_commit(session, SEND_ACTOR, [(p.message_id,) for p in soon], delays_ms=[p.delay_ms for p in soon])
-    if later:
-        planning.schedule(session, later)

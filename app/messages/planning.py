@@ -81,9 +81,9 @@ def plan(client: Client, entries: list[tuple[str, int, datetime | None]]) -> lis
     return plans
 
 
-def enqueue_plans(session: Session, plans: list[Plan]) -> None:
-    """Have each planned message's job run at its time."""
-    schedule(session, [(p.message_id, p.delay_ms) for p in plans])
+def enqueue_plans(session: Session, plans: list[Plan], *, outbox_row: bool = True) -> None:
+    """Have each planned message's job run at its time (``schedule``)."""
+    schedule(session, [(p.message_id, p.delay_ms) for p in plans], outbox_row=outbox_row)
 
 
 PARKED_KEY = "wa:msgs:parked"
@@ -94,17 +94,18 @@ return due
 """
 
 
-def schedule(session: Session, jobs: list[tuple[str, int]]) -> None:
+def schedule(session: Session, jobs: list[tuple[str, int]], *, outbox_row: bool = True) -> None:
     """Have ``messages.send`` run for each ``(message_id, delay_ms)``: through the outbox (sent
     after commit) when due within ``MESSAGE_PARK_AFTER``, else parked in Redis for the feeder
     (``release_parked``). Parking happens now; if the transaction then rolls back, the feeder
     later finds no message and nothing happens. A parking lot lost with Redis is recovered by
-    the sweeper (``requeue_lost``) from the rows."""
+    the sweeper (``requeue_lost``) from the rows. ``outbox_row=False`` (intake): the jobs are sent
+    after commit without an outbox row; one lost on the way is the sweeper's too."""
     soon = [(m, d) for m, d in jobs if d <= _park_after_ms()]
     later = [(m, d) for m, d in jobs if d > _park_after_ms()]
     if soon:
-        outbox.enqueue_many(session, SEND_ACTOR, [(m,) for m, _ in soon],
-                            delays_ms=[d for _, d in soon])
+        send = outbox.enqueue_many if outbox_row else outbox.after_commit
+        send(session, SEND_ACTOR, [(m,) for m, _ in soon], delays_ms=[d for _, d in soon])
     if later:
         now = pacing.now_ms()
         redis_client().zadd(PARKED_KEY, {m: now + d for m, d in later})

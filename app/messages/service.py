@@ -214,8 +214,8 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
                "created_at": now, "updated_at": now, "scheduled_for": plan.scheduled_for,
                "campaign_id": campaign_id, "automation_id": automation_id}
               for (_, cols), plan in zip(accepted, plans, strict=True)]
-    inserted = intake.insert_queued(session, client, values, now, campaign_id=campaign_id, automation_id=automation_id,
-                              keys=bool(keys))
+    inserted = intake.insert_queued(session, client, values, now, campaign_id=campaign_id,
+                                    automation_id=automation_id, keys=bool(keys))
     fresh = [(i, v, plan) for (i, _), v, plan in zip(accepted, values, plans, strict=True)
              if inserted is None or v["id"] in inserted]
     if len(fresh) < len(accepted):  # items whose key was used before: the first message answers
@@ -232,7 +232,7 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
         for i, v, _ in fresh:
             results[i] = {**_BLANK, **v}
         emit_many(session, client.organization_id, "message.queued", [dump(results[i]) for i, _, _ in fresh])
-        intake.send_after_commit(session, [p for _, _, p in fresh])
+        planning.enqueue_plans(session, [p for _, _, p in fresh], outbox_row=False)
     return results
 
 

@@ -100,7 +100,7 @@ def record(session: Session, reports: list[Report]) -> None:
 
 
 def report_params(reports: list[Report]) -> dict:
-    """The parameters of ``INSERT_REPORTS`` for ``reports``."""
+    """The parameters of ``insert_reports_sql`` for ``reports``."""
     now = utcnow()
     return {"report_orgs": [r.organization_id for r in reports], "report_clients": [r.client_id for r in reports],
             "report_kinds": [r.kind for r in reports], "report_payloads": [json.dumps(r.payload) for r in reports],
@@ -123,7 +123,7 @@ def wake_after_commit(session: Session, delays_ms: list[int]) -> None:
 
 
 def wake(reports: list[Report]) -> None:
-    """``wake_after_commit`` for reports a statement of its own committed (``INSERT_REPORTS``)."""
+    """``wake_after_commit`` for reports a statement of its own committed (``insert_reports_sql``)."""
     if reports:
         _wake_quietly(_ticks([r.delay_ms for r in reports]))
 
@@ -172,15 +172,14 @@ def send_wakes(ticks: list[int]) -> int:
                                             args=(tick,), kwargs={}, options={}),
                            delay=delay if delay > 0 else None)
             sent += 1
-        _taken[tick] = True
+        _taken.add(tick)
     if len(_taken) > 1000:
-        for old in [t for t in list(_taken) if t < now_ms]:
-            _taken.pop(old, None)
+        _taken.difference_update([t for t in list(_taken) if t < now_ms])  # list(): a copy taken at once (threads)
     return sent
 
 
 #: ticks this process has seen taken (``send_wakes``)
-_taken: dict[int, bool] = {}
+_taken: set[int] = set()
 
 
 def forget_taken_wakes() -> None:
@@ -190,7 +189,7 @@ def forget_taken_wakes() -> None:
 
 def woken(tick: int) -> None:
     """The wake-up job of ``tick`` started: later reports of that tick need a job of their own."""
-    _taken.pop(tick, None)
+    _taken.discard(tick)
     redis_client().delete(f"{_WAKE_KEY}{tick}")
 
 

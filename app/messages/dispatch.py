@@ -181,7 +181,8 @@ def _claim(session: Session, message: Message, client: Client,
     return _Prepared(claimed.id, client.id, claimed.attempts, build_outbound(session, claimed), dict(claimed._mapping))
 
 
-# One statement each for the two writes around the transport call (the hot path of every send).
+# The claim before the transport call, in one statement (the hot path of every send); what is written
+# after the call is app/messages/recording.py.
 _CLAIM = text("""
     WITH m AS (
         UPDATE messages SET status = 'sending', sending_at = :at, attempts = attempts + 1, updated_at = :at
@@ -192,6 +193,8 @@ _CLAIM = text("""
         SELECT organization_id, id, 'sending', :at, jsonb_build_object('attempt', attempts) FROM m)
     SELECT * FROM m
 """)
+
+
 def _deliver(prepared: _Prepared, transport_for) -> SendOutcome:
     """Call the transport for a claimed (committed ``sending``) message and record the outcome.
 

@@ -126,12 +126,8 @@ def record_sent_alone(claimed: dict, external_id: str, reports: list[Report]) ->
     org = claimed["organization_id"]
     if _SUBSCRIBED_ORGS.get(org):
         return False
-    at = utcnow()
-    after = {**claimed, "status": "sent", "sent_at": at, "external_id": external_id, "updated_at": at,
-             "error_code": None, "error_message": None}
     with one_statement() as conn:
-        row = conn.execute(_SENT_ALONE, {"id": claimed["id"], "org": org, "at": at, "external_id": external_id,
-                                         "event_id": new_id("evt"), "payload": json.dumps(dump(after)),
+        row = conn.execute(_SENT_ALONE, {**_sent_params(claimed, external_id), "org": org,
                                          **report_params(reports)}).one()
     if len(_SUBSCRIBED_ORGS) > 10_000:
         _SUBSCRIBED_ORGS.clear()
@@ -141,16 +137,22 @@ def record_sent_alone(claimed: dict, external_id: str, reports: list[Report]) ->
     return bool(row.done)
 
 
+def _sent_params(claimed: dict, external_id: str) -> dict:
+    """The parameters of ``_sent_steps``; the event's payload is the claimed row as it will be."""
+    at = utcnow()
+    after = {**claimed, "status": "sent", "sent_at": at, "external_id": external_id, "updated_at": at,
+             "error_code": None, "error_message": None}
+    return {"id": claimed["id"], "at": at, "external_id": external_id, "event_id": new_id("evt"),
+            "payload": json.dumps(dump(after))}
+
+
 def record_sent(session: Session, message_id: str, external_id: str, *, claimed: dict) -> None:
     """``sending -> sent`` with its history row, the contact's last outbound time and the
     ``message.sent`` event, in one statement. ``claimed`` (the row as the claim returned it) gives the
     event's data: nothing else changes a ``sending`` row, so it is the row after the update."""
-    at = utcnow()
-    after = {**claimed, "status": "sent", "sent_at": at, "external_id": external_id, "updated_at": at,
-             "error_code": None, "error_message": None}
-    event_id = new_id("evt")
-    row = session.execute(_SENT, {"id": message_id, "at": at, "external_id": external_id, "event_id": event_id,
-                                  "payload": json.dumps(dump(after))}).first()
+    params = _sent_params(claimed, external_id)
+    at, event_id = params["at"], params["event_id"]
+    row = session.execute(_SENT, params).first()
     if row is not None:
         _SUBSCRIBED_ORGS[row.organization_id] = bool(row.endpoints)  # none any more: one statement next time
         route(session, row.organization_id, "message.sent", [event_id], endpoints=list(row.endpoints))

@@ -220,8 +220,10 @@ def main() -> None:
             c.signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
         for c in children:
-            while c.proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
+            try:
+                c.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass  # killed below
         for c in children:
             if c.proc.poll() is None:
                 say(c.name, c.color, "did not stop in time; killing")

@@ -166,7 +166,7 @@ class Stack:
         self.postgres = OwnPostgres(workdir / "postgres")
         self.extra_env = env
         self.procs: dict[str, subprocess.Popen] = {}
-        self.port = free_port()
+        self.port = 0  # the api's, picked when it starts (start_api)
         self.key = ""
 
     # -- lifecycle
@@ -181,9 +181,9 @@ class Stack:
                     "DATA_DIR": str(self.workdir / "data"), "HOST": "127.0.0.1", "PORT": str(self.port),
                     "PYTHONUNBUFFERED": "1", "WORKER_PROCESSES": "1", **self.extra_env}
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        for name in ("api", "messages", "default", "scheduler"):
+        for name in ("messages", "default", "scheduler"):
             self.start_process(name)
-        wait_for(lambda: self.health() is not None, timeout=60, message="the stack's api")
+        self.start_api()
         org = self.cli("org", "create", "--name", "Faults", "--admin-email", "faults@example.test",
                        "--admin-password", "a long fault passphrase")
         self.key = self.cli("apikey", "create", "--org", org["organization"]["id"], "--name", "faults",
@@ -208,6 +208,22 @@ class Stack:
                                             start_new_session=True)
         if name in ("messages", "default"):
             wait_for(lambda: self.pool_alive(name), timeout=60, message=f"the {name} pool's heartbeat")
+
+    def start_api(self) -> None:
+        """The api on a port picked just before it binds, picked again if the api could not take it:
+        between ``free_port`` and the bind, any outbound connection of the machine may be given
+        that ephemeral port."""
+        for _ in range(3):
+            self.port = free_port()
+            self.env["PORT"] = str(self.port)
+            self.start_process("api")
+            api = self.procs["api"]
+            wait_for(lambda: api.poll() is not None or self.health() is not None, timeout=60,
+                     message="the stack's api")
+            if api.poll() is None:
+                return
+        log = (self.workdir / "api.log").read_text(errors="replace")[-3000:]
+        raise AssertionError(f"the stack's api did not start three times; its log ends:\n{log}")
 
     def pool_alive(self, name: str) -> bool:
         try:

@@ -102,6 +102,8 @@ class Settings:
     MESSAGE_SENDING_TIMEOUT: int = setting("120", "Seconds after which the sweeper marks a message stuck in `sending` (its worker died mid-send) `unknown` with code `interrupted` and asks the transport what became of it; it is never resent unless the transport is certain it never got it.")
     MESSAGE_LOST_AFTER: int = setting("300", "Seconds past its due time after which the sweeper re-enqueues a `queued` message whose job was lost.")
     MESSAGE_SWEEP_EVERY: int = setting("30", "Seconds between two runs of the message sweeper (interrupted sends, lost jobs, expired idempotency keys).")
+    TEMPLATE_SYNC_EVERY: int = setting("900", "Seconds between two syncs of every submitted template's status from Meta (a verdict whose `message_template_status_update` webhook was lost).")
+    CUSTOMER_WINDOW_HOURS: int = setting("24", "Hours after a contact's last message during which a `cloud` client may send it free-form messages; outside them only templates (422 `outside_customer_window`), as Meta rules.")
     MESSAGE_MAX_ATTEMPTS: int = setting("5", "Transport attempts of one message on transient errors before it fails.")
     OPT_OUT_CONFIRMATION: str = setting("You have been unsubscribed and will receive no more messages. Reply START to subscribe again.", "The one message sent to a contact who opts out (STOP).")
     INBOX_REDISPATCH_AFTER: int = setting("30", "Seconds a transport report (status, ack, inbound message) may stay unapplied past its time before its job is sent again (the broker lost it).")

@@ -327,8 +327,12 @@ CREATE TABLE templates (
     name             text NOT NULL,
     language         text NOT NULL DEFAULT 'en',
     body             text NOT NULL,                                 -- with {{variable}} placeholders
-    variables        text[] NOT NULL DEFAULT '{}',                  -- placeholder names parsed from body
-    category         text,
+    variables        text[] NOT NULL DEFAULT '{}',                  -- placeholder names of header, body and buttons
+    category         text CHECK (category IN ('marketing', 'utility', 'authentication')),
+    header           jsonb,                                         -- {"type": "text", "text"} | {"type": "image"|"video"|"document", "media_id"}
+    footer           text,
+    buttons          jsonb NOT NULL DEFAULT '[]'::jsonb,            -- [{"type": "quick_reply"|"url"|"phone", "text", "url"?, "phone_number"?}]
+    created_by       text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     deleted_at       timestamptz
@@ -336,6 +340,25 @@ CREATE TABLE templates (
 -- Unique among live templates, so a deleted template's name can be reused.
 CREATE UNIQUE INDEX templates_org_name_language_key ON templates (organization_id, name, language) WHERE deleted_at IS NULL;
 CREATE INDEX templates_org_id_idx ON templates (organization_id, id DESC);
+
+-- A template's review for one client that needs it (cloud: Meta's review, kept from the
+-- message_template_status_update webhook and a periodic sync; sim: a simulated one). A send of a
+-- template on such a client needs its row here to be 'approved'.
+CREATE TABLE template_approvals (
+    template_id      text COLLATE "C" NOT NULL REFERENCES templates(id) ON DELETE CASCADE,
+    client_id        text COLLATE "C" NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'approved', 'rejected', 'paused', 'disabled', 'error')),
+    reason           text,                                          -- why rejected / paused / disabled / error
+    meta_template_id text,                                          -- Meta's id of the submitted template
+    submitted_at     timestamptz,
+    reviewed_at      timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (template_id, client_id)
+);
+CREATE INDEX template_approvals_client_idx ON template_approvals (client_id, status);
 
 -- ---------------------------------------------------------------------------------------------
 -- Media (app/media/models.py)

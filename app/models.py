@@ -29,7 +29,7 @@ from app.media.models import Media  # noqa: F401
 from app.messages.models import Message, MessageStatusHistory  # noqa: F401
 from app.outbox import JobOutbox  # noqa: F401
 from app.team.models import Organization, OrganizationSettings, User, UserClient  # noqa: F401
-from app.templates.models import Template  # noqa: F401
+from app.templates.models import Template, TemplateApproval  # noqa: F401
 from app.webhooks.models import Webhook, WebhookDelivery, WebhookDeliveryAttempt, WebhookEvent  # noqa: F401
 
 

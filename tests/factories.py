@@ -42,6 +42,7 @@ from app.models import (
     RefreshToken,
     SchemaVersion,
     Template,
+    TemplateApproval,
     User,
     UserClient,
     Webhook,
@@ -222,6 +223,14 @@ def make_template(session, **overrides) -> Template:
         "id": new_id("tpl"), "name": f"template_{_n()}", "language": "en", "body": "Hello {{name}}!",
         "variables": ["name"],
     }, overrides)
+
+
+def make_template_approval(session, **overrides) -> TemplateApproval:
+    """A template's review on a client (approved unless told)."""
+    _org(session, overrides, ("client_id", Client))
+    _parent(session, overrides, "template_id", make_template)
+    _parent(session, overrides, "client_id", make_client)
+    return _save(session, TemplateApproval, {"status": "approved"}, overrides)
 
 
 def make_media(session, **overrides) -> Media:

@@ -50,8 +50,10 @@ class Scripted:
 
 class FakeGraph:
     def __init__(self, access_token: str = "EAAG-test-token", phone_number_id: str = "106540352242922",
-                 display_phone_number: str = "+1 555-078-3881", version: str = "v21.0"):
-        self.access_token, self.phone_number_id = access_token, phone_number_id
+                 display_phone_number: str = "+1 555-078-3881", version: str = "v21.0",
+                 waba_id: str = "102290129340398"):
+        self.access_token, self.phone_number_id, self.waba_id = access_token, phone_number_id, waba_id
+        self.templates: dict[str, dict] = {}   # meta template id -> {id, name, language, category, status, ...}
         self.display_phone_number, self.version = display_phone_number, version
         self.requests: list[Recorded] = []
         self.media: dict[str, tuple[str, bytes]] = {}   # meta media id -> (mime_type, content)
@@ -146,6 +148,13 @@ class FakeGraph:
             return 200, {"messaging_product": "whatsapp",
                          "contacts": [{"input": body.get("to"), "wa_id": body.get("to")}],
                          "messages": [{"id": f"wamid.FAKE{next(self._ids):06d}"}]}, {}
+        if parts == [self.waba_id, "message_templates"]:
+            return self._templates(rec)
+        if rec.method == "POST" and len(parts) == 1 and parts[0] in self.templates:
+            body = rec.json if isinstance(rec.json, dict) else {}
+            with self._lock:
+                self.templates[parts[0]].update(components=body.get("components"), status="PENDING")
+            return 200, {"success": True}, {}
         if rec.method == "POST" and parts == [self.phone_number_id, "media"] and "file" in rec.files:
             media_id = f"{next(self._ids) + 900000000000000}"
             _, ctype, content = rec.files["file"]
@@ -158,6 +167,41 @@ class FakeGraph:
         return 400, {"error": {"message": f"Unsupported {rec.method} request. Object with ID '{parts[0] if parts else ''}'"
                                " does not exist", "type": "GraphMethodException", "code": 100,
                                "error_subcode": 33, "fbtrace_id": "AfakeTrace"}}, {}
+
+
+    def _templates(self, rec: Recorded) -> tuple[int, dict, dict]:
+        """Meta's template manager: create (PENDING), list, delete by name."""
+        with self._lock:
+            if rec.method == "POST":
+                body = rec.json if isinstance(rec.json, dict) else {}
+                if any(t["name"] == body.get("name") and t["language"] == body.get("language")
+                       for t in self.templates.values()):
+                    return 400, {"error": {"message": "Invalid parameter", "type": "OAuthException", "code": 100,
+                                           "error_subcode": 2388024, "error_user_msg": "Content in this language "
+                                           "already exists"}}, {}
+                template_id = str(next(self._ids) + 700000000000000)
+                self.templates[template_id] = {**body, "id": template_id, "status": "PENDING",
+                                               "rejected_reason": "NONE"}
+                return 200, {"id": template_id, "status": "PENDING", "category": body.get("category")}, {}
+            if rec.method == "DELETE":
+                name = rec.query.get("name")
+                gone = [k for k, t in self.templates.items() if t["name"] == name]
+                for k in gone:
+                    del self.templates[k]
+                return (200, {"success": True}, {}) if gone else (
+                    400, {"error": {"message": "Template not found", "type": "OAuthException", "code": 100}}, {})
+            return 200, {"data": [{k: t.get(k) for k in ("id", "name", "language", "status", "rejected_reason",
+                                                          "category")} for t in self.templates.values()],
+                         "paging": {"cursors": {"before": "b", "after": "a"}}}, {}
+
+    def set_template_status(self, name: str, status: str, reason: str = "NONE") -> str:
+        """Review a submitted template (``APPROVED``, ``REJECTED``...); returns its Meta id."""
+        with self._lock:
+            for t in self.templates.values():
+                if t["name"] == name:
+                    t.update(status=status, rejected_reason=reason)
+                    return t["id"]
+        raise KeyError(name)
 
 
 class _Handler(BaseHTTPRequestHandler):

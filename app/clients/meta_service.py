@@ -5,6 +5,7 @@ Meta calls ``/webhooks/meta/<client_id>``: a GET to verify the callback URL (``h
 secret (``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``). A POST whose signature
 does not verify is refused (401) before anything is parsed or reported. A verified one is mapped
 onto the transport interface — ``messages`` -> ``sink.inbound``, ``statuses`` -> ``sink.ack`` —
+(and ``message_template_status_update`` onto the templates' reviews, app/templates/reviews.py)
 and the sink records each in the request's transaction (app/inbox), so Meta gets its 200 only
 once every report is durable in Postgres (Meta retries anything but a 2xx); jobs apply them.
 """
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 MEDIA_KINDS = ("image", "video", "audio", "document", "sticker")
+TEMPLATE_STATUS_FIELD = "message_template_status_update"
 
 
 # ------------------------------------------------------------------------------- entry points
@@ -50,7 +52,9 @@ def receive(session: Session, client_id: str, raw_body: bytes, signature: str | 
         payload = json.loads(raw_body)
     except ValueError:
         raise BadRequest("The request body is not valid JSON", code="malformed_json") from None
-    return report(client, payload, sink or _inbox_sink(session))
+    counts = report(client, payload, sink or _inbox_sink(session))
+    counts["templates"] = template_updates(session, client.id, payload)
+    return counts
 
 
 # ------------------------------------------------------------------------------- pieces
@@ -103,6 +107,8 @@ def report(client: ClientInfo, payload: dict, sink: EventSink) -> dict:
     for entry in _dicts(payload.get("entry")):
         for change in _dicts(entry.get("changes")):
             value = change.get("value")
+            if change.get("field") == TEMPLATE_STATUS_FIELD:
+                continue  # template_updates
             if change.get("field") != "messages" or not isinstance(value, dict):
                 counts["skipped"] += 1
                 continue
@@ -132,6 +138,19 @@ def report(client: ClientInfo, payload: dict, sink: EventSink) -> dict:
                             extra={"client_id": client.id})
                 counts["errors"] += 1
     return counts
+
+
+def template_updates(session: Session, client_id: str, payload: dict) -> int:
+    """Meta's verdicts on submitted templates (``message_template_status_update``) applied to the
+    client's reviews; returns how many changed."""
+    from app.templates.reviews import apply_meta_status
+
+    changed = 0
+    for entry in _dicts(payload.get("entry") if isinstance(payload, dict) else None):
+        for change in _dicts(entry.get("changes")):
+            if change.get("field") == TEMPLATE_STATUS_FIELD and isinstance(change.get("value"), dict):
+                changed += apply_meta_status(session, client_id, change["value"])
+    return changed
 
 
 def _dicts(value) -> list[dict]:

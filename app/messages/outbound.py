@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from app.media.models import Media
 from app.templates.models import Template
-from app.templates.rendering import render_template
+from app.templates.rendering import placeholders_of, render_text
 from app.transports.base import MediaRef, OutboundMessage
 
 
@@ -22,11 +22,26 @@ def build_outbound(session: Session, message: Any) -> OutboundMessage:
     if message.template_id:
         tpl = session.get(Template, message.template_id)
         if tpl is not None:
-            template = {"name": tpl.name, "language": tpl.language,
-                        "body": render_template(tpl.body, message.variables),
-                        "variables": dict(message.variables or {})}
+            template = template_for_send(session, tpl, dict(message.variables or {}))
     return OutboundMessage(message_id=message.id, to=message.to_phone, type=message.type, text=message.text,
                            caption=message.caption, media=media, template=template)
+
+
+def template_for_send(session: Session, tpl: Template, variables: dict) -> dict:
+    """What a transport needs of a template: its name and language and the variables of each
+    part (cloud sends those to Meta), and the whole rendered text (``body``: what others send)."""
+    header = tpl.header or {}
+    template: dict = {"name": tpl.name, "language": tpl.language, "body": render_text(tpl, variables),
+                      "variables": variables, "body_variables": placeholders_of(tpl.body)}
+    if header.get("type") == "text":
+        template["header_variables"] = placeholders_of(header.get("text"))
+    elif header.get("media_id"):
+        medium = session.get(Media, header["media_id"])
+        if medium is not None:
+            template["header_media_ref"] = (header["type"], media_ref(medium))
+    urls = {i: placeholders_of(b.get("url")) for i, b in enumerate(tpl.buttons or []) if b.get("type") == "url"}
+    template["button_variables"] = {i: names for i, names in urls.items() if names}
+    return template
 
 
 def media_ref(media: Media) -> MediaRef:

@@ -19,6 +19,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy import text as sqltext
 from sqlalchemy.orm import Session
 
 from app.clients.models import Client
@@ -33,8 +34,10 @@ from app.messages.schemas import CAPTION_MAX, MEDIA_TYPES, TEXT_MAX, FastItemLoa
 from app.messages.tracking import OPT_OUT_KEY_PREFIX, dump, record_status
 from app.pagination import paginate
 from app.security.principal import Principal
+from app.templates import reviews
 from app.templates.models import Template
-from app.templates.rendering import render_template, template_placeholders
+from app.templates.rendering import render_text, template_placeholders
+from config import settings
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,11 @@ def client_for_send(session: Session, principal: Principal, client_id: str, *, f
 class _Lookups:
     """Media and templates of one organisation, loaded once per accept call."""
 
-    def __init__(self, session: Session, organization_id: str) -> None:
-        self.session, self.organization_id = session, organization_id
+    def __init__(self, session: Session, client: Client) -> None:
+        self.session, self.client, self.organization_id = session, client, client.organization_id
         self.media: dict[str, Media | None] = {}
         self.templates: dict[str, Template | None] = {}
+        self.approvals: dict[str, str | None] = {}
 
     def medium(self, media_id: str) -> Media | None:
         if media_id not in self.media:
@@ -81,6 +85,12 @@ class _Lookups:
             self.templates[template_id] = self.session.scalars(
                 scoped_select(Template, self.organization_id).where(Template.id == template_id)).first()
         return self.templates[template_id]
+
+    def approval_problem(self, template: Template) -> str | None:
+        """Why the client may not send ``template`` (its review there), or None."""
+        if template.id not in self.approvals:
+            self.approvals[template.id] = reviews.approval_problem(self.session, self.client, template)
+        return self.approvals[template.id]
 
 
 def _media_kind(mime_type: str) -> str:
@@ -144,9 +154,13 @@ def _columns(item: dict, lookups: _Lookups) -> dict:
             if missing:
                 errors["variables"] = [f"Missing: {', '.join(missing)}."]
             else:
-                text = render_template(template.body, variables)
+                text = render_text(template, variables)
                 if len(text) > TEXT_MAX:
                     errors["variables"] = [f"The rendered template is longer than {TEXT_MAX} characters."]
+            problem = lookups.approval_problem(template)
+            if problem:
+                raise ValidationError(problem, code="template_not_approved", details={
+                    "template_id": [problem], **({"variables": errors["variables"]} if "variables" in errors else {})})
         for name in ("media_id", "caption"):
             if item.get(name):
                 errors[name] = ["Not used by a template message."]
@@ -182,7 +196,7 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
         raise ServiceUnavailable("The job queue is refusing work right now (Redis is full or down); nothing was "
                                  f"accepted: retry in {int(outbox.REFUSING_FOR_S)} s", code="queue_unavailable",
                                  headers={"Retry-After": str(int(outbox.REFUSING_FOR_S))})
-    lookups = _Lookups(session, client.organization_id)
+    lookups = _Lookups(session, client)
     results: list = [None] * len(items)
     rows: list[tuple[int, dict]] = []
     for i, item in enumerate(items):
@@ -193,13 +207,20 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
                 raise
             results[i] = {"error": _error(exc)}
     book = contacts.contacts_for_send(session, client.organization_id, [cols["to_phone"] for _, cols in rows])
+    windows = customer_windows(session, client, [book[cols["to_phone"]][0] for _, cols in rows
+                                                 if cols["type"] != "template"])
     accepted = []
+    now = utcnow()
     for i, cols in rows:
         contact_id, opted_out = book[cols["to_phone"]]
         key = keys[i] if keys else None
+        refusal = None
         if opted_out and not (key or "").startswith(OPT_OUT_KEY_PREFIX):
             refusal = ValidationError("This contact opted out of messages", code="contact_opted_out",
                                       details={"to": ["The contact opted out (STOP); they receive no more messages."]})
+        elif contact_id in windows:
+            refusal = outside_window(windows[contact_id], cols["scheduled_at"] or now)
+        if refusal is not None:
             if strict:
                 raise refusal
             results[i] = {"error": _error(refusal)}
@@ -207,7 +228,6 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
         accepted.append((i, {**cols, "contact_id": contact_id, "idempotency_key": key}))
     if not accepted:
         return results
-    now = utcnow()
     plans = planning.plan(client, [(new_id("msg"), 0, cols["scheduled_at"]) for _, cols in accepted])
     values = [{**cols, "id": plan.message_id, "organization_id": client.organization_id, "client_id": client.id,
                "direction": "outbound", "from_phone": client.phone, "status": "queued", "queued_at": now,
@@ -234,6 +254,39 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
         emit_many(session, client.organization_id, "message.queued", [dump(results[i]) for i, _, _ in fresh])
         planning.enqueue_plans(session, [p for _, _, p in fresh], outbox_row=False)
     return results
+
+
+_LAST_INBOUND = sqltext("""
+    SELECT c.id, (SELECT m.created_at FROM messages m
+                  WHERE m.organization_id = :org AND m.contact_id = c.id AND m.client_id = :client
+                    AND m.direction = 'inbound' ORDER BY m.id DESC LIMIT 1) AS last_inbound_at
+    FROM unnest(CAST(:ids AS text[])) AS c(id)
+""")
+
+
+def customer_windows(session: Session, client: Client, contact_ids: list[str]) -> dict[str, datetime | None]:
+    """For a ``cloud`` client (Meta's customer service window), each contact's last message to it
+    (None: never wrote); other transports have no window (empty)."""
+    if client.transport != "cloud" or not contact_ids:
+        return {}
+    rows = session.execute(_LAST_INBOUND, {"org": client.organization_id, "client": client.id,
+                                           "ids": sorted(set(contact_ids))})
+    return {r.id: r.last_inbound_at for r in rows}
+
+
+def outside_window(last_inbound_at: datetime | None, send_at: datetime) -> ValidationError | None:
+    """The 422 for a free-form message sent at ``send_at`` outside the contact's window, or None."""
+    hours = settings.CUSTOMER_WINDOW_HOURS
+    ends = last_inbound_at + timedelta(hours=hours) if last_inbound_at is not None else None
+    if ends is not None and send_at <= ends:
+        return None
+    why = (f"The contact last wrote at {last_inbound_at.isoformat()}; its {hours}-hour window ended at "
+           f"{ends.isoformat()}" if ends is not None else "The contact never wrote to this client")
+    return ValidationError(f"{why}: outside the customer service window only a template can be sent",
+                           code="outside_customer_window",
+                           details={"to": [f"{why}. Send an approved template instead."],
+                                    "window_ends_at": ends.isoformat() if ends is not None else None,
+                                    "last_inbound_at": last_inbound_at.isoformat() if last_inbound_at else None})
 
 
 _BLANK = {c.key: None for c in Message.__table__.columns} | {"attempts": 0, "variables": {}}

@@ -40,6 +40,7 @@ from app.transports.cloud_errors import (
     NETWORK_ERROR,
     SERVER_ERROR,
     UNKNOWN_ERROR,
+    ErrorRule,
     GraphError,
     error_from_response,
 )
@@ -102,25 +103,106 @@ def guarded_session() -> requests.Session:
     return session
 
 
+def meta_parameter_name(name: str) -> str:
+    """Our placeholder name as a Meta named parameter (lowercase letters, digits, underscores):
+    ``attributes.city`` is ``attributes_city`` at Meta."""
+    return re.sub(r"[^a-z0-9_]", "_", str(name).lower())
+
+
+def _text_params(names: list[str], variables: dict, positional: bool) -> list[dict]:
+    if positional:
+        return [{"type": "text", "text": str(variables.get(n, ""))} for n in names]
+    return [{"type": "text", "parameter_name": meta_parameter_name(n), "text": str(variables.get(n, ""))}
+            for n in names]
+
+
 def template_components(template: dict, parameter_format: str | None = None) -> list[dict]:
-    """Meta ``components`` for a template: given ones as they are, else one ``body`` component with
-    a text parameter per variable. Variables named ``1``, ``2``... (or ``parameter_format``
-    ``positional``) are positional in that order; other names are Meta's named parameters."""
+    """Meta ``components`` for a template send: given ones as they are, else a ``header``
+    component (a text header's placeholder, or its media), a ``body`` one with a text parameter
+    per body variable, and one per URL button with a placeholder. Variables named ``1``, ``2``...
+    (or ``parameter_format`` ``positional``) are positional in that order; other names are
+    Meta's named parameters. A template dict without its parts (``body_variables``) gives every
+    variable to the body."""
     if template.get("components"):
         return list(template["components"])
     variables = template.get("variables") or {}
-    if not variables:
-        return []
-    names = list(variables)
+    names = list(template.get("body_variables") or variables)
     positional = parameter_format == "positional" or (
-        parameter_format != "named" and all(str(n).isdigit() for n in names))
-    if positional:
-        if all(str(n).isdigit() for n in names):
-            names.sort(key=lambda n: int(n))
-        params = [{"type": "text", "text": str(variables[n])} for n in names]
-    else:
-        params = [{"type": "text", "parameter_name": str(n), "text": str(variables[n])} for n in names]
-    return [{"type": "body", "parameters": params}]
+        parameter_format != "named" and all(str(n).isdigit() for n in variables or names))
+    if positional and all(str(n).isdigit() for n in names):
+        names.sort(key=lambda n: int(n))
+    components: list[dict] = []
+    header_names = template.get("header_variables") or []
+    if header_names:
+        components.append({"type": "header", "parameters": _text_params(header_names, variables, positional)})
+    elif template.get("header_media") is not None:
+        kind, obj = template["header_media"]
+        components.append({"type": "header", "parameters": [{"type": kind, kind: obj}]})
+    if names:
+        components.append({"type": "body", "parameters": _text_params(names, variables, positional)})
+    for index, button_names in sorted((template.get("button_variables") or {}).items()):
+        components.append({"type": "button", "sub_type": "url", "index": str(index),
+                           "parameters": _text_params(button_names, variables, True)})
+    return components
+
+
+META_BUTTON_TYPES = {"quick_reply": "QUICK_REPLY", "url": "URL", "phone": "PHONE_NUMBER"}
+
+
+def template_definition(spec: dict) -> dict:
+    """The body of ``POST /{waba_id}/message_templates`` for one of our templates (``spec``:
+    name, language, category, body, header, footer, buttons, examples, positional)."""
+    examples = spec.get("examples") or {}
+    positional = bool(spec.get("positional"))
+
+    def meta_text(text: str) -> str:
+        if positional:
+            return text
+        return re.sub(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}", lambda m: "{{" + meta_parameter_name(m.group(1)) + "}}", text)
+
+    def example_of(name: str) -> str:
+        return str(examples.get(name) or f"sample {name}")
+
+    def names_in(text: str) -> list[str]:
+        return list(dict.fromkeys(re.findall(r"{{\s*([A-Za-z0-9_.\-]+)\s*}}", text or "")))
+
+    components: list[dict] = []
+    header = spec.get("header") or {}
+    if header.get("type") == "text":
+        comp: dict[str, Any] = {"type": "HEADER", "format": "TEXT", "text": meta_text(header["text"])}
+        names = names_in(header["text"])
+        if names:
+            comp["example"] = ({"header_text": [example_of(n) for n in names]} if positional else
+                               {"header_text_named_params": [{"param_name": meta_parameter_name(n),
+                                                              "example": example_of(n)} for n in names]})
+        components.append(comp)
+    elif header.get("type") in ("image", "video", "document"):
+        components.append({"type": "HEADER", "format": header["type"].upper(),
+                           **({"example": {"header_handle": [header["example_handle"]]}}
+                              if header.get("example_handle") else {})})
+    body: dict[str, Any] = {"type": "BODY", "text": meta_text(spec["body"])}
+    names = names_in(spec["body"])
+    if names:
+        body["example"] = ({"body_text": [[example_of(n) for n in sorted(names, key=int)]]} if positional else
+                           {"body_text_named_params": [{"param_name": meta_parameter_name(n),
+                                                        "example": example_of(n)} for n in names]})
+    components.append(body)
+    if spec.get("footer"):
+        components.append({"type": "FOOTER", "text": spec["footer"]})
+    buttons = []
+    for b in spec.get("buttons") or []:
+        out = {"type": META_BUTTON_TYPES[b["type"]], "text": b["text"]}
+        if b["type"] == "url":
+            out["url"] = re.sub(r"{{\s*[A-Za-z0-9_.\-]+\s*}}", "{{1}}", b["url"])
+            if names_in(b["url"]):
+                out["example"] = [b["url"].split("{{")[0] + example_of(names_in(b["url"])[0])]
+        elif b["type"] == "phone":
+            out["phone_number"] = b["phone_number"]
+        buttons.append(out)
+    if buttons:
+        components.append({"type": "BUTTONS", "buttons": buttons})
+    return {"name": spec["name"], "language": spec["language"], "category": spec["category"].upper(),
+            "parameter_format": "POSITIONAL" if positional else "NAMED", "components": components}
 
 
 def _is_meta_url(url: str) -> bool:
@@ -228,6 +310,9 @@ class CloudTransport(Transport):
             if not tpl.get("name"):
                 raise PermanentSendError("a template message needs the template's name", code="invalid_request")
             body = {"name": tpl["name"], "language": {"code": tpl.get("language") or "en"}}
+            if tpl.get("header_media_ref") is not None:
+                kind = tpl["header_media_ref"][0]
+                tpl = {**tpl, "header_media": (kind, self._media_object(tpl["header_media_ref"][1], kind))}
             components = template_components(tpl, self.client.config.get("template_parameters"))
             if components:
                 body["components"] = components
@@ -236,6 +321,47 @@ class CloudTransport(Transport):
             raise PermanentSendError(f"the cloud transport cannot send {message.type!r}",
                                      code="unsupported_message_type")
         return payload
+
+    # --- templates (Meta's template manager, per WhatsApp Business Account)
+
+    def _waba(self) -> str:
+        waba = str(self.client.config.get("waba_id") or "")
+        if not waba:
+            raise GraphError("config.waba_id is missing: templates live in the WhatsApp Business Account",
+                             ErrorRule(False, "invalid_config"))
+        return waba
+
+    def submit_template(self, spec: dict) -> dict:
+        """Submit a template for review (``POST /{waba_id}/message_templates``), or submit its new
+        content when ``spec`` has Meta's ``meta_template_id`` (``POST /{template id}``). Returns
+        ``{id, status}`` with Meta's status in lowercase."""
+        definition = template_definition(spec)
+        if spec.get("meta_template_id"):
+            data = self._call("POST", str(spec["meta_template_id"]), json={"components": definition["components"]})
+            return {"id": str(spec["meta_template_id"]), "status": "pending" if data.get("success", True) else "error"}
+        data = self._call("POST", f"{self._waba()}/message_templates", json=definition)
+        return {"id": str(data.get("id") or ""), "status": str(data.get("status") or "PENDING").lower()}
+
+    def template_statuses(self) -> list[dict]:
+        """Every template of the account: ``[{id, name, language, status, reason}]`` (status lowercase)."""
+        found, path, params = [], f"{self._waba()}/message_templates", {
+            "fields": "id,name,language,status,rejected_reason", "limit": "100"}
+        for _ in range(100):  # pages of 100
+            data = self._call("GET", path, params=params)
+            for t in data.get("data") or []:
+                reason = t.get("rejected_reason")
+                found.append({"id": str(t.get("id") or ""), "name": t.get("name"), "language": t.get("language"),
+                              "status": str(t.get("status") or "").lower(),
+                              "reason": None if reason in (None, "NONE") else str(reason)})
+            after = ((data.get("paging") or {}).get("cursors") or {}).get("after")
+            if not after or not (data.get("paging") or {}).get("next"):
+                break
+            params = {**params, "after": after}
+        return found
+
+    def delete_template(self, name: str) -> None:
+        """``DELETE /{waba_id}/message_templates?name=`` (every language of that name)."""
+        self._call("DELETE", f"{self._waba()}/message_templates", params={"name": name})
 
     def _media_object(self, media: MediaRef, kind: str) -> dict:
         """By ``link`` when Meta can fetch it, else by an uploaded media ``id``: one the operator

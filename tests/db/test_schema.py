@@ -27,7 +27,7 @@ TABLES = {
     "campaign_clients", "campaign_recipients", "campaigns", "client_sessions", "client_status_history", "clients",
     "contact_imports", "contact_list_members", "contact_lists", "contacts", "idempotency_keys", "job_outbox", "media",
     "message_status_history", "messages", "organization_settings", "organizations", "proxies", "refresh_tokens",
-    "schema_version", "templates", "transport_events", "user_clients", "users", "webhook_deliveries",
+    "schema_version", "template_approvals", "templates", "transport_events", "user_clients", "users", "webhook_deliveries",
     "webhook_delivery_attempts", "webhook_events", "webhooks",
 }
 

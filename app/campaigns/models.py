@@ -13,7 +13,7 @@ from app.db import Base, new_id
 
 
 class Campaign(Base):
-    """The ``*_count`` columns are denormalised progress; ``v_campaign_progress`` has exact figures."""
+    """The ``*_count`` columns are kept by the database's triggers from the recipients (schema.sql)."""
 
     __tablename__ = "campaigns"
 
@@ -32,13 +32,21 @@ class Campaign(Base):
     completed_at: Mapped[datetime | None] = mapped_column(TS)
     cancelled_at: Mapped[datetime | None] = mapped_column(TS)
     last_error: Mapped[str | None] = mapped_column(Text)
+    send_window: Mapped[dict | None] = mapped_column(JSONB)
+    frequency_cap: Mapped[dict | None] = mapped_column(JSONB)
+    recipient_variables: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"), default=dict)
+    fanout_cursor: Mapped[str | None] = mapped_column(Text)
+    fanout_done_at: Mapped[datetime | None] = mapped_column(TS)
     total_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    pending_count: Mapped[int] = mapped_column(Integer, server_default="0")
     queued_count: Mapped[int] = mapped_column(Integer, server_default="0")
     sent_count: Mapped[int] = mapped_column(Integer, server_default="0")
     delivered_count: Mapped[int] = mapped_column(Integer, server_default="0")
     read_count: Mapped[int] = mapped_column(Integer, server_default="0")
     failed_count: Mapped[int] = mapped_column(Integer, server_default="0")
     skipped_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    cancelled_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    replied_count: Mapped[int] = mapped_column(Integer, server_default="0")
     created_by: Mapped[str | None] = mapped_column(CID, ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
@@ -57,7 +65,8 @@ class CampaignClient(Base):
 
 
 class CampaignRecipient(Base):
-    """pending | queued | sent | delivered | read | failed | skipped; unique (campaign_id, contact_id)."""
+    """pending | queued | sent | delivered | read | failed | skipped | cancelled; unique (campaign_id,
+    contact_id). A recipient's status follows its message's (a trigger)."""
 
     __tablename__ = "campaign_recipients"
 
@@ -69,5 +78,6 @@ class CampaignRecipient(Base):
     message_id: Mapped[str | None] = mapped_column(CID, ForeignKey("messages.id", ondelete="SET NULL"))
     status: Mapped[str] = mapped_column(Text, server_default="pending")
     reason: Mapped[str | None] = mapped_column(Text)
+    replied_at: Mapped[datetime | None] = mapped_column(TS)
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())

@@ -35,6 +35,8 @@ from sqlalchemy import Row, select, text, update
 from sqlalchemy.orm import Session
 
 from app import outbox
+from app.campaigns import windows
+from app.campaigns.models import Campaign
 from app.clients.info import load_client_info
 from app.clients.leases import host_queue
 from app.clients.models import Client
@@ -60,11 +62,14 @@ SESSIONS_SEND = "sessions.send"
 
 # ----------------------------------------------------------------------------- the messages.send job
 
-def _load(session: Session, message_id: str) -> Row[Message, Client, bool | None] | None:
-    """(message, client, contact opted out?) of a message, or None."""
-    return session.execute(select(Message, Client, Contact.opted_out)
+def _load(session: Session, message_id: str) -> Row | None:
+    """(message, client, contact opted out?, campaign status, campaign send window, contact's
+    time zone) of a message, or None."""
+    return session.execute(select(Message, Client, Contact.opted_out, Campaign.status, Campaign.send_window,
+                                  Contact.attributes["timezone"].astext)
                            .join(Client, Client.id == Message.client_id)
                            .outerjoin(Contact, Contact.id == Message.contact_id)
+                           .outerjoin(Campaign, Campaign.id == Message.campaign_id)
                            .where(Message.id == message_id)).first()
 
 
@@ -84,11 +89,22 @@ def run_send_job(message_id: str) -> SendOutcome:
         found = _load(session, message_id)
         if found is None:
             return "missing"
-        message, client, opted_out = found
+        message, client, opted_out, campaign_status, window, tz = found
         if message.status != "queued" or message.direction != "outbound":
             # a duplicate job may have reserved a slot for it meanwhile: give those back
             pacing.release(message.client_id, *[pacing.token_for(message.id, n) for n in range(message.attempts + 1)])
             return "skipped"
+        if message.campaign_id is not None:
+            if campaign_status != "running":  # paused: resume sends it on; cancelled: cancel_rest cancels it
+                _hold(session, message)
+                return "held"
+            if window:
+                opens = windows.next_open(window, tz, from_ms(now))
+                if opens > from_ms(now):  # outside its send window: wait for it to open, without a slot
+                    _hold(session, message)
+                    message.scheduled_at = opens
+                    schedule(session, [(message.id, to_ms(opens) - now)])
+                    return "waiting"
         if message.scheduled_at is not None and to_ms(message.scheduled_at) > now:
             schedule(session, [(message.id, to_ms(message.scheduled_at) - now)])
             return "waiting"
@@ -143,7 +159,7 @@ def perform_send(message_id: str, transport_for) -> SendOutcome:
         found = _load(session, message_id)
         if found is None:
             return "skipped"
-        message, client, opted_out = found
+        message, client, opted_out = found[:3]
         claimed = _claim(session, message, client, opted_out)
     if not isinstance(claimed, _Prepared):
         return claimed
@@ -187,6 +203,8 @@ _CLAIM = text("""
     WITH m AS (
         UPDATE messages SET status = 'sending', sending_at = :at, attempts = attempts + 1, updated_at = :at
         WHERE id = :id AND status = 'queued'
+          AND (campaign_id IS NULL OR EXISTS (SELECT 1 FROM campaigns AS c
+                                              WHERE c.id = messages.campaign_id AND c.status = 'running'))
         RETURNING *),
     h AS (
         INSERT INTO message_status_history (organization_id, message_id, status, at, details)

@@ -13,6 +13,7 @@ from sqlalchemy import and_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from app.campaigns.replies import record_reply
 from app.clients.models import Client
 from app.contacts import service as contacts
 from app.contacts.models import Contact
@@ -83,6 +84,7 @@ def receive_inbound(session: Session, client_id: str, payload: dict) -> Message 
     if message is None:
         return None
     record_status(session, message, "received", at=at)
+    record_reply(session, client.organization_id, contact.id)
     _handle_keywords(session, client, contact, message)
     return message
 

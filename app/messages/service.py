@@ -19,7 +19,6 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
-from sqlalchemy import text as sqltext
 from sqlalchemy.orm import Session
 
 from app.clients.models import Client
@@ -29,6 +28,7 @@ from app.db import get_scoped, new_id, scoped_select, utcnow
 from app.errors import AppError, Conflict, Forbidden, NotFound, ValidationError
 from app.media.models import Media
 from app.messages import intake, planning
+from app.messages.customer_window import customer_windows, outside_window
 from app.messages.models import Message
 from app.messages.schemas import CAPTION_MAX, MEDIA_TYPES, TEXT_MAX, FastItemLoader, MessageSchema
 from app.messages.tracking import OPT_OUT_KEY_PREFIX, dump, record_status
@@ -37,7 +37,6 @@ from app.security.principal import Principal
 from app.templates import reviews
 from app.templates.models import Template
 from app.templates.rendering import render_text, template_placeholders
-from config import settings
 
 log = logging.getLogger(__name__)
 
@@ -254,39 +253,6 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
         emit_many(session, client.organization_id, "message.queued", [dump(results[i]) for i, _, _ in fresh])
         planning.enqueue_plans(session, [p for _, _, p in fresh], outbox_row=False)
     return results
-
-
-_LAST_INBOUND = sqltext("""
-    SELECT c.id, (SELECT m.created_at FROM messages m
-                  WHERE m.organization_id = :org AND m.contact_id = c.id AND m.client_id = :client
-                    AND m.direction = 'inbound' ORDER BY m.id DESC LIMIT 1) AS last_inbound_at
-    FROM unnest(CAST(:ids AS text[])) AS c(id)
-""")
-
-
-def customer_windows(session: Session, client: Client, contact_ids: list[str]) -> dict[str, datetime | None]:
-    """For a ``cloud`` client (Meta's customer service window), each contact's last message to it
-    (None: never wrote); other transports have no window (empty)."""
-    if client.transport != "cloud" or not contact_ids:
-        return {}
-    rows = session.execute(_LAST_INBOUND, {"org": client.organization_id, "client": client.id,
-                                           "ids": sorted(set(contact_ids))})
-    return {r.id: r.last_inbound_at for r in rows}
-
-
-def outside_window(last_inbound_at: datetime | None, send_at: datetime) -> ValidationError | None:
-    """The 422 for a free-form message sent at ``send_at`` outside the contact's window, or None."""
-    hours = settings.CUSTOMER_WINDOW_HOURS
-    ends = last_inbound_at + timedelta(hours=hours) if last_inbound_at is not None else None
-    if ends is not None and send_at <= ends:
-        return None
-    why = (f"The contact last wrote at {last_inbound_at.isoformat()}; its {hours}-hour window ended at "
-           f"{ends.isoformat()}" if ends is not None else "The contact never wrote to this client")
-    return ValidationError(f"{why}: outside the customer service window only a template can be sent",
-                           code="outside_customer_window",
-                           details={"to": [f"{why}. Send an approved template instead."],
-                                    "window_ends_at": ends.isoformat() if ends is not None else None,
-                                    "last_inbound_at": last_inbound_at.isoformat() if last_inbound_at else None})
 
 
 _BLANK = {c.key: None for c in Message.__table__.columns} | {"attempts": 0, "variables": {}}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app import idempotency, outbox
@@ -111,6 +111,14 @@ def reconcile(message_id: str) -> ReconcileOutcome:
         return status
 
 
+def _campaign_running():
+    """Not a campaign message, or one of a running campaign (a paused one's wait for resume)."""
+    from app.campaigns.models import Campaign
+
+    return or_(Message.campaign_id.is_(None), exists().where(Campaign.id == Message.campaign_id,
+                                                            Campaign.status == "running"))
+
+
 def requeue_lost(session: Session, lost_after_s: float | None = None, limit: int = 5000) -> int:
     """``queued`` messages of sendable clients whose due time passed ``lost_after_s`` ago with
     nothing happening: their job was lost (Redis lost it, or a crash outlived the outbox). They get
@@ -122,7 +130,7 @@ def requeue_lost(session: Session, lost_after_s: float | None = None, limit: int
     ids = session.scalars(
         select(Message.id).join(Client, Client.id == Message.client_id)
         .where(Message.status == "queued", Message.direction == "outbound",
-               Client.status == "ready", Client.paused.is_(False), Client.deleted_at.is_(None),
+               Client.status == "ready", Client.paused.is_(False), Client.deleted_at.is_(None), _campaign_running(),
                func.greatest(Message.scheduled_for, Message.scheduled_at, Message.updated_at) < cutoff)
         .order_by(Message.id).limit(limit).with_for_update(of=Message, skip_locked=True)).all()
     if not ids:
@@ -141,7 +149,7 @@ def reschedule_queued(session: Session, after_id: str = "", limit: int = 5000) -
     rows = session.execute(
         select(Message.id, Message.scheduled_for, Message.scheduled_at).join(Client, Client.id == Message.client_id)
         .where(Message.status == "queued", Message.direction == "outbound", Message.id > after_id,
-               Client.status == "ready", Client.paused.is_(False), Client.deleted_at.is_(None))
+               Client.status == "ready", Client.paused.is_(False), Client.deleted_at.is_(None), _campaign_running())
         .order_by(Message.id).limit(limit)).all()
     now = pacing.now_ms()
     schedule(session, [(r.id, max([0] + [to_ms(t) - now for t in (r.scheduled_for, r.scheduled_at) if t]))

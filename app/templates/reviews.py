@@ -23,6 +23,7 @@ from app.clients.info import client_info, load_client_info
 from app.clients.models import Client
 from app.db import job_session, scoped_select, utcnow
 from app.templates.models import Template, TemplateApproval
+from app.templates.statuses import META_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,6 @@ def spec_of(template: Template, approval: TemplateApproval, examples: dict | Non
             "positional": all(n.isdigit() for n in template.variables or []) and bool(template.variables),
             "meta_template_id": approval.meta_template_id}
 
-
-META_STATUSES = {"approved": "approved", "rejected": "rejected", "pending": "pending", "paused": "paused",
-                 "disabled": "disabled", "in_appeal": "pending", "pending_deletion": "disabled",
-                 "deleted": "disabled", "flagged": "approved", "reinstated": "approved", "limit_exceeded": "paused"}
 
 
 def apply_meta_status(session: Session, client_id: str, value: dict) -> int:

@@ -5,9 +5,9 @@ import marshmallow as ma
 from marshmallow import fields, validate
 
 from app.pagination import ListArgs
+from app.templates.statuses import REVIEW_STATUSES
 
 CATEGORIES = ("marketing", "utility", "authentication")
-REVIEW_STATUSES = ("pending", "approved", "rejected", "paused", "disabled", "error")
 
 
 class HeaderSchema(ma.Schema):

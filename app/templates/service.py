@@ -30,14 +30,13 @@ from app.templates.rendering import (
     template_placeholders,
 )
 from app.templates.reviews import DELETE_AT_META_ACTOR, needs_review, reviewed_clients, submit
+from app.templates.statuses import LEAST_ADVANCED_FIRST
 
 NAME = re.compile(r"^[a-z0-9_]{1,512}$")
 LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2,4})?$")
 NAMED = re.compile(r"^[a-z][a-z0-9_]*(\.[A-Za-z0-9_\-]+)*$")
 BODY_MAX, HEADER_MAX, FOOTER_MAX, BUTTON_TEXT_MAX, BUTTONS_MAX = 1024, 60, 60, 25, 10
 CONTENT = ("body", "header", "footer", "buttons", "category", "examples")
-#: campaign states in which a template is in use (it may not change or go)
-ACTIVE_CAMPAIGN_STATES = ("scheduled", "running", "paused")
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -186,7 +185,7 @@ def with_approvals(session: Session, templates: list[Template]) -> list[dict]:
 
 def overall_status(statuses: list[str]) -> str | None:
     """One status for a template's Meta reviews: the least advanced one (None: no cloud client)."""
-    for status in ("error", "rejected", "disabled", "paused", "pending", "approved"):
+    for status in LEAST_ADVANCED_FIRST:
         if status in statuses:
             return status
     return None
@@ -217,9 +216,10 @@ def _unique(session: Session, organization_id: str, name: str, language: str, bu
 
 def _in_use(session: Session, template_id: str) -> str | None:
     from app.campaigns.models import Campaign
+    from app.campaigns.statuses import ACTIVE
 
     return session.scalar(select(Campaign.id).where(Campaign.template_id == template_id,
-                                                    Campaign.status.in_(ACTIVE_CAMPAIGN_STATES),
+                                                    Campaign.status.in_(ACTIVE),
                                                     Campaign.deleted_at.is_(None)).limit(1))
 
 

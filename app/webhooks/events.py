@@ -29,7 +29,8 @@ EVENT_TYPES = (
     "message.queued", "message.sent", "message.delivered", "message.read", "message.failed", "message.received",
     "message.unknown",
     "client.qr", "client.connected", "client.disconnected", "client.banned",
-    "campaign.started", "campaign.completed", "contact.opted_out", "webhook.test",
+    "campaign.started", "campaign.paused", "campaign.completed", "campaign.cancelled",
+    "contact.opted_out", "webhook.test",
 )
 #: Sent only by POST /api/webhooks/{id}/test, to that one endpoint: never fanned out.
 TEST_EVENT = "webhook.test"

@@ -31,4 +31,110 @@ def upgrade() -> None:
             PRIMARY KEY (template_id, client_id)
         );
         CREATE INDEX template_approvals_client_idx ON template_approvals (client_id, status);
+
+        ALTER TABLE campaigns
+            ADD COLUMN send_window jsonb,
+            ADD COLUMN frequency_cap jsonb,
+            ADD COLUMN recipient_variables jsonb NOT NULL DEFAULT '{}'::jsonb,
+            ADD COLUMN fanout_cursor text,
+            ADD COLUMN fanout_done_at timestamptz,
+            ADD COLUMN pending_count integer NOT NULL DEFAULT 0,
+            ADD COLUMN cancelled_count integer NOT NULL DEFAULT 0,
+            ADD COLUMN replied_count integer NOT NULL DEFAULT 0;
+        ALTER TABLE campaign_recipients
+            DROP CONSTRAINT campaign_recipients_status_check,
+            ADD CONSTRAINT campaign_recipients_status_check
+                CHECK (status IN ('pending', 'queued', 'sent', 'delivered', 'read', 'failed', 'skipped', 'cancelled')),
+            ADD COLUMN replied_at timestamptz;
     """)
+    op.execute(TRIGGERS)
+    # the counters of campaigns made before, from their recipients
+    op.execute("""
+        UPDATE campaigns AS c SET total_count = p.total, pending_count = p.pending, queued_count = p.queued,
+               sent_count = p.sent, delivered_count = p.delivered, read_count = p.read, failed_count = p.failed,
+               skipped_count = p.skipped
+          FROM v_campaign_progress AS p WHERE p.campaign_id = c.id
+    """)
+
+
+TRIGGERS = """
+-- Campaign progress, kept by the database itself: a campaign message's status change moves its
+-- recipient's status (messages_campaign_follow), and every change of recipients moves the
+-- campaign's counters (campaign_recipients_count_*), one UPDATE per statement, whichever code path
+-- changed them. The counters are exclusive (each recipient counted once, in its current status).
+CREATE FUNCTION campaign_recipient_status(message_status text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE message_status WHEN 'sending' THEN 'queued' WHEN 'unknown' THEN 'queued' ELSE message_status END
+$$;
+
+CREATE FUNCTION messages_campaign_follow() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM new_rows WHERE campaign_id IS NOT NULL) THEN
+        UPDATE campaign_recipients AS r
+           SET status = campaign_recipient_status(n.status), updated_at = now()
+          FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+         WHERE n.campaign_id IS NOT NULL AND n.status IS DISTINCT FROM o.status AND r.message_id = n.id
+           AND r.status IS DISTINCT FROM campaign_recipient_status(n.status)
+           AND campaign_recipient_status(n.status) IN ('queued', 'sent', 'delivered', 'read', 'failed', 'cancelled');
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION campaign_progress_apply(changes jsonb) RETURNS void LANGUAGE sql AS $$
+    UPDATE campaigns AS c
+       SET total_count = c.total_count + d.total, pending_count = c.pending_count + d.pending,
+           queued_count = c.queued_count + d.queued, sent_count = c.sent_count + d.sent,
+           delivered_count = c.delivered_count + d.delivered, read_count = c.read_count + d.read,
+           failed_count = c.failed_count + d.failed, skipped_count = c.skipped_count + d.skipped,
+           cancelled_count = c.cancelled_count + d.cancelled, replied_count = c.replied_count + d.replied
+      FROM (SELECT x.campaign_id, sum(x.n) AS total,
+                   coalesce(sum(x.n) FILTER (WHERE x.status = 'pending'), 0) AS pending,
+                   coalesce(sum(x.n) FILTER (WHERE x.status = 'queued'), 0) AS queued,
+                   coalesce(sum(x.n) FILTER (WHERE x.status = 'sent'), 0) AS sent,
+                   coalesce(sum(x.n) FILTER (WHERE x.status = 'delivered'), 0) AS delivered,
+                   coalesce(sum(x.n) FILTER (WHERE x.status = 'read'), 0) AS read,
+                   coalesce(sum(x.n) FILTER (WHERE x.status = 'failed'), 0) AS failed,
+                   coalesce(sum(x.n) FILTER (WHERE x.status = 'skipped'), 0) AS skipped,
+                   coalesce(sum(x.n) FILTER (WHERE x.status = 'cancelled'), 0) AS cancelled,
+                   coalesce(sum(x.n) FILTER (WHERE x.replied), 0) AS replied
+              FROM jsonb_to_recordset(changes) AS x(campaign_id text, status text, replied boolean, n integer)
+             GROUP BY x.campaign_id) AS d
+     WHERE c.id = d.campaign_id
+$$;
+
+CREATE FUNCTION campaign_recipients_count() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    changes jsonb;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT jsonb_agg(jsonb_build_object('campaign_id', campaign_id, 'status', status,
+                                            'replied', replied_at IS NOT NULL, 'n', 1)) INTO changes FROM new_rows;
+    ELSIF TG_OP = 'DELETE' THEN
+        SELECT jsonb_agg(jsonb_build_object('campaign_id', campaign_id, 'status', status,
+                                            'replied', replied_at IS NOT NULL, 'n', -1)) INTO changes FROM old_rows;
+    ELSE
+        SELECT jsonb_agg(x) INTO changes FROM (
+            SELECT jsonb_build_object('campaign_id', n.campaign_id, 'status', n.status,
+                                      'replied', n.replied_at IS NOT NULL, 'n', 1) AS x
+              FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+             WHERE n.status IS DISTINCT FROM o.status OR (n.replied_at IS NULL) <> (o.replied_at IS NULL)
+            UNION ALL
+            SELECT jsonb_build_object('campaign_id', o.campaign_id, 'status', o.status,
+                                      'replied', o.replied_at IS NOT NULL, 'n', -1)
+              FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
+             WHERE n.status IS DISTINCT FROM o.status OR (n.replied_at IS NULL) <> (o.replied_at IS NULL)) AS t;
+    END IF;
+    IF changes IS NOT NULL THEN
+        PERFORM campaign_progress_apply(changes);
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER messages_campaign_follow AFTER UPDATE ON messages
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION messages_campaign_follow();
+CREATE TRIGGER campaign_recipients_count_insert AFTER INSERT ON campaign_recipients
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION campaign_recipients_count();
+CREATE TRIGGER campaign_recipients_count_update AFTER UPDATE ON campaign_recipients
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION campaign_recipients_count();
+CREATE TRIGGER campaign_recipients_count_delete AFTER DELETE ON campaign_recipients
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION campaign_recipients_count();
+"""

@@ -331,7 +331,7 @@ def test_a_sim_client_has_no_window(client, session, org, admin_key_headers):
 
 def test_template_reviewed_by_meta_through_a_worker_then_sent(committed, committed_client, committed_org,
                                                             committed_headers, run_pool, graph):
-    cli = cloud(committed, committed_org, graph)
+    cloud(committed, committed_org, graph)
     committed.commit()
     run_pool("default", WEBHOOK_ALLOW_PRIVATE="loopback")
     t = post(committed_client, committed_headers, ORDER).get_json()

@@ -330,7 +330,7 @@ def cancel(session: Session, principal: Principal, campaign_id: str) -> dict:
 def test_send(session: Session, principal: Principal, campaign_id: str, *, to: str, client_id: str | None) -> dict:
     """One message with the campaign's content to ``to`` (not a recipient; no effect on progress):
     the template's variables from the campaign, the recipient map and the contact of that number."""
-    from app.messages.service import accept_messages, client_for_send, dump
+    from app.messages.service import accept_messages, client_for_send
 
     campaign = get_scoped(session, Campaign, principal.organization_id, campaign_id)
     ids = _client_ids(session, campaign)
@@ -346,7 +346,7 @@ def test_send(session: Session, principal: Principal, campaign_id: str, *, to: s
     result = accept_messages(session, principal, client, [item], strict=True)[0]
     record(session, principal, "campaign.test", target_type="campaign", target_id=campaign.id,
            changes={"to": to, "message_id": result["id"]})
-    return dump(result)
+    return result
 
 
 def list_recipients(session: Session, principal: Principal, campaign_id: str, *, limit: int,

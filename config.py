@@ -103,6 +103,8 @@ class Settings:
     MESSAGE_LOST_AFTER: int = setting("300", "Seconds past its due time after which the sweeper re-enqueues a `queued` message whose job was lost.")
     MESSAGE_SWEEP_EVERY: int = setting("30", "Seconds between two runs of the message sweeper (interrupted sends, lost jobs, expired idempotency keys).")
     CAMPAIGN_TICK_EVERY: int = setting("5", "Seconds between two campaign ticks: scheduled campaigns due are started, finished ones completed, a stalled fan-out sent again, queued messages of clients that dropped out moved to the campaign's other clients.")
+    CAMPAIGN_FANOUT_CHUNK: int = setting("2000", "Recipients a campaign's fan-out writes per transaction (a fan-out that dies goes on from its last chunk).")
+    CAMPAIGN_FANOUT_STALLED_AFTER: int = setting("60", "Seconds without progress after which a running campaign's unfinished fan-out is sent again (its worker died).")
     CAMPAIGN_REPLY_DAYS: int = setting("7", "Days after a campaign message during which the contact's next message counts as a reply (`progress.replied`).")
     TEMPLATE_SYNC_EVERY: int = setting("900", "Seconds between two syncs of every submitted template's status from Meta (a verdict whose `message_template_status_update` webhook was lost).")
     CUSTOMER_WINDOW_HOURS: int = setting("24", "Hours after a contact's last message during which a `cloud` client may send it free-form messages; outside them only templates (422 `outside_customer_window`), as Meta rules.")

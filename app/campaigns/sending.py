@@ -41,11 +41,10 @@ from app.messages.models import Message
 from app.messages.tracking import sendable
 from app.security.principal import SystemPrincipal
 from app.templates.models import Template
+from config import settings
 
 log = logging.getLogger(__name__)
 
-CHUNK = 2_000
-STALLED_AFTER_S = 60
 
 
 # ----------------------------------------------------------------------------- fan-out
@@ -93,11 +92,12 @@ def fan_out_chunk(session: Session, campaign_id: str) -> tuple[int, bool]:
         return 0, True
     # one fan-out at a time per organisation: the frequency cap counts every campaign's messages
     session.execute(select(func.pg_advisory_xact_lock(func.hashtext("campaign-fanout:" + org))))
-    rows = session.execute(audiences.chunk(org, campaign.audience or {}, campaign.fanout_cursor or "", CHUNK)).all()
+    size = settings.CAMPAIGN_FANOUT_CHUNK
+    rows = session.execute(audiences.chunk(org, campaign.audience or {}, campaign.fanout_cursor or "", size)).all()
     if rows:
         _write_chunk(session, campaign, template, clients, rows)
         campaign.fanout_cursor = rows[-1].id
-    done = len(rows) < CHUNK
+    done = len(rows) < size
     now = utcnow()
     if done:
         campaign.fanout_done_at = now
@@ -320,7 +320,7 @@ def restart_stalled(session: Session) -> list[str]:
     """Running campaigns whose fan-out has not moved for a minute (its worker died): sent again."""
     ids = list(session.scalars(select(Campaign.id).where(
         Campaign.status == "running", Campaign.fanout_done_at.is_(None),
-        Campaign.updated_at < func.now() - timedelta(seconds=STALLED_AFTER_S))))
+        Campaign.updated_at < func.now() - timedelta(seconds=settings.CAMPAIGN_FANOUT_STALLED_AFTER))))
     if ids:
         outbox.enqueue_many(session, FAN_OUT_ACTOR, [(i,) for i in ids])
     return ids

@@ -145,12 +145,12 @@ def test_fan_out_writes_one_message_per_recipient_skips_opted_out_and_spreads_ov
 
 
 def test_a_repeated_or_resumed_fan_out_never_writes_a_second_message(client, session, org, admin_key_headers, ready,
-                                                                     monkeypatch):
+                                                                     override_settings):
     people(session, org, 7, tags=["vip"])
     c = create(client, admin_key_headers, name="Promo", client_ids=[ready[0].id], message="Hello",
                audience={"tags": ["vip"]})
     act(client, admin_key_headers, c["id"], "start")
-    monkeypatch.setattr(sending, "CHUNK", 3)
+    override_settings(CAMPAIGN_FANOUT_CHUNK=3)
     assert sending.run_fan_out(c["id"], max_chunks=1) == 3  # a fan-out that stopped after one chunk
     assert len(messages_of(session, c["id"])) == 3
     sending.run_fan_out(c["id"])  # goes on from its cursor

@@ -269,6 +269,8 @@ def normalise_phone(value: str, region: str | None) -> str:
     raw = value.strip()
     if not raw:
         raise RowError("the phone is empty")
+    if not any(ch.isdigit() for ch in raw):
+        raise RowError(f"the phone {raw[:40]!r} is not a phone number")
     if raw.startswith("00") and region is None:
         raw = "+" + raw[2:]
     if not raw.startswith("+") and region is None:

@@ -20,20 +20,17 @@ from config import settings
 
 
 class _UploadParser(FlaskParser):
-    """webargs' parser plus ``multipart``: the form fields and the files of a multipart body, read
-    by one schema (so the document shows one ``multipart/form-data`` body with all of them)."""
+    """webargs' parser whose ``form`` is a multipart body's form fields *and* files, read by one
+    schema (so the document shows one ``multipart/form-data`` body with all of them)."""
 
-    def load_multipart(self, req, schema):
+    def load_form(self, req, schema):
         return self._makeproxy(CombinedMultiDict([req.form, req.files]), schema)
-
-
-_UploadParser.__location_map__ = {**FlaskParser.__location_map__, "multipart": "load_multipart"}
 
 
 class _UploadBlueprint(Blueprint):
     ARGUMENTS_PARSER = _UploadParser()
     DEFAULT_LOCATION_CONTENT_TYPE_MAPPING = {**Blueprint.DEFAULT_LOCATION_CONTENT_TYPE_MAPPING,
-                                             "multipart": "multipart/form-data"}
+                                             "form": "multipart/form-data"}
 
 
 blp = _UploadBlueprint("contact_imports", __name__, url_prefix="/api/contacts", description="Contact imports")
@@ -61,7 +58,7 @@ def _upload_limit():
 
 @blp.route("/import")
 class ContactImportUpload(MethodView):
-    @blp.arguments(ContactImportUploadSchema, location="multipart")
+    @blp.arguments(ContactImportUploadSchema, location="form")
     @blp.response(202, ContactImportSchema, example={**EXAMPLE, "status": "queued", "total": 0, "created": 0,
                                                      "updated": 0, "invalid": 0, "duplicates": 0, "errors": [],
                                                      "processed_bytes": 14, "progress": 0.0, "started_at": None})

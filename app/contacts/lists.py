@@ -115,9 +115,9 @@ def add_members(session: Session, principal: Principal, list_id: str, contact_id
     """Add contacts to a list (those already in it stay, once)."""
     row = get_scoped(session, ContactList, principal.organization_id, list_id)
     ids = _live_contacts(session, principal.organization_id, contact_ids)
-    added = rowcount(session.execute(insert(ContactListMember).values(
+    added = len(session.execute(insert(ContactListMember).values(
         [{"list_id": row.id, "contact_id": cid, "organization_id": principal.organization_id} for cid in ids])
-        .on_conflict_do_nothing()))
+        .on_conflict_do_nothing().returning(ContactListMember.contact_id)).all())
     if added:
         record(session, principal, "contact_list.add_members", target_type="contact_list", target_id=row.id,
                changes={"added": added})

@@ -18,7 +18,6 @@ from app.security.guard import requires
 from config import settings
 
 
-
 class _UploadParser(FlaskParser):
     """webargs' parser whose ``form`` is a multipart body's form fields *and* files, read by one
     schema (so the document shows one ``multipart/form-data`` body with all of them)."""

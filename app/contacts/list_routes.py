@@ -90,7 +90,8 @@ class ContactListById(MethodView):
 @blp.route("/<list_id>/members")
 class ContactListMembers(MethodView):
     @blp.arguments(ListArgs, location="query")
-    @blp.response(200, page_schema(ContactSchema, name="ContactListMemberPage"), example={"items": [EXAMPLES["Contact"]], "next_cursor": None})
+    @blp.response(200, page_schema(ContactSchema, name="ContactListMemberPage"),
+                  example={"items": [EXAMPLES["Contact"]], "next_cursor": None})
     @requires("contacts:read")
     def get(self, args, list_id):
         """The contacts of a list, newest contact first
@@ -111,18 +112,6 @@ class ContactListMembers(MethodView):
         """
         return lists.add_members(request_session(), current_principal(), list_id, body["contact_ids"])
 
-    @blp.arguments(ContactListMembersSchema, example=MEMBERS)
-    @blp.response(200, ContactListMembersResultSchema, example={"added": 0, "removed": 1, "member_count": 1250})
-    @blp.alt_response(422, description=UNKNOWN)
-    @requires("contacts:write")
-    def delete(self, body, list_id):
-        """Remove contacts from a list (idempotent; also POST .../members/remove)
-
-        Removes up to 1000 contacts by id from the list (the contacts stay); ids that are not
-        members change nothing. The same as `POST /api/contact-lists/{list_id}/members/remove`.
-        """
-        return lists.remove_members(request_session(), current_principal(), list_id, body["contact_ids"])
-
 
 @blp.route("/<list_id>/members/remove")
 class ContactListMembersRemove(MethodView):
@@ -131,9 +120,9 @@ class ContactListMembersRemove(MethodView):
     @blp.alt_response(422, description=UNKNOWN)
     @requires("contacts:write")
     def post(self, body, list_id):
-        """Remove contacts from a list (for clients that cannot send a body with DELETE)
+        """Remove contacts from a list (idempotent: ids that are not members change nothing)
 
-        The same as `DELETE /api/contact-lists/{list_id}/members`: removes up to 1000 contacts by id
-        from the list; ids that are not members change nothing.
+        Removes up to 1000 contacts by id from the list; the contacts themselves stay. Every id must
+        be a contact of the organisation (deleted ones too), else nothing is removed (422 naming them).
         """
         return lists.remove_members(request_session(), current_principal(), list_id, body["contact_ids"])

@@ -36,7 +36,7 @@ def member_count(session: Session, list_ids: list[str]) -> dict[str, int]:
 def _with_counts(session: Session, lists: list[ContactList]) -> list[ContactList]:
     counts = member_count(session, [x.id for x in lists])
     for x in lists:
-        x.member_count = counts.get(x.id, 0)  # type: ignore[attr-defined]  (shown, not stored)
+        x.member_count = counts.get(x.id, 0)
     return lists
 
 

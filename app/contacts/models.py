@@ -37,6 +37,8 @@ class Contact(Base):
 
 class ContactList(Base):
     __tablename__ = "contact_lists"
+    #: not a column: the live members, set by app/contacts/lists.py where a list is shown
+    member_count = 0
 
     id: Mapped[str] = mapped_column(CID, primary_key=True, default=lambda: new_id("lst"))
     organization_id: Mapped[str] = mapped_column(CID, ORG_FK())

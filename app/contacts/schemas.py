@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 
 import marshmallow as ma
-from marshmallow import fields, validate
-
 from flask_smorest.fields import Upload
+from marshmallow import fields, validate
 
 from app.contacts.statuses import IMPORT_STATUSES
 from app.pagination import ListArgs
@@ -85,7 +84,8 @@ class ContactImportSchema(ma.Schema):
     default_region = fields.String(allow_none=True)
     total = fields.Integer(attribute="total_rows", metadata={
         "description": "Rows read so far: created + updated + duplicates + invalid."})
-    created = fields.Integer(attribute="created_count", metadata={"description": "New contacts (or deleted ones revived)."})
+    created = fields.Integer(attribute="created_count",
+                             metadata={"description": "New contacts (or deleted ones revived)."})
     updated = fields.Integer(attribute="updated_count", metadata={"description": "Contacts that existed."})
     invalid = fields.Integer(attribute="invalid_count", metadata={"description": "Rows not imported (see errors)."})
     duplicates = fields.Integer(attribute="duplicate_count", metadata={

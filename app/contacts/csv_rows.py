@@ -28,6 +28,7 @@ TARGETS = ("phone", "name", "tags")
 ATTRIBUTE_PREFIX = "attributes."
 BOM = codecs.BOM_UTF8
 MAX_HEADER_BYTES = 64 * 1024
+MAX_LINE_BYTES = 1 << 20  # a worker reads a line at a time: none may be huge
 MAX_COLUMNS = 200
 MAX_NAME = 200
 MAX_TAGS = 50
@@ -60,6 +61,7 @@ class Inspector:
         self.header_done = False
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._last = b"\n"
+        self._open_line = 0  # bytes of the line not ended yet
 
     def feed(self, chunk: bytes) -> bytes:
         if not chunk:
@@ -77,8 +79,14 @@ class Inspector:
             self.header_done = end >= 0
             if len(self.header) > MAX_HEADER_BYTES:
                 raise ValidationError(details={"file": [f"The header line is longer than {MAX_HEADER_BYTES} bytes."]})
+        parts = chunk.split(b"\n")
+        longest = max(self._open_line + len(parts[0]), *(len(p) for p in parts[1:]))
+        if longest > MAX_LINE_BYTES:
+            raise ValidationError(details={"file": [
+                f"A line near line {self.lines + 1} is longer than {MAX_LINE_BYTES} bytes."]})
+        self._open_line = len(parts[-1]) if len(parts) > 1 else self._open_line + len(chunk)
         self.size += len(chunk)
-        self.lines += chunk.count(b"\n")
+        self.lines += len(parts) - 1
         self._last = chunk[-1:]
         if self.lines - 1 > self.max_rows:
             raise ValidationError(details={"file": [f"More than {self.max_rows} rows: split the file."]})

@@ -215,6 +215,7 @@ def test_an_import_interrupted_too_often_fails_with_a_clear_error(session, clien
     (b"name,tags\nAnn,vip\n", "file", "No phone column"),
     (b"phone,Phone\n+1,+2\n", "file", "twice"),
     (b"phone,name\n+14155550001,A\x00B\n", "file", "NUL"),
+    (b"phone,name\n+14155550001," + b"x" * (1 << 20) + b"\n", "file", "longer than"),
 ])
 def test_bad_files_are_422_naming_the_file(client, agent_headers, content, field, message):
     r = upload(client, agent_headers, content)

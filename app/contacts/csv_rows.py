@@ -80,7 +80,7 @@ class Inspector:
             if len(self.header) > MAX_HEADER_BYTES:
                 raise ValidationError(details={"file": [f"The header line is longer than {MAX_HEADER_BYTES} bytes."]})
         parts = chunk.split(b"\n")
-        longest = max(self._open_line + len(parts[0]), *(len(p) for p in parts[1:]))
+        longest = max([self._open_line + len(parts[0]), *map(len, parts[1:])])
         if longest > MAX_LINE_BYTES:
             raise ValidationError(details={"file": [
                 f"A line near line {self.lines + 1} is longer than {MAX_LINE_BYTES} bytes."]})

@@ -213,6 +213,7 @@ def test_an_import_interrupted_too_often_fails_with_a_clear_error(session, clien
     ("phone,name\n+14155550001,Jos\xe9\n".encode("latin-1"), "file", "Not UTF-8"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "file", "Not"),
     (b"name,tags\nAnn,vip\n", "file", "No phone column"),
+    ("!\u0430\x1c".encode(), "file", "No phone column"),  # no line end at all
     (b"phone,Phone\n+1,+2\n", "file", "twice"),
     (b"phone,name\n+14155550001,A\x00B\n", "file", "NUL"),
     (b"phone,name\n+14155550001," + b"x" * (1 << 20) + b"\n", "file", "longer than"),
@@ -237,6 +238,11 @@ def test_bad_mappings_are_422_naming_the_mapping(client, agent_headers, mapping,
     r = upload(client, agent_headers, "Mobile,phone\n+14155550001,+14155550002\n", mapping=mapping)
     assert r.status_code == 422, r.get_json()
     assert message in " ".join(r.get_json()["error"]["details"]["mapping"])
+
+
+def test_a_file_of_only_a_header_imports_nothing(client, agent_headers):
+    body = run_import(client, agent_headers, "phone")
+    assert body["status"] == "completed" and counts(body) == (0, 0, 0, 0, 0)
 
 
 def test_other_bad_input_is_422(client, agent_headers):

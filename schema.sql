@@ -268,6 +268,7 @@ CREATE TABLE contacts (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     deleted_at       timestamptz,
+    last_import_id   text COLLATE "C",                              -- imp_ of the last CSV import that wrote it (tells repeats in a file)
     -- Not partial: a phone is one contact forever (messages point at it); re-creating a deleted one revives it.
     CONSTRAINT contacts_org_phone_key UNIQUE (organization_id, phone)
 );
@@ -296,27 +297,38 @@ CREATE TABLE contact_list_members (
 );
 CREATE INDEX contact_list_members_contact_idx ON contact_list_members (contact_id);
 
--- One CSV import job (POST /api/contacts/import): where the upload is stored and the result counts.
+-- One CSV import job (POST /api/contacts/import): where the upload is stored, how to read it, how far the
+-- worker got (committed with each batch, so a crashed import resumes there) and the result counts.
 CREATE TABLE contact_imports (
     id               text COLLATE "C" PRIMARY KEY,                 -- imp_
     organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
     created_by       text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
     filename         text,
-    storage_key      text,                                          -- the uploaded CSV in media storage
-    status           text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'completed', 'failed')),
+    storage_key      text,                                          -- the uploaded CSV in file storage
+    status           text NOT NULL DEFAULT 'queued' CHECK (status IN ('queued', 'running', 'completed', 'failed')),
     total_rows       integer NOT NULL DEFAULT 0,
     created_count    integer NOT NULL DEFAULT 0,
     updated_count    integer NOT NULL DEFAULT 0,
-    skipped_count    integer NOT NULL DEFAULT 0,
-    failed_count     integer NOT NULL DEFAULT 0,
-    errors           jsonb NOT NULL DEFAULT '[]'::jsonb,            -- first rows that failed: [{"row": 3, "error": "..."}]
+    duplicate_count  integer NOT NULL DEFAULT 0,                    -- rows repeating a number seen earlier in the file
+    invalid_count    integer NOT NULL DEFAULT 0,
+    errors           jsonb NOT NULL DEFAULT '[]'::jsonb,            -- first invalid rows: [{"line": 3, "reason": "..."}]
     error_message    text,
     started_at       timestamptz,
     completed_at     timestamptz,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now()
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    list_id          text COLLATE "C" REFERENCES contact_lists(id) ON DELETE SET NULL,  -- every imported contact joins it
+    delimiter        text NOT NULL DEFAULT ',',
+    column_plan      jsonb NOT NULL DEFAULT '{}'::jsonb,            -- {phone, name, tags: column index, attributes: [[index, key]]}
+    default_region   text,                                          -- for numbers written without +
+    size_bytes       bigint NOT NULL DEFAULT 0,
+    processed_bytes  bigint NOT NULL DEFAULT 0,                     -- of the file, committed with the last batch
+    lines_read       integer NOT NULL DEFAULT 0,                    -- physical lines up to processed_bytes
+    attempts         integer NOT NULL DEFAULT 0,                    -- times a worker took the import up
+    lease_until      timestamptz                                    -- while running: renewed by every batch
 );
 CREATE INDEX contact_imports_org_id_idx ON contact_imports (organization_id, id DESC);
+CREATE INDEX contact_imports_active_idx ON contact_imports (updated_at) WHERE status IN ('queued', 'running');
 
 -- ---------------------------------------------------------------------------------------------
 -- Templates (app/templates/models.py)

@@ -30,8 +30,7 @@ def enforce(session: Session, organization_id: str, resource: str, model, *live,
     """422 ``limit_reached`` unless ``adding`` more ``model`` rows of the organisation (those
     matching the ``live`` conditions, e.g. not deleted) stay within the resource's cap."""
     limit = getattr(settings, CAPS[resource])
-    session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
-                    {"key": f"quota:{resource}:{organization_id}"})
+    serialise(session, organization_id, resource)
     count = session.scalar(select(func.count()).select_from(model)
                            .where(model.organization_id == organization_id, *live))
     if count + adding > limit:
@@ -39,3 +38,10 @@ def enforce(session: Session, organization_id: str, resource: str, model, *live,
             f"This organisation has {count} {resource.replace('_', ' ')}, and may have at most {limit} "
             f"(the server's {CAPS[resource]} setting): delete some first, or ask the operator",
             code="limit_reached", details={"resource": resource, "limit": limit, "count": count})
+
+
+def serialise(session: Session, organization_id: str, resource: str) -> None:
+    """Take the lock that serialises counting and adding ``resource`` rows of the organisation
+    (until the transaction ends): what ``enforce`` takes, for callers that count themselves (imports)."""
+    session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                    {"key": f"quota:{resource}:{organization_id}"})

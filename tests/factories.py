@@ -211,7 +211,7 @@ def make_contact_list_member(session, **overrides) -> ContactListMember:
 def make_contact_import(session, **overrides) -> ContactImport:
     _org(session, overrides)
     return _save(session, ContactImport, {
-        "id": new_id("imp"), "filename": "contacts.csv", "storage_key": f"imports/{_hex(8)}.csv", "status": "pending",
+        "id": new_id("imp"), "filename": "contacts.csv", "storage_key": f"imports/{_hex(8)}.csv", "status": "queued",
     }, overrides)
 
 

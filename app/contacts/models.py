@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Integer, Text, func
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, Text, func
 from sqlalchemy import text as sqltext
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -31,10 +31,14 @@ class Contact(Base):
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(TS)
+    #: the last CSV import that wrote the contact: a later row of the same file is a repeat
+    last_import_id: Mapped[str | None] = mapped_column(CID)
 
 
 class ContactList(Base):
     __tablename__ = "contact_lists"
+    #: not a column: the live members, set by app/contacts/lists.py where a list is shown
+    member_count = 0
 
     id: Mapped[str] = mapped_column(CID, primary_key=True, default=lambda: new_id("lst"))
     organization_id: Mapped[str] = mapped_column(CID, ORG_FK())
@@ -55,7 +59,10 @@ class ContactListMember(Base):
 
 
 class ContactImport(Base):
-    """One CSV import job: pending -> running -> completed | failed, with result counts."""
+    """One CSV import (app/contacts/imports.py): queued -> running -> completed | failed, with counts.
+
+    A worker commits every batch together with the counts and ``processed_bytes`` / ``lines_read``,
+    so a crashed import resumes where its last batch ended and counts nothing twice."""
 
     __tablename__ = "contact_imports"
 
@@ -64,15 +71,24 @@ class ContactImport(Base):
     created_by: Mapped[str | None] = mapped_column(CID, ForeignKey("users.id", ondelete="SET NULL"))
     filename: Mapped[str | None] = mapped_column(Text)
     storage_key: Mapped[str | None] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    status: Mapped[str] = mapped_column(Text, server_default="queued")
     total_rows: Mapped[int] = mapped_column(Integer, server_default="0")
     created_count: Mapped[int] = mapped_column(Integer, server_default="0")
     updated_count: Mapped[int] = mapped_column(Integer, server_default="0")
-    skipped_count: Mapped[int] = mapped_column(Integer, server_default="0")
-    failed_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    duplicate_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    invalid_count: Mapped[int] = mapped_column(Integer, server_default="0")
     errors: Mapped[list] = mapped_column(JSONB, server_default=sqltext("'[]'::jsonb"))
     error_message: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[datetime | None] = mapped_column(TS)
     completed_at: Mapped[datetime | None] = mapped_column(TS)
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    list_id: Mapped[str | None] = mapped_column(CID, ForeignKey("contact_lists.id", ondelete="SET NULL"))
+    delimiter: Mapped[str] = mapped_column(Text, server_default=",")
+    column_plan: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
+    default_region: Mapped[str | None] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    processed_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    lines_read: Mapped[int] = mapped_column(Integer, server_default="0")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    lease_until: Mapped[datetime | None] = mapped_column(TS)

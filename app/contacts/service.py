@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from app import quotas
 from app.audit.service import diff, record
-from app.contacts.models import Contact
+from app.contacts.models import Contact, ContactList, ContactListMember
 from app.db import get_scoped, new_id, scoped_select, utcnow
-from app.errors import Conflict, ValidationError
+from app.errors import Conflict, NotFound, ValidationError
 from app.pagination import paginate
 from app.security.principal import Principal
 
@@ -63,8 +63,16 @@ def _clean_tags(tags) -> list[str]:
 
 
 def list_contacts(session: Session, principal: Principal, *, limit: int, cursor: str | None = None,
-                  tag: str | None = None, q: str | None = None, opted_out: bool | None = None) -> dict:
+                  tag: str | None = None, q: str | None = None, opted_out: bool | None = None,
+                  list_id: str | None = None) -> dict:
     stmt = scoped_select(Contact, principal.organization_id)
+    if list_id:
+        try:
+            get_scoped(session, ContactList, principal.organization_id, list_id)
+        except NotFound:
+            raise ValidationError(details={"list_id": ["No such contact list."]}) from None
+        stmt = stmt.where(select(ContactListMember.contact_id).where(
+            ContactListMember.list_id == list_id, ContactListMember.contact_id == Contact.id).exists())
     if tag:
         stmt = stmt.where(Contact.tags.contains([tag]))
     if opted_out is not None:

@@ -59,6 +59,7 @@ ID_FACTORIES: dict[str, Callable[[object, Org], str]] = {
     "messages": lambda s, o: f.make_message(s, organization_id=o.id, client_id=o.client_id).id,
     "contacts": lambda s, o: f.make_contact(s, organization_id=o.id).id,
     "lists": lambda s, o: f.make_contact_list(s, organization_id=o.id).id,
+    "contact-lists": lambda s, o: f.make_contact_list(s, organization_id=o.id).id,
     "imports": lambda s, o: f.make_contact_import(s, organization_id=o.id).id,
     "templates": lambda s, o: f.make_template(s, organization_id=o.id).id,
     "campaigns": lambda s, o: f.make_campaign_client(s, organization_id=o.id, client_id=o.client_id).campaign_id,

@@ -30,6 +30,7 @@ EVENT_TYPES = (
     "message.unknown",
     "client.qr", "client.connected", "client.disconnected", "client.banned",
     "campaign.started", "campaign.completed", "contact.opted_out", "webhook.test",
+    "automation.triggered",
 )
 #: Sent only by POST /api/webhooks/{id}/test, to that one endpoint: never fanned out.
 TEST_EVENT = "webhook.test"

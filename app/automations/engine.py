@@ -7,6 +7,7 @@ other and a cooldown cannot be slipped past by a concurrent job. For each automa
 matches:
 
 * after one that fired with ``stop_processing``: skipped (``stopped``);
+* the contact opted out (it wrote STOP since): skipped (``opted_out``);
 * conditions (client, the contact's tags) not met: skipped (``conditions``);
 * fired for this contact less than ``cooldown_seconds`` ago: skipped (``cooldown``);
 * it would reply, and the contact got ``AUTOMATION_REPLIES_PER_MINUTE`` automatic replies in the
@@ -140,6 +141,8 @@ def _evaluate_one(ctx: _Context, automation: Automation, stopped: bool) -> Autom
                     [{"type": "trigger", "status": "failed", "detail": f"the pattern {str(exc)[:100]!r} timed out"}])
     if stopped:
         return _run(ctx, automation, "skipped", "stopped")
+    if ctx.contact.opted_out:
+        return _run(ctx, automation, "skipped", "opted_out")
     if not rules.conditions_hold(automation.conditions, ctx.message.client_id, ctx.contact.tags):
         return _run(ctx, automation, "skipped", "conditions")
     if automation.cooldown_seconds and _fired_lately(ctx, automation):

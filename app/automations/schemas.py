@@ -210,7 +210,7 @@ class AutomationRunSchema(ma.Schema):
     automation_id = fields.String()
     status = fields.String(metadata={"description": ", ".join(RUN_STATUSES) + "."})
     reason = fields.String(allow_none=True, metadata={
-        "description": "skipped: conditions, cooldown, reply_limit or stopped; failed: regex_timeout or "
+        "description": "skipped: conditions, cooldown, reply_limit, stopped or opted_out; failed: regex_timeout or "
                        "actions_failed."})
     trigger_message_id = fields.String(allow_none=True)
     reply_message_id = fields.String(allow_none=True)

@@ -22,7 +22,8 @@ ActionOutcome = Literal["done", "skipped", "failed"]
 ACTION_OUTCOMES: tuple[str, ...] = get_args(ActionOutcome)
 
 #: why a run was skipped or failed
-SkipReason = Literal["conditions", "cooldown", "reply_limit", "stopped", "regex_timeout", "actions_failed"]
+SkipReason = Literal["conditions", "cooldown", "reply_limit", "stopped", "opted_out", "regex_timeout",
+                     "actions_failed"]
 SKIP_REASONS: tuple[str, ...] = get_args(SkipReason)
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -192,8 +192,9 @@ def _insert_run(session: Session, run: AutomationRun) -> bool:
     """Write ``run`` unless this automation already has one for the message; whether it was."""
     values = {c.key: getattr(run, c.key) for c in AutomationRun.__table__.columns
               if c.key not in ("id", "created_at")}
-    row = session.execute(pg_insert(AutomationRun).values(**values).on_conflict_do_nothing(
-        constraint="automation_runs_automation_trigger_key").returning(AutomationRun.id, AutomationRun.created_at)).first()
+    row = session.execute(pg_insert(AutomationRun).values(**values)
+                          .on_conflict_do_nothing(constraint="automation_runs_automation_trigger_key")
+                          .returning(AutomationRun.id, AutomationRun.created_at)).first()
     if row is None:
         return False
     run.id, run.created_at = row

@@ -46,7 +46,8 @@ class HoursSchema(ma.Schema):
                        metadata={"description": "IANA time zone of the hours (Europe/Paris, UTC)."})
     days = fields.Dict(
         keys=fields.String(validate=validate.OneOf(DAYS)),
-        values=fields.List(fields.List(fields.String(validate=validate.Length(max=5)), validate=validate.Length(equal=2)),
+        values=fields.List(fields.List(fields.String(validate=validate.Length(max=5)),
+                                       validate=validate.Length(equal=2)),
                            validate=validate.Length(max=10)),
         required=True, metadata={"description": 'Open hours per day: `{"mon": [["09:00", "18:00"]], ...}`; '
                                                 "a day not listed is closed. Ends may be 24:00."})

@@ -108,17 +108,22 @@ def evaluate(session: Session, message_id: str) -> list[AutomationRun]:
     ctx = _Context(session, message, contact, rules.message_text(message.text, message.caption),
                    settings.AUTOMATION_REPLIES_PER_MINUTE - (recent or 0))
     stopped = any(done.get(a.id) == "fired" and a.stop_processing for a in automations)
-    written = []
+    decided = []
     for automation in automations:
         if automation.id in done:
             continue
         run = _evaluate_one(ctx, automation, stopped)
         if run is None:
             continue
-        if _insert_run(session, run):
-            written.append(run)
+        decided.append(run)
         if run.status == "fired" and automation.stop_processing:
             stopped = True
+    written = _insert_runs(session, decided)
+    # last, so that the locks on these rows (every job of the organisation takes them) are held
+    # only until the commit that follows; in id order, as every job does
+    for automation_id in sorted({r.automation_id for r in written if r.status == "fired"}):
+        session.execute(update(Automation).where(Automation.id == automation_id).values(
+            fire_count=Automation.fire_count + 1, last_fired_at=func.now()))
     return written
 
 
@@ -158,9 +163,6 @@ def _evaluate_one(ctx: _Context, automation: Automation, stopped: bool) -> Autom
     if reply_id:
         ctx.replies_left -= 1
     fired = any(r["status"] == "done" for r in results)
-    if fired:
-        ctx.session.execute(update(Automation).where(Automation.id == automation.id).values(
-            fire_count=Automation.fire_count + 1, last_fired_at=func.now()))
     return _run(ctx, automation, "fired" if fired else "failed", None if fired else "actions_failed", results,
                 reply_id)
 
@@ -188,17 +190,19 @@ def _fired_lately(ctx: _Context, automation: Automation) -> bool:
         .limit(1)) is not None
 
 
-def _insert_run(session: Session, run: AutomationRun) -> bool:
-    """Write ``run`` unless this automation already has one for the message; whether it was."""
-    values = {c.key: getattr(run, c.key) for c in AutomationRun.__table__.columns
-              if c.key not in ("id", "created_at")}
-    row = session.execute(pg_insert(AutomationRun).values(**values)
-                          .on_conflict_do_nothing(constraint="automation_runs_automation_trigger_key")
-                          .returning(AutomationRun.id, AutomationRun.created_at)).first()
-    if row is None:
-        return False
-    run.id, run.created_at = row
-    return True
+def _insert_runs(session: Session, runs: list[AutomationRun]) -> list[AutomationRun]:
+    """Write the runs in one statement, but none of an automation that has one for the message
+    already; those written."""
+    if not runs:
+        return []
+    columns = [c.key for c in AutomationRun.__table__.columns if c.key not in ("id", "created_at")]
+    rows = session.execute(pg_insert(AutomationRun).values([{c: getattr(r, c) for c in columns} for r in runs])
+                           .on_conflict_do_nothing(constraint="automation_runs_automation_trigger_key")
+                           .returning(AutomationRun.id, AutomationRun.automation_id, AutomationRun.created_at)).all()
+    by_automation = {r.automation_id: r for r in runs}
+    for run_id, automation_id, created_at in rows:
+        by_automation[automation_id].id, by_automation[automation_id].created_at = run_id, created_at
+    return sorted((by_automation[a] for _, a, _ in rows), key=lambda r: r.id)
 
 
 # ----------------------------------------------------------------------------- actions

@@ -184,6 +184,9 @@ def main() -> None:
          "automations.on_inbound: 5 automations evaluated, 1 reply"),
         ("server CPU per inbound message (ms)", f"{reading.cpu * 1000 / n:.2f}",
          "api, pools, scheduler, Postgres, Redis; replies sent over sim included"),
+        ("  of which api / default pool / messages pool / Postgres (ms)",
+         " / ".join(f"{reading.of(g) * 1000 / n:.2f}" for g in ("api", "pool:default", "pool:messages", "postgres")),
+         "the default pool applies reports and runs automations"),
     ]
     width = max(len(r[0]) for r in rows)
     print()

@@ -21,6 +21,9 @@ from app.automations.statuses import DAYS
 #: time all the regular expressions of one automation may take on one message, in seconds
 REGEX_BUDGET_S = 0.1
 MAX_PATTERN = 500
+#: the product of every counted repeat's bound in a pattern (as if they were all nested)
+MAX_UNROLLED = 10_000
+_REPEAT = stdlib_re.compile(r"\{\s*(\d*)\s*(?:,\s*(\d*)\s*)?\}")
 HHMM = stdlib_re.compile(r"^(?:[01][0-9]|2[0-3]):[0-5][0-9]$")
 
 
@@ -36,9 +39,18 @@ def compiled(pattern: str, case_sensitive: bool) -> regex.Pattern:
 
 
 def pattern_problem(pattern: str) -> str | None:
-    """Why ``pattern`` is not a usable regular expression, or None."""
+    """Why ``pattern`` is not a usable regular expression, or None. Counted repeats are bounded
+    before compiling: ``regex`` unrolls them when it compiles (``(?:a{1000}){1000}`` is a million
+    steps, one more level and compiling never ends), and compiling has no time limit."""
     if len(pattern) > MAX_PATTERN:
         return f"At most {MAX_PATTERN} characters."
+    unrolled = 1
+    for low, high in _REPEAT.findall(pattern):
+        if len(low) > 6 or len(high) > 6:
+            return f"Counted repeats ({{m,n}}) may unroll to at most {MAX_UNROLLED} steps in all."
+        unrolled *= max(int(low or 0), int(high or 0), 1)
+        if unrolled > MAX_UNROLLED:
+            return f"Counted repeats ({{m,n}}) may unroll to at most {MAX_UNROLLED} steps in all."
     try:
         compiled(pattern, True)
     except (regex.error, ValueError, OverflowError, RecursionError) as exc:

@@ -86,6 +86,8 @@ def test_every_trigger_and_action_type_is_accepted(session, client, org, headers
     ({"trigger": {"type": "keyword", "keywords": ["(unclosed"], "match": "regex"}}, ("trigger", "keywords", "0")),
     ({"trigger": {"type": "keyword", "keywords": ["ok", "a{2,1}"], "match": "regex"}}, ("trigger", "keywords", "1")),
     ({"trigger": {"type": "keyword", "keywords": ["x" * 501], "match": "regex"}}, ("trigger", "keywords")),
+    ({"trigger": {"type": "keyword", "keywords": ["(?:a{65535}){65535}"], "match": "regex"}},
+     ("trigger", "keywords", "0")),  # would never finish compiling
     ({"trigger": {"type": "keyword", "keywords": []}}, ("trigger", "keywords")),
     ({"trigger": {"type": "keyword"}}, ("trigger", "keywords")),
     ({"trigger": {"type": "keyword", "keywords": ["a"], "match": "fuzzy"}}, ("trigger", "match")),

@@ -37,6 +37,16 @@ def test_patterns_that_do_not_compile_are_named():
     assert rules.pattern_problem(r"^hi\b") is None
 
 
+@pytest.mark.parametrize("pattern", ["(?:a{65535}){65535}", "(?:a{1000}){1000}", "a{1,99999999}", "(a{100}){101}"])
+def test_patterns_whose_counted_repeats_would_take_forever_to_compile_are_refused(pattern):
+    assert "unroll" in rules.pattern_problem(pattern)
+
+
+@pytest.mark.parametrize("pattern", [r"^\+?\d{7,15}$", r"\d{3}-\d{4}", r"[a-z]{2,50}\s{1,3}x{0,}", r"\{literal\}"])
+def test_ordinary_counted_repeats_are_fine(pattern):
+    assert rules.pattern_problem(pattern) is None
+
+
 @pytest.mark.parametrize("at, outside", [
     ("2026-11-23T08:59:00+01:00", True),    # Monday, before opening
     ("2026-11-23T09:00:00+01:00", False),   # opening minute

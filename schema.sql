@@ -423,8 +423,6 @@ CREATE TABLE automations (
     priority         integer NOT NULL DEFAULT 100,                  -- lower first, then created order
     stop_processing  boolean NOT NULL DEFAULT false,                -- when it fires, later automations do not
     cooldown_seconds integer NOT NULL DEFAULT 60 CHECK (cooldown_seconds >= 0),  -- per contact
-    last_fired_at    timestamptz,
-    fire_count       integer NOT NULL DEFAULT 0,
     created_by       text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
@@ -551,6 +549,8 @@ CREATE TABLE automation_runs (
 );
 CREATE INDEX automation_runs_automation_idx ON automation_runs (automation_id, id DESC);
 CREATE INDEX automation_runs_contact_idx ON automation_runs (automation_id, contact_id, created_at DESC);
+-- an automation's fire_count and last_fired_at (counted from its runs: no row is updated per firing)
+CREATE INDEX automation_runs_fired_idx ON automation_runs (automation_id, created_at) WHERE status = 'fired';
 -- the automatic replies a contact got lately, across automations (the per-minute guard)
 CREATE INDEX automation_runs_contact_replies_idx ON automation_runs (contact_id, created_at)
     WHERE reply_message_id IS NOT NULL;

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -100,8 +100,9 @@ def evaluate(session: Session, message_id: str) -> list[AutomationRun]:
                               execution_options={"populate_existing": True}).first()
     if contact is None:
         return []
-    done = dict(session.execute(select(AutomationRun.automation_id, AutomationRun.status)
-                                .where(AutomationRun.trigger_message_id == message.id)).all())
+    done = dict(session.execute(select(AutomationRun.automation_id, AutomationRun.status).where(
+        AutomationRun.automation_id.in_([a.id for a in automations]),  # the unique key's index
+        AutomationRun.trigger_message_id == message.id)).all())
     recent = session.scalar(select(func.count()).select_from(AutomationRun).where(
         AutomationRun.contact_id == contact.id, AutomationRun.reply_message_id.isnot(None),
         AutomationRun.created_at > func.now() - timedelta(minutes=1)))
@@ -118,13 +119,7 @@ def evaluate(session: Session, message_id: str) -> list[AutomationRun]:
         decided.append(run)
         if run.status == "fired" and automation.stop_processing:
             stopped = True
-    written = _insert_runs(session, decided)
-    # last, so that the locks on these rows (every job of the organisation takes them) are held
-    # only until the commit that follows; in id order, as every job does
-    for automation_id in sorted({r.automation_id for r in written if r.status == "fired"}):
-        session.execute(update(Automation).where(Automation.id == automation_id).values(
-            fire_count=Automation.fire_count + 1, last_fired_at=func.now()))
-    return written
+    return _insert_runs(session, decided)
 
 
 def _run(ctx: _Context, automation: Automation, status: str, reason: str | None = None,

@@ -14,7 +14,8 @@ from app.db import Base, new_id
 
 class Automation(Base):
     """``trigger`` is the API's trigger object (type included); ``trigger_type`` copies its type.
-    ``actions`` is the list of actions; ``action`` keeps the first (the API's singular field)."""
+    ``actions`` is the list of actions; ``action`` keeps the first (the API's singular field).
+    ``fire_count`` and ``last_fired_at`` of the API are counted from its runs."""
 
     __tablename__ = "automations"
 
@@ -31,8 +32,6 @@ class Automation(Base):
     priority: Mapped[int] = mapped_column(Integer, server_default="100")
     stop_processing: Mapped[bool] = mapped_column(Boolean, server_default=sqltext("false"))
     cooldown_seconds: Mapped[int] = mapped_column(Integer, server_default="60")
-    last_fired_at: Mapped[datetime | None] = mapped_column(TS)
-    fire_count: Mapped[int] = mapped_column(Integer, server_default="0")
     created_by: Mapped[str | None] = mapped_column(CID, ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())

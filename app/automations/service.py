@@ -20,6 +20,7 @@ from app.team.models import User
 from app.templates.models import Template
 
 MAX_AUTOMATIONS_PER_ORG = 200
+_COLUMNS = tuple(c.key for c in Automation.__table__.columns)
 _FIELDS = ("name", "client_id", "trigger", "conditions", "actions", "enabled", "priority", "cooldown_seconds",
            "stop_processing")
 
@@ -85,6 +86,18 @@ def _checked(session: Session, principal: Principal, fields: dict) -> dict:
     return out
 
 
+def views(session: Session, automations: list[Automation]) -> list[dict]:
+    """The automations as the API shows them: their columns, and ``fire_count`` / ``last_fired_at``
+    counted from their runs (one query for all: ``automation_runs_fired_idx``)."""
+    ids = [a.id for a in automations]
+    counted = {aid: (n, last) for aid, n, last in session.execute(
+        select(AutomationRun.automation_id, func.count(), func.max(AutomationRun.created_at))
+        .where(AutomationRun.automation_id.in_(ids), AutomationRun.status == "fired")
+        .group_by(AutomationRun.automation_id))} if ids else {}
+    return [{**{c: getattr(a, c) for c in _COLUMNS}, "fire_count": counted.get(a.id, (0, None))[0],
+             "last_fired_at": counted.get(a.id, (0, None))[1]} for a in automations]
+
+
 def _set_trigger(automation: Automation, trigger: dict) -> None:
     """The trigger as given, with the defaults it runs with written out (keyword: contains, not
     case-sensitive)."""
@@ -96,7 +109,7 @@ def _set_trigger(automation: Automation, trigger: dict) -> None:
     automation.trigger_type = trigger["type"]
 
 
-def create_automation(session: Session, principal: Principal, **fields) -> Automation:
+def create_automation(session: Session, principal: Principal, **fields) -> dict:
     values = _checked(session, principal, fields)
     count = session.scalar(select(func.count())
                            .select_from(scoped_select(Automation, principal.organization_id).subquery()))
@@ -104,7 +117,7 @@ def create_automation(session: Session, principal: Principal, **fields) -> Autom
         raise Conflict(f"An organisation has at most {MAX_AUTOMATIONS_PER_ORG} automations", code="automation_limit",
                        details={"limit": MAX_AUTOMATIONS_PER_ORG})
     now = utcnow()
-    automation = Automation(id=new_id("aut"), organization_id=principal.organization_id, fire_count=0,
+    automation = Automation(id=new_id("aut"), organization_id=principal.organization_id,
                             created_by=principal.id if principal.kind == "user" else None, created_at=now,
                             updated_at=now)
     _set_trigger(automation, values.pop("trigger"))
@@ -115,7 +128,7 @@ def create_automation(session: Session, principal: Principal, **fields) -> Autom
     session.flush()
     record(session, principal, "automation.create", target_type="automation", target_id=automation.id,
            changes={name: getattr(automation, name) for name in _FIELDS})
-    return automation
+    return {**{c: getattr(automation, c) for c in _COLUMNS}, "fire_count": 0, "last_fired_at": None}
 
 
 def list_automations(session: Session, principal: Principal, *, limit: int, cursor: str | None = None,
@@ -128,19 +141,20 @@ def list_automations(session: Session, principal: Principal, *, limit: int, curs
         stmt = stmt.where(Automation.client_id == client_id)
     if trigger_type:
         stmt = stmt.where(Automation.trigger_type == trigger_type)
-    return paginate(session, stmt, Automation.id, limit=limit, cursor=cursor)
+    page = paginate(session, stmt, Automation.id, limit=limit, cursor=cursor)
+    return {**page, "items": views(session, page["items"])}
 
 
-def get_automation(session: Session, principal: Principal, automation_id: str) -> Automation:
-    return get_scoped(session, Automation, principal.organization_id, automation_id)
+def get_automation(session: Session, principal: Principal, automation_id: str) -> dict:
+    return views(session, [get_scoped(session, Automation, principal.organization_id, automation_id)])[0]
 
 
-def update_automation(session: Session, principal: Principal, automation_id: str, **fields) -> Automation:
+def update_automation(session: Session, principal: Principal, automation_id: str, **fields) -> dict:
     automation = get_scoped(session, Automation, principal.organization_id, automation_id, for_update=True)
     values = _checked(session, principal, fields)
     changes = diff(automation, values)
     if not changes:
-        return automation
+        return views(session, [automation])[0]
     for name, value in values.items():
         if name == "trigger":
             _set_trigger(automation, value)
@@ -151,7 +165,7 @@ def update_automation(session: Session, principal: Principal, automation_id: str
     session.flush()
     record(session, principal, "automation.update", target_type="automation", target_id=automation.id,
            changes=changes)
-    return automation
+    return views(session, [automation])[0]
 
 
 def delete_automation(session: Session, principal: Principal, automation_id: str) -> None:

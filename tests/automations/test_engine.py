@@ -8,10 +8,11 @@ import pytest
 from sqlalchemy import select
 
 import jobs  # noqa: F401
-from app.automations import engine
+from app.automations import engine, service
 from app.db import new_id
 from app.messages.inbound import receive_inbound
 from app.models import AutomationRun, Contact, JobOutbox, Message, WebhookEvent
+from app.security.principal import SystemPrincipal
 from tests import factories as f
 
 PHONE = "+14155550123"
@@ -97,8 +98,8 @@ def test_keyword_reply_is_an_ordinary_message_rendered_for_the_contact(session, 
     assert (reply.to_phone, reply.status, reply.automation_id, reply.idempotency_key) == (
         PHONE, "queued", a.id, engine.reply_key(a.id, msg.id))
     assert reply.text == "Hi Ann from Lyon: you said Hello there"
-    session.refresh(a)
-    assert a.fire_count == 1 and a.last_fired_at is not None
+    shown = service.get_automation(session, SystemPrincipal(org.id), a.id)
+    assert shown["fire_count"] == 1 and shown["last_fired_at"] == run.created_at
     queued = session.scalars(select(WebhookEvent).where(WebhookEvent.type == "message.queued")).all()
     assert [e.payload["id"] for e in queued] == [reply.id]
     assert engine.evaluate(session, msg.id) == [] and len(replies(session, cli)) == 1, "a job run twice is a no-op"

@@ -14,7 +14,8 @@ which evaluates the automations and accepts the reply. It is split at the inboun
 
 CPU is the server side's (bench/common.py ``ServerMeter``), per inbound message. Postgres and
 Redis: as bench/bench_messages.py (DATABASE_URL / REDIS_URL, or embedded servers). Run:
-``.venv/bin/python bench/bench_automations.py`` (``--quick``: 10 s instead of 30 s).
+``.venv/bin/python bench/bench_automations.py`` (``--quick``: 10 s instead of 30 s; ``--rate=N``: N
+inbound messages per second instead of 100, e.g. to see the reaction time below saturation).
 """
 from __future__ import annotations
 
@@ -128,9 +129,12 @@ def ms(values: list[float], q: float) -> str:
 
 
 def main() -> None:
-    global SECONDS
+    global SECONDS, RATE
     if "--quick" in sys.argv[1:]:
         SECONDS = 10
+    for arg in sys.argv[1:]:
+        if arg.startswith("--rate="):
+            RATE = int(arg.split("=", 1)[1])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     load_at_start = os.getloadavg()[0]
     keep = bm.prepare_environment()

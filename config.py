@@ -115,6 +115,7 @@ class Settings:
     CUSTOMER_WINDOW_HOURS: int = setting("24", "Hours after a contact's last message during which a `cloud` client may send it free-form messages; outside them only templates (422 `outside_customer_window`), as Meta rules.")
     MESSAGE_MAX_ATTEMPTS: int = setting("5", "Transport attempts of one message on transient errors before it fails.")
     OPT_OUT_CONFIRMATION: str = setting("You have been unsubscribed and will receive no more messages. Reply START to subscribe again.", "The one message sent to a contact who opts out (STOP).")
+    AUTOMATION_REPLIES_PER_MINUTE: int = setting("3", "Automatic replies (automations' `reply` actions) one contact may get per minute across every automation; beyond it an automation that would reply is skipped (`reply_limit`). Stops two bots from talking to each other forever.")
     INBOX_REDISPATCH_AFTER: int = setting("30", "Seconds a transport report (status, ack, inbound message) may stay unapplied past its time before its job is sent again (the broker lost it).")
     IDEMPOTENCY_IN_FLIGHT_TIMEOUT: int = setting("60", "Seconds after which a request holding an `Idempotency-Key` that never finished (its process died) is abandoned, and the key may be used again.")
     CLIENT_RECONNECT_BASE_MS: int = setting("2000", "First reconnect delay of a client that disconnected; it doubles with each failed attempt.")

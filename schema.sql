@@ -265,6 +265,7 @@ CREATE TABLE contacts (
     opted_in_at      timestamptz,
     last_inbound_at  timestamptz,                                   -- also drives Cloud API 24-hour windows and first_message
     last_outbound_at timestamptz,
+    assigned_user_id text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,   -- the agent in charge (automations' assign)
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     deleted_at       timestamptz,
@@ -458,11 +459,13 @@ CREATE TABLE automations (
     name             text NOT NULL,
     trigger_type     text NOT NULL CHECK (trigger_type IN ('keyword', 'first_message', 'outside_hours')),
     "trigger"        jsonb NOT NULL DEFAULT '{}'::jsonb,            -- the API's trigger object, type included
-    action           jsonb NOT NULL DEFAULT '{}'::jsonb,            -- {"type": "reply", "message" | "template_id"}
+    action           jsonb NOT NULL DEFAULT '{}'::jsonb,            -- the first of `actions` (the API's singular `action`)
+    actions          jsonb NOT NULL DEFAULT '[]'::jsonb,            -- [{"type": "reply" | "tag" | "webhook" | "assign", ...}]
+    conditions       jsonb NOT NULL DEFAULT '{}'::jsonb,            -- {"client_ids", "tags_any", "tags_all", "tags_none"}
     enabled          boolean NOT NULL DEFAULT true,
-    cooldown_seconds integer NOT NULL DEFAULT 0 CHECK (cooldown_seconds >= 0),   -- per contact
-    last_fired_at    timestamptz,
-    fire_count       integer NOT NULL DEFAULT 0,
+    priority         integer NOT NULL DEFAULT 100,                  -- lower first, then created order
+    stop_processing  boolean NOT NULL DEFAULT false,                -- when it fires, later automations do not
+    cooldown_seconds integer NOT NULL DEFAULT 60 CHECK (cooldown_seconds >= 0),  -- per contact
     created_by       text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
@@ -663,12 +666,18 @@ CREATE TABLE automation_runs (
     reply_message_id    text COLLATE "C" REFERENCES messages(id) ON DELETE SET NULL,
     status              text NOT NULL CHECK (status IN ('fired', 'skipped', 'failed')),
     reason              text,
+    actions             jsonb NOT NULL DEFAULT '[]'::jsonb,            -- what each action did: [{"type", "status", ...}]
     created_at          timestamptz NOT NULL DEFAULT now(),
     -- an automation reacts to a given inbound message at most once (job retries are no-ops)
     CONSTRAINT automation_runs_automation_trigger_key UNIQUE (automation_id, trigger_message_id)
 );
 CREATE INDEX automation_runs_automation_idx ON automation_runs (automation_id, id DESC);
 CREATE INDEX automation_runs_contact_idx ON automation_runs (automation_id, contact_id, created_at DESC);
+-- an automation's fire_count and last_fired_at (counted from its runs: no row is updated per firing)
+CREATE INDEX automation_runs_fired_idx ON automation_runs (automation_id, created_at) WHERE status = 'fired';
+-- the automatic replies a contact got lately, across automations (the per-minute guard)
+CREATE INDEX automation_runs_contact_replies_idx ON automation_runs (contact_id, created_at)
+    WHERE reply_message_id IS NOT NULL;
 
 -- ---------------------------------------------------------------------------------------------
 -- Transport reports (app/inbox): every status report, ack and inbound message a transport makes

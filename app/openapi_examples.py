@@ -54,6 +54,19 @@ _attempt = {"id": DELIVERY, "attempt_id": 1, "event_id": EVENT, "event_type": "m
 _api_key = {"id": KEY, "name": "CRM sync", "role": "manager", "effective_role": "manager", "prefix": "sk_7Hq2Lm9X",
             "created_by": USER, "expires_at": None, "revoked_at": None, "last_used_at": T1, "created_at": T0}
 
+AUTOMATION = "aut_01JDQ54D5E6F7G8H9J0K1M2N3P"
+_hours = {"tz": "Europe/Paris", "days": {d: [["09:00", "18:00"]] for d in ("mon", "tue", "wed", "thu", "fri")},
+          "holidays": ["2026-12-25"]}
+_automation = {"id": AUTOMATION, "name": "Prices", "client_id": None,
+               "trigger": {"type": "keyword", "keywords": ["price", "pricing"], "match": "contains",
+                           "case_sensitive": False},
+               "conditions": {"tags_none": ["customer"]},
+               "action": {"type": "reply", "message": "Hi {{contact.name}}! Our prices: https://acme.test/prices"},
+               "actions": [{"type": "reply", "message": "Hi {{contact.name}}! Our prices: https://acme.test/prices"},
+                           {"type": "tag", "add": ["lead"]}],
+               "enabled": True, "priority": 100, "cooldown_seconds": 60, "stop_processing": False, "fire_count": 12,
+               "last_fired_at": T1, "created_by": USER, "created_at": T0, "updated_at": T0}
+
 EXAMPLES: dict[str, dict] = {
     # auth
     "Register": {"organization": "Acme", "name": "Ada Lovelace", "email": "ada@acme.test",
@@ -130,6 +143,17 @@ EXAMPLES: dict[str, dict] = {
                  "status": "succeeded", "attempt": 1, "next_attempt_at": None, "last_status_code": 200,
                  "last_error": None, "delivered_at": T1, "created_at": T0, "updated_at": T1,
                  "attempts": [_attempt]},
+    # automations
+    "Automation": _automation,
+    "AutomationCreate": {"name": "After hours", "trigger": {"type": "outside_hours", "hours": _hours},
+                         "action": {"type": "reply", "message": "Hi {{contact.name}}, we open at 09:00."},
+                         "cooldown_seconds": 3600},
+    "AutomationUpdate": {"enabled": False},
+    "AutomationRun": {"id": 4711, "automation_id": AUTOMATION, "status": "fired", "reason": None,
+                      "trigger_message_id": "msg_01JDQ51A9B8C7D6E5F4G3H2J1K", "reply_message_id": MESSAGE,
+                      "contact_id": CONTACT, "client_id": CLIENT, "created_at": T1,
+                      "actions": [{"type": "reply", "status": "done", "detail": None, "message_id": MESSAGE},
+                                  {"type": "tag", "status": "done", "detail": None, "message_id": None}]},
     # system
     "Health": {"status": "ok", "checks": {
         "database": {"status": "ok", "latency_ms": 0.8}, "redis": {"status": "ok", "latency_ms": 0.3},

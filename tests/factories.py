@@ -293,7 +293,8 @@ def make_automation(session, **overrides) -> Automation:
     return _save(session, Automation, {
         "id": new_id("aut"), "name": f"Automation {_n()}", "trigger_type": "keyword",
         "trigger": {"type": "keyword", "keywords": ["hello"]},
-        "action": {"type": "reply", "message": "Hi! We'll get back to you."}, "enabled": True,
+        "action": {"type": "reply", "message": "Hi! We'll get back to you."},
+        "actions": [{"type": "reply", "message": "Hi! We'll get back to you."}], "enabled": True,
     }, overrides)
 
 

@@ -1,4 +1,4 @@
-"""Automations (keyword / first_message / outside_hours -> reply) and their runs."""
+"""Automations (a trigger on inbound messages, conditions, actions) and their runs."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -13,7 +13,9 @@ from app.db import Base, new_id
 
 
 class Automation(Base):
-    """``trigger`` is the API's trigger object (type included); ``trigger_type`` copies its type."""
+    """``trigger`` is the API's trigger object (type included); ``trigger_type`` copies its type.
+    ``actions`` is the list of actions; ``action`` keeps the first (the API's singular field).
+    ``fire_count`` and ``last_fired_at`` of the API are counted from its runs."""
 
     __tablename__ = "automations"
 
@@ -24,10 +26,12 @@ class Automation(Base):
     trigger_type: Mapped[str] = mapped_column(Text)
     trigger: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
     action: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
+    actions: Mapped[list] = mapped_column(JSONB, server_default=sqltext("'[]'::jsonb"))
+    conditions: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
     enabled: Mapped[bool] = mapped_column(Boolean, server_default=sqltext("true"))
-    cooldown_seconds: Mapped[int] = mapped_column(Integer, server_default="0")
-    last_fired_at: Mapped[datetime | None] = mapped_column(TS)
-    fire_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    priority: Mapped[int] = mapped_column(Integer, server_default="100")
+    stop_processing: Mapped[bool] = mapped_column(Boolean, server_default=sqltext("false"))
+    cooldown_seconds: Mapped[int] = mapped_column(Integer, server_default="60")
     created_by: Mapped[str | None] = mapped_column(CID, ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
@@ -35,7 +39,8 @@ class Automation(Base):
 
 
 class AutomationRun(Base):
-    """fired | skipped | failed; unique (automation_id, trigger_message_id)."""
+    """fired | skipped | failed; unique (automation_id, trigger_message_id). ``actions``: what each
+    action did."""
 
     __tablename__ = "automation_runs"
 
@@ -48,4 +53,5 @@ class AutomationRun(Base):
     reply_message_id: Mapped[str | None] = mapped_column(CID, ForeignKey("messages.id", ondelete="SET NULL"))
     status: Mapped[str] = mapped_column(Text)
     reason: Mapped[str | None] = mapped_column(Text)
+    actions: Mapped[list] = mapped_column(JSONB, server_default=sqltext("'[]'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())

@@ -28,6 +28,7 @@ class Contact(Base):
     opted_in_at: Mapped[datetime | None] = mapped_column(TS)
     last_inbound_at: Mapped[datetime | None] = mapped_column(TS)
     last_outbound_at: Mapped[datetime | None] = mapped_column(TS)
+    assigned_user_id: Mapped[str | None] = mapped_column(CID, ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(TS)

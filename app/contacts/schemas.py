@@ -36,6 +36,8 @@ class ContactSchema(ma.Schema):
     opted_in_at = fields.DateTime(allow_none=True)
     last_inbound_at = fields.DateTime(allow_none=True)
     last_outbound_at = fields.DateTime(allow_none=True)
+    assigned_user_id = fields.String(allow_none=True, metadata={
+        "description": "The user in charge of the contact (set by an automation's `assign` action)."})
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
 

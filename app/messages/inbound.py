@@ -13,6 +13,7 @@ from sqlalchemy import and_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
+from app.automations import hook as automations
 from app.campaigns.replies import record_reply
 from app.clients.models import Client
 from app.contacts import service as contacts
@@ -85,13 +86,15 @@ def receive_inbound(session: Session, client_id: str, payload: dict) -> Message 
         return None
     record_status(session, message, "received", at=at)
     record_reply(session, client.organization_id, contact.id)
-    _handle_keywords(session, client, contact, message)
+    if not _handle_keywords(session, client, contact, message):  # STOP / START never trigger automations
+        automations.after_inbound(session, client.organization_id, message.id)
     return message
 
 
-def _handle_keywords(session: Session, client: Client, contact: Contact, message: Message) -> None:
+def _handle_keywords(session: Session, client: Client, contact: Contact, message: Message) -> bool:
+    """Handle an opt-out / opt-in keyword; whether the message was one."""
     if message.type != "text" or not message.text or len(message.text) > 64:
-        return
+        return False
     word = _normalise_keyword(message.text)
     opt_out, opt_in = _keywords(session, client.organization_id)
     system = SystemPrincipal(client.organization_id)
@@ -101,3 +104,4 @@ def _handle_keywords(session: Session, client: Client, contact: Contact, message
                         keys=[OPT_OUT_KEY_PREFIX + message.id])
     elif word in opt_in and contact.opted_out:
         contacts.set_opted_out(session, system, contact, False, source=f"inbound:{message.id}")
+    return word in opt_out or word in opt_in

@@ -31,6 +31,7 @@ EVENT_TYPES = (
     "client.qr", "client.connected", "client.disconnected", "client.banned",
     "campaign.started", "campaign.paused", "campaign.completed", "campaign.cancelled",
     "contact.opted_out", "webhook.test",
+    "automation.triggered",
 )
 #: Sent only by POST /api/webhooks/{id}/test, to that one endpoint: never fanned out.
 TEST_EVENT = "webhook.test"

@@ -55,6 +55,28 @@ _api_key = {"id": KEY, "name": "CRM sync", "role": "manager", "effective_role": 
             "created_by": USER, "expires_at": None, "revoked_at": None, "last_used_at": T1, "created_at": T0}
 
 AUTOMATION = "aut_01JDQ54D5E6F7G8H9J0K1M2N3P"
+TEMPLATE = "tpl_01JDQ54D5E6F7G8H9J0K1M2N3P"
+CAMPAIGN = "cmp_01JDQ55E6F7G8H9J0K1M2N3P4Q"
+_template = {"id": TEMPLATE, "name": "order_shipped", "language": "en_US", "category": "utility",
+             "body": "Hi {{name}}, your order {{order}} is on its way.",
+             "header": {"type": "text", "text": "Order {{order}}"},
+             "footer": "Reply STOP to opt out", "buttons": [
+                 {"type": "url", "text": "Track", "url": "https://shop.acme.test/track/{{order}}"}],
+             "variables": ["order", "name"], "meta_status": "approved", "approvals": [
+                 {"client_id": CLIENT, "transport": "cloud", "status": "approved", "reason": None,
+                  "meta_template_id": "1234567890123456", "submitted_at": T0, "reviewed_at": T1}],
+             "created_at": T0, "updated_at": T1}
+_progress = {"total": 1200, "queued": 400, "sent": 800, "delivered": 780, "read": 512, "failed": 3, "skipped": 14,
+             "cancelled": 0, "replied": 41}
+_eta = {"recipients": 400, "seconds": 1440.0, "finishes_at": "2026-11-26T10:00:00+00:00",
+        "clients": [{"client_id": CLIENT, "recipients": 400, "seconds": 1440.0}], "skipped": 14}
+_campaign = {"id": CAMPAIGN, "name": "Spring sale", "status": "running", "client_ids": [CLIENT],
+             "template_id": TEMPLATE, "message": None, "variables": {"order": "SPRING"},
+             "audience": {"tags": ["vip"], "tags_match": "any"}, "scheduled_at": T0,
+             "send_window": {"start": "09:00", "end": "20:00", "timezone": "Europe/Lisbon"},
+             "frequency_cap": {"max": 1, "hours": 24}, "progress": _progress,
+             "eta": {k: v for k, v in _eta.items() if k != "skipped"}, "started_at": T0, "paused_at": None,
+             "completed_at": None, "cancelled_at": None, "last_error": None, "created_at": T0, "updated_at": T1}
 _hours = {"tz": "Europe/Paris", "days": {d: [["09:00", "18:00"]] for d in ("mon", "tue", "wed", "thu", "fri")},
           "holidays": ["2026-12-25"]}
 _automation = {"id": AUTOMATION, "name": "Prices", "client_id": None,
@@ -155,6 +177,29 @@ EXAMPLES: dict[str, dict] = {
                       "actions": [{"type": "reply", "status": "done", "detail": None, "message_id": MESSAGE},
                                   {"type": "tag", "status": "done", "detail": None, "message_id": None}]},
     # system
+    "Template": _template,
+    "TemplateCreate": {k: _template[k] for k in ("name", "language", "category", "body", "header", "footer", "buttons")}
+    | {"examples": {"name": "Ann", "order": "A-1001"}},
+    "TemplateUpdate": {"footer": "Thanks for shopping with us"},
+    "Preview": {"contact_id": CONTACT, "variables": {"order": "A-1001"}},
+    "PreviewResult": {"text": "*Order A-1001*\n\nHi Grace, your order A-1001 is on its way.\n\nReply STOP to opt out"
+                              "\n\n[Track] https://shop.acme.test/track/A-1001",
+                      "body": "Hi Grace, your order A-1001 is on its way.", "header": "Order A-1001",
+                      "footer": "Reply STOP to opt out",
+                      "buttons": [{"type": "url", "text": "Track", "url": "https://shop.acme.test/track/A-1001"}],
+                      "variables": {"order": "A-1001", "name": "Grace"}},
+    "Submit": {"client_ids": [CLIENT]},
+    "Campaign": _campaign,
+    "CampaignCreate": {"name": "Spring sale", "client_ids": [CLIENT], "template_id": TEMPLATE,
+                       "variables": {"order": "SPRING"}, "recipient_variables": {"+14155550123": {"order": "VIP"}},
+                       "audience": {"tags": ["vip"], "exclude_tags": ["staff"]}, "scheduled_at": T0,
+                       "send_window": {"start": "09:00", "end": "20:00"}, "frequency_cap": {"max": 1, "hours": 24}},
+    "CampaignUpdate": {"name": "Spring sale (EU)", "audience": {"tags": ["vip"], "attributes": {"region": "eu"}}},
+    "Eta": _eta,
+    "TestSend": {"to": "+14155550123"},
+    "Recipient": {"id": 81723, "contact_id": CONTACT, "phone": "+14155550123", "name": "Grace Hopper",
+                  "client_id": CLIENT, "message_id": MESSAGE, "status": "read", "reason": None, "replied_at": T1,
+                  "created_at": T0, "updated_at": T1},
     "Health": {"status": "ok", "checks": {
         "database": {"status": "ok", "latency_ms": 0.8}, "redis": {"status": "ok", "latency_ms": 0.3},
         "workers": {"status": "ok",

@@ -31,7 +31,11 @@ class Campaigns(MethodView):
     @blp.response(200, page_schema(CampaignSchema))
     @requires("campaigns:read")
     def get(self, args):
-        """Campaigns, newest first (?status=)"""
+        """Campaigns, newest first (?status=)
+
+        Each with its clients, progress (exact, from its recipients) and, while it has work ahead,
+        its ETA.
+        """
         return service.list_campaigns(request_session(), current_principal(), **args)
 
     @idempotent
@@ -53,7 +57,11 @@ class CampaignById(MethodView):
     @blp.response(200, CampaignSchema)
     @requires("campaigns:read")
     def get(self, campaign_id):
-        """One campaign, with its progress and ETA"""
+        """One campaign, with its progress and ETA
+
+        `progress` counts its recipients by status (exact at every moment); `eta` says how long what
+        is left takes at its clients' limits, within its send window.
+        """
         return service.get_campaign(request_session(), current_principal(), campaign_id)
 
     @blp.arguments(CampaignUpdateSchema)
@@ -61,14 +69,22 @@ class CampaignById(MethodView):
     @blp.alt_response(409, description="Once started, only the name changes (`campaign_not_editable`)")
     @requires("campaigns:write")
     def patch(self, body, campaign_id):
-        """Change a draft or scheduled campaign (a running one: only its name)"""
+        """Change a draft or scheduled campaign (a running one: only its name)
+
+        Any field of the creation; the whole is checked again (variables, clients, audience). Once
+        started, a campaign keeps its content: 409 `campaign_not_editable`.
+        """
         return service.update_campaign(request_session(), current_principal(), campaign_id, **body)
 
     @blp.response(204)
     @blp.alt_response(409, description="Running or paused: cancel it first (`campaign_active`)")
     @requires("campaigns:write")
     def delete(self, campaign_id):
-        """Delete a campaign that is not running (its messages stay)"""
+        """Delete a campaign that is not running (its messages stay)
+
+        A draft, scheduled (it will not start), completed, cancelled or failed campaign; a running or
+        paused one must be cancelled first (409 `campaign_active`).
+        """
         service.delete_campaign(request_session(), current_principal(), campaign_id)
 
 
@@ -162,5 +178,9 @@ class CampaignRecipients(MethodView):
     @blp.response(200, page_schema(RecipientSchema))
     @requires("campaigns:read")
     def get(self, args, campaign_id):
-        """The campaign's recipients, each with its message and status (?status=)"""
+        """The campaign's recipients, each with its message and status (?status=)
+
+        In the order they were written; a skipped or failed one says why (`reason`: opted_out,
+        frequency_cap, missing_variables, or the message's error).
+        """
         return service.list_recipients(request_session(), current_principal(), campaign_id, **args)

@@ -54,7 +54,11 @@ class TemplateById(MethodView):
     @blp.response(200, TemplateSchema)
     @requires("templates:read")
     def get(self, template_id):
-        """One template, with its reviews"""
+        """One template, with its reviews
+
+        Its variables, and its review on every client that needs one (Meta's for cloud clients), with
+        Meta's reason when rejected or paused.
+        """
         return service.get_template(request_session(), current_principal(), template_id)
 
     @blp.arguments(TemplateUpdateSchema)

@@ -108,6 +108,17 @@ def cloud(committed, committed_org, scripted_graph, pools):
     return cli
 
 
+@pytest.fixture
+def wrote_first(committed, committed_org, cloud):
+    """The contacts these tests write to wrote first: free-form messages are within their 24-hour
+    customer service window."""
+    for phone in (TO, "+14155550131", "+14155550132", "+14155550133"):
+        contact = f.make_contact(committed, organization_id=committed_org.id, phone=phone)
+        f.make_message(committed, organization_id=committed_org.id, client_id=cloud.id, contact_id=contact.id,
+                       direction="inbound", status="received", from_phone=phone, to_phone=BUSINESS_PHONE)
+    committed.commit()
+
+
 # ----------------------------------------------------------------------------------- helpers
 
 
@@ -175,7 +186,7 @@ def send_and_wait_sent(client, auth, client_id, body_text) -> tuple[str, dict]:
 
 
 def test_a_send_reaches_graph_becomes_sent_then_delivered_then_read(
-        committed, committed_client, committed_headers, scripted_graph, cloud):
+        committed, committed_client, committed_headers, scripted_graph, cloud, wrote_first):
     client = committed_client
     mid, msg = send_and_wait_sent(client, committed_headers, cloud.id, "Your order has shipped")
 
@@ -220,7 +231,7 @@ def test_a_send_reaches_graph_becomes_sent_then_delivered_then_read(
 
 
 def test_read_before_delivered_ends_read_and_the_late_delivered_moves_nothing(
-        committed, committed_client, committed_headers, scripted_graph, cloud):
+        committed, committed_client, committed_headers, scripted_graph, cloud, wrote_first):
     client = committed_client
     r = client.post("/api/messages", json={"client_id": cloud.id, "to": TO, "text": "Out of order"},
                     headers=committed_headers)
@@ -285,7 +296,7 @@ def test_a_signed_inbound_callback_becomes_an_inbound_message_and_a_contact(
 
 
 def test_throughput_error_is_retried_and_window_and_recipient_errors_fail_at_once(
-        committed, committed_client, committed_headers, scripted_graph, cloud):
+        committed, committed_client, committed_headers, scripted_graph, cloud, wrote_first):
     client = committed_client
     busy, closed, nobody = "+14155550131", "+14155550132", "+14155550133"
     scripted_graph.fail_sends_to(busy, 130429, "Rate limit hit",

@@ -24,7 +24,6 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from app import outbox
@@ -105,6 +104,14 @@ def fan_out_chunk(session: Session, campaign_id: str) -> tuple[int, bool]:
     return len(rows), done
 
 
+_INSERT_RECIPIENTS = text("""
+    INSERT INTO campaign_recipients (organization_id, campaign_id, contact_id, status, created_at, updated_at)
+    SELECT :org, :campaign, c, 'pending', :now, :now FROM unnest(CAST(:contacts AS text[])) AS c
+    ON CONFLICT ON CONSTRAINT campaign_recipients_campaign_contact_key DO NOTHING
+    RETURNING contact_id
+""")
+
+
 def _capped(session: Session, campaign: Campaign, contact_ids: list[str]) -> set[str]:
     cap = campaign.frequency_cap
     if not cap or not contact_ids:
@@ -124,11 +131,8 @@ def _write_chunk(session: Session, campaign: Campaign, template: Template | None
     from app.messages.service import accept_messages
 
     now = utcnow()
-    inserted = set(session.scalars(insert(CampaignRecipient).values([
-        {"organization_id": campaign.organization_id, "campaign_id": campaign.id, "contact_id": r.id,
-         "status": "pending", "created_at": now, "updated_at": now} for r in rows])
-        .on_conflict_do_nothing(constraint="campaign_recipients_campaign_contact_key")
-        .returning(CampaignRecipient.contact_id)))
+    inserted = set(session.scalars(_INSERT_RECIPIENTS, {"org": campaign.organization_id, "campaign": campaign.id,
+                                                        "contacts": [r.id for r in rows], "now": now}))
     rows = [r for r in rows if r.id in inserted]  # a recipient written before keeps its message
     capped = _capped(session, campaign, [r.id for r in rows if not r.opted_out])
     outcome: dict[str, tuple[str, str | None, str | None, str | None]] = {}  # contact -> (status, reason, client, msg)
@@ -156,7 +160,8 @@ def _write_chunk(session: Session, campaign: Campaign, template: Template | None
         if not batch:
             continue
         results = accept_messages(session, principal, client, [item for _, item in batch], campaign_id=campaign.id,
-                                  keys=[key_of(campaign.id, r.id) for r, _ in batch])
+                                  keys=[key_of(campaign.id, r.id) for r, _ in batch],
+                                  known_contacts={r.phone: (r.id, False) for r, _ in batch})
         for (r, _), result in zip(batch, results, strict=True):
             if "error" in result:
                 code = result["error"]["code"]

@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session
 
 from app.clients.models import Client
 
-#: the messages and their ``queued`` history rows in one statement, from one array per column
+#: the messages and their ``queued`` history rows in one statement, from one JSON array of rows (one
+#: parameter: a text per row of JSON costs the driver nothing, where text arrays are quoted element
+#: by element)
 _INSERT_QUEUED = """
     WITH m AS (
         INSERT INTO messages (id, organization_id, client_id, direction, contact_id, to_phone, from_phone, type, text,
@@ -26,12 +28,10 @@ _INSERT_QUEUED = """
         SELECT u.id, :org, :client, 'outbound', u.contact_id, u.to_phone, :from_phone, u.type, u.text,
                u.media_id, u.caption, u.template_id, COALESCE(u.variables, '{{}}'::jsonb), 'queued', :campaign,
                :automation, u.idempotency_key, u.scheduled_at, u.scheduled_for, 0, :now, :now, :now
-        FROM unnest(CAST(:ids AS text[]), CAST(:contact_ids AS text[]), CAST(:to_phones AS text[]),
-                    CAST(:types AS text[]), CAST(:texts AS text[]), CAST(:media_ids AS text[]),
-                    CAST(:captions AS text[]), CAST(:template_ids AS text[]), CAST(:variables AS jsonb[]),
-                    CAST(:keys AS text[]), CAST(:scheduled_at AS timestamptz[]), CAST(:scheduled_for AS timestamptz[]))
-             AS u(id, contact_id, to_phone, type, text, media_id, caption, template_id, variables, idempotency_key,
-                  scheduled_at, scheduled_for)
+        FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+             AS u(id text, contact_id text, to_phone text, type text, text text, media_id text, caption text,
+                  template_id text, variables jsonb, idempotency_key text, scheduled_at timestamptz,
+                  scheduled_for timestamptz)
         {on_conflict}
         RETURNING id)
     INSERT INTO message_status_history (organization_id, message_id, status, at, details)
@@ -49,18 +49,23 @@ def insert_queued(session: Session, client: Client, values: list[dict], now: dat
     SELECT FROM unnest`` (an array per column: one statement and one round trip whatever the
     count). With ``keys`` a message whose idempotency key exists is skipped, and the ids written
     are returned; without, None (all were)."""
+    columns = ("id", "contact_id", "to_phone", "type", "text", "media_id", "caption", "template_id", "variables",
+               "idempotency_key", "scheduled_at", "scheduled_for")
+    rows = [{c: v[c] for c in columns} for v in values]
+    for row in rows:
+        row["variables"] = row["variables"] or None
     params = {
         "org": client.organization_id, "client": client.id, "from_phone": client.phone, "now": now,
         "campaign": campaign_id, "automation": automation_id,
-        "ids": [v["id"] for v in values], "contact_ids": [v["contact_id"] for v in values],
-        "to_phones": [v["to_phone"] for v in values], "types": [v["type"] for v in values],
-        "texts": [v["text"] for v in values], "media_ids": [v["media_id"] for v in values],
-        "captions": [v["caption"] for v in values], "template_ids": [v["template_id"] for v in values],
-        "variables": [json.dumps(v["variables"]) if v["variables"] else None for v in values],
-        "keys": [v["idempotency_key"] for v in values], "scheduled_at": [v["scheduled_at"] for v in values],
-        "scheduled_for": [v["scheduled_for"] for v in values],
+        "rows": json.dumps(rows, default=_iso, separators=(",", ":")),
     }
     if keys:
         return set(session.scalars(_INSERT_KEYED, params))
     session.execute(_INSERT_PLAIN, params)
     return None
+
+
+def _iso(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

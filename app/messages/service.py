@@ -182,12 +182,15 @@ def _error(exc: AppError) -> dict:
 
 def accept_messages(session: Session, principal: Principal, client: Client, items: list[dict], *,
                     campaign_id: str | None = None, automation_id: str | None = None,
-                    keys: list[str | None] | None = None, strict: bool = False) -> list[dict]:
+                    keys: list[str | None] | None = None, strict: bool = False,
+                    known_contacts: dict[str, tuple[str, bool]] | None = None) -> list[dict]:
     """Queue outbound messages from ``client``: one result per item, in order, either the new
     message (a dict of its columns; ``dump`` gives its API form) or ``{"error": {code, message,
     details}}``. ``strict`` raises the first error instead (single sends). ``keys``
     (messages.idempotency_key) makes a repeated item a no-op returning the first message:
-    campaigns and opt-out confirmations use it. Items are ``MessageItemSchema``-shaped dicts."""
+    campaigns and opt-out confirmations use it. Items are ``MessageItemSchema``-shaped dicts.
+    ``known_contacts`` (``{phone: (contact id, opted out)}``, a campaign's fan-out) spares looking
+    up or creating contacts the caller already holds."""
     from app import outbox
     if outbox.broker_refusing():
         from app.errors import ServiceUnavailable
@@ -205,7 +208,10 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
             if strict:
                 raise
             results[i] = {"error": _error(exc)}
-    book = contacts.contacts_for_send(session, client.organization_id, [cols["to_phone"] for _, cols in rows])
+    phones = [cols["to_phone"] for _, cols in rows]
+    book = dict(known_contacts or {})
+    if any(p not in book for p in phones):
+        book.update(contacts.contacts_for_send(session, client.organization_id, [p for p in phones if p not in book]))
     windows = customer_windows(session, client, [book[cols["to_phone"]][0] for _, cols in rows
                                                  if cols["type"] != "template"])
     accepted = []

@@ -121,7 +121,7 @@ def emit_many(session: Session, organization_id: str, event_type: str, items: li
         return []
     ids = [new_id("evt") for _ in items]
     params = {"ids": ids, "org": organization_id, "type": event_type, "at": utcnow(),
-              "payloads": [json.dumps(data or {}, default=_json_default) for data in items]}
+              "payloads": json.dumps([data or {} for data in items], default=_json_default)}
     known = session.info.get(_MEMO, {}).get((organization_id, event_type))
     if known is not None:
         session.execute(_INSERT_EVENTS, params)
@@ -134,8 +134,9 @@ def emit_many(session: Session, organization_id: str, event_type: str, items: li
 
 _INSERT_EVENTS_SQL = """
     INSERT INTO webhook_events (id, organization_id, type, payload, created_at)
-    SELECT e.id, :org, :type, e.payload, :at
-      FROM unnest(CAST(:ids AS text[]), CAST(CAST(:payloads AS text[]) AS jsonb[])) AS e(id, payload)"""
+    SELECT e.id, :org, :type, p.payload, :at
+      FROM unnest(CAST(:ids AS text[])) WITH ORDINALITY AS e(id, n)
+      JOIN jsonb_array_elements(CAST(:payloads AS jsonb)) WITH ORDINALITY AS p(payload, n) USING (n)"""
 _INSERT_EVENTS = text(_INSERT_EVENTS_SQL)
 _INSERT_EVENTS_FINDING_SUBSCRIBERS = text(f"""
     WITH e AS ({_INSERT_EVENTS_SQL})

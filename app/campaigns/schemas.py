@@ -50,7 +50,7 @@ class CampaignCreateSchema(ma.Schema):
         "description": "The clients to send from; recipients are spread over them."})
     template_id = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
     message = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=4096), metadata={
-        "description": "The text, when no template is used."})
+        "description": "The text, when no template is used; it may hold placeholders too (`Hi {{name}}`)."})
     variables = _VARIABLES
     recipient_variables = _RECIPIENT_VARIABLES
     audience = fields.Nested(AudienceSchema, required=True)

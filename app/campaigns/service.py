@@ -30,7 +30,7 @@ from app.pagination import paginate
 from app.security.principal import Principal
 from app.team.models import OrganizationSettings
 from app.templates.models import Template
-from app.templates.rendering import template_placeholders
+from app.templates.rendering import placeholders_of, template_placeholders
 from app.templates.reviews import approval_problem
 
 FAN_OUT_ACTOR = "campaigns.fan_out"
@@ -114,16 +114,14 @@ def _check(session: Session, organization_id: str, fields: dict) -> dict:
             errors["template_id"] = ["No such template in this organisation."]
     if bool(fields.get("template_id")) == bool(fields.get("message")):
         errors["message"] = ["Give either template_id or message."]
-    if template is not None:
+    if template is not None or fields.get("message"):
         given = set(fields.get("variables") or {})
         per_recipient = {k for values in (fields.get("recipient_variables") or {}).values() for k in values}
-        missing = [n for n in template_placeholders(template)
-                   if n not in given and n not in per_recipient and n not in CONTACT_FIELDS
+        names = template_placeholders(template) if template is not None else placeholders_of(fields["message"])
+        missing = [n for n in names if n not in given and n not in per_recipient and n not in CONTACT_FIELDS
                    and not n.startswith(("attributes.", "contact.attributes."))]
         if missing:
             errors["variables"] = [f"Missing: {', '.join(missing)} (not a contact's field)."]
-    elif fields.get("variables") or fields.get("recipient_variables"):
-        errors["variables"] = ["Only a template takes variables."]
     if len(fields.get("recipient_variables") or {}) > MAX_RECIPIENT_VARIABLES:
         errors["recipient_variables"] = [f"At most {MAX_RECIPIENT_VARIABLES} recipients."]
     client_ids = fields.get("client_ids") or []

@@ -144,6 +144,23 @@ def test_fan_out_writes_one_message_per_recipient_skips_opted_out_and_spreads_ov
     assert queued == 5  # every campaign message is an ordinary one, with its events
 
 
+def test_a_plain_message_takes_the_contacts_fields_and_the_campaigns_variables(client, session, org,
+                                                                                admin_key_headers, ready):
+    a, = people(session, org, 1, tags=["vip"])
+    nameless = f.make_contact(session, organization_id=org.id, phone="+14155561111", tags=["vip"], name=None)
+    r = client.post("/api/campaigns", headers=admin_key_headers, json={
+        "name": "Plain", "client_ids": [ready[0].id], "message": "Hi {{name}}, {{offer}}", "audience": {"tags": ["vip"]}})
+    assert r.status_code == 422 and "offer" in r.get_json()["error"]["details"]["variables"][0]
+    c = create(client, admin_key_headers, name="Plain", client_ids=[ready[0].id], message="Hi {{name}}, {{offer}}",
+               variables={"offer": "see you soon"}, audience={"tags": ["vip"]})
+    act(client, admin_key_headers, c["id"], "start")
+    sending.run_fan_out(c["id"])
+    (m,) = messages_of(session, c["id"])
+    assert m.contact_id == a.id and m.text == "Hi P0, see you soon"
+    skipped = session.scalars(select(CampaignRecipient).where(CampaignRecipient.contact_id == nameless.id)).one()
+    assert (skipped.status, skipped.reason) == ("skipped", "missing_variables: name")
+
+
 def test_a_repeated_or_resumed_fan_out_never_writes_a_second_message(client, session, org, admin_key_headers, ready,
                                                                      override_settings):
     people(session, org, 7, tags=["vip"])

@@ -1,17 +1,18 @@
 """What the workers do for campaigns: fan-out, hold, resume, cancel, rebalance, start and finish.
 
 **Fan-out** (``campaigns.fan_out``, pool ``default``) walks the audience in contact-id order, a
-chunk per transaction: a recipient row per contact (unique per campaign and contact), skipped ones
-marked (opted out, over the frequency cap, a variable without a value), and one ordinary message
-per other recipient through the message pipeline's intake (``accept_messages``: paced, parked,
-tracked, ``message.queued``), keyed ``cmp_<campaign>_<contact>`` so that no recipient ever gets a
-second message, whatever runs twice. The chunk commits with the campaign's ``fanout_cursor``, so a
+chunk per transaction: one ordinary message per recipient through the message pipeline's intake
+(``accept_messages``: paced, parked, tracked, ``message.queued``), keyed ``cmp_<campaign>_<contact>``
+so that no recipient ever gets a second message, whatever runs twice; then a recipient row per
+contact (unique per campaign and contact) with its message, or why it was skipped (opted out, over
+the frequency cap, a variable without a value) or refused. The chunk commits with the campaign's ``fanout_cursor``, so a
 fan-out that dies goes on from its last chunk (``tick`` sends it again when it stalls); one holds
 the campaign's advisory lock while it runs, so two never interleave.
 
 A recipient's status then follows its message's (a database trigger), and the campaign's counters
 follow the recipients' (another): progress is exact and costs no scan. ``tick`` (periodic) starts
-due scheduled campaigns (one UPDATE claims each: exactly once whatever the number of schedulers),
+due scheduled campaigns (each locked and begun in one transaction: exactly once whatever the
+number of schedulers),
 completes running ones with nothing left, and moves the queued messages of clients that dropped
 out (banned, logged out, stopped, deleted) to the campaign's other clients. Replies are counted by
 app/campaigns/replies.py.
@@ -105,10 +106,13 @@ def fan_out_chunk(session: Session, campaign_id: str) -> tuple[int, bool]:
 
 
 _INSERT_RECIPIENTS = text("""
-    INSERT INTO campaign_recipients (organization_id, campaign_id, contact_id, status, created_at, updated_at)
-    SELECT :org, :campaign, c, 'pending', :now, :now FROM unnest(CAST(:contacts AS text[])) AS c
+    INSERT INTO campaign_recipients (organization_id, campaign_id, contact_id, status, reason, client_id, message_id,
+                                     created_at, updated_at)
+    SELECT :org, :campaign, u.contact_id, u.status, u.reason, u.client_id, u.message_id, :now, :now
+      FROM unnest(CAST(:contacts AS text[]), CAST(:statuses AS text[]), CAST(:reasons AS text[]),
+                  CAST(:clients AS text[]), CAST(:messages AS text[]))
+           AS u(contact_id, status, reason, client_id, message_id)
     ON CONFLICT ON CONSTRAINT campaign_recipients_campaign_contact_key DO NOTHING
-    RETURNING contact_id
 """)
 
 
@@ -131,9 +135,9 @@ def _write_chunk(session: Session, campaign: Campaign, template: Template | None
     from app.messages.service import accept_messages
 
     now = utcnow()
-    inserted = set(session.scalars(_INSERT_RECIPIENTS, {"org": campaign.organization_id, "campaign": campaign.id,
-                                                        "contacts": [r.id for r in rows], "now": now}))
-    rows = [r for r in rows if r.id in inserted]  # a recipient written before keeps its message
+    written = set(session.scalars(select(CampaignRecipient.contact_id).where(
+        CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.contact_id.in_([r.id for r in rows]))))
+    rows = [r for r in rows if r.id not in written]  # a recipient written before keeps its message
     capped = _capped(session, campaign, [r.id for r in rows if not r.opted_out])
     outcome: dict[str, tuple[str, str | None, str | None, str | None]] = {}  # contact -> (status, reason, client, msg)
     by_client: dict[str, list[tuple[Any, dict]]] = {c.id: [] for c in clients}
@@ -169,19 +173,12 @@ def _write_chunk(session: Session, campaign: Campaign, template: Template | None
                 outcome[r.id] = (status, f"{code}: {result['error']['message']}"[:500], client.id, None)
             else:
                 outcome[r.id] = ("queued", None, client.id, result["id"])
-    if outcome:
+    if outcome:  # each recipient written once, with what became of it
         ids = list(outcome)
-        session.execute(text("""
-            UPDATE campaign_recipients AS r
-               SET status = u.status, reason = u.reason, client_id = u.client_id, message_id = u.message_id,
-                   updated_at = :now
-              FROM unnest(CAST(:contacts AS text[]), CAST(:statuses AS text[]), CAST(:reasons AS text[]),
-                          CAST(:clients AS text[]), CAST(:messages AS text[]))
-                   AS u(contact_id, status, reason, client_id, message_id)
-             WHERE r.campaign_id = :campaign AND r.contact_id = u.contact_id
-        """), {"now": now, "campaign": campaign.id, "contacts": ids, "statuses": [outcome[i][0] for i in ids],
-               "reasons": [outcome[i][1] for i in ids], "clients": [outcome[i][2] for i in ids],
-               "messages": [outcome[i][3] for i in ids]})
+        session.execute(_INSERT_RECIPIENTS, {
+            "org": campaign.organization_id, "campaign": campaign.id, "now": now, "contacts": ids,
+            "statuses": [outcome[i][0] for i in ids], "reasons": [outcome[i][1] for i in ids],
+            "clients": [outcome[i][2] for i in ids], "messages": [outcome[i][3] for i in ids]})
 
 
 def fail(session: Session, campaign: Campaign, why: str) -> None:

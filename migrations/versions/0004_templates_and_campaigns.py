@@ -79,7 +79,8 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE FUNCTION campaign_progress_apply(changes jsonb) RETURNS void LANGUAGE sql AS $$
+CREATE FUNCTION campaign_progress_apply(campaign_ids text[], statuses text[], replied boolean[], ns integer[])
+    RETURNS void LANGUAGE sql AS $$
     UPDATE campaigns AS c
        SET total_count = c.total_count + d.total, pending_count = c.pending_count + d.pending,
            queued_count = c.queued_count + d.queued, sent_count = c.sent_count + d.sent,
@@ -96,35 +97,37 @@ CREATE FUNCTION campaign_progress_apply(changes jsonb) RETURNS void LANGUAGE sql
                    coalesce(sum(x.n) FILTER (WHERE x.status = 'skipped'), 0) AS skipped,
                    coalesce(sum(x.n) FILTER (WHERE x.status = 'cancelled'), 0) AS cancelled,
                    coalesce(sum(x.n) FILTER (WHERE x.replied), 0) AS replied
-              FROM jsonb_to_recordset(changes) AS x(campaign_id text, status text, replied boolean, n integer)
+              FROM unnest(campaign_ids, statuses, replied, ns) AS x(campaign_id, status, replied, n)
              GROUP BY x.campaign_id) AS d
      WHERE c.id = d.campaign_id
 $$;
 
 CREATE FUNCTION campaign_recipients_count() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    changes jsonb;
+    ids text[];
+    statuses text[];
+    replied boolean[];
+    ns integer[];
 BEGIN
     IF TG_OP = 'INSERT' THEN
-        SELECT jsonb_agg(jsonb_build_object('campaign_id', campaign_id, 'status', status,
-                                            'replied', replied_at IS NOT NULL, 'n', 1)) INTO changes FROM new_rows;
+        SELECT array_agg(campaign_id), array_agg(status), array_agg(replied_at IS NOT NULL), array_agg(1)
+          INTO ids, statuses, replied, ns FROM new_rows;
     ELSIF TG_OP = 'DELETE' THEN
-        SELECT jsonb_agg(jsonb_build_object('campaign_id', campaign_id, 'status', status,
-                                            'replied', replied_at IS NOT NULL, 'n', -1)) INTO changes FROM old_rows;
+        SELECT array_agg(campaign_id), array_agg(status), array_agg(replied_at IS NOT NULL), array_agg(-1)
+          INTO ids, statuses, replied, ns FROM old_rows;
     ELSE
-        SELECT jsonb_agg(x) INTO changes FROM (
-            SELECT jsonb_build_object('campaign_id', n.campaign_id, 'status', n.status,
-                                      'replied', n.replied_at IS NOT NULL, 'n', 1) AS x
+        SELECT array_agg(t.campaign_id), array_agg(t.status), array_agg(t.replied), array_agg(t.n)
+          INTO ids, statuses, replied, ns FROM (
+            SELECT n.campaign_id, n.status, n.replied_at IS NOT NULL AS replied, 1 AS n
               FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
              WHERE n.status IS DISTINCT FROM o.status OR (n.replied_at IS NULL) <> (o.replied_at IS NULL)
             UNION ALL
-            SELECT jsonb_build_object('campaign_id', o.campaign_id, 'status', o.status,
-                                      'replied', o.replied_at IS NOT NULL, 'n', -1)
+            SELECT o.campaign_id, o.status, o.replied_at IS NOT NULL, -1
               FROM new_rows AS n JOIN old_rows AS o ON o.id = n.id
              WHERE n.status IS DISTINCT FROM o.status OR (n.replied_at IS NULL) <> (o.replied_at IS NULL)) AS t;
     END IF;
-    IF changes IS NOT NULL THEN
-        PERFORM campaign_progress_apply(changes);
+    IF ids IS NOT NULL THEN
+        PERFORM campaign_progress_apply(ids, statuses, replied, ns);
     END IF;
     RETURN NULL;
 END $$;

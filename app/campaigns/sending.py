@@ -135,8 +135,9 @@ def _write_chunk(session: Session, campaign: Campaign, template: Template | None
     from app.messages.service import accept_messages
 
     now = utcnow()
-    written = set(session.scalars(select(CampaignRecipient.contact_id).where(
-        CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.contact_id.in_([r.id for r in rows]))))
+    written = set(session.scalars(select(CampaignRecipient.contact_id).where(  # a range of the unique index
+        CampaignRecipient.campaign_id == campaign.id, CampaignRecipient.contact_id >= rows[0].id,
+        CampaignRecipient.contact_id <= rows[-1].id)))
     rows = [r for r in rows if r.id not in written]  # a recipient written before keeps its message
     capped = _capped(session, campaign, [r.id for r in rows if not r.opted_out])
     outcome: dict[str, tuple[str, str | None, str | None, str | None]] = {}  # contact -> (status, reason, client, msg)

@@ -212,3 +212,41 @@ def test_a_banned_clients_share_moves_to_the_other_client(committed, committed_c
     assert c.sent_count + c.delivered_count + c.read_count + c.failed_count == 40
     assert set(per_contact(committed, cid).values()) == {1}
     assert people
+
+
+def test_frequency_cap_and_send_window_hold_with_real_workers(committed, committed_client, committed_org,
+                                                              committed_headers, run_pool, schedulers):
+    from app.campaigns.windows import DAYS
+
+    people = contacts(committed, committed_org, 5)
+    (sender,) = sim_clients(committed, committed_org, 1)
+    first = campaign(committed_client, committed_headers, [sender.id])
+    run_pool("default", **ENV)
+    run_pool("messages", **ENV)
+    schedulers(1)
+    assert committed_client.post(f"/api/campaigns/{first}/start", headers=committed_headers).status_code == 200
+    wait_for(lambda: state(committed, first).status == "completed", timeout=60, message="the first campaign")
+    newcomers = [f.make_contact(committed, organization_id=committed_org.id, phone=f"+1415559{i:04d}",
+                                tags=["vip"], attributes={"timezone": "Asia/Tokyo"}) for i in range(3)]
+    committed.commit()
+    # a cap of one campaign message a day, and a window open only on the weekday three days ahead
+    day = (utcnow() + timedelta(days=3)).date()
+    second = campaign(committed_client, committed_headers, [sender.id], frequency_cap={"max": 1, "hours": 24},
+                      send_window={"start": "10:00", "end": "11:00", "days": [DAYS[day.weekday()]]})
+    assert committed_client.post(f"/api/campaigns/{second}/start", headers=committed_headers).status_code == 200
+    wait_for(lambda: state(committed, second).fanout_done_at is not None, timeout=60, message="the fan-out")
+    c = state(committed, second)
+    assert (c.total_count, c.skipped_count, c.pending_count + c.queued_count) == (8, 5, 3)
+    committed.rollback()
+    reasons = dict(committed.execute(select(CampaignRecipient.contact_id, CampaignRecipient.reason)
+                                     .where(CampaignRecipient.campaign_id == second)).all())
+    assert {reasons[p.id] for p in people} == {"frequency_cap"}
+    waiting = committed.scalars(select(Message).where(Message.campaign_id == second)).all()
+    assert sorted(m.contact_id for m in waiting) == sorted(n.id for n in newcomers)
+    assert all(m.status == "queued" and m.scheduled_at > utcnow() + timedelta(days=1) for m in waiting)
+    import time
+
+    time.sleep(3)  # what a closed window must not let through, given time to happen
+    assert network(committed_client, committed_headers, sender.id)["received"] == 5  # the first campaign's only
+    committed.rollback()
+    assert {m.status for m in committed.scalars(select(Message).where(Message.campaign_id == second))} == {"queued"}

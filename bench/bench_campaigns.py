@@ -56,7 +56,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("BENCH_DATABASE_NAME", "wa_bench_campaigns")
     os.environ["MAX_CONTACTS_PER_ORG"] = str(n * 3)
-    from bench.bench_messages import prepare_environment, server_meter
+    from bench.bench_messages import prepare_environment, server_meter, stop_stack
 
     load_at_start = os.getloadavg()[0]
     keep = prepare_environment()
@@ -68,12 +68,7 @@ def main() -> None:
     import atexit
 
     def cleanup() -> None:
-        procs.stop_all()
-        if keep.get("redis") is not None:
-            from workers.embedded import stop_redis
-
-            stop_redis(keep["redis"], 5)
-            keep["redis"] = None
+        stop_stack(keep, procs)
 
     atexit.register(cleanup)
     try:

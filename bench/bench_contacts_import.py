@@ -146,7 +146,7 @@ def main() -> None:
     rows = int(sys.argv[sys.argv.index("--rows") + 1]) if "--rows" in sys.argv else ROWS
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("BENCH_DATABASE_NAME", "wa_bench_import")
-    from bench.bench_messages import prepare_environment, server_meter
+    from bench.bench_messages import prepare_environment, server_meter, stop_stack
 
     load_at_start = os.getloadavg()[0]
     keep = prepare_environment()
@@ -159,12 +159,7 @@ def main() -> None:
     import atexit
 
     def cleanup() -> None:
-        procs.stop_all()
-        if keep.get("redis") is not None:
-            from workers.embedded import stop_redis
-
-            stop_redis(keep["redis"], 5)
-            keep["redis"] = None
+        stop_stack(keep, procs)
 
     atexit.register(cleanup)
     try:

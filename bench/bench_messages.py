@@ -743,13 +743,18 @@ def show(result: dict) -> None:
     print(f"bench:     {brief}", flush=True)
 
 
-def _cleanup(keep: dict) -> None:
-    procs.stop_all()
+def stop_stack(keep: dict, processes: Processes) -> None:
+    """Stop every process a bench started, and the embedded Redis if it started one."""
+    processes.stop_all()
     if keep.get("redis") is not None:
         from workers.embedded import stop_redis
 
         stop_redis(keep["redis"], 5)
         keep["redis"] = None
+
+
+def _cleanup(keep: dict) -> None:
+    stop_stack(keep, procs)
 
 
 def main() -> None:

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.campaigns import windows
-from app.campaigns.models import Campaign, CampaignClient
+from app.campaigns.models import Campaign, clients_of
 from app.campaigns.statuses import DROPPED_OUT
 from app.clients.models import Client
 from app.db import utcnow
 from app.messages.pacing import Limits
-
-
-def _client_ids(session: Session, campaign: Campaign) -> list[str]:
-    return list(session.scalars(select(CampaignClient.client_id).where(CampaignClient.campaign_id == campaign.id)))
 
 
 def client_rate(client: Client) -> tuple[float, float]:
@@ -45,8 +40,7 @@ def eta(session: Session, campaign: Campaign, recipients: int, start: datetime |
     """``{recipients, seconds, finishes_at, clients: [{client_id, recipients, seconds}]}``: the
     recipients spread evenly over the sending clients that have not dropped out, each at its own
     limits, within the send window."""
-    clients = [c for c in session.scalars(select(Client).where(Client.id.in_(_client_ids(session, campaign))))
-               if c.deleted_at is None and c.status not in DROPPED_OUT]
+    clients = [c for c in clients_of(session, campaign.id) if c.deleted_at is None and c.status not in DROPPED_OUT]
     open_s = windows.open_seconds_per_day(campaign.send_window)
     per_client: list[dict] = []
     for i, client in enumerate(sorted(clients, key=lambda c: c.id)):

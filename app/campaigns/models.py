@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, Text, func
+from sqlalchemy import BigInteger, ForeignKey, Integer, Text, func, select
 from sqlalchemy import text as sqltext
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
+from app.clients.models import Client
 from app.columns import CID, ORG_FK, TS
 from app.db import Base, new_id
 
@@ -81,3 +82,15 @@ class CampaignRecipient(Base):
     replied_at: Mapped[datetime | None] = mapped_column(TS)
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+def client_ids_of(session: Session, campaign_id: str) -> list[str]:
+    """A campaign's clients' ids, in the order they were given."""
+    return list(session.scalars(select(CampaignClient.client_id).where(CampaignClient.campaign_id == campaign_id)
+                                .order_by(CampaignClient.created_at, CampaignClient.client_id)))
+
+
+def clients_of(session: Session, campaign_id: str) -> list[Client]:
+    """A campaign's clients (deleted ones too), by id."""
+    return list(session.scalars(select(Client).join(CampaignClient, CampaignClient.client_id == Client.id)
+                                .where(CampaignClient.campaign_id == campaign_id).order_by(Client.id)))

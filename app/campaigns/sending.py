@@ -31,8 +31,8 @@ from app import outbox
 from app.campaigns import audience as audiences
 from app.campaigns import windows
 from app.campaigns.content import item_for, key_of
-from app.campaigns.models import Campaign, CampaignRecipient
-from app.campaigns.service import FAN_OUT_ACTOR, _client_ids, _emit, begin
+from app.campaigns.models import Campaign, CampaignRecipient, clients_of
+from app.campaigns.service import FAN_OUT_ACTOR, _emit, begin
 from app.campaigns.statuses import DROPPED_OUT
 from app.clients.models import Client
 from app.db import job_session, utcnow
@@ -81,8 +81,7 @@ def fan_out_chunk(session: Session, campaign_id: str) -> tuple[int, bool]:
     if campaign is None or campaign.status != "running" or campaign.fanout_done_at is not None:
         return 0, True
     org = campaign.organization_id
-    clients = [c for c in session.scalars(select(Client).where(Client.id.in_(_client_ids(session, campaign)))
-                                          .order_by(Client.id)) if usable(c)]
+    clients = [c for c in clients_of(session, campaign.id) if usable(c)]
     if not clients:
         fail(session, campaign, "Every client of the campaign dropped out (banned, logged out, stopped or deleted)")
         return 0, True
@@ -212,13 +211,9 @@ def run_hold(campaign_id: str) -> int:
             rows = _queued(session, campaign_id, after)
             if not rows:
                 return held
-            by_client: dict[str, list[str]] = {}
-            for r in rows:
-                by_client.setdefault(r.client_id, []).append(pacing.token_for(r.id, r.attempts))
             session.execute(update(Message).where(Message.id.in_([r.id for r in rows]), Message.status == "queued")
                             .values(scheduled_for=None), execution_options={"synchronize_session": False})
-        for client_id, tokens in by_client.items():
-            pacing.release(client_id, *tokens)
+        _release_slots(rows)
         held += len(rows)
         after = rows[-1].id
 
@@ -239,18 +234,22 @@ def run_resume(campaign_id: str) -> int:
 
 
 def _replan(session: Session, rows: Sequence[Any]) -> None:
-    now = utcnow()
     by_client: dict[str, list] = {}
     for r in rows:
         by_client.setdefault(r.client_id, []).append(r)
     for client_id, mine in by_client.items():
         client = session.get(Client, client_id)
-        if client is None:
-            continue
-        plans = planning.plan(client, [(r.id, r.attempts, r.scheduled_at) for r in mine])
-        session.execute(update(Message), [{"id": p.message_id, "scheduled_for": p.scheduled_for, "updated_at": now}
-                                          for p in plans])
-        planning.enqueue_plans(session, plans)
+        if client is not None:
+            planning.replan(session, client, mine)
+
+
+def _release_slots(rows: Sequence[Any], client_of=lambda r: r.client_id) -> None:
+    """Give back the pacing reservations of queued messages (rows with ``id`` and ``attempts``)."""
+    by_client: dict[str, list[str]] = {}
+    for r in rows:
+        by_client.setdefault(client_of(r), []).append(pacing.token_for(r.id, r.attempts))
+    for client_id, tokens in by_client.items():
+        pacing.release(client_id, *tokens)
 
 
 def run_cancel_rest(campaign_id: str) -> int:
@@ -282,11 +281,7 @@ def run_cancel_rest(campaign_id: str) -> int:
                                 .values(status="cancelled", updated_at=now))
         if not rows:
             return cancelled
-        by_client: dict[str, list[str]] = {}
-        for r in rows:
-            by_client.setdefault(r.client_id, []).append(pacing.token_for(r.id, r.attempts))
-        for client_id, tokens in by_client.items():
-            pacing.release(client_id, *tokens)
+        _release_slots(rows)
         cancelled += len(rows)
 
 
@@ -350,13 +345,11 @@ def rebalance(session: Session) -> int:
     for campaign_id, rows in by_campaign.items():
         campaign = session.get(Campaign, campaign_id)
         assert campaign is not None
-        targets = [c for c in session.scalars(select(Client).where(Client.id.in_(_client_ids(session, campaign)))
-                                              .order_by(Client.id)) if usable(c)]
+        targets = [c for c in clients_of(session, campaign.id) if usable(c)]
         if not targets:
             fail(session, campaign, "Every client of the campaign dropped out (banned, logged out, stopped or deleted)")
             continue
-        for old, tokens in _tokens_by_client(rows).items():
-            pacing.release(old, *tokens)
+        _release_slots(rows, client_of=lambda r: r.old_client)
         moves = [(r, targets[i % len(targets)]) for i, r in enumerate(rows)]
         session.execute(update(Message), [{"id": r.id, "client_id": t.id, "from_phone": t.phone, "scheduled_for": None,
                                            "updated_at": now} for r, t in moves])
@@ -368,20 +361,10 @@ def rebalance(session: Session) -> int:
         for target in targets:
             mine = [r for r, t in moves if t.id == target.id]
             if mine and sendable(target):
-                plans = planning.plan(target, [(r.id, r.attempts, r.scheduled_at) for r in mine])
-                session.execute(update(Message), [{"id": p.message_id, "scheduled_for": p.scheduled_for}
-                                                  for p in plans])
-                planning.enqueue_plans(session, plans)
+                planning.replan(session, target, mine)
         moved += len(moves)
         log.info("campaign %s: %d queued message(s) moved off clients that dropped out", campaign_id, len(moves))
     return moved
-
-
-def _tokens_by_client(rows: list) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for r in rows:
-        out.setdefault(r.old_client, []).append(pacing.token_for(r.id, r.attempts))
-    return out
 
 
 def run_tick() -> dict:

@@ -20,7 +20,7 @@ from app.campaigns import audience as audiences
 from app.campaigns import windows
 from app.campaigns.content import item_for
 from app.campaigns.eta import eta
-from app.campaigns.models import Campaign, CampaignClient, CampaignRecipient
+from app.campaigns.models import Campaign, CampaignClient, CampaignRecipient, client_ids_of, clients_of
 from app.campaigns.statuses import EDITABLE
 from app.clients.models import Client
 from app.contacts.models import Contact
@@ -61,11 +61,6 @@ def get_campaign(session: Session, principal: Principal, campaign_id: str) -> di
     return view(session, get_scoped(session, Campaign, principal.organization_id, campaign_id))
 
 
-def _client_ids(session: Session, campaign: Campaign) -> list[str]:
-    return list(session.scalars(select(CampaignClient.client_id).where(CampaignClient.campaign_id == campaign.id)
-                                .order_by(CampaignClient.created_at, CampaignClient.client_id)))
-
-
 def progress(c: Campaign) -> dict:
     """The counters as the API shows them: ``sent`` counts every recipient that reached sent or
     beyond, ``delivered`` delivered or read; ``queued`` those not sent yet."""
@@ -79,7 +74,7 @@ def view(session: Session, campaign: Campaign) -> dict:
     """A campaign as the API shows it: its columns, clients, progress and (while it has work
     ahead) its ETA."""
     out = {col.key: getattr(campaign, col.key) for col in Campaign.__table__.columns}
-    out["client_ids"] = _client_ids(session, campaign)
+    out["client_ids"] = client_ids_of(session, campaign.id)
     out["progress"] = progress(campaign)
     out["eta"] = None
     if campaign.status in ("scheduled", "running", "paused"):
@@ -179,14 +174,15 @@ def update_campaign(session: Session, principal: Principal, campaign_id: str, **
         raise Conflict(f"A {campaign.status} campaign keeps its content; only its name can change",
                        code="campaign_not_editable", details={"status": campaign.status})
     client_ids = changes.pop("client_ids", None)
+    current = client_ids_of(session, campaign.id)
     merged = {k: getattr(campaign, k) for k in ("template_id", "message", "variables", "recipient_variables",
                                                  "audience", "send_window", "frequency_cap")} | changes
-    _check(session, principal.organization_id, {**merged, "client_ids": client_ids or _client_ids(session, campaign)})
+    _check(session, principal.organization_id, {**merged, "client_ids": client_ids or current})
     delta = diff(campaign, changes)
     for name, value in changes.items():
         setattr(campaign, name, value)
-    if client_ids is not None and client_ids != _client_ids(session, campaign):
-        delta["client_ids"] = {"from": _client_ids(session, campaign), "to": client_ids}
+    if client_ids is not None and client_ids != current:
+        delta["client_ids"] = {"from": current, "to": client_ids}
         _set_clients(session, campaign, client_ids)
     if delta:
         campaign.updated_at = utcnow()
@@ -229,8 +225,7 @@ def sendability_problems(session: Session, campaign: Campaign) -> dict[str, list
     total, opted_out = audiences.count(session, campaign.organization_id, campaign.audience or {})
     if total - opted_out <= 0:
         errors["audience"] = [f"The audience has no contact to write to ({total} found, {opted_out} opted out)."]
-    clients = list(session.scalars(select(Client).where(Client.id.in_(_client_ids(session, campaign)))))
-    live = [c for c in clients if c.deleted_at is None]
+    live = [c for c in clients_of(session, campaign.id) if c.deleted_at is None]
     if not live:
         errors["client_ids"] = ["Every client of the campaign was deleted."]
     if campaign.template_id:
@@ -331,7 +326,7 @@ def test_send(session: Session, principal: Principal, campaign_id: str, *, to: s
     from app.messages.service import accept_messages, client_for_send
 
     campaign = get_scoped(session, Campaign, principal.organization_id, campaign_id)
-    ids = _client_ids(session, campaign)
+    ids = client_ids_of(session, campaign.id)
     if client_id is not None and client_id not in ids:
         raise ValidationError(details={"client_id": ["Not one of the campaign's clients."]})
     client = client_for_send(session, principal, client_id or ids[0], field="client_id")

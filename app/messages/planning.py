@@ -144,11 +144,17 @@ def resume_client(session: Session, client_id: str) -> int:
     rows = session.execute(select(Message.id, Message.attempts, Message.scheduled_at).where(
         Message.client_id == client_id, Message.status == "queued", Message.direction == "outbound")
         .order_by(Message.id)).all()
-    now = utcnow()
     for start in range(0, len(rows), 5000):
-        chunk = rows[start:start + 5000]
-        plans = plan(client, [(r.id, r.attempts, r.scheduled_at) for r in chunk])
-        session.execute(update(Message), [{"id": p.message_id, "scheduled_for": p.scheduled_for, "updated_at": now}
-                                          for p in plans])
-        enqueue_plans(session, plans)
+        replan(session, client, rows[start:start + 5000])
     return len(rows)
+
+
+def replan(session: Session, client: Client, rows) -> list[Plan]:
+    """Fresh slots and jobs, in order, for queued messages of ``client`` (rows with ``id``,
+    ``attempts`` and ``scheduled_at``): a client ready again, a campaign resumed, a share moved."""
+    now = utcnow()
+    plans = plan(client, [(r.id, r.attempts, r.scheduled_at) for r in rows])
+    session.execute(update(Message), [{"id": p.message_id, "scheduled_for": p.scheduled_for, "updated_at": now}
+                                      for p in plans])
+    enqueue_plans(session, plans)
+    return plans

@@ -178,8 +178,12 @@ def report(r: dict, load: tuple[float, float], notes: list[str]) -> None:
         print(f"| {a.ljust(width)} | {b} | {c} |")
     for note in notes:
         print(f"- {note}")
-    print("result:", "goals met" if complete and r["fan_s"] < GOAL_S else
-          ("GOALS MISSED" if complete else "INCOMPLETE: not every recipient has a queued message"))
+    if not complete:
+        print("result: INCOMPLETE: not every recipient has a queued message")
+    elif r["n"] < RECIPIENTS:
+        print(f"result: complete (the {GOAL_S:.0f} s goal is for {RECIPIENTS:,} recipients)")
+    else:
+        print("result:", "goals met" if r["fan_s"] < GOAL_S else "GOALS MISSED")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from datetime import date, datetime
 import regex
 
 from app.automations.statuses import DAYS
+from app.templates.rendering import attribute_variables
 
 #: time all the regular expressions of one automation may take on one message, in seconds
 REGEX_BUDGET_S = 0.1
@@ -184,9 +185,5 @@ def reply_variables(*, contact_name: str | None, phone: str, attributes: dict, m
     ``message.text`` and ``message.id``. A contact without a name gives an empty name."""
     out = {"name": contact_name or "", "contact.name": contact_name or "", "phone": phone, "contact.phone": phone,
            "message.text": text, "message.id": message_id}
-    for key, value in (attributes or {}).items():
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            out[f"attributes.{key}"] = out[f"contact.attributes.{key}"] = str(value)
-        elif isinstance(value, bool):
-            out[f"attributes.{key}"] = out[f"contact.attributes.{key}"] = "true" if value else "false"
+    out.update(attribute_variables(attributes, booleans=True))
     return out

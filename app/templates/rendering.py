@@ -74,7 +74,18 @@ def contact_variables(contact: Any) -> dict[str, str]:
         values["name"] = values["contact.name"] = contact.name
     if getattr(contact, "phone", None):
         values["phone"] = values["contact.phone"] = contact.phone
-    for key, value in (getattr(contact, "attributes", None) or {}).items():
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+    values.update(attribute_variables(getattr(contact, "attributes", None)))
+    return values
+
+
+def attribute_variables(attributes: dict | None, *, booleans: bool = False) -> dict[str, str]:
+    """A contact's attributes as ``attributes.<key>`` and ``contact.attributes.<key>`` values:
+    texts and numbers (and, with ``booleans``, true / false)."""
+    values: dict[str, str] = {}
+    for key, value in (attributes or {}).items():
+        if isinstance(value, bool):
+            if booleans:
+                values[f"attributes.{key}"] = values[f"contact.attributes.{key}"] = "true" if value else "false"
+        elif isinstance(value, (str, int, float)):
             values[f"attributes.{key}"] = values[f"contact.attributes.{key}"] = str(value)
     return values

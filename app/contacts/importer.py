@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from app import outbox, quotas
 from app.audit.service import record
 from app.contacts.csv_rows import MAX_TAGS, ColumnPlan, Records, RowError, parse_row
-from app.contacts.files import storage
+from app.storage import import_storage as storage
 from app.db import job_session, new_id
 from config import settings
 

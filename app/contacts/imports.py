@@ -2,7 +2,7 @@
 
 ``create_import`` checks what it can before answering 202: the form fields (``mapping``,
 ``list_id``, ``default_region``), and the file itself while it is streamed to file storage
-(``app/contacts/files.py``) — UTF-8, no NUL byte, at most ``CONTACT_IMPORT_MAX_ROWS`` rows and
+(``app/storage``) — UTF-8, no NUL byte, at most ``CONTACT_IMPORT_MAX_ROWS`` rows and
 ``CONTACT_IMPORT_MAX_BYTES`` bytes, a header that names a phone column (``csv_rows.Inspector``,
 ``plan_columns``). Only then is the import row written, with how to read the file, and its job
 enqueued after commit. The rows themselves are read by a worker (app/contacts/importer.py).
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from app import outbox
 from app.audit.service import record
 from app.contacts.csv_rows import Inspector, check_mapping, check_region, plan_columns
-from app.contacts.files import storage
+from app.storage import import_storage as storage
 from app.contacts.importer import ACTOR
 from app.contacts.models import ContactImport, ContactList
 from app.db import get_scoped, new_id, scoped_select

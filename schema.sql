@@ -58,7 +58,9 @@ CREATE TABLE organization_settings (
     timezone           text NOT NULL DEFAULT 'UTC',                -- IANA name, for business hours
     -- {"mon": [["09:00", "17:00"]], "tue": [...], ...}; a missing day means closed all day
     business_hours     jsonb NOT NULL DEFAULT '{"mon": [["09:00", "17:00"]], "tue": [["09:00", "17:00"]], "wed": [["09:00", "17:00"]], "thu": [["09:00", "17:00"]], "fri": [["09:00", "17:00"]]}'::jsonb,
-    media_quota_bytes  bigint NOT NULL DEFAULT 1073741824 CHECK (media_quota_bytes >= 0),
+    -- NULL: the server's MEDIA_QUOTA_BYTES / MEDIA_QUOTA_FILES
+    media_quota_bytes  bigint CHECK (media_quota_bytes >= 0),
+    media_quota_files  integer CHECK (media_quota_files >= 0),
     created_at         timestamptz NOT NULL DEFAULT now(),
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
@@ -381,18 +383,32 @@ CREATE TABLE media (
     organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
     filename         text NOT NULL,
     mime_type        text NOT NULL,
+    kind             text NOT NULL DEFAULT 'document' CHECK (kind IN ('image', 'video', 'audio', 'document', 'sticker')),
     size_bytes       bigint NOT NULL CHECK (size_bytes >= 0),
-    sha256           text NOT NULL CHECK (sha256 ~ '^[0-9a-f]{64}$'),
-    storage_key      text NOT NULL,
-    status           text NOT NULL DEFAULT 'ready' CHECK (status IN ('processing', 'ready', 'failed')),
+    sha256           text CHECK (sha256 IS NULL OR sha256 ~ '^[0-9a-f]{64}$'),  -- NULL until a fetched file arrives
+    storage_key      text NOT NULL,                                 -- the file as received
+    send_key         text,                                          -- the copy sent (EXIF stripped, re-encoded); NULL: storage_key
+    thumbnail_key    text,
+    status           text NOT NULL DEFAULT 'processing' CHECK (status IN ('processing', 'ready', 'failed')),
+    error            text,
+    metadata         jsonb NOT NULL DEFAULT '{}'::jsonb,            -- width, height, duration_seconds, animated, ...
+    source           text NOT NULL DEFAULT 'upload' CHECK (source IN ('upload', 'url', 'inbound')),
+    source_url       text,                                          -- source url: what the worker fetches
+    client_id        text COLLATE "C" REFERENCES clients(id) ON DELETE SET NULL,  -- source inbound: who received it
+    fetch_ref        jsonb,                                         -- source inbound: the transport's reference
+    attempts         integer NOT NULL DEFAULT 0,
     created_by       text COLLATE "C" REFERENCES users(id) ON DELETE SET NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    ready_at         timestamptz,
+    expires_at       timestamptz,                                   -- MEDIA_RETENTION_DAYS after creation
     deleted_at       timestamptz
 );
 CREATE INDEX media_org_id_idx ON media (organization_id, id DESC);
-CREATE INDEX media_org_sha256_idx ON media (organization_id, sha256);
--- Quota / GET /api/media/usage: SUM(size_bytes) of live media per organisation, index-only.
+-- An upload's bytes are kept once per organisation: a re-upload finds them here.
+CREATE UNIQUE INDEX media_org_sha256_uq ON media (organization_id, sha256)
+    WHERE deleted_at IS NULL AND source = 'upload' AND status <> 'failed';
+CREATE INDEX media_expiry_idx ON media (expires_at) WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
 CREATE INDEX media_org_usage_idx ON media (organization_id) INCLUDE (size_bytes) WHERE deleted_at IS NULL;
 
 -- ---------------------------------------------------------------------------------------------
@@ -487,7 +503,7 @@ CREATE TABLE messages (
     contact_id       text COLLATE "C" REFERENCES contacts(id) ON DELETE SET NULL,
     to_phone         text,                                          -- outbound: the recipient; inbound: the client's number
     from_phone       text,                                          -- inbound: the sender; outbound: the client's number
-    type             text NOT NULL DEFAULT 'text' CHECK (type IN ('text', 'image', 'video', 'audio', 'document', 'template')),
+    type             text NOT NULL DEFAULT 'text' CHECK (type IN ('text', 'image', 'video', 'audio', 'document', 'sticker', 'voice', 'template')),
     text             text,
     media_id         text COLLATE "C" REFERENCES media(id) ON DELETE SET NULL,
     caption          text,

@@ -89,7 +89,9 @@ class _Replay:
 
 def _fingerprint() -> str:
     """HMAC-SHA256 (keyed with SECRET_KEY) of the request: bodies may hold passwords (users,
-    proxies), and a plain hash of one would be an offline guessing target if the table leaked."""
+    proxies), and a plain hash of one would be an offline guessing target if the table leaked.
+    A multipart upload is not read here (it streams to storage, up to 100 MB): its key covers the
+    request line only; its bytes are kept once per organisation anyway (a re-upload returns them)."""
     from app.security.tokens import secret_key
 
     digest = hmac.new(secret_key().encode(), digestmod=hashlib.sha256)
@@ -97,7 +99,7 @@ def _fingerprint() -> str:
     data = request.get_json(silent=True) if request.is_json else None
     if data is not None:
         digest.update(json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
-    else:
+    elif request.mimetype != "multipart/form-data":
         digest.update(request.get_data(cache=True))
     return digest.hexdigest()
 

@@ -234,7 +234,10 @@ def make_template_approval(session, **overrides) -> TemplateApproval:
 
 
 def make_media(session, **overrides) -> Media:
+    from app.media.checks import natural_kind
+
     _org(session, overrides)
+    overrides.setdefault("kind", natural_kind(overrides.get("mime_type", "image/png")))
     return _save(session, Media, {
         "id": new_id("med"), "filename": "image.png", "mime_type": "image/png", "size_bytes": 1234,
         "sha256": hashlib.sha256(_hex().encode()).hexdigest(), "storage_key": f"media/{_hex(8)}", "status": "ready",

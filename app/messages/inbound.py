@@ -1,7 +1,8 @@
 """Inbound messages: stored once, their contact created or updated, ``message.received``, and the
 opt-out / opt-in keywords (STOP / START in every language the organisation lists).
 
-An inbound message's media is not kept (its caption is): media storage comes with the media domain.
+An inbound message's media becomes a medium of the organisation (app/media/processing.py stores
+it); its ``message.received`` is emitted once the medium is stored, so the event carries it.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from app.contacts import service as contacts
 from app.contacts.models import Contact
 from app.db import new_id, utcnow
 from app.errors import ValidationError
+from app.media.processing import take_inbound
 from app.messages.models import Message
 from app.messages.service import accept_messages
 from app.messages.tracking import OPT_OUT_KEY_PREFIX, parse_time, record_status
@@ -30,7 +32,7 @@ from config import settings
 log = logging.getLogger(__name__)
 
 INBOUND_TYPES = {"text": "text", "image": "image", "video": "video", "audio": "audio", "document": "document",
-                 "sticker": "image", "voice": "audio", "ptt": "audio"}
+                 "sticker": "sticker", "voice": "voice", "ptt": "voice"}
 
 
 def _normalise_keyword(text: str) -> str:
@@ -71,6 +73,8 @@ def receive_inbound(session: Session, client_id: str, payload: dict) -> Message 
     text = payload.get("text")
     if kind == "text" and not text and payload.get("type") not in (None, "text"):
         text = f"[{payload.get('type')}]"
+    if kind != "text" and not isinstance(media, dict):
+        kind, text = "text", text or f"[{kind}]"  # a media kind without its media
     contact = contacts.touch_inbound(session, client.organization_id, phone, payload.get("contact_name"), at)
     now = utcnow()
     values = {"id": new_id("msg"), "organization_id": client.organization_id, "client_id": client.id,
@@ -84,7 +88,12 @@ def receive_inbound(session: Session, client_id: str, payload: dict) -> Message 
         .returning(Message)).first()
     if message is None:
         return None
-    record_status(session, message, "received", at=at)
+    if isinstance(media, dict) and kind != "text":
+        message.media_id = take_inbound(session, client.organization_id, client.id,
+                                        {**media, "kind": "sticker" if kind == "sticker" else None})
+        record_status(session, message, "received", at=at, emit_event=False)  # announced once stored
+    else:
+        record_status(session, message, "received", at=at)
     record_reply(session, client.organization_id, contact.id)
     if not _handle_keywords(session, client, contact, message):  # STOP / START never trigger automations
         automations.after_inbound(session, client.organization_id, message.id)

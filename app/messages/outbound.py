@@ -10,6 +10,7 @@ from app.media.models import Media
 from app.templates.models import Template
 from app.templates.rendering import placeholders_of, render_text
 from app.transports.base import MediaRef, OutboundMessage
+from config import settings
 
 
 def build_outbound(session: Session, message: Any) -> OutboundMessage:
@@ -45,5 +46,18 @@ def template_for_send(session: Session, tpl: Template, variables: dict) -> dict:
 
 
 def media_ref(media: Media) -> MediaRef:
-    """A ``MediaRef`` of a media row."""
-    return MediaRef(media_id=media.id, mime_type=media.mime_type, filename=media.filename, size=media.size_bytes)
+    """What a transport sends of a medium: its copy to send (EXIF stripped, re-encoded) as a local
+    file (from storage: a cached copy when storage is remote), and a signed link Meta can fetch
+    when this server has a public address (``PUBLIC_URL``; else the cloud transport uploads it)."""
+    from app.media.service import signed_link
+    from app.storage import media_storage
+
+    sent = (media.metadata_ or {}).get("sent") if media.send_key else None
+    key = media.send_key or media.storage_key
+    try:
+        path: str | None = str(media_storage().local_path(key))
+    except (FileNotFoundError, OSError):
+        path = None  # the transport fails the send as media_unavailable
+    url = signed_link(media, variant="sent")["url"] if settings.PUBLIC_URL else None
+    return MediaRef(media_id=media.id, mime_type=(sent or {}).get("mime_type") or media.mime_type,
+                    filename=media.filename, size=(sent or {}).get("size") or media.size_bytes, path=path, url=url)

@@ -13,8 +13,10 @@ from app.pagination import ListArgs
 TEXT_MAX = 4096        # WhatsApp's limit for a text message
 CAPTION_MAX = 1024     # WhatsApp's limit for a media caption
 BATCH_MAX = 1000
-TYPES = ("text", "image", "video", "audio", "document", "template")
-MEDIA_TYPES = ("image", "video", "audio", "document")
+TYPES = ("text", "image", "video", "audio", "document", "sticker", "voice", "template")
+MEDIA_TYPES = ("image", "video", "audio", "document", "sticker", "voice")
+#: the media types WhatsApp shows a caption with
+CAPTIONED_TYPES = ("image", "video", "document")
 DIRECTIONS = ("outbound", "inbound")
 
 

@@ -30,7 +30,7 @@ from app.media.models import Media
 from app.messages import intake, planning
 from app.messages.customer_window import customer_windows, outside_window
 from app.messages.models import Message
-from app.messages.schemas import CAPTION_MAX, MEDIA_TYPES, TEXT_MAX, FastItemLoader, MessageSchema
+from app.messages.schemas import CAPTION_MAX, CAPTIONED_TYPES, MEDIA_TYPES, TEXT_MAX, FastItemLoader, MessageSchema
 from app.messages.tracking import OPT_OUT_KEY_PREFIX, dump, record_status
 from app.pagination import paginate
 from app.security.principal import Principal
@@ -92,9 +92,21 @@ class _Lookups:
         return self.approvals[template.id]
 
 
-def _media_kind(mime_type: str) -> str:
-    major = (mime_type or "").split("/", 1)[0]
-    return major if major in ("image", "video", "audio") else "document"
+#: what a medium must be for each media message type (document: any medium)
+_MEDIUM_FOR = {"image": ("image",), "video": ("video",), "audio": ("audio",), "voice": ("audio",),
+               "sticker": ("sticker",)}
+
+
+def _medium_problem(kind: str, medium: Media) -> str | None:
+    """Why ``medium`` cannot be sent as a ``kind`` message, or None."""
+    wanted = _MEDIUM_FOR.get(kind)
+    if wanted is None or medium.kind in wanted:
+        if kind == "voice" and not medium.mime_type.startswith("audio/ogg"):
+            return f"A voice note is Ogg Opus audio; this medium is {medium.mime_type}."
+        return None
+    if kind == "sticker":
+        return f"This medium is a {medium.kind} ({medium.mime_type}); upload a 512x512 webp with kind=sticker."
+    return f"This media is {medium.mime_type} (a {medium.kind}), not {kind}."
 
 
 def _columns(item: dict, lookups: _Lookups) -> dict:
@@ -121,8 +133,7 @@ def _columns(item: dict, lookups: _Lookups) -> dict:
         if template is None:
             errors["template_id"] = ["No such template in this organisation."]
     if kind is None:
-        kind = "template" if template_id else (_media_kind(medium.mime_type) if medium else
-                                               "document" if media_id else "text")
+        kind = "template" if template_id else (medium.kind if medium else "document" if media_id else "text")
     if kind == "text":
         if not text or not text.strip():
             errors["text"] = ["Give the text of the message."]
@@ -134,11 +145,13 @@ def _columns(item: dict, lookups: _Lookups) -> dict:
     elif kind in MEDIA_TYPES:
         if not media_id:
             errors["media_id"] = [f"A {kind} message needs media_id."]
-        elif medium is not None and kind != "document" and _media_kind(medium.mime_type) != kind:
-            errors["media_id"] = [f"This media is {medium.mime_type}, not {kind}."]
+        elif medium is not None and (problem := _medium_problem(kind, medium)):
+            errors["media_id"] = [problem]
         if caption is None and text:
             caption, text = text, None  # the text of a media message is its caption
-        if caption and len(caption) > CAPTION_MAX:
+        if caption and kind not in CAPTIONED_TYPES:
+            errors["caption"] = [f"WhatsApp shows no caption with a {kind}."]
+        elif caption and len(caption) > CAPTION_MAX:
             errors["caption"] = [f"At most {CAPTION_MAX} characters."]
         if template_id:
             errors["template_id"] = [f"Not used by a {kind} message."]

@@ -48,11 +48,12 @@ def dump(message: Message | Row | dict) -> dict:
 
 
 def record_status(session: Session, message: Message, status: str, *, at: datetime | None = None,
-                  details: dict | None = None) -> None:
-    """The history row of a status ``message`` just moved to, and its ``message.*`` event."""
+                  details: dict | None = None, emit_event: bool = True) -> None:
+    """The history row of a status ``message`` just moved to, and its ``message.*`` event (unless
+    ``emit_event`` is False: the caller emits it later)."""
     session.add(MessageStatusHistory(organization_id=message.organization_id, message_id=message.id, status=status,
                                      at=at or utcnow(), details=details or {}))
-    if status in EVENTS:
+    if emit_event and status in EVENTS:
         emit(session, message.organization_id, f"message.{status}", dump(message))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, ForeignKey, Text, func
+from sqlalchemy import BigInteger, ForeignKey, Integer, Text, func
 from sqlalchemy import text as sqltext
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -41,7 +41,8 @@ class OrganizationSettings(Base):
     business_hours: Mapped[dict] = mapped_column(JSONB, server_default=sqltext(
         """'{"mon": [["09:00", "17:00"]], "tue": [["09:00", "17:00"]], "wed": [["09:00", "17:00"]], """
         """"thu": [["09:00", "17:00"]], "fri": [["09:00", "17:00"]]}'::jsonb"""))
-    media_quota_bytes: Mapped[int] = mapped_column(BigInteger, server_default="1073741824")
+    media_quota_bytes: Mapped[int | None] = mapped_column(BigInteger)  # None: MEDIA_QUOTA_BYTES
+    media_quota_files: Mapped[int | None] = mapped_column(Integer)  # None: MEDIA_QUOTA_FILES
     created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
 

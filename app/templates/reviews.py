@@ -167,6 +167,7 @@ def run_submit(template_id: str, client_id: str, examples: dict | None = None) -
     """``templates.submit``: submit to Meta (cloud) or start the simulated review (sim). Returns the
     review's status. A Graph API error that a retry may cure is raised (the actor retries); any
     other leaves the review in ``error`` with Meta's reason."""
+    from app.transports.base import SilentSink
     from app.transports.cloud import CloudTransport
     from app.transports.cloud_errors import GraphError
 
@@ -183,7 +184,7 @@ def run_submit(template_id: str, client_id: str, examples: dict | None = None) -
         info = client_info(session, client)
         spec = spec_of(template, approval, examples)
     try:
-        answer = CloudTransport(info, _NoEvents()).submit_template(spec)
+        answer = CloudTransport(info, SilentSink()).submit_template(spec)
         status, reason, meta_id = (answer["status"] if answer["status"] in META_STATUSES.values() else "pending",
                                    None, answer.get("id"))
     except GraphError as exc:
@@ -209,6 +210,7 @@ def run_sim_review(template_id: str, client_id: str) -> str:
 def run_sync() -> int:
     """``templates.sync`` (periodic): every cloud client's template statuses from the Graph API,
     for a verdict whose webhook never came. Returns how many reviews changed."""
+    from app.transports.base import SilentSink
     from app.transports.cloud import CloudTransport
     from app.transports.cloud_errors import GraphError
 
@@ -219,7 +221,7 @@ def run_sync() -> int:
         with job_session() as session:
             info = load_client_info(session, client_id)
         try:
-            statuses = CloudTransport(info, _NoEvents()).template_statuses()
+            statuses = CloudTransport(info, SilentSink()).template_statuses()
         except GraphError as exc:
             log.warning("template sync of client %s failed: %s", client_id, exc)
             continue
@@ -231,21 +233,16 @@ def run_sync() -> int:
 
 def run_delete_at_meta(client_id: str, name: str) -> None:
     """``templates.delete_at_meta``: a deleted template goes from the WhatsApp Business Account too."""
+    from app.transports.base import SilentSink
     from app.transports.cloud import CloudTransport
     from app.transports.cloud_errors import GraphError
 
     with job_session() as session:
         info = load_client_info(session, client_id)
     try:
-        CloudTransport(info, _NoEvents()).delete_template(name)
+        CloudTransport(info, SilentSink()).delete_template(name)
     except GraphError as exc:
         if exc.rule.retry:
             raise
         log.info("template %s of client %s not deleted at Meta: %s", name, client_id, exc)
 
-
-class _NoEvents:
-    """Template management reports nothing (a transport's event sink, unused here)."""
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None

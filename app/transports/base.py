@@ -176,3 +176,11 @@ class Transport(ABC):
 
     def healthy(self) -> bool:
         return True
+
+
+class SilentSink:
+    """An event sink that reports nothing: for calls outside a session (template management,
+    downloading a medium), where the transport has nothing to report."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None

@@ -32,6 +32,7 @@ EVENT_TYPES = (
     "campaign.started", "campaign.paused", "campaign.completed", "campaign.cancelled",
     "contact.opted_out", "webhook.test",
     "automation.triggered",
+    "media.ready", "media.failed",
 )
 #: Sent only by POST /api/webhooks/{id}/test, to that one endpoint: never fanned out.
 TEST_EVENT = "webhook.test"

@@ -50,7 +50,9 @@ def test_inbound_is_stored_once_with_its_contact(session, cli):
 
 def test_inbound_media_and_other_types(session, cli):
     msg = inbound(session, cli, None, type="sticker", media={"mime_type": "image/webp", "caption": "lol"})
-    assert msg.type == "image" and msg.caption == "lol"
+    assert msg.type == "sticker" and msg.caption == "lol" and msg.media_id  # the medium is fetched by a job
+    msg = inbound(session, cli, None, type="ptt", ext="wamid.ptt")
+    assert msg.type == "text" and msg.text == "[voice]"  # a media kind without its media
     msg = inbound(session, cli, None, type="location")
     assert msg.type == "text" and msg.text == "[location]"
 

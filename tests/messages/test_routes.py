@@ -120,7 +120,7 @@ def test_validation_errors_name_the_fields(session, client, paced_client, admin_
         ({"type": "video"}, "media_id"),
         ({"type": "template", "template_id": tpl.id, "variables": {"first": "A"}}, "variables"),
         ({"type": "template", "template_id": "tpl_nope"}, "template_id"),
-        ({"type": "sticker", "text": "x"}, "type"),
+        ({"type": "carousel", "text": "x"}, "type"),
         ({"text": "x", "colour": "red"}, "colour"),
     ]
     for extra, field in cases:
@@ -183,16 +183,34 @@ def test_text_is_up_to_4096_characters_and_one_more_is_422_not_413(client, paced
     assert r.status_code == 202 and first["status"] == "queued" and "text" in second["error"]["details"]
 
 
-@pytest.mark.parametrize("mime_type,kind", [("image/jpeg", "image"), ("video/mp4", "video"), ("audio/ogg", "audio"),
-                                            ("application/pdf", "document")])
-def test_every_media_kind_is_accepted(session, client, paced_client, admin_key_headers, org, mime_type, kind):
-    medium = f.make_media(session, organization_id=org.id, mime_type=mime_type)
+def test_a_medium_of_another_kind_is_refused_naming_media_id(session, client, paced_client, admin_key_headers, org):
+    webp = f.make_media(session, organization_id=org.id, mime_type="image/webp")  # an image, not a sticker
+    mp3 = f.make_media(session, organization_id=org.id, mime_type="audio/mpeg")
+    for kind, medium, words in (("sticker", webp, "kind=sticker"), ("voice", mp3, "Ogg Opus"),
+                                ("video", mp3, "not video")):
+        r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "type": kind,
+                                               "media_id": medium.id}, headers=admin_key_headers)
+        assert r.status_code == 422 and words in r.get_json()["error"]["details"]["media_id"][0], kind
+
+
+@pytest.mark.parametrize("mime_type,kind,media_kind", [
+    ("image/jpeg", "image", "image"), ("video/mp4", "video", "video"), ("audio/ogg", "audio", "audio"),
+    ("application/pdf", "document", "document"), ("image/webp", "sticker", "sticker"), ("audio/ogg", "voice", "audio")])
+def test_every_media_kind_is_accepted(session, client, paced_client, admin_key_headers, org, mime_type, kind,
+                                      media_kind):
+    medium = f.make_media(session, organization_id=org.id, mime_type=mime_type, kind=media_kind)
     r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "media_id": medium.id},
                     headers=admin_key_headers)
-    assert r.status_code == 202 and r.get_json()["type"] == kind and r.get_json()["media_id"] == medium.id
+    assert r.status_code == 202 and r.get_json()["type"] == media_kind and r.get_json()["media_id"] == medium.id
     r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "type": kind, "media_id": medium.id,
                                            "caption": "see"}, headers=admin_key_headers)
-    assert r.status_code == 202 and r.get_json()["caption"] == "see"
+    if kind in ("image", "video", "document"):
+        assert r.status_code == 202 and r.get_json()["caption"] == "see"
+    else:  # WhatsApp shows no caption with audio, voice notes and stickers
+        assert r.status_code == 422 and "caption" in r.get_json()["error"]["details"]
+        r = client.post("/api/messages", json={"client_id": paced_client.id, "to": TO, "type": kind,
+                                               "media_id": medium.id}, headers=admin_key_headers)
+        assert r.status_code == 202 and r.get_json()["type"] == kind
     processing = f.make_media(session, organization_id=org.id, mime_type=mime_type, status="processing")
     r = client.post("/api/messages",
                     json={"client_id": paced_client.id, "to": TO, "type": kind, "media_id": processing.id},

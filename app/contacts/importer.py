@@ -34,8 +34,8 @@ from sqlalchemy.orm import Session
 from app import outbox, quotas
 from app.audit.service import record
 from app.contacts.csv_rows import MAX_TAGS, ColumnPlan, Records, RowError, parse_row
-from app.storage import import_storage as storage
 from app.db import job_session, new_id
+from app.storage import import_storage as storage
 from config import settings
 
 log = logging.getLogger(__name__)

@@ -16,13 +16,13 @@ from sqlalchemy.orm import Session
 from app import outbox
 from app.audit.service import record
 from app.contacts.csv_rows import Inspector, check_mapping, check_region, plan_columns
-from app.storage import import_storage as storage
 from app.contacts.importer import ACTOR
 from app.contacts.models import ContactImport, ContactList
 from app.db import get_scoped, new_id, scoped_select
 from app.errors import NotFound, PayloadTooLarge, ValidationError
 from app.pagination import paginate
 from app.security.principal import Principal
+from app.storage import import_storage as storage
 from config import settings
 
 CHUNK = 1 << 20

@@ -12,8 +12,8 @@ from sqlalchemy import select, text
 
 import jobs  # noqa: F401  (registers the actors: the outbox enqueues by name)
 from app.contacts import importer
-from app.storage import import_storage as storage
 from app.models import AuditLog, Contact, ContactImport, ContactListMember
+from app.storage import import_storage as storage
 from tests import factories as f
 from tests.auth_helpers import api_key_headers, principal_headers
 

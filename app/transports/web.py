@@ -63,6 +63,9 @@ KEY_ROUNDTRIP_MS = 3
 BINDING = "__waEvent"
 ACK_RANK = {"sent": 1, "delivered": 2, "read": 3}
 SEEN_LIMIT = 5000
+#: the kinds of incoming media the page hook reports (``inbound`` event) and those with a caption
+INBOUND_MEDIA = ("image", "sticker", "video", "audio", "voice", "document")
+CAPTIONED = ("image", "video", "document")
 
 
 # ----------------------------------------------------------------------------- the transport
@@ -346,19 +349,37 @@ class WebTransport(Transport):
         name = data.get("name")
         if name and re.sub(r"[^\d]", "", name) == match.group(1):
             name = None
-        text, media, kind = data.get("text"), None, "text"
-        image = data.get("image")
-        if image and self._page is not None:
-            try:
-                blob = await self._page.evaluate(wa.FETCH_BLOB_JS, image)
-                if len(blob["data_b64"]) * 3 // 4 <= settings.MAX_UPLOAD_BYTES:
-                    media = {"mime_type": blob["mime"], "data_b64": blob["data_b64"], "caption": text or None}
-                    kind, text = "image", None
-            except Exception:
-                log.warning("web %s: could not read an incoming image", self.client.id, exc_info=True)
+        text, media, kind = data.get("text") or None, None, "text"
+        found = data.get("media") if isinstance(data.get("media"), dict) else None
+        if found and found.get("kind") in INBOUND_MEDIA and found.get("url") and self._page is not None:
+            media = await self._read_media(self._page, found, text)
+            if media is not None:
+                kind, text = found["kind"], None
+            elif not text:  # unreadable or too large: the platform still learns that something came
+                text = f"[{found['kind']}]"
         self.runtime.report(self.events.inbound, self.client, InboundMessage(
             external_id=external_id, from_phone=from_phone, type=kind, text=text, media=media,
             timestamp=datetime.now(UTC), contact_name=name))
+
+    async def _read_media(self, page, found: dict, caption: str | None) -> dict | None:
+        """The bytes of an incoming media the page shows, as an InboundMessage's ``media``; None
+        when they cannot be read or are over MAX_UPLOAD_BYTES. Only image, video and document
+        carry a caption; a document keeps its file name."""
+        try:
+            blob = await page.evaluate(wa.FETCH_BLOB_JS, [found["url"], settings.MAX_UPLOAD_BYTES])
+        except Exception:
+            log.warning("web %s: could not read an incoming %s", self.client.id, found["kind"], exc_info=True)
+            return None
+        if not blob.get("data_b64"):
+            log.info("web %s: an incoming %s of %s bytes is over the limit", self.client.id, found["kind"],
+                     blob.get("size"))
+            return None
+        media = {"mime_type": blob["mime"], "data_b64": blob["data_b64"]}
+        if found["kind"] == "document" and found.get("filename"):
+            media["filename"] = str(found["filename"])
+        if caption and found["kind"] in CAPTIONED:
+            media["caption"] = caption
+        return media
 
     async def _open_unread(self) -> None:
         """Open each chat with an unread badge, so its new messages render (and get reported)."""
@@ -481,22 +502,41 @@ class WebTransport(Transport):
         media = message.media
         if media is None or not media.path or not os.path.isfile(media.path):
             raise PermanentSendError("the media file is not available to the session host", code="media_unavailable")
+        selector = self._attach_input(message.type, media.mime_type)
         with open(media.path, "rb") as fh:
             payload = {"name": media.filename or os.path.basename(media.path), "mimeType": media.mime_type,
                        "buffer": fh.read()}
         timeout = settings.WEB_NAV_TIMEOUT * 1000
         await page.locator(self.sel.attach_button).click(timeout=timeout)
-        as_media = message.type in ("image", "video") and media.mime_type.startswith(wa.MEDIA_INPUT_TYPES)
-        selector = self.sel.attach_media_input if as_media else self.sel.attach_document_input
         file_input = page.locator(selector).first
         await file_input.wait_for(state="attached", timeout=timeout)
         await file_input.set_input_files(payload)
-        caption = page.locator(self.sel.caption_box)
-        await caption.wait_for(timeout=timeout)
-        if message.caption:
-            await caption.click()
-            await self._type(page, message.caption)
+        if selector == self.sel.attach_audio_input:
+            switch = page.locator(self.sel.voice_note_switch).first
+            await switch.wait_for(timeout=timeout)
+            if (await switch.get_attribute("aria-checked") == "true") != (message.type == "voice"):
+                await switch.click(timeout=timeout)
+        elif selector != self.sel.attach_sticker_input:
+            caption = page.locator(self.sel.caption_box)
+            await caption.wait_for(timeout=timeout)
+            if message.caption:
+                await caption.click()
+                await self._type(page, message.caption)
         await page.locator(self.sel.media_send_button).click(timeout=timeout)
+
+    def _attach_input(self, kind: str, mime_type: str) -> str:
+        """The attach menu's file input for a message: photos & videos, sticker, audio (a voice note
+        too), or document for anything else (a type the page would not take as what it says)."""
+        if kind in ("image", "video") and mime_type.startswith(wa.MEDIA_INPUT_TYPES):
+            return self.sel.attach_media_input
+        if kind == "sticker":
+            if mime_type != wa.STICKER_MIME:
+                raise PermanentSendError(f"a sticker must be {wa.STICKER_MIME}, not {mime_type}",
+                                         code="invalid_request")
+            return self.sel.attach_sticker_input
+        if kind in ("audio", "voice") and mime_type.startswith(wa.AUDIO_INPUT_TYPES):
+            return self.sel.attach_audio_input
+        return self.sel.attach_document_input
 
     async def _new_outgoing_id(self, page, before: list[str]) -> str:
         handle = await page.wait_for_function(wa.NEW_OUTGOING_ID_JS, arg=[self.sel.message_row, before],

@@ -17,9 +17,13 @@ What the driver relies on:
 * the "click to chat" URL ``/send?phone=<digits>`` opens a chat; an invalid number shows a popup;
 * the open chat (``#main``): message rows carry ``data-id="<fromMe>_<chat jid>_<message id>"``,
   outgoing rows have a tick icon (``data-icon`` msg-time / msg-check / msg-dblcheck, read when its
-  label says so), incoming text is in ``.copyable-text[data-pre-plain-text]``;
-* the compose box (contenteditable, Enter sends), the attach button and its file inputs, the media
-  preview's caption box and send button;
+  label says so), incoming text is in ``.copyable-text[data-pre-plain-text]``; incoming media is
+  an element whose ``blob:`` URL holds its bytes: an image or a sticker (``img``, a sticker marked
+  ``data-sticker``), a video, an audio (a voice note has the ``ptt-status`` icon), a document (a
+  download link whose ``download`` attribute is its file name);
+* the compose box (contenteditable, Enter sends), the attach button and its file inputs (photos &
+  videos, document, sticker, audio), the media preview's caption box (none for a sticker or an
+  audio), its "voice message" switch (audio) and its send button;
 * the menu's "Log out" entry and its confirmation;
 * a ban is a full-page screen without QR or chat list whose text says so.
 """
@@ -29,7 +33,7 @@ import json
 from dataclasses import asdict, dataclass
 
 #: bump when anything below changes (it is logged at start and shown by docs/web-transport.md)
-WA_WEB_SELECTORS_VERSION = "2026.11"
+WA_WEB_SELECTORS_VERSION = "2026.12"
 
 
 @dataclass(frozen=True)
@@ -60,15 +64,24 @@ class WebSelectors:
     message_text: str = ".copyable-text[data-pre-plain-text] span.selectable-text"
     message_meta: str = ".copyable-text[data-pre-plain-text]"
     message_image: str = "img[src^='blob:'], img[src^='data:']"
+    message_sticker: str = "img[data-sticker][src^='blob:']"
+    message_video: str = "video[src^='blob:']"
+    message_audio: str = "audio[src^='blob:']"
+    message_voice_icon: str = "span[data-icon='ptt-status']"
+    message_document: str = "a[download][href^='blob:']"
     tick_icon: str = "span[data-icon^='msg-']"
     #: what a chat shows within this many ms of opening is its history, not news (see the hook)
     history_window_ms: int = 1500
 
     # -- media
     attach_button: str = "#main footer button[title='Attach']"
-    attach_media_input: str = "input[type='file'][accept^='image']"
+    attach_media_input: str = "input[type='file'][accept^='image/*']"
     attach_document_input: str = "input[type='file'][accept='*']"
+    attach_sticker_input: str = "input[type='file'][accept='image/webp']"
+    attach_audio_input: str = "input[type='file'][accept^='audio']"
     caption_box: str = "div[contenteditable='true'][aria-label='Add a caption']"
+    #: on an audio's preview: aria-checked "true" sends it as a voice note (ptt)
+    voice_note_switch: str = "[role='switch'][aria-label='Send as voice message']"
     media_send_button: str = "div[role='button'][aria-label='Send']"
 
     # -- menu
@@ -87,6 +100,10 @@ SELECTORS = WebSelectors()
 
 #: mime types the media input accepts; anything else goes through the document input
 MEDIA_INPUT_TYPES = ("image/", "video/")
+#: what the sticker input takes
+STICKER_MIME = "image/webp"
+#: mime types the audio input accepts (an audio or a voice note)
+AUDIO_INPUT_TYPES = ("audio/",)
 
 #: WhatsApp Web's tick icons -> our ack statuses (read is the double tick labelled "Read")
 ACK_ICONS = {"msg-check": "sent", "msg-dblcheck": "delivered", "msg-error": "failed"}
@@ -100,7 +117,8 @@ def hooks_script(selectors: WebSelectors = SELECTORS, binding: str = "__waEvent"
     """The init script of every page: watches the DOM and calls ``window[binding](kind, data)``.
 
     Events: ``screen`` {screen: qr|chats|banned|qr_expired|loading, phone}, ``qr`` {ref},
-    ``ack`` {id, status}, ``inbound`` {id, chat, from_me, text, name, image}, ``unread`` {count}.
+    ``ack`` {id, status}, ``inbound`` {id, chat, text, name, media}, ``unread`` {count}; ``media``
+    is null or {kind: image|sticker|video|audio|voice|document, url (blob:), filename}.
     The page keeps what it reported per load; the driver de-duplicates across reloads.
     """
     return _HOOKS_JS.replace("__SELECTORS__", json.dumps(asdict(selectors))).replace("__BINDING__", binding) \
@@ -150,13 +168,15 @@ CHAT_CHANGED_JS = """([rowSel, before]) => {
   return false;
 }"""
 
-#: (blob url) -> {mime, data_b64}: the bytes of an image the page shows
-FETCH_BLOB_JS = """async (url) => {
+#: ([blob url, max bytes]) -> {mime, size, data_b64}: the bytes of a media the page shows (data_b64
+#: null when it is larger than the max: not carried over to the driver)
+FETCH_BLOB_JS = """async ([url, max]) => {
   const blob = await (await fetch(url)).blob();
+  if (blob.size > max) return {mime: blob.type || 'application/octet-stream', size: blob.size, data_b64: null};
   const buf = new Uint8Array(await blob.arrayBuffer());
   let bin = '';
   for (let i = 0; i < buf.length; i += 0x8000) bin += String.fromCharCode.apply(null, buf.subarray(i, i + 0x8000));
-  return {mime: blob.type || 'application/octet-stream', data_b64: btoa(bin)};
+  return {mime: blob.type || 'application/octet-stream', size: blob.size, data_b64: btoa(bin)};
 }"""
 
 #: () -> the unread count of the first chat-list row with an unread badge, marked (data-wa-open)
@@ -220,6 +240,19 @@ _HOOKS_JS = r"""
     if (name === 'msg-dblcheck' && label.startsWith('read')) return 'read';
     return ICONS[name] || null;
   }
+  function mediaOf(row) {
+    let el = row.querySelector(S.message_sticker);
+    if (el) return {kind: 'sticker', url: el.getAttribute('src')};
+    if ((el = row.querySelector(S.message_image))) return {kind: 'image', url: el.getAttribute('src')};
+    if ((el = row.querySelector(S.message_video))) return {kind: 'video', url: el.getAttribute('src')};
+    if ((el = row.querySelector(S.message_audio))) {
+      return {kind: row.querySelector(S.message_voice_icon) ? 'voice' : 'audio', url: el.getAttribute('src')};
+    }
+    if ((el = row.querySelector(S.message_document))) {
+      return {kind: 'document', url: el.getAttribute('href'), filename: el.getAttribute('download') || null};
+    }
+    return null;
+  }
   function history(parsed) {
     const incoming = parsed.filter(x => !x.key.from_me && !seen.has(x.key.id)).map(x => x.key.id);
     incoming.slice(0, Math.max(0, incoming.length - expectUnread)).forEach(id => seen.add(id));
@@ -249,9 +282,8 @@ _HOOKS_JS = r"""
         const meta = row.querySelector(S.message_meta);
         const pre = meta ? (meta.getAttribute('data-pre-plain-text') || '') : '';
         const name = (pre.match(/\]\s*([^:]+):\s*$/) || [])[1] || null;
-        const img = row.querySelector(S.message_image);
         emit('inbound', {id: key.id, chat: key.chat, text: textEl ? textEl.innerText : null, name,
-                         image: img ? img.getAttribute('src') : null});
+                         media: mediaOf(row)});
       }
     }
   }

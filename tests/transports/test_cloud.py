@@ -195,6 +195,74 @@ def test_send_document_and_audio_by_link(graph):
     assert audio["type"] == "audio" and audio["audio"] == {"link": "https://cdn.example.com/a.ogg"}
 
 
+def test_send_sticker_and_voice_note_without_captions(graph):
+    t = transport(graph, media_ids={"med_stk": "1180209837451672"})
+    sticker = OutboundMessage(message_id=new_id("msg"), to="+14155550123", type="sticker", caption="ignored",
+                              media=MediaRef(media_id="med_stk", mime_type="image/webp", path="/nonexistent"))
+    voice = OutboundMessage(message_id=new_id("msg"), to="+14155550123", type="voice", caption="ignored",
+                            media=MediaRef(media_id="med_ptt", mime_type="audio/ogg; codecs=opus",
+                                           url="https://cdn.example.com/note.ogg"))
+    t.send(sticker)
+    t.send(voice)
+    got_sticker, got_voice = (r.json for r in graph.requests)
+    assert got_sticker == {"messaging_product": "whatsapp", "recipient_type": "individual", "to": "14155550123",
+                           "biz_opaque_callback_data": sticker.message_id, "type": "sticker",
+                           "sticker": {"id": "1180209837451672"}}
+    assert got_voice == {"messaging_product": "whatsapp", "recipient_type": "individual", "to": "14155550123",
+                         "biz_opaque_callback_data": voice.message_id, "type": "audio",
+                         "audio": {"link": "https://cdn.example.com/note.ogg", "voice": True}}
+
+
+def test_a_sticker_and_a_voice_note_from_files_are_uploaded_with_their_type(graph, tmp_path):
+    webp = tmp_path / "stored-sticker"
+    webp.write_bytes(b"RIFF\x24\x00\x00\x00WEBPVP8 sticker")
+    ogg = tmp_path / "stored-note"
+    ogg.write_bytes(b"OggS\x00\x02 opus voice note")
+    t = transport(graph)
+    t.send(OutboundMessage(message_id=new_id("msg"), to="+14155550123", type="sticker",
+                           media=MediaRef(media_id="med_s", mime_type="image/webp", path=str(webp))))
+    t.send(OutboundMessage(message_id=new_id("msg"), to="+14155550123", type="voice",
+                           media=MediaRef(media_id="med_v", mime_type="audio/ogg", filename="note.ogg", path=str(ogg))))
+    upload_sticker, sticker, upload_voice, voice = graph.requests
+    assert upload_sticker.form == {"messaging_product": "whatsapp", "type": "image/webp"}
+    assert upload_sticker.files["file"] == ("med_s", "image/webp", webp.read_bytes())
+    assert upload_voice.files["file"] == ("note.ogg", "audio/ogg", ogg.read_bytes())
+    sticker_id, voice_id = graph.media
+    assert graph.media[sticker_id] == ("image/webp", webp.read_bytes())
+    assert sticker.json["type"] == "sticker" and sticker.json["sticker"] == {"id": sticker_id}
+    assert voice.json["type"] == "audio" and voice.json["audio"] == {"id": voice_id, "voice": True}
+
+
+def test_every_media_type_carries_only_the_fields_meta_takes(graph):
+    """Captions on image, video and document only; a file name on documents only."""
+    t = transport(graph)
+    for kind, mime in [("image", "image/jpeg"), ("video", "video/mp4"), ("audio", "audio/mpeg"),
+                       ("document", "application/pdf"), ("sticker", "image/webp"), ("voice", "audio/ogg")]:
+        t.send(OutboundMessage(message_id=new_id("msg"), to="+14155550123", type=kind, caption="A caption",
+                               media=MediaRef(media_id=f"med_{kind}", mime_type=mime, filename=f"file-{kind}",
+                                              url=f"https://cdn.example.com/{kind}")))
+    got = {r.json["biz_opaque_callback_data"]: r.json for r in graph.requests}
+    bodies = [(body["type"], body[body["type"]]) for body in got.values()]
+    link = "https://cdn.example.com/"
+    assert bodies == [
+        ("image", {"link": link + "image", "caption": "A caption"}),
+        ("video", {"link": link + "video", "caption": "A caption"}),
+        ("audio", {"link": link + "audio"}),
+        ("document", {"link": link + "document", "caption": "A caption", "filename": "file-document"}),
+        ("sticker", {"link": link + "sticker"}),
+        ("audio", {"link": link + "voice", "voice": True}),
+    ]
+
+
+def test_a_sticker_that_is_not_webp_fails_permanently_without_calling_meta(graph):
+    with pytest.raises(PermanentSendError) as err:
+        transport(graph).send(OutboundMessage(message_id=new_id("msg"), to="+14155550123", type="sticker",
+                                              media=MediaRef(media_id="med_p", mime_type="image/png",
+                                                             url="https://cdn.example.com/p.png")))
+    assert err.value.code == "invalid_request" and "image/webp" in str(err.value)
+    assert graph.requests == []
+
+
 def test_send_video_by_an_uploaded_id_from_config(graph):
     t = transport(graph, media_ids={"med_vid": "1013859600285441"})
     t.send(OutboundMessage(message_id=new_id("msg"), to="+14155550123", type="video", caption="Tour",
@@ -644,9 +712,35 @@ def test_other_inbound_kinds_become_text(client, session, cloud_client, redis_co
     got = {r.payload["external_id"]: r.payload for r in reported(session, "inbound")}
     assert got["wamid.L"]["text"] == "Shop, Rua 1 (38.7, -9.1)"
     assert got["wamid.B"]["text"] == "Yes please"
-    assert got["wamid.S"]["type"] == "image" and got["wamid.S"]["media"]["id"] == "777"
+    assert got["wamid.S"]["type"] == "sticker" and got["wamid.S"]["media"]["id"] == "777"
     assert got["wamid.X"]["text"] == "[unsupported]"
     assert "wamid.R" not in got  # a removed reaction is not a message
+
+
+def test_inbound_media_keeps_its_kind_sticker_and_voice_note_included(client, session, cloud_client, redis_conn):
+    payload = change({"messages": [
+        {"from": "16315551181", "id": "wamid.ST", "timestamp": "1", "type": "sticker",
+         "sticker": {"mime_type": "image/webp", "sha256": "s1", "id": "701", "animated": False}},
+        {"from": "16315551181", "id": "wamid.VO", "timestamp": "1", "type": "audio",
+         "audio": {"mime_type": "audio/ogg; codecs=opus", "sha256": "s2", "id": "702", "voice": True}},
+        {"from": "16315551181", "id": "wamid.AU", "timestamp": "1", "type": "audio",
+         "audio": {"mime_type": "audio/mpeg", "sha256": "s3", "id": "703", "voice": False}},
+        {"from": "16315551181", "id": "wamid.VI", "timestamp": "1", "type": "video",
+         "video": {"mime_type": "video/mp4", "sha256": "s4", "id": "704", "caption": "the tour"}},
+        {"from": "16315551181", "id": "wamid.DO", "timestamp": "1", "type": "document",
+         "document": {"mime_type": "application/pdf", "sha256": "s5", "id": "705", "filename": "invoice.pdf"}},
+    ]})
+    assert signed_post(client, cloud_client.id, payload).status_code == 200
+    got = {r.payload["external_id"]: r.payload for r in reported(session, "inbound")}
+    assert {k: (v["type"], v["text"]) for k, v in got.items()} == {
+        "wamid.ST": ("sticker", None), "wamid.VO": ("voice", None), "wamid.AU": ("audio", None),
+        "wamid.VI": ("video", "the tour"), "wamid.DO": ("document", None)}
+    assert got["wamid.ST"]["media"] == {"id": "701", "mime_type": "image/webp", "sha256": "s1", "provider": "meta"}
+    assert got["wamid.VO"]["media"] == {"id": "702", "mime_type": "audio/ogg; codecs=opus", "sha256": "s2",
+                                        "provider": "meta"}
+    assert got["wamid.VI"]["media"]["caption"] == "the tour"
+    assert got["wamid.DO"]["media"] == {"id": "705", "mime_type": "application/pdf", "sha256": "s5",
+                                        "filename": "invoice.pdf", "provider": "meta"}
 
 
 def test_a_client_without_app_secret_cannot_receive(client, session, redis_conn):

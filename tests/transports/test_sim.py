@@ -16,7 +16,7 @@ from app.clients.info import load_client_info
 from app.clients.models import BanAlert, Client, ClientStatusHistory
 from app.db import new_id
 from app.transports import transport_class
-from app.transports.base import ClientInfo, OutboundMessage, PermanentSendError, TransientSendError
+from app.transports.base import ClientInfo, MediaRef, OutboundMessage, PermanentSendError, TransientSendError
 from app.transports.sim import SimNetwork, SimTransport, fake_phone, validate_config
 from tests import factories as f
 from tests.auth_helpers import principal_headers
@@ -184,6 +184,19 @@ def test_a_resend_is_counted_as_a_duplicate_and_not_acked_twice():
     assert first.external_id == second.external_id
     assert t.network.counts() == {"received": 3, "distinct": 2, "duplicates": 1}
     assert sum(1 for e, s, _, _ in t.events.acks if e == first.external_id and s == "delivered") == 1
+
+
+def test_every_media_type_is_sent_and_acked_like_a_text():
+    t = sim({"reply_rate": 1.0, "reply_text": "Got: {text}"})
+    media = MediaRef(media_id="med_1", mime_type="image/webp", path="/stored/med_1")
+    kinds = ("image", "video", "audio", "voice", "document", "sticker")
+    results = [t.send(OutboundMessage(message_id=f"msg_{kind}", to="+14155550123", type=kind, media=media,
+                                      caption="a caption" if kind == "image" else None)) for kind in kinds]
+    assert all(r.status == "sent" and r.external_id == t.external_id(f"msg_{k}") for r, k in zip(results, kinds))
+    assert t.network.counts() == {"received": len(kinds), "distinct": len(kinds), "duplicates": 0}
+    delivered = [e for e, s, _, _ in t.events.acks if s == "delivered"]
+    assert delivered == [r.external_id for r in results]
+    assert [m.text for m, _ in t.events.inbound_messages] == ["Got: a caption"] + ["Got: "] * (len(kinds) - 1)
 
 
 def test_network_counts_are_shared_across_processes():

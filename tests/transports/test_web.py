@@ -26,6 +26,12 @@ pytestmark = pytest.mark.xdist_group("browser")
 
 PHONE = "+15550100200"
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+#: stand-ins for each kind of file (the page keeps the bytes as they are, it does not decode them)
+WEBP = b"RIFF\x1a\x00\x00\x00WEBPVP8L\x0d\x00\x00\x00/\x00\x00\x00\x10\x07\x10\x11\x11\x88\x88\xfe\x07\x00"
+MP4 = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom video"
+OGG = b"OggS\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00OpusHead voice note"
+MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00 an mp3 song"
+PDF = b"%PDF-1.4 an invoice"
 
 
 @pytest.fixture(scope="module")
@@ -400,6 +406,50 @@ def test_send_media_uploads_the_file_with_its_caption(wa_web, ready_transport, t
     assert err.value.code == "media_unavailable"
 
 
+def test_every_media_kind_goes_through_its_attach_input(wa_web, ready_transport, tmp_path):
+    """What the page got for each type: the attach input it came through (photos & videos,
+    sticker, audio with or without the voice-note mark, document), the file's name and bytes, and
+    a caption only where WhatsApp has one."""
+    transport, _ = ready_transport
+    sends = [  # type, mime, file name, bytes, caption
+        ("video", "video/mp4", "tour.mp4", MP4, "The tour"),
+        ("sticker", "image/webp", "smile.webp", WEBP, "no caption on a sticker"),
+        ("voice", "audio/ogg; codecs=opus", "note.ogg", OGG, "no caption on a voice note"),
+        ("audio", "audio/mpeg", "song.mp3", MP3, None),
+        ("document", "application/pdf", "invoice-42.pdf", PDF, "Your invoice"),
+        ("image", "application/octet-stream", "raw.bin", b"not a picture", None),  # not an image: a document
+    ]
+    for n, (kind, mime, name, data, caption) in enumerate(sends):
+        stored = tmp_path / f"stored-{n}"
+        stored.write_bytes(data)
+        ref = MediaRef(media_id=f"med_{n}", mime_type=mime, filename=name, path=str(stored), size=len(data))
+        result = transport.send(OutboundMessage(message_id=f"msg_{kind}_{n}", to="+15550999007", type=kind,
+                                                media=ref, caption=caption))
+        sent = wa_web.wait_sent(PHONE, n + 1)[-1]
+        assert sent.id == result.external_id
+    got = [(m.media["kind"], m.media["ptt"], m.media["name"], m.media["mime"], base64.b64decode(m.media["data_b64"]),
+            m.caption) for m in wa_web.sent(PHONE)]
+    assert got == [
+        ("video", False, "tour.mp4", "video/mp4", MP4, "The tour"),
+        ("sticker", False, "smile.webp", "image/webp", WEBP, None),
+        ("audio", True, "note.ogg", "audio/ogg; codecs=opus", OGG, None),
+        ("audio", False, "song.mp3", "audio/mpeg", MP3, None),
+        ("document", False, "invoice-42.pdf", "application/pdf", PDF, "Your invoice"),
+        ("document", False, "raw.bin", "application/octet-stream", b"not a picture", None),
+    ]
+
+
+def test_a_sticker_that_is_not_webp_fails_permanently(wa_web, ready_transport, tmp_path):
+    transport, _ = ready_transport
+    png = tmp_path / "stored"
+    png.write_bytes(PNG)
+    with pytest.raises(PermanentSendError) as err:
+        transport.send(OutboundMessage(message_id="msg_stk", to="+15550999008", type="sticker",
+                                       media=MediaRef(media_id="med_png", mime_type="image/png", path=str(png))))
+    assert err.value.code == "invalid_request" and "image/webp" in str(err.value)
+    assert wa_web.sent(PHONE) == []
+
+
 def test_a_number_not_on_whatsapp_fails_permanently(wa_web, ready_transport):
     transport, _ = ready_transport
     with pytest.raises(PermanentSendError) as err:
@@ -445,6 +495,44 @@ def test_inbound_messages_are_reported(wa_web, ready_transport):
     # sending to a chat shows its history again: nothing is reported twice
     transport.send(_text("+15550888001", "yes"))
     assert len(sink.inbound_messages()) == 3
+
+
+def test_inbound_media_of_every_kind_is_reported_with_its_bytes(wa_web, ready_transport):
+    _, sink = ready_transport
+    contact = "+15550888004"
+    sends = [  # kind on the page, mime, file name, bytes, caption
+        ("sticker", "image/webp", None, WEBP, None),
+        ("ptt", "audio/ogg; codecs=opus", None, OGG, None),
+        ("audio", "audio/mpeg", None, MP3, None),
+        ("video", "video/mp4", None, MP4, "look at this"),
+        ("document", "application/pdf", "invoice-42.pdf", PDF, "the invoice"),
+    ]
+    ids = []
+    for n, (kind, mime, filename, data, caption) in enumerate(sends):
+        ids.append(wa_web.inbound(PHONE, contact, media=data, kind=kind, mime=mime, filename=filename,
+                                  caption=caption))
+        sink.wait(lambda: len(sink.inbound_messages()) == n + 1, 30, f"the inbound {kind}")
+    got = sink.inbound_messages()
+    assert [m.external_id for m in got] == ids and {m.from_phone for m in got} == {contact}
+    assert [(m.type, m.text) for m in got] == [("sticker", None), ("voice", None), ("audio", None),
+                                               ("video", None), ("document", None)]
+    assert [m.media for m in got] == [
+        {"mime_type": "image/webp", "data_b64": base64.b64encode(WEBP).decode()},
+        {"mime_type": "audio/ogg; codecs=opus", "data_b64": base64.b64encode(OGG).decode()},
+        {"mime_type": "audio/mpeg", "data_b64": base64.b64encode(MP3).decode()},
+        {"mime_type": "video/mp4", "data_b64": base64.b64encode(MP4).decode(), "caption": "look at this"},
+        {"mime_type": "application/pdf", "data_b64": base64.b64encode(PDF).decode(), "filename": "invoice-42.pdf",
+         "caption": "the invoice"},
+    ]
+
+
+def test_inbound_media_over_the_size_limit_arrives_as_a_placeholder(wa_web, ready_transport, override_settings):
+    _, sink = ready_transport
+    override_settings(MAX_UPLOAD_BYTES=len(MP4) - 1)
+    wa_web.inbound(PHONE, "+15550888005", media=MP4, kind="video", mime="video/mp4")
+    sink.wait(lambda: sink.inbound_messages(), 30, "the inbound video")
+    (msg,) = sink.inbound_messages()
+    assert (msg.type, msg.text, msg.media) == ("text", "[video]", None)
 
 
 def test_chat_history_is_not_reported_as_new_messages(wa_web, open_transport):

@@ -1,21 +1,21 @@
 """Actors of media, one per step (app/media/processing.py holds the logic); all on ``default``."""
-from app.media import processing, service
+from app.media import fetching, processing, service
 from app.queues import actor
 from config import settings
 from jobs.periodic import every
 
 
-@actor(service.FETCH_ACTOR, max_retries=processing.FETCH_ATTEMPTS, min_backoff=2_000, max_backoff=60_000)
+@actor(service.FETCH_ACTOR, max_retries=fetching.FETCH_ATTEMPTS, min_backoff=2_000, max_backoff=60_000)
 def fetch(media_id: str) -> None:
     """Fetch a medium from its URL (retried on network errors and 5xx answers)."""
-    processing.fetch_url(media_id)
+    fetching.fetch_url(media_id)
 
 
-@actor(processing.FETCH_INBOUND_ACTOR, max_retries=processing.FETCH_ATTEMPTS, min_backoff=2_000,
+@actor(fetching.FETCH_INBOUND_ACTOR, max_retries=fetching.FETCH_ATTEMPTS, min_backoff=2_000,
        max_backoff=60_000)
 def fetch_inbound(media_id: str) -> None:
     """Download an inbound message's medium from its transport (Meta's media endpoint)."""
-    processing.fetch_inbound(media_id)
+    fetching.fetch_inbound(media_id)
 
 
 @actor(service.PROCESS_ACTOR, max_retries=5, min_backoff=1_000, max_backoff=60_000)

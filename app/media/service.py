@@ -314,6 +314,24 @@ def readable(medium: Media) -> None:
                        details={"status": medium.status})
 
 
+# ------------------------------------------------------------------------------------- sends
+
+#: the medium's kind each media message type needs (document: any)
+_MEDIUM_FOR = {"image": "image", "video": "video", "audio": "audio", "voice": "audio", "sticker": "sticker"}
+
+
+def send_problem(kind: str, medium: Media) -> str | None:
+    """Why ``medium`` cannot be sent as a ``kind`` message (its kind, its readiness aside), or None."""
+    wanted = _MEDIUM_FOR.get(kind)
+    if kind == "voice" and medium.kind == "audio" and not medium.mime_type.startswith("audio/ogg"):
+        return f"A voice note is Ogg Opus audio; this medium is {medium.mime_type}."
+    if wanted is None or medium.kind == wanted:
+        return None
+    if kind == "sticker":
+        return f"This medium is a {medium.kind} ({medium.mime_type}); upload a 512x512 webp with kind=sticker."
+    return f"This media is {medium.mime_type} (a {medium.kind}), not {kind}."
+
+
 # ------------------------------------------------------------------------------------- delete
 
 def in_use_by(session: Session, medium_id: str) -> list[str]:

@@ -21,7 +21,7 @@ from app.contacts import service as contacts
 from app.contacts.models import Contact
 from app.db import new_id, utcnow
 from app.errors import ValidationError
-from app.media.processing import take_inbound
+from app.media.fetching import take_inbound
 from app.messages.models import Message
 from app.messages.service import accept_messages
 from app.messages.tracking import OPT_OUT_KEY_PREFIX, parse_time, record_status

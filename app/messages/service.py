@@ -27,6 +27,7 @@ from app.contacts.models import Contact
 from app.db import get_scoped, new_id, scoped_select, utcnow
 from app.errors import AppError, Conflict, Forbidden, NotFound, ValidationError
 from app.media.models import Media
+from app.media.service import send_problem as media_send_problem
 from app.messages import intake, planning
 from app.messages.customer_window import customer_windows, outside_window
 from app.messages.models import Message
@@ -92,23 +93,6 @@ class _Lookups:
         return self.approvals[template.id]
 
 
-#: what a medium must be for each media message type (document: any medium)
-_MEDIUM_FOR = {"image": ("image",), "video": ("video",), "audio": ("audio",), "voice": ("audio",),
-               "sticker": ("sticker",)}
-
-
-def _medium_problem(kind: str, medium: Media) -> str | None:
-    """Why ``medium`` cannot be sent as a ``kind`` message, or None."""
-    wanted = _MEDIUM_FOR.get(kind)
-    if wanted is None or medium.kind in wanted:
-        if kind == "voice" and not medium.mime_type.startswith("audio/ogg"):
-            return f"A voice note is Ogg Opus audio; this medium is {medium.mime_type}."
-        return None
-    if kind == "sticker":
-        return f"This medium is a {medium.kind} ({medium.mime_type}); upload a 512x512 webp with kind=sticker."
-    return f"This media is {medium.mime_type} (a {medium.kind}), not {kind}."
-
-
 def _columns(item: dict, lookups: _Lookups) -> dict:
     """The message columns of one validated item, or a 422 naming every bad field."""
     errors: dict[str, list[str]] = {}
@@ -145,7 +129,7 @@ def _columns(item: dict, lookups: _Lookups) -> dict:
     elif kind in MEDIA_TYPES:
         if not media_id:
             errors["media_id"] = [f"A {kind} message needs media_id."]
-        elif medium is not None and (problem := _medium_problem(kind, medium)):
+        elif medium is not None and (problem := media_send_problem(kind, medium)):
             errors["media_id"] = [problem]
         if caption is None and text:
             caption, text = text, None  # the text of a media message is its caption

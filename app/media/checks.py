@@ -90,7 +90,7 @@ def natural_kind(mime_type: str) -> str:
 
 def sniff(head: bytes) -> str:
     """The type of a file from its first bytes; MediaRefused for what is dangerous."""
-    if head[:2] == b"MZ" or head[:4] == b"\x7fELF" or head[:4] in _MACHO or head[:2] == b"#!":
+    if head[:2] == b"MZ" or head[:4] == b"\x7fELF" or head[:4] in _MACHO or head[:3] in (b"#!/", b"#! "):
         raise MediaRefused("Executable files and scripts are refused", detected="application/x-executable")
     guess = filetype.guess(head)
     mime = guess.mime if guess else None

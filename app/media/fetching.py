@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
 from sqlalchemy import select
@@ -26,6 +27,9 @@ from app.media.models import Media
 from app.media.processing import fail, set_failed
 from app.security import ssrf
 from config import settings
+
+if TYPE_CHECKING:
+    from app.messages.models import Message
 
 FETCH_INBOUND_ACTOR = "media.fetch_inbound"
 MAX_REDIRECTS = 3
@@ -132,11 +136,12 @@ def fetch_inbound(media_id: str) -> str:
     return _stored(media_id, found)
 
 
-def take_inbound(session: Session, organization_id: str, client_id: str, media: dict) -> str:
+def take_inbound(session: Session, message: Message, media: dict) -> str:
     """The medium of an inbound message (its report's ``media``): stored now when the report
     carries the bytes (``data_b64``: web, sim), else fetched by a job (Meta's media id). Inbound
     media count in the organisation's usage but are never refused for the quota: what a contact
-    sent is kept."""
+    sent is kept. ``message`` (the inbound Message) gets the medium's id."""
+    organization_id, client_id = message.organization_id, message.client_id
     media_id = new_id("med")
     now = utcnow()
     kind = "sticker" if media.get("kind") == "sticker" else None
@@ -148,6 +153,8 @@ def take_inbound(session: Session, organization_id: str, client_id: str, media: 
                    expires_at=service.expiry(now),
                    fetch_ref={k: media[k] for k in ("id", "provider", "sha256") if media.get(k)} | {"kind": kind})
     session.add(medium)
+    session.flush()
+    message.media_id = media_id
     session.flush()
     data = media.get("data_b64")
     if not data:

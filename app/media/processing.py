@@ -36,7 +36,7 @@ THUMBNAIL_ACTOR = "media.thumbnail"
 THUMBNAIL_PX = 320
 STICKER_PX = 512
 MAX_PIXELS = 50_000_000   # Pillow refuses larger images (decompression bombs)
-_STRIPPED = ("exif", "xmp", "XML:com.adobe.xmp", "comment", "dpi", "photoshop")
+_STRIPPED = ("exif", "xmp", "XML:com.adobe.xmp", "comment", "photoshop")
 
 
 def fail(media_id: str, reason: str) -> str:

@@ -89,9 +89,8 @@ def receive_inbound(session: Session, client_id: str, payload: dict) -> Message 
     if message is None:
         return None
     if isinstance(media, dict) and kind != "text":
-        message.media_id = take_inbound(session, client.organization_id, client.id,
-                                        {**media, "kind": "sticker" if kind == "sticker" else None})
         record_status(session, message, "received", at=at, emit_event=False)  # announced once stored
+        take_inbound(session, message, {**media, "kind": "sticker" if kind == "sticker" else None})
     else:
         record_status(session, message, "received", at=at)
     record_reply(session, client.organization_id, contact.id)

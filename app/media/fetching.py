@@ -147,7 +147,7 @@ def take_inbound(session: Session, message: Message, media: dict) -> str:
     kind = "sticker" if media.get("kind") == "sticker" else None
     medium = Media(id=media_id, organization_id=organization_id, kind=kind or "document",
                    mime_type=str(media.get("mime_type") or "application/octet-stream")[:200],
-                   filename=service.clean_filename(media.get("filename"), media_id, str(media.get("mime_type") or "")),
+                   filename=service.clean_filename(media.get("filename"), media_id, ""),  # typed once stored
                    size_bytes=0, storage_key=service.key_of(organization_id, media_id), status="processing",
                    source="inbound", client_id=client_id, created_at=now, updated_at=now,
                    expires_at=service.expiry(now),
@@ -216,7 +216,8 @@ def _apply_found(medium: Media, found: Inspected) -> None:
                                                                        found.sha256)
     medium.metadata_ = {**(medium.metadata_ or {}), **({"animated": found.animated}
                                                         if found.kind in ("image", "sticker") else {})}
-    medium.filename = service.clean_filename(medium.filename, medium.id, found.mime_type)
+    if medium.filename == medium.id:  # no name given: the id with the extension of what it is
+        medium.filename = service.clean_filename(None, medium.id, found.mime_type)
     medium.updated_at = utcnow()
 
 

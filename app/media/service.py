@@ -292,7 +292,8 @@ def list_media(session: Session, principal: Principal, *, limit: int, cursor: st
         stmt = stmt.where(Media.kind == kind)
     if status:
         stmt = stmt.where(Media.status == status)
-    return paginate(session, stmt, Media.id, limit=limit, cursor=cursor)
+    page = paginate(session, stmt, Media.id, limit=limit, cursor=cursor)
+    return {**page, "items": [dump(medium) for medium in page["items"]]}
 
 
 def file_key(medium: Media, variant: str) -> str:

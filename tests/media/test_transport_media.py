@@ -331,6 +331,58 @@ def test_cloud_inbound_image_meta_does_not_have_fails_and_is_still_announced_onc
     assert client.get(f"/api/media/{message.media_id}/download", headers=admin_headers).status_code == 409
 
 
+# ----------------------------------------------------------------------------------- web inbound
+
+
+def web_inbound(session, org, media: dict, kind: str) -> Message:
+    """What a web client's transport reports of an incoming medium (its bytes in the report,
+    through the inbox sink the session host gives it), then the inbox applied: the message."""
+    from datetime import UTC, datetime
+
+    from app.inbox.service import InboxSink
+    from app.transports.base import ClientInfo, InboundMessage
+
+    cli = f.make_client(session, organization_id=org.id, transport="web", status="ready", phone=WEB_PHONE)
+    InboxSink().inbound(ClientInfo(id=cli.id, organization_id=org.id, transport="web"), InboundMessage(
+        external_id=f"true_{kind}_1", from_phone="+16315551181", type=kind, media=media,
+        timestamp=datetime.now(UTC)))
+    assert apply_due() == 1
+    session.expire_all()
+    return session.scalars(select(Message).where(Message.client_id == cli.id)).one()
+
+
+def test_web_inbound_image_is_stored_from_the_report_and_announced_once_processed(
+        session, client, org, admin_headers):
+    content = png_bytes((16, 9))
+    message = web_inbound(session, org, {"mime_type": "image/png", "data_b64": base64.b64encode(content).decode(),
+                                         "caption": "look"}, "image")
+    assert (message.type, message.caption) == ("image", "look") and message.media_id
+    assert received_events(session, message.id) == []
+    assert processing.process(message.media_id) == "ready"
+
+    (event,) = received_events(session, message.id)
+    media = event.payload["media"]
+    assert (media["id"], media["status"], media["size"]) == (message.media_id, "ready", len(content))
+    assert media["sha256"] == hashlib.sha256(content).hexdigest()
+    assert client.get(path_of(media["url"])).get_data() == content
+
+
+def test_web_inbound_medium_refused_at_once_is_still_announced(session, client, org, admin_headers):
+    """A contact's file the checks refuse as it is stored (an executable) fails the medium at once;
+    the message must still be announced, once, with the failed medium (as a failed fetch is)."""
+    exe = b"MZ\x90\x00" + b"\x00" * 60 + b"This program cannot be run in DOS mode"
+    message = web_inbound(session, org, {"mime_type": "application/octet-stream", "filename": "invoice.exe",
+                                         "data_b64": base64.b64encode(exe).decode()}, "document")
+    assert message.type == "document" and message.media_id
+    medium = session.get(Media, message.media_id)
+    assert medium.status == "failed" and "Executable" in medium.error
+
+    events = received_events(session, message.id)
+    assert len(events) == 1, "message.received of a message whose medium was refused at once"
+    media = events[0].payload["media"]
+    assert (media["id"], media["status"], media["url"]) == (message.media_id, "failed", None)
+
+
 # ----------------------------------------------------------------------------------- sim
 
 

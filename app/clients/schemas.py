@@ -100,7 +100,13 @@ class QrSchema(ma.Schema):
 
 class SimInboundSchema(ma.Schema):
     from_ = fields.String(data_key="from", required=True, validate=E164)
-    text = fields.String(required=True, validate=validate.Length(min=1, max=4096))
+    text = fields.String(load_default=None, validate=validate.Length(min=1, max=4096), metadata={
+        "description": "The message, or the caption of media_id."})
+    media_id = fields.String(load_default=None, validate=validate.Length(max=64), metadata={
+        "description": "The contact sends a copy of this ready medium of the organisation (at most 16 MB)."})
+    kind = fields.String(data_key="type", load_default=None, validate=validate.OneOf(
+        ("image", "video", "audio", "voice", "document", "sticker")), metadata={
+        "description": "With media_id: how it arrives (default the medium's kind; voice: a voice note)."})
 
 
 class SimInboundResultSchema(ma.Schema):

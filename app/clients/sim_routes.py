@@ -39,8 +39,10 @@ class SimInbound(MethodView):
         """A simulated contact writes to this client (reported like any inbound message)
 
         Only for `sim` clients (404 for others): a simulated contact sends `text` from the number
-        `from`. The message arrives like any inbound one: a `message.received` event and a row in
-        the messages list.
+        `from`, or a copy of one of the organisation's ready media (`media_id`, with `text` as its
+        caption and `type` voice for a voice note). The message arrives like any inbound one: a
+        `message.received` event (with media: once the copy is stored) and a row in the messages
+        list.
         """
         return sim_service.sim_inbound(request_session(), current_principal(), client_id, **body)
 

@@ -285,9 +285,12 @@ class SimTransport(Transport):
     def inject_fail_next(self, count: int = 1, permanent: bool = False) -> None:
         self.network.fail_next(count, permanent)
 
-    def receive(self, from_phone: str, text: str) -> str:
-        """A simulated contact writes to this client; returns the inbound message's external id."""
+    def receive(self, from_phone: str, text: str | None, *, kind: str = "text", media: dict | None = None) -> str:
+        """A simulated contact writes to this client (``media``: a file it sends, with its bytes as
+        ``data_b64``, as WhatsApp Web reports them); returns the inbound message's external id."""
         external_id = "sim_in_" + secrets.token_hex(12)
-        self.events.inbound(self.client, InboundMessage(external_id=external_id, from_phone=from_phone, type="text",
-                                                        text=text, timestamp=datetime.now(UTC)))
+        self.events.inbound(self.client, InboundMessage(external_id=external_id, from_phone=from_phone, type=kind,
+                                                        text=text if media is None else None,
+                                                        media={**media, "caption": text} if media else None,
+                                                        timestamp=datetime.now(UTC)))
         return external_id

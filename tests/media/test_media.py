@@ -574,3 +574,32 @@ def test_uploads_and_deletes_are_audited(session, client, headers):
     actions = [a.action for a in session.scalars(select(AuditLog).where(AuditLog.target_id == body["id"])
                                                  .order_by(AuditLog.created_at))]
     assert actions == ["media.upload", "media.delete"]
+
+
+def test_a_sim_contact_sends_a_voice_note_and_a_photo(session, client, org, headers):
+    from app.inbox.apply import apply_due
+
+    cli = f.make_client(session, organization_id=org.id, status="ready")
+    voice = uploaded(client, headers, b"OggS\x00\x02" + bytes(20) + b"\x01\x13OpusHead\x01\x01" + bytes(200),
+                     "note.ogg")
+    processing.process(voice["id"])
+    photo = ready(client, headers, png(40, 30), "photo.png")
+    for body in ({"from": "+14155550190", "media_id": voice["id"], "type": "voice"},
+                 {"from": "+14155550190", "media_id": photo["id"], "text": "our shop"}):
+        r = client.post(f"/api/clients/{cli.id}/sim/inbound", json=body, headers=headers)
+        assert r.status_code == 202, r.get_json()
+    assert apply_due() >= 2
+    session.expire_all()
+    got = session.scalars(select(Message).where(Message.client_id == cli.id, Message.direction == "inbound")
+                          .order_by(Message.created_at)).all()
+    assert [(m.type, m.caption) for m in got] == [("voice", None), ("image", "our shop")]
+    copies = [session.get(Media, m.media_id) for m in got]
+    assert all(c.source == "inbound" and c.id not in (voice["id"], photo["id"]) for c in copies)
+    for copy in copies:
+        assert processing.process(copy.id) == "ready"
+    assert [e.payload["media"]["kind"] for e in events(session, "message.received")] == ["audio", "image"]
+    r = client.post(f"/api/clients/{cli.id}/sim/inbound", json={"from": "+14155550190"}, headers=headers)
+    assert r.status_code == 422 and "text" in r.get_json()["error"]["details"]
+    r = client.post(f"/api/clients/{cli.id}/sim/inbound", json={"from": "+14155550190", "media_id": "med_nope"},
+                    headers=headers)
+    assert r.status_code == 422 and "media_id" in r.get_json()["error"]["details"]

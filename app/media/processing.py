@@ -105,12 +105,15 @@ class MediaProblem(Exception):
     """The file is not what it claims to be (corrupt, not WhatsApp's format or size)."""
 
 
-def _open_image(path: Path):
+def _open_image(path: Path, *, draft_px: int | None = None):
+    """The decoded image (``draft_px``: a JPEG decoded at reduced size, at least that large)."""
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         image = Image.open(path)
+        if draft_px:
+            image.draft("RGB", (draft_px, draft_px))
         image.load()
     except Image.DecompressionBombError:
         raise MediaProblem(f"The image has more than {MAX_PIXELS} pixels") from None
@@ -232,7 +235,7 @@ def thumbnail(media_id: str) -> str:
         key, organization_id = medium.send_key or medium.storage_key, medium.organization_id
     files = media_storage()
     try:
-        image = ImageOps.exif_transpose(_open_image(files.local_path(key)))
+        image = ImageOps.exif_transpose(_open_image(files.local_path(key), draft_px=THUMBNAIL_PX))
     except (FileNotFoundError, MediaProblem):
         return "skipped"
     image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))

@@ -311,3 +311,28 @@ def allow_loopback(override_settings):
     """The fake Graph API (and the fake proxies) listen on loopback: allow this machine's addresses,
     and only those, in the address guard for the test."""
     override_settings(WEBHOOK_ALLOW_PRIVATE="loopback")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 API over HTTP (moto's standalone server, started once per test process on a free
+    port of this machine): the address ``http://127.0.0.1:PORT``."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_settings(override_settings, s3_endpoint, tmp_path):
+    """Settings of ``MEDIA_STORAGE=s3`` on that server, with a bucket (not yet created) and a
+    ``DATA_DIR`` of this test's own."""
+    import secrets
+
+    bucket = f"wa-test-{secrets.token_hex(8)}"
+    override_settings(MEDIA_STORAGE="s3", S3_ENDPOINT_URL=s3_endpoint, S3_BUCKET=bucket, S3_REGION="us-east-1",
+                      S3_ACCESS_KEY_ID="testing", S3_SECRET_ACCESS_KEY="testing", DATA_DIR=str(tmp_path / "data"))
+    return bucket

@@ -409,6 +409,7 @@ CREATE INDEX media_org_id_idx ON media (organization_id, id DESC);
 CREATE UNIQUE INDEX media_org_sha256_uq ON media (organization_id, sha256)
     WHERE deleted_at IS NULL AND source = 'upload' AND status <> 'failed';
 CREATE INDEX media_expiry_idx ON media (expires_at) WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
+CREATE INDEX media_deleted_idx ON media (deleted_at) WHERE deleted_at IS NOT NULL;
 CREATE INDEX media_org_usage_idx ON media (organization_id) INCLUDE (size_bytes) WHERE deleted_at IS NULL;
 
 -- ---------------------------------------------------------------------------------------------
@@ -540,6 +541,9 @@ ALTER TABLE messages ADD CONSTRAINT messages_automation_id_fkey
     FOREIGN KEY (automation_id) REFERENCES automations(id) ON DELETE SET NULL;
 -- lists (GET /api/messages filters), newest first
 CREATE INDEX messages_org_id_idx ON messages (organization_id, id DESC);
+-- The messages of a medium: whether one still waits to be sent (delete, retention), its inbound message, and
+-- the ON DELETE SET NULL of a medium's row (small: only media messages are in it).
+CREATE INDEX messages_media_idx ON messages (media_id) WHERE media_id IS NOT NULL;
 CREATE INDEX messages_org_client_id_idx ON messages (organization_id, client_id, id DESC);
 CREATE INDEX messages_org_status_id_idx ON messages (organization_id, status, id DESC);
 CREATE INDEX messages_org_direction_id_idx ON messages (organization_id, direction, id DESC);

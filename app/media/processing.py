@@ -18,17 +18,18 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from app import outbox
-from app.db import job_session, utcnow
+from app.db import job_session, rowcount, utcnow
 from app.media import service
 from app.media.checks import KINDS, MB
 from app.media.models import Media
 from app.media.statuses import PENDING_MESSAGE_STATUSES
 from app.storage import media_storage
 from app.webhooks.events import emit
+from config import settings
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,8 @@ def media_summary(medium: Media) -> dict:
 
 def expire(limit: int = 500) -> int:
     """Delete media past ``expires_at`` that nothing still needs (a message waiting to be sent, a
-    live template, an unfinished campaign: those wait until it is done); how many."""
+    live template, an unfinished campaign: those wait until it is done), files and rows; and the
+    rows of media deleted through the API (their files went at once) once as old. How many."""
     with job_session() as session:
         rows = session.scalars(text("""
             SELECT m.id FROM media m
@@ -301,6 +303,12 @@ def expire(limit: int = 500) -> int:
             {"pending": list(PENDING_MESSAGE_STATUSES), "limit": limit}).all()
         for medium in session.scalars(select(Media).where(Media.id.in_(rows))):
             service.remove(session, medium)
-    if rows:
-        log.info("media retention deleted %d expired media", len(rows))
+        session.execute(delete(Media).where(Media.id.in_(rows)))
+        purged = 0
+        if settings.MEDIA_RETENTION_DAYS > 0:
+            purged = rowcount(session.execute(text(
+                "DELETE FROM media WHERE id IN (SELECT id FROM media WHERE deleted_at < now() - make_interval("
+                "days => :days) LIMIT :limit)"), {"days": settings.MEDIA_RETENTION_DAYS, "limit": limit}))
+    if rows or purged:
+        log.info("media retention deleted %d expired media and %d deleted ones' rows", len(rows), purged)
     return len(rows)

@@ -1,7 +1,8 @@
 """Media as a whole feature: a medium's kind (``sticker`` besides the mime type's), where it came
 from (an upload, a URL a worker fetches, an inbound message), its processing (``status`` starts
 ``processing``; ``error`` when it failed; ``metadata``: dimensions, duration, ...), the copy that is
-sent (``send_key``: EXIF stripped or re-encoded) and its thumbnail, when it expires (retention);
+sent (``send_key``: EXIF stripped or re-encoded) and its thumbnail, when it expires (retention; an
+index finds a medium's messages);
 ``sha256`` is unknown until a fetched file arrives, and an upload's bytes are kept once per
 organisation (a unique index the re-upload finds). An organisation's media quota is the server's
 setting unless set for it (``media_quota_bytes`` / ``media_quota_files`` NULL). Messages may be
@@ -37,6 +38,8 @@ def upgrade() -> None:
         CREATE UNIQUE INDEX media_org_sha256_uq ON media (organization_id, sha256)
             WHERE deleted_at IS NULL AND source = 'upload' AND status <> 'failed';
         CREATE INDEX media_expiry_idx ON media (expires_at) WHERE deleted_at IS NULL AND expires_at IS NOT NULL;
+        CREATE INDEX media_deleted_idx ON media (deleted_at) WHERE deleted_at IS NOT NULL;
+        CREATE INDEX messages_media_idx ON messages (media_id) WHERE media_id IS NOT NULL;
         ALTER TABLE organization_settings ALTER COLUMN media_quota_bytes DROP NOT NULL;
         ALTER TABLE organization_settings ALTER COLUMN media_quota_bytes DROP DEFAULT;
         UPDATE organization_settings SET media_quota_bytes = NULL WHERE media_quota_bytes = 1073741824;
@@ -57,6 +60,8 @@ def downgrade() -> None:
         UPDATE organization_settings SET media_quota_bytes = 1073741824 WHERE media_quota_bytes IS NULL;
         ALTER TABLE organization_settings ALTER COLUMN media_quota_bytes SET DEFAULT 1073741824;
         ALTER TABLE organization_settings ALTER COLUMN media_quota_bytes SET NOT NULL;
+        DROP INDEX messages_media_idx;
+        DROP INDEX media_deleted_idx;
         DROP INDEX media_expiry_idx;
         DROP INDEX media_org_sha256_uq;
         DELETE FROM media WHERE sha256 IS NULL;

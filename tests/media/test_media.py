@@ -439,7 +439,12 @@ def test_retention_deletes_expired_media_nothing_needs(session, client, org, hea
                    status="queued")
     assert processing.expire() == 1
     assert client.get(f"/api/media/{old['id']}", headers=headers).status_code == 404
+    assert session.get(Media, old["id"]) is None, "an expired medium's row goes with its file"
     assert {kept["id"], fresh["id"]} <= files_of(org.id) and old["id"] not in files_of(org.id)
+    assert client.delete(f"/api/media/{fresh['id']}", headers=headers).status_code == 204
+    session.execute(update(Media).where(Media.id == fresh["id"]).values(deleted_at=datetime.now(UTC) - timedelta(days=31)))
+    processing.expire()
+    assert session.get(Media, fresh["id"]) is None, "a deleted medium's row is kept as long as retention, then goes"
     override_settings(MEDIA_RETENTION_DAYS=0)
     assert uploaded(client, headers, pdf(7), "forever.pdf")["expires_at"] is None
 

@@ -52,7 +52,12 @@ def receive(session: Session, client_id: str, raw_body: bytes, signature: str | 
         payload = json.loads(raw_body)
     except ValueError:
         raise BadRequest("The request body is not valid JSON", code="malformed_json") from None
-    counts = report(client, payload, sink or _inbox_sink(session))
+    if sink is None:
+        inbox = _inbox_sink(session)
+        with inbox.batch():  # every report of the body in one statement, with one wake-up job
+            counts = report(client, payload, inbox)
+    else:
+        counts = report(client, payload, sink)
     counts["templates"] = template_updates(session, client.id, payload)
     return counts
 
@@ -90,7 +95,7 @@ def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8"))
 
 
-def _inbox_sink(session: Session) -> EventSink:
+def _inbox_sink(session: Session):
     from app.inbox.service import InboxSink
 
     return InboxSink(session)

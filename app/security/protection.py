@@ -96,6 +96,10 @@ def client_ip_bucket(addr: str | None) -> str:
 KEY_PREFIX = "wa:rl:"
 EXEMPT_PATHS = frozenset({"/health", "/metrics", "/dashboard"})
 EXEMPT_PREFIXES = ("/webhooks/", "/dashboard/")
+#: signed media downloads: the link's signature is the credential (a wrong one costs an HMAC, no
+#: database), and Meta or a webhook consumer fetching many media from one address must not hit
+#: the per-IP limit of login pages
+EXEMPT_SUFFIXES = ("/signed-download",)
 AUTH_PREFIX = "/api/auth/"
 
 # KEYS[i]: a counter; ARGV[2i-1]: its limit; ARGV[2i]: its window in ms. Counts the request in
@@ -187,7 +191,7 @@ def hit(buckets: list[Bucket]) -> Decision:
 def limit_scope(path: str, handler) -> str | None:
     """``"authenticated"``, ``"public"`` or None (not rate limited) for ``handler`` answering
     ``path`` (also what the OpenAPI document says about 429s, from the route's own path)."""
-    if path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES):
+    if path in EXEMPT_PATHS or path.startswith(EXEMPT_PREFIXES) or path.endswith(EXEMPT_SUFFIXES):
         return None
     if getattr(handler, "permission", None):
         return "authenticated"

@@ -411,6 +411,17 @@ def test_a_signed_link_works_without_credentials_until_it_expires(session, clien
     assert client.get("/" + path).status_code == 404, "a deleted medium is gone for its links too"
 
 
+def test_signed_downloads_are_not_held_to_the_per_ip_limit_of_public_pages(session, client, headers,
+                                                                            override_settings):
+    body = ready(client, headers, pdf(200), "a.pdf")
+    path = service.signed_link(session.get(Media, body["id"]))["url"].split("/", 3)[3]
+    override_settings(RATE_LIMIT_ENABLED=True, RATE_LIMIT_PUBLIC="2 per minute")
+    assert [client.get("/" + path).status_code for _ in range(4)] == [200] * 4, "Meta fetching many media"
+    statuses = [client.post("/api/auth/login", json={"email": "x@example.test", "password": "wrong password"})
+                .status_code for _ in range(3)]
+    assert statuses[-1] == 429, "while the login page keeps its limit"
+
+
 # ----------------------------------------------------------------------------------- delete and retention
 
 

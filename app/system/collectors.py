@@ -29,6 +29,10 @@ from prometheus_client.core import (
 )
 from sqlalchemy import text
 
+from app.campaigns.statuses import CAMPAIGN_STATUSES
+from app.clients.schemas import TRANSPORTS
+from app.clients.statuses import STATUSES as CLIENT_STATUSES
+
 log = logging.getLogger(__name__)
 
 STATEMENT_TIMEOUT_MS = 2000
@@ -36,10 +40,6 @@ RECENT_MESSAGES = "24 hours"
 RECENT_LATENCY = "1 hour"
 LATENCY_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
-CLIENT_STATUSES = ("created", "starting", "qr", "ready", "disconnected", "banned", "stopped", "failed")
-TRANSPORTS = ("sim", "cloud", "web")
-UNHEALTHY_CLIENT = ("disconnected", "banned", "failed")
-CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "cancelled", "failed")
 RETRYING_DELIVERIES = ("pending", "delivering", "failed")
 WEBHOOK_STATES = ("healthy", "failing", "disabled")
 CAMPAIGN_COUNTS = ("total", "pending", "queued", "sent", "delivered", "read", "failed", "skipped", "cancelled",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from tests import factories as f
 
@@ -171,19 +171,45 @@ def test_pacing_deferrals_are_counted(session, client, redis_conn):
     assert value(m, "wa_pacing_deferrals_total", transport="sim", reason="pacing") == 1.0
 
 
-def test_webhook_attempts_are_counted_by_outcome_with_their_duration(client):
+def test_webhook_attempts_are_counted_by_outcome_with_their_duration(session, client, org, receiver, allow_private):
+    """Attempts made by the ``webhooks.deliver`` job against a real endpoint: a 500, then a 200."""
+    import jobs.webhooks as webhook_jobs
+    from app.security.principal import SystemPrincipal
+    from app.webhooks import events as webhook_events
+    from app.webhooks import service
+    from app.webhooks.models import WebhookDelivery
+    from tests.webhook_receiver import Reply
+
+    service.create_webhook(session, SystemPrincipal(org.id), url=receiver.url("/hook"), events=["*"])
+    receiver.script("/hook", Reply(500), Reply(200))
+    for _ in range(2):
+        session.commit()
+        event = webhook_events.emit(session, org.id, "message.sent", {"id": "msg_01", "status": "sent"})
+        session.flush()
+        webhook_events.fan_out(session, event.id)
+        (delivery_id,) = session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.event_id == event.id))
+        webhook_jobs.deliver(delivery_id, 1)
+    m = scrape(client)
+    assert of(m, "wa_webhook_attempts_total") == {(("outcome", "server_error"),): 1.0,
+                                                  (("outcome", "success"),): 1.0}
+    assert value(m, "wa_webhook_attempt_duration_seconds_count", outcome="success") == 1.0
+    assert value(m, "wa_webhook_attempt_duration_seconds_count", outcome="server_error") == 1.0
+    assert value(m, "wa_webhook_attempt_duration_seconds_bucket", outcome="success", le="+Inf") == 1.0
+
+
+def test_histograms_kept_in_redis_are_cumulative(client):
     from app.system import counters
 
-    counters.inc("wa_webhook_attempts_total", outcome="success")
     counters.observe("wa_webhook_attempt_duration_seconds", 0.2, outcome="success")
-    counters.inc("wa_webhook_attempts_total", outcome="server_error")
-    counters.observe("wa_webhook_attempt_duration_seconds", 3.0, outcome="server_error")
+    counters.observe("wa_webhook_attempt_duration_seconds", 3.0, outcome="success")
     m = scrape(client)
-    assert value(m, "wa_webhook_attempts_total", outcome="success") == 1.0
+    assert value(m, "wa_webhook_attempt_duration_seconds_bucket", outcome="success", le="0.1") == 0.0
     assert value(m, "wa_webhook_attempt_duration_seconds_bucket", outcome="success", le="0.25") == 1.0
-    assert value(m, "wa_webhook_attempt_duration_seconds_bucket", outcome="server_error", le="2.5") == 0.0
-    assert value(m, "wa_webhook_attempt_duration_seconds_bucket", outcome="server_error", le="+Inf") == 1.0
-    assert value(m, "wa_webhook_attempt_duration_seconds_sum", outcome="server_error") == 3.0
+    assert value(m, "wa_webhook_attempt_duration_seconds_bucket", outcome="success", le="5.0") == 2.0
+    assert value(m, "wa_webhook_attempt_duration_seconds_bucket", outcome="success", le="+Inf") == 2.0
+    assert value(m, "wa_webhook_attempt_duration_seconds_sum", outcome="success") == 3.2
+    with pytest.raises(ValueError):
+        counters.inc("wa_webhook_attempts_total", outcome="success", webhook_id="whk_1")  # labels are declared
 
 
 def test_webhook_outcome_kinds():
@@ -236,6 +262,24 @@ def test_a_real_worker_counts_jobs_by_pool_actor_and_outcome(client, override_se
     }
     assert value(m, "wa_job_duration_seconds_count", pool="default", actor="test.ok") == 2.0
     assert value(m, "wa_job_duration_seconds_count", pool="default", actor="test.flaky") == 2.0
+
+
+@pytest.mark.workers
+def test_jobs_of_a_real_worker_pool_process_reach_the_api(committed, committed_client, run_pool):
+    """A job run by a worker process of the webhooks pool is counted by the api's /metrics."""
+    import dramatiq
+
+    from tests.procs import wait_for
+    from workers.broker import get_broker
+
+    run_pool("webhooks")
+    get_broker().enqueue(dramatiq.Message(queue_name="webhooks", actor_name="webhooks.cleanup", args=(), kwargs={},
+                                          options={}))
+    wait_for(lambda: value(scrape(committed_client), "wa_jobs_total", pool="webhooks", actor="webhooks.cleanup",
+                           outcome="ok") == 1.0, timeout=60, message="the job's count on /metrics")
+    m = scrape(committed_client)
+    assert value(m, "wa_job_duration_seconds_count", pool="webhooks", actor="webhooks.cleanup") == 1.0
+    assert value(m, "wa_workers_live", pool="webhooks") == 1.0
 
 
 # ----------------------------------------------------------------------------- access

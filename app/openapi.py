@@ -90,6 +90,10 @@ def error_reasons(rule, handler, op: dict) -> dict[int, list[str]]:
         roles = ", ".join(r for r in ROLES if r in MATRIX[permission])
         reasons[403] = [f"Your role may not do this (`forbidden`): it takes the `{permission}` permission "
                         f"(roles: {roles})."]
+    if rule.rule == "/metrics":
+        reasons[401] = ["`METRICS_TOKEN` is set and the request does not carry it as `Authorization: Bearer` "
+                        "(`metrics_unauthorized`)."]
+        reasons[403] = ["The client address is not in `METRICS_ALLOW` (`metrics_forbidden`)."]
     for name in sorted(rule.arguments):
         what = f"No such {name[:-3].replace('_', ' ')}" if name.endswith("_id") else "Nothing at this path"
         reasons.setdefault(404, []).append(

@@ -9,6 +9,7 @@ import time
 
 from app.db import job_session, one_statement
 from app.queues import actor
+from app.system import counters
 from app.webhooks import delivery, pipeline
 from app.webhooks import events as webhook_events
 from config import settings
@@ -87,6 +88,8 @@ def attempt_once(delivery_id: str, attempt: int) -> str | None:
         outcome = delivery.Outcome(error=request.unsendable)
     else:
         outcome = delivery.send(request.url, request.body, request.headers)
+        counters.observe("wa_webhook_attempt_duration_seconds", outcome.duration_ms / 1000, outcome=outcome.kind)
+    counters.inc("wa_webhook_attempts_total", outcome=outcome.kind)
     if outcome.success:
         with one_statement() as conn:
             return pipeline.record_attempt(conn, request, outcome)

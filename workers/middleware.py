@@ -1,4 +1,5 @@
-"""Dramatiq middleware: worker heartbeats for /health and `workers status`, and log context."""
+"""Dramatiq middleware: worker heartbeats for /health and `workers status`, log context, and the job
+counters of /metrics."""
 from __future__ import annotations
 
 import json
@@ -144,3 +145,39 @@ class PromptDelays(Middleware):
 
     def before_worker_boot(self, broker, worker):
         worker.worker_timeout = settings.WORKER_POLL_MS
+
+
+class JobMetrics(Middleware):
+    """Counts every job this worker finishes, by pool, actor and outcome, and how long it ran, in
+    the Redis counters /metrics serves (app/system/counters.py). Its "after" hooks run after those
+    of ``Retries`` (it is declared before it: Dramatiq calls them in reverse order), so a failure is
+    told apart: ``retried`` (scheduled again, an error or ``dramatiq.Retry``) or
+    ``failed`` (retries exhausted, or an error the actor ``throws``: dead-lettered)."""
+
+    def __init__(self):
+        self._started = threading.local()
+
+    def before_process_message(self, broker, message):
+        self._started.at = time.perf_counter()
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        if exception is None:
+            outcome = "ok"
+        else:
+            outcome = "failed" if message.failed else "retried"
+        self._count(message, outcome)
+
+    def after_skip_message(self, broker, message):
+        self._count(message, "skipped")
+
+    def _count(self, message, outcome: str) -> None:
+        from app.system import counters
+        from workers.state import current_pool
+
+        pool = current_pool() or "none"
+        counters.inc("wa_jobs_total", pool=pool, actor=message.actor_name, outcome=outcome)
+        started = getattr(self._started, "at", None)
+        if started is not None and outcome != "skipped":
+            counters.observe("wa_job_duration_seconds", time.perf_counter() - started, pool=pool,
+                             actor=message.actor_name)
+        self._started.at = None

@@ -51,6 +51,7 @@ from app.messages.planning import from_ms, schedule, to_ms
 from app.messages.recording import durably, mark_unknown, record_sent, record_sent_alone
 from app.messages.statuses import SendOutcome
 from app.messages.tracking import OPT_OUT_KEY_PREFIX, SEND_ACTOR, record_status, sendable
+from app.system import counters
 from app.transports import STATEFUL, transport_class
 from app.transports.base import OutboundMessage, PermanentSendError, TransientSendError
 from config import settings
@@ -104,6 +105,7 @@ def run_send_job(message_id: str) -> SendOutcome:
                     _hold(session, message)
                     message.scheduled_at = opens
                     schedule(session, [(message.id, to_ms(opens) - now)])
+                    counters.inc("wa_pacing_deferrals_total", transport=client.transport, reason="send_window")
                     return "waiting"
         if message.scheduled_at is not None and to_ms(message.scheduled_at) > now:
             schedule(session, [(message.id, to_ms(message.scheduled_at) - now)])
@@ -119,6 +121,7 @@ def run_send_job(message_id: str) -> SendOutcome:
                 message.scheduled_for = from_ms(slot.at_ms)
             if not slot.granted:
                 schedule(session, [(message.id, slot.at_ms - now)])
+                counters.inc("wa_pacing_deferrals_total", transport=client.transport, reason="pacing")
                 return "waiting"
             granted = slot.member
         if client.transport in STATEFUL:

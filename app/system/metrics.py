@@ -1,6 +1,8 @@
 """Prometheus metrics served at /metrics: the api's requests (summed over every gunicorn worker
 process, see app/system/gunicorn_conf.py) and, read from Redis at scrape time, the depth of every
-job queue and the live worker processes of every pool."""
+job queue (dead letters included) and the live worker processes of every pool; the business
+metrics (app/system/collectors.py) and the workers' job counters (app/system/counters.py) too.
+docs/operations.md lists them all."""
 import logging
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -61,14 +63,26 @@ def registry() -> CollectorRegistry:
     if prometheus_multiproc_dir():
         reg = CollectorRegistry()
         multiprocess.MultiProcessCollector(reg)
-        reg.register(QUEUES)
+        for collector in _collectors():
+            reg.register(collector)
         return reg
     global _registered
     if not _registered:  # once per process
-        REGISTRY.register(QUEUES)
+        for collector in _collectors():
+            REGISTRY.register(collector)
         _registered = True
     return REGISTRY
 
 
+def _collectors() -> list:
+    from app.system.collectors import DatabaseCollector, WorkerCountersCollector
+
+    global _business
+    if _business is None:
+        _business = [DatabaseCollector(), WorkerCountersCollector()]
+    return [QUEUES, *_business]
+
+
 QUEUES = QueueCollector()
+_business: list | None = None
 _registered = False

@@ -1,4 +1,5 @@
-"""/health and /metrics: public, unauthenticated, never rate limited."""
+"""/health and /metrics: never rate limited; /health is public, /metrics limited to the addresses of
+``METRICS_ALLOW`` and, when set, the bearer token ``METRICS_TOKEN``."""
 from flask import Response, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
@@ -38,21 +39,27 @@ class Health(MethodView):
 
 @blp.route("/metrics")
 class Metrics(MethodView):
-    @blp.doc(security=[], responses={"200": {"description": "Prometheus text format", "content": {"text/plain": {
-        "schema": {"type": "string"},
-        "example": 'http_requests_total{method="GET",route="/api/messages",status="200"} 42.0\n'}}}})
+    @blp.doc(security=[], responses={
+        "200": {"description": "Prometheus text format", "content": {"text/plain": {
+            "schema": {"type": "string"},
+            "example": 'http_requests_total{method="GET",route="/api/messages",status="200"} 42.0\n'}}}})
     @public
     def get(self):
-        """Prometheus metrics: requests of every api process, queue depths, live workers
+        """Prometheus metrics: requests, queues, workers, jobs, messages, webhooks, clients, campaigns
 
         Metrics in the Prometheus text format: requests by route and status of every api process,
-        queue depths and live workers per pool. Never rate limited, no credentials needed: restrict
-        it at your proxy.
+        queue depths (dead letters included) and live workers per pool, jobs by pool, actor and
+        outcome, and the business metrics (messages, send latency, pacing, webhook deliveries,
+        clients, campaigns, outbox) listed in docs/operations.md. Never rate limited. Open to the
+        addresses of `METRICS_ALLOW` (loopback and private ranges by default: 403 otherwise) and,
+        when `METRICS_TOKEN` is set, only with `Authorization: Bearer <token>` (401 otherwise).
         """
         from flask import request
         from prometheus_client.exposition import choose_encoder
 
         from app.system.metrics import registry
+
+        service.check_metrics_access(request.remote_addr, request.headers.get("Authorization"))
 
         # the format the scraper asks for (Prometheus text 0.0.4 unless it accepts OpenMetrics);
         # content_type is sent as is (mimetype= would append a second charset)

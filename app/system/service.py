@@ -75,3 +75,29 @@ def health() -> tuple[dict, int]:
         return {"status": "down", "checks": checks}, 503
     ok = checks["workers"]["status"] == "ok" and checks["workers"]["scheduler"]["status"] == "ok"
     return {"status": "ok" if ok else "degraded", "checks": checks}, 200
+
+
+def check_metrics_access(remote_addr: str | None, authorization: str | None) -> None:
+    """Who may read /metrics: an address in ``METRICS_ALLOW`` (any when empty; else 403), with the
+    bearer token ``METRICS_TOKEN`` when one is set (else 401)."""
+    import hmac
+    import ipaddress
+
+    from app.errors import Forbidden, Unauthorized
+    from config import settings
+
+    if settings.METRICS_ALLOW:
+        try:
+            ip = ipaddress.ip_address((remote_addr or "").strip())
+        except ValueError:
+            ip = None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        if ip is None or not any(ip.version == net.version and ip in net for net in settings.METRICS_ALLOW):
+            raise Forbidden("This address may not read the metrics", code="metrics_forbidden")
+    if settings.METRICS_TOKEN:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
+                                                                 settings.METRICS_TOKEN.encode()):
+            raise Unauthorized("The metrics need a bearer token", code="metrics_unauthorized",
+                               headers={"WWW-Authenticate": 'Bearer realm="metrics"'})

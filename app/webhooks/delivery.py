@@ -91,6 +91,16 @@ class Outcome:
     def gone(self) -> bool:
         return self.status_code == 410
 
+    @property
+    def kind(self) -> str:
+        """For metrics: ``success``, ``client_error`` (4xx), ``server_error`` (5xx or any other
+        answer), ``error`` (no answer: timeout, connection error, an address refused)."""
+        if self.status_code is None:
+            return "error"
+        if self.success:
+            return "success"
+        return "client_error" if 400 <= self.status_code < 500 else "server_error"
+
 
 def _root(exc: BaseException) -> BaseException:
     seen = set()

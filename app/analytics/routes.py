@@ -16,6 +16,7 @@ blp = Blueprint("analytics", __name__, url_prefix="/api/analytics", description=
 class Overview(MethodView):
     @blp.arguments(OverviewArgs, location="query")
     @blp.response(200, OverviewSchema)
+    @blp.alt_response(404, description="`client_id` or `campaign_id` is not one the caller may see (`not_found`)")
     @requires("analytics:read")
     def get(self, args):
         """Totals of a range: sent, delivered, read, failed, received, replies, opt-outs
@@ -31,6 +32,7 @@ class Overview(MethodView):
 class Timeseries(MethodView):
     @blp.arguments(TimeseriesArgs, location="query")
     @blp.response(200, TimeseriesSchema)
+    @blp.alt_response(404, description="`client_id` or `campaign_id` is not one the caller may see (`not_found`)")
     @requires("analytics:read")
     def get(self, args):
         """One metric per hour or per day of a time zone
@@ -47,6 +49,7 @@ class Export(MethodView):
     @blp.arguments(ExportArgs, location="query")
     @blp.doc(responses={"200": {"description": "The CSV file (`Content-Disposition: attachment`), streamed",
                                 "content": {"text/csv": {"schema": {"type": "string"}}}}})
+    @blp.alt_response(404, description="`client_id` is not a client the caller may see (`not_found`)")
     @requires("analytics:export")
     def get(self, args):
         """Export the rollups (one row per day and client) or the raw messages as CSV

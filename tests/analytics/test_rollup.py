@@ -273,3 +273,11 @@ def test_the_rollup_is_a_periodic_job():
     from jobs.periodic import PERIODIC
 
     assert [p.every_s for p in PERIODIC if p.actor_name == "analytics.rollup"] == [settings.ANALYTICS_ROLLUP_EVERY]
+
+
+def test_the_actor_runs_a_rollup(session):
+    from jobs.analytics import rollup
+
+    org, _ = history(session)
+    rollup.fn()
+    assert rolled_hourly(session, org.id) == expected(session, org.id)

@@ -8,7 +8,8 @@
 --     Python by app.db.new_id(prefix): "newest first" is ORDER BY id DESC and a cursor is an id.
 --     Every list filter has an index ending in `id`. Pure link / history tables use bigserial ids
 --     or composite keys.
---   * Every tenant-owned table (all but organizations, schema_version and job_outbox) carries
+--   * Every tenant-owned table (all but organizations, schema_version, job_outbox and
+--     analytics_watermarks) carries
 --     organization_id ... REFERENCES organizations(id) ON DELETE CASCADE, so every query can be
 --     scoped and deleting an organisation removes everything it owns.
 --   * Every status / enum column has a CHECK constraint.
@@ -558,6 +559,8 @@ CREATE UNIQUE INDEX messages_org_idempotency_key ON messages (organization_id, i
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX messages_campaign_idx ON messages (campaign_id, status) WHERE campaign_id IS NOT NULL;
 CREATE INDEX messages_created_at_idx ON messages (created_at);    -- rollups, retention
+-- rollups: a chat's messages around a time (replies, response times)
+CREATE INDEX messages_chat_created_idx ON messages (client_id, contact_id, created_at) WHERE contact_id IS NOT NULL;
 
 CREATE TABLE message_status_history (
     id               bigserial PRIMARY KEY,
@@ -801,22 +804,33 @@ CREATE INDEX webhook_delivery_attempts_delivery_idx ON webhook_delivery_attempts
 CREATE INDEX webhook_delivery_attempts_webhook_idx ON webhook_delivery_attempts (webhook_id, id DESC);
 
 -- ---------------------------------------------------------------------------------------------
--- Analytics rollups (app/analytics/models.py). Buckets are UTC; upserted by the rollup job.
+-- Analytics rollups (app/analytics/models.py), filled by the `analytics.rollup` job (app/analytics/rollup.py).
+-- A row is one organisation x client x campaign x UTC hour (daily: UTC day). `campaign_id` is '' for messages
+-- sent outside campaigns (NOT NULL so that the unique key is a plain constraint; no FK: a deleted campaign's
+-- numbers stay). A message counts in the bucket of its own created_at, whatever time its acks come.
 -- ---------------------------------------------------------------------------------------------
 CREATE TABLE analytics_hourly (
     id                    bigserial PRIMARY KEY,
     organization_id       text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
     client_id             text COLLATE "C" NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    campaign_id           text COLLATE "C" NOT NULL DEFAULT '',      -- '' = not from a campaign
     bucket                timestamptz NOT NULL,                     -- start of the hour
     sent                  integer NOT NULL DEFAULT 0,
     delivered             integer NOT NULL DEFAULT 0,
     read                  integer NOT NULL DEFAULT 0,
     failed                integer NOT NULL DEFAULT 0,
+    failures              jsonb NOT NULL DEFAULT '{}'::jsonb,       -- {error code: count}
     received              integer NOT NULL DEFAULT 0,
-    response_seconds_sum  double precision NOT NULL DEFAULT 0,      -- inbound -> our next outbound reply
+    replied               integer NOT NULL DEFAULT 0,               -- outbound answered within the reply window
+    opted_out             integer NOT NULL DEFAULT 0,
+    response_seconds_sum  double precision NOT NULL DEFAULT 0,      -- inbound -> our first outbound after it
     response_count        integer NOT NULL DEFAULT 0,
+    delivery_seconds_sum  double precision NOT NULL DEFAULT 0,      -- sent_at -> delivered_at
+    delivery_count        integer NOT NULL DEFAULT 0,
+    read_seconds_sum      double precision NOT NULL DEFAULT 0,      -- sent_at -> read_at
+    read_count            integer NOT NULL DEFAULT 0,
     updated_at            timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT analytics_hourly_client_bucket_key UNIQUE (client_id, bucket)
+    CONSTRAINT analytics_hourly_key UNIQUE (client_id, bucket, campaign_id)
 );
 CREATE INDEX analytics_hourly_org_bucket_idx ON analytics_hourly (organization_id, bucket);
 
@@ -824,18 +838,37 @@ CREATE TABLE analytics_daily (
     id                    bigserial PRIMARY KEY,
     organization_id       text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
     client_id             text COLLATE "C" NOT NULL REFERENCES clients(id) ON DELETE CASCADE,
+    campaign_id           text COLLATE "C" NOT NULL DEFAULT '',
     bucket                date NOT NULL,                            -- the UTC day
     sent                  integer NOT NULL DEFAULT 0,
     delivered             integer NOT NULL DEFAULT 0,
     read                  integer NOT NULL DEFAULT 0,
     failed                integer NOT NULL DEFAULT 0,
+    failures              jsonb NOT NULL DEFAULT '{}'::jsonb,
     received              integer NOT NULL DEFAULT 0,
+    replied               integer NOT NULL DEFAULT 0,
+    opted_out             integer NOT NULL DEFAULT 0,
     response_seconds_sum  double precision NOT NULL DEFAULT 0,
     response_count        integer NOT NULL DEFAULT 0,
+    delivery_seconds_sum  double precision NOT NULL DEFAULT 0,
+    delivery_count        integer NOT NULL DEFAULT 0,
+    read_seconds_sum      double precision NOT NULL DEFAULT 0,
+    read_count            integer NOT NULL DEFAULT 0,
     updated_at            timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT analytics_daily_client_bucket_key UNIQUE (client_id, bucket)
+    CONSTRAINT analytics_daily_key UNIQUE (client_id, bucket, campaign_id)
 );
 CREATE INDEX analytics_daily_org_bucket_idx ON analytics_daily (organization_id, bucket);
+
+-- How far the rollup has read message_status_history (one row, name 'status_history'). Rows with
+-- id > safe_id are (re)read by every run; safe_id moves up to seen_id once every transaction that was
+-- running when seen_id was read (xid < seen_xmax) has ended, so a late-committing row is never missed.
+CREATE TABLE analytics_watermarks (
+    name        text COLLATE "C" PRIMARY KEY,
+    safe_id     bigint NOT NULL DEFAULT 0,
+    seen_id     bigint NOT NULL DEFAULT 0,
+    seen_xmax   bigint NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
 
 -- ---------------------------------------------------------------------------------------------
 -- Idempotency-Key for POSTs that create (app/models.py). Swept after expires_at (24 h).

@@ -7,6 +7,9 @@ own command line, ``python -m workers``).
   apikey create --org ID --name NAME --role ROLE [--json]
   encryption rotate [--batch-size N]   re-encrypt every *_encrypted value under the newest key
   encryption status [--json]           how many values each key id protects
+  analytics-backfill --from DAY --to DAY [--org ID]
+                                 recompute the analytics rollups of those UTC days (both included)
+                                 from the messages, replacing them
   serve [--host H] [--port N]    the api with gunicorn (on HOST:PORT; 127.0.0.1 by default)
 """
 from __future__ import annotations
@@ -122,6 +125,32 @@ def cmd_encryption_rotate(args) -> None:
                  "they were left unchanged")
 
 
+def _day(value: str):
+    from datetime import date
+
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
+
+
+def cmd_analytics_backfill(args) -> None:
+    """Recompute the rollups of a range of UTC days from the messages (one transaction per day)."""
+    _need_db()
+    from app.analytics.rollup import backfill_day, days_between
+    from app.db import job_session
+
+    if args.start > args.end:
+        sys.exit("app analytics-backfill: --from is after --to")
+    hours = 0
+    for day in days_between(args.start, args.end):
+        with job_session() as session:
+            done, _ = backfill_day(session, day, args.org)
+        hours += done
+        print(f"{day.isoformat()}: {done} hourly buckets recomputed", flush=True)
+    print(f"done: {hours} hourly buckets over {(args.end - args.start).days + 1} days")
+
+
 def cmd_encryption_status(args) -> None:
     """Values per key id, per column; which configured keys no longer protect anything."""
     _need_db()
@@ -209,6 +238,12 @@ def main(argv=None) -> None:
     p = enc.add_parser("status", help="how many values each key id protects")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_encryption_status)
+
+    p = sub.add_parser("analytics-backfill", help="recompute the analytics rollups of a range of UTC days")
+    p.add_argument("--from", dest="start", type=_day, required=True, help="first UTC day (YYYY-MM-DD)")
+    p.add_argument("--to", dest="end", type=_day, required=True, help="last UTC day, included (YYYY-MM-DD)")
+    p.add_argument("--org", help="only this organisation's (default: every organisation)")
+    p.set_defaults(func=cmd_analytics_backfill)
 
     p = sub.add_parser("serve", help="run the api (gunicorn)")
     p.add_argument("--host", help="address to listen on (default HOST, 127.0.0.1)")

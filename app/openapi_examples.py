@@ -200,6 +200,13 @@ EXAMPLES: dict[str, dict] = {
     "Recipient": {"id": 81723, "contact_id": CONTACT, "phone": "+14155550123", "name": "Grace Hopper",
                   "client_id": CLIENT, "message_id": MESSAGE, "status": "read", "reason": None, "replied_at": T1,
                   "created_at": T0, "updated_at": T1},
+    "Overview": {"from": "2026-11-19T00:00:00+00:00", "to": "2026-11-26T00:00:00+00:00", "sent": 1200,
+                 "delivered": 1150, "read": 870, "failed": 18, "received": 430, "replied": 310, "opted_out": 4,
+                 "delivery_rate": 0.9583, "read_rate": 0.725, "reply_rate": 0.2583, "avg_response_seconds": 312.5,
+                 "avg_delivery_seconds": 2.4, "avg_read_seconds": 1840.0,
+                 "top_failures": [{"code": "131026", "count": 12}, {"code": "131049", "count": 6}]},
+    "Timeseries": {"metric": "sent", "granularity": "day", "tz": "Europe/Paris", "points": [
+        {"at": "2026-11-24T00:00:00+01:00", "value": 180}, {"at": "2026-11-25T00:00:00+01:00", "value": 0}]},
     "Health": {"status": "ok", "checks": {
         "database": {"status": "ok", "latency_ms": 0.8}, "redis": {"status": "ok", "latency_ms": 0.3},
         "workers": {"status": "ok",

@@ -16,6 +16,7 @@ from app.db import new_id, utcnow
 from app.models import (
     AnalyticsDaily,
     AnalyticsHourly,
+    AnalyticsWatermark,
     ApiKey,
     AuditLog,
     Automation,
@@ -365,6 +366,11 @@ def make_analytics_daily(session, **overrides) -> AnalyticsDaily:
         "bucket": utcnow().date(), "sent": 10, "delivered": 8, "read": 5, "failed": 1, "received": 3,
         "response_seconds_sum": 120.0, "response_count": 3,
     }, overrides)
+
+
+def make_analytics_watermark(session, **overrides) -> AnalyticsWatermark:
+    return _save(session, AnalyticsWatermark, {"name": f"test-{_n()}", "safe_id": 0, "seen_id": 0, "seen_xmax": 0},
+                 overrides)
 
 
 # --- cross-cutting ----------------------------------------------------------------------------

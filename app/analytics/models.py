@@ -1,44 +1,66 @@
-"""Per-client hourly and daily rollups (UTC buckets), upserted by the rollup job."""
+"""Rollups per organisation x client x campaign x UTC hour and day, written by the rollup job
+(app/analytics/rollup.py), and the job's watermark. ``campaign_id`` is '' outside campaigns."""
 from __future__ import annotations
 
 from datetime import date, datetime
 
 from sqlalchemy import BigInteger, Date, Double, Integer, func
+from sqlalchemy import text as sqltext
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.columns import CID, CLIENT_FK, ORG_FK, TS
 from app.db import Base
 
 
-class AnalyticsHourly(Base):
+class _Counts:
+    """The numbers of a bucket (both tables have them all)."""
+
+    sent: Mapped[int] = mapped_column(Integer, server_default="0")
+    delivered: Mapped[int] = mapped_column(Integer, server_default="0")
+    read: Mapped[int] = mapped_column(Integer, server_default="0")
+    failed: Mapped[int] = mapped_column(Integer, server_default="0")
+    failures: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))  # {error code: count}
+    received: Mapped[int] = mapped_column(Integer, server_default="0")
+    replied: Mapped[int] = mapped_column(Integer, server_default="0")
+    opted_out: Mapped[int] = mapped_column(Integer, server_default="0")
+    response_seconds_sum: Mapped[float] = mapped_column(Double, server_default="0")
+    response_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    delivery_seconds_sum: Mapped[float] = mapped_column(Double, server_default="0")
+    delivery_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    read_seconds_sum: Mapped[float] = mapped_column(Double, server_default="0")
+    read_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+
+
+class AnalyticsHourly(_Counts, Base):
     __tablename__ = "analytics_hourly"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     organization_id: Mapped[str] = mapped_column(CID, ORG_FK())
     client_id: Mapped[str] = mapped_column(CID, CLIENT_FK())
+    campaign_id: Mapped[str] = mapped_column(CID, server_default=sqltext("''"))
     bucket: Mapped[datetime] = mapped_column(TS)  # start of the hour
-    sent: Mapped[int] = mapped_column(Integer, server_default="0")
-    delivered: Mapped[int] = mapped_column(Integer, server_default="0")
-    read: Mapped[int] = mapped_column(Integer, server_default="0")
-    failed: Mapped[int] = mapped_column(Integer, server_default="0")
-    received: Mapped[int] = mapped_column(Integer, server_default="0")
-    response_seconds_sum: Mapped[float] = mapped_column(Double, server_default="0")
-    response_count: Mapped[int] = mapped_column(Integer, server_default="0")
-    updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
 
 
-class AnalyticsDaily(Base):
+class AnalyticsDaily(_Counts, Base):
     __tablename__ = "analytics_daily"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     organization_id: Mapped[str] = mapped_column(CID, ORG_FK())
     client_id: Mapped[str] = mapped_column(CID, CLIENT_FK())
+    campaign_id: Mapped[str] = mapped_column(CID, server_default=sqltext("''"))
     bucket: Mapped[date] = mapped_column(Date)  # the UTC day
-    sent: Mapped[int] = mapped_column(Integer, server_default="0")
-    delivered: Mapped[int] = mapped_column(Integer, server_default="0")
-    read: Mapped[int] = mapped_column(Integer, server_default="0")
-    failed: Mapped[int] = mapped_column(Integer, server_default="0")
-    received: Mapped[int] = mapped_column(Integer, server_default="0")
-    response_seconds_sum: Mapped[float] = mapped_column(Double, server_default="0")
-    response_count: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+class AnalyticsWatermark(Base):
+    """How far the rollup job has read ``message_status_history`` (see app/analytics/rollup.py)."""
+
+    __tablename__ = "analytics_watermarks"
+
+    name: Mapped[str] = mapped_column(CID, primary_key=True)
+    safe_id: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    seen_id: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    seen_xmax: Mapped[int] = mapped_column(BigInteger, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+

@@ -19,12 +19,13 @@ from app.db import Base
 #   organizations   - the tenants themselves
 #   schema_version  - the schema's own version
 #   job_outbox      - broker messages waiting to be sent; they carry only actor names and ids
-NOT_TENANT_OWNED = {"organizations", "schema_version", "job_outbox"}
+#   analytics_watermarks - how far the rollup job has read message_status_history (one row for all)
+NOT_TENANT_OWNED = {"organizations", "schema_version", "job_outbox", "analytics_watermarks"}
 
 #: Every table of the product, as schema.sql creates them.
 TABLES = {
-    "analytics_daily", "analytics_hourly", "api_keys", "audit_logs", "automation_runs", "automations", "ban_alerts",
-    "campaign_clients", "campaign_recipients", "campaigns", "client_sessions", "client_status_history", "clients",
+    "analytics_daily", "analytics_hourly", "analytics_watermarks", "api_keys", "audit_logs", "automation_runs",
+    "automations", "ban_alerts", "campaign_clients", "campaign_recipients", "campaigns", "client_sessions", "client_status_history", "clients",
     "contact_imports", "contact_list_members", "contact_lists", "contacts", "idempotency_keys", "job_outbox", "media",
     "message_status_history", "messages", "organization_settings", "organizations", "proxies", "refresh_tokens",
     "schema_version", "template_approvals", "templates", "transport_events", "user_clients", "users", "webhook_deliveries",

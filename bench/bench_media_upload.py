@@ -45,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Processes, ServerMeter, wait_until  # noqa: E402
+from bench.common import Processes, ServerMeter, wait_for_http, wait_until  # noqa: E402
 
 GUNICORN_SHAPE = ["--workers", "2", "--threads", "4", "--keep-alive", "30"]
 DOC_BYTES, DOCUMENTS = 100_000_000, 5
@@ -175,15 +175,7 @@ def start_gunicorn(procs: Processes, meter: ServerMeter, name: str, group: str, 
                               "--bind", f"127.0.0.1:{port}", *GUNICORN_SHAPE])
     meter.add(group, proc.pid)
 
-    def up() -> bool:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/health")
-            return c.getresponse().status in (200, 404)
-        except OSError:
-            return False
-
-    wait_until(up, 60, f"gunicorn {app}")
+    wait_for_http(port, f"gunicorn {app}")
     import psutil
 
     wait_until(lambda: len(psutil.Process(proc.pid).children()) >= 2, 30, f"the workers of {app}")

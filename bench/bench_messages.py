@@ -57,6 +57,7 @@ from bench.common import (  # noqa: E402
     pct,
     postmaster_pids,
     redis_server_pid,
+    wait_for_http,
     wait_until,
 )
 
@@ -181,15 +182,7 @@ def start_gunicorn(group: str, app: str) -> tuple:
                                "--bind", f"127.0.0.1:{port}", *GUNICORN_SHAPE])
     meter.add(group, proc.pid)
 
-    def up():
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            c.request("GET", "/health")
-            return c.getresponse().status in (200, 404)
-        except OSError:
-            return False
-
-    wait_until(up, 60, f"gunicorn {app}")
+    wait_for_http(port, f"gunicorn {app}")
     return proc, port
 
 

@@ -60,6 +60,22 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
     raise SystemExit(f"bench: timed out waiting for {what}")
 
 
+def wait_for_http(port: int, what: str, timeout: float = 60) -> None:
+    """Wait until a server on this machine's ``port`` answers ``GET /health`` (200, or 404 for an
+    anchor app that has no such route)."""
+    import http.client
+
+    def up() -> bool:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/health")
+            return c.getresponse().status in (200, 404)
+        except OSError:
+            return False
+
+    wait_until(up, timeout, what)
+
+
 def pct(values: list[float], q: float) -> float:
     """The nearest-rank ``q``-th percentile."""
     ordered = sorted(values)

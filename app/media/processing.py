@@ -302,8 +302,8 @@ def expire(limit: int = 500) -> int:
             ORDER BY m.expires_at LIMIT :limit FOR UPDATE OF m SKIP LOCKED"""),
             {"pending": list(PENDING_MESSAGE_STATUSES), "limit": limit}).all()
         for medium in session.scalars(select(Media).where(Media.id.in_(rows))):
-            service.remove(session, medium)
-        session.execute(delete(Media).where(Media.id.in_(rows)))
+            service.delete_files(medium)
+        session.execute(delete(Media).where(Media.id.in_(rows)))  # the rows go with their files
         purged = 0
         if settings.MEDIA_RETENTION_DAYS > 0:
             purged = rowcount(session.execute(text(

@@ -7,7 +7,8 @@ the same bytes returns the medium that has them). A new medium is ``processing``
 ``media.process`` job made it ``ready`` (or ``failed``): only then can it be sent. Files are named
 by the medium's id (``<organization>/<media id>``), never by the user's file name.
 
-Size: above 400 lines would be too much; the steps a worker runs live in app/media/processing.py.
+Size: just over 400 lines, all of it what the API does with a medium (upload, fetch request, reads,
+links, delete); the steps a worker runs live in app/media/processing.py and fetching.py.
 """
 from __future__ import annotations
 
@@ -362,6 +363,11 @@ def delete_media(session: Session, principal: Principal, media_id: str) -> None:
 def remove(session: Session, medium: Media) -> None:
     """Mark the medium deleted and delete its files."""
     session.execute(update(Media).where(Media.id == medium.id).values(deleted_at=utcnow(), updated_at=utcnow()))
+    delete_files(medium)
+
+
+def delete_files(medium: Media) -> None:
+    """Delete the medium's file, its copy sent and its thumbnail from storage."""
     files = media_storage()
     for key in {medium.storage_key, medium.send_key, medium.thumbnail_key} - {None}:
         files.delete(key)

@@ -39,7 +39,10 @@ CATALOG = {
     "columns": """SELECT table_name, column_name, data_type, udt_name, is_nullable, column_default,
                          collation_name, character_maximum_length
                   FROM information_schema.columns WHERE table_schema = 'public'""",
-    "constraints": """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
+    # PostgreSQL 18 lists NOT NULL as constraints named after the column they were made for, and a
+    # renamed column keeps its old name there: those are compared by table and definition only.
+    "constraints": """SELECT conrelid::regclass::text, CASE WHEN contype = 'n' THEN '' ELSE conname END,
+                             pg_get_constraintdef(oid)
                       FROM pg_constraint WHERE connamespace = 'public'::regnamespace""",
     "indexes": "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'",
     "views": "SELECT viewname, definition FROM pg_views WHERE schemaname = 'public'",

@@ -129,6 +129,7 @@ class Settings:
     TEMPLATE_SYNC_EVERY: int = setting("900", "Seconds between two syncs of every submitted template's status from Meta (a verdict whose `message_template_status_update` webhook was lost).")
     ANALYTICS_ROLLUP_EVERY: int = setting("60", "Seconds between two runs of the analytics rollup (`analytics.rollup`), which folds new message status changes into the hourly and daily numbers.")
     ANALYTICS_REPLY_WINDOW: int = setting("86400", "Seconds after one of our outbound messages during which the contact's next inbound message on that client counts it as replied, and after an inbound message during which our first outbound one counts as the response (docs/analytics.md).")
+    ANALYTICS_EXPORT_TTL: int = setting("604800", "Seconds the file of an export made by a worker (`POST /api/analytics/exports`) is kept after it is ready; then it is deleted and the export shows `expired`.")
     CUSTOMER_WINDOW_HOURS: int = setting("24", "Hours after a contact's last message during which a `cloud` client may send it free-form messages; outside them only templates (422 `outside_customer_window`), as Meta rules.")
     MESSAGE_MAX_ATTEMPTS: int = setting("5", "Transport attempts of one message on transient errors before it fails.")
     OPT_OUT_CONFIRMATION: str = setting("You have been unsubscribed and will receive no more messages. Reply START to subscribe again.", "The one message sent to a contact who opts out (STOP).")

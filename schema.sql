@@ -825,6 +825,7 @@ CREATE TABLE analytics_hourly (
     opted_out             integer NOT NULL DEFAULT 0,
     response_seconds_sum  double precision NOT NULL DEFAULT 0,      -- inbound -> our first outbound after it
     response_count        integer NOT NULL DEFAULT 0,
+    response_buckets      jsonb NOT NULL DEFAULT '{}'::jsonb,       -- {lower bound in seconds: count} of those
     delivery_seconds_sum  double precision NOT NULL DEFAULT 0,      -- sent_at -> delivered_at
     delivery_count        integer NOT NULL DEFAULT 0,
     read_seconds_sum      double precision NOT NULL DEFAULT 0,      -- sent_at -> read_at
@@ -850,6 +851,7 @@ CREATE TABLE analytics_daily (
     opted_out             integer NOT NULL DEFAULT 0,
     response_seconds_sum  double precision NOT NULL DEFAULT 0,
     response_count        integer NOT NULL DEFAULT 0,
+    response_buckets      jsonb NOT NULL DEFAULT '{}'::jsonb,
     delivery_seconds_sum  double precision NOT NULL DEFAULT 0,
     delivery_count        integer NOT NULL DEFAULT 0,
     read_seconds_sum      double precision NOT NULL DEFAULT 0,
@@ -869,6 +871,32 @@ CREATE TABLE analytics_watermarks (
     seen_xmax   bigint NOT NULL DEFAULT 0,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Exports made by a worker (`analytics.export`, app/analytics/exports.py): the CSV file lands in media storage
+-- under storage_key; `params` holds the range, the client and, for agents, the clients they may see.
+CREATE TABLE analytics_exports (
+    id               text COLLATE "C" PRIMARY KEY,                 -- exp_
+    organization_id  text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    what             text NOT NULL CHECK (what IN ('rollups', 'messages')),
+    format           text NOT NULL DEFAULT 'csv' CHECK (format IN ('csv')),
+    params           jsonb NOT NULL DEFAULT '{}'::jsonb,
+    status           text NOT NULL DEFAULT 'queued'
+                     CHECK (status IN ('queued', 'running', 'ready', 'failed', 'expired')),
+    rows             bigint,                                        -- data rows written (the header not counted)
+    size_bytes       bigint,
+    storage_key      text,
+    error            text,
+    attempts         integer NOT NULL DEFAULT 0,
+    lease_until      timestamptz,                                   -- running: another worker may take it after this
+    created_by       text COLLATE "C",                              -- usr_ or key_
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    finished_at      timestamptz,
+    expires_at       timestamptz                                    -- ready: the file is deleted after this
+);
+CREATE INDEX analytics_exports_org_id_idx ON analytics_exports (organization_id, id DESC);
+CREATE INDEX analytics_exports_open_idx ON analytics_exports (created_at) WHERE status IN ('queued', 'running');
+CREATE INDEX analytics_exports_expiry_idx ON analytics_exports (expires_at) WHERE status = 'ready';
 
 -- ---------------------------------------------------------------------------------------------
 -- Idempotency-Key for POSTs that create (app/models.py). Swept after expires_at (24 h).

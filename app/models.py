@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import Integer, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.analytics.models import AnalyticsDaily, AnalyticsHourly, AnalyticsWatermark  # noqa: F401
+from app.analytics.models import AnalyticsDaily, AnalyticsExport, AnalyticsHourly, AnalyticsWatermark  # noqa: F401
 from app.apikeys.models import ApiKey  # noqa: F401
 from app.audit.models import AuditLog  # noqa: F401
 from app.auth.models import RefreshToken  # noqa: F401

@@ -15,6 +15,7 @@ from datetime import timedelta
 from app.db import new_id, utcnow
 from app.models import (
     AnalyticsDaily,
+    AnalyticsExport,
     AnalyticsHourly,
     AnalyticsWatermark,
     ApiKey,
@@ -371,6 +372,14 @@ def make_analytics_daily(session, **overrides) -> AnalyticsDaily:
 def make_analytics_watermark(session, **overrides) -> AnalyticsWatermark:
     return _save(session, AnalyticsWatermark, {"name": f"test-{_n()}", "safe_id": 0, "seen_id": 0, "seen_xmax": 0},
                  overrides)
+
+
+def make_analytics_export(session, **overrides) -> AnalyticsExport:
+    _org(session, overrides)
+    return _save(session, AnalyticsExport, {
+        "id": new_id("exp"), "what": "rollups", "format": "csv", "status": "queued",
+        "params": {"start": "2026-01-01T00:00:00+00:00", "end": "2026-01-02T00:00:00+00:00"},
+    }, overrides)
 
 
 # --- cross-cutting ----------------------------------------------------------------------------

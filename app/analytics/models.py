@@ -1,10 +1,11 @@
 """Rollups per organisation x client x campaign x UTC hour and day, written by the rollup job
-(app/analytics/rollup.py), and the job's watermark. ``campaign_id`` is '' outside campaigns."""
+(app/analytics/rollup.py), the job's watermark, and exports made by a worker (app/analytics/exports.py).
+``campaign_id`` is '' outside campaigns."""
 from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, Double, Integer, func
+from sqlalchemy import BigInteger, Date, Double, Integer, Text, func
 from sqlalchemy import text as sqltext
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -26,6 +27,8 @@ class _Counts:
     opted_out: Mapped[int] = mapped_column(Integer, server_default="0")
     response_seconds_sum: Mapped[float] = mapped_column(Double, server_default="0")
     response_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    #: {lower bound in seconds (RESPONSE_BOUNDS): count} of the response times: the p90 of a range
+    response_buckets: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
     delivery_seconds_sum: Mapped[float] = mapped_column(Double, server_default="0")
     delivery_count: Mapped[int] = mapped_column(Integer, server_default="0")
     read_seconds_sum: Mapped[float] = mapped_column(Double, server_default="0")
@@ -64,3 +67,28 @@ class AnalyticsWatermark(Base):
     seen_xmax: Mapped[int] = mapped_column(BigInteger, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
 
+
+
+class AnalyticsExport(Base):
+    """A CSV export made by the ``analytics.export`` job; the file is in media storage at ``storage_key``."""
+
+    __tablename__ = "analytics_exports"
+
+    id: Mapped[str] = mapped_column(CID, primary_key=True)
+    organization_id: Mapped[str] = mapped_column(CID, ORG_FK())
+    what: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(Text, server_default="csv")
+    #: start / end (ISO 8601), client_id, and client_ids: the clients an agent may see (None: all)
+    params: Mapped[dict] = mapped_column(JSONB, server_default=sqltext("'{}'::jsonb"))
+    status: Mapped[str] = mapped_column(Text, server_default="queued")
+    rows: Mapped[int | None] = mapped_column(BigInteger)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    storage_key: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    lease_until: Mapped[datetime | None] = mapped_column(TS)
+    created_by: Mapped[str | None] = mapped_column(CID)
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    started_at: Mapped[datetime | None] = mapped_column(TS)
+    finished_at: Mapped[datetime | None] = mapped_column(TS)
+    expires_at: Mapped[datetime | None] = mapped_column(TS)

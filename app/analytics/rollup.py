@@ -13,7 +13,8 @@ come — a read three days later changes the bucket of the message's own hour.
 - ``replied``: outbound messages after which the contact wrote on that client within
   ``ANALYTICS_REPLY_WINDOW`` seconds. ``response_seconds_sum / response_count``: for each inbound
   message, the time to our first outbound message to that contact on that client within the same
-  window (unanswered ones are not counted).
+  window (unanswered ones are not counted); ``response_buckets`` counts those times by
+  ``RESPONSE_BOUNDS`` (a histogram: the p90 of any range is read from the sum of its buckets').
 - ``delivery_seconds_* / read_seconds_*``: ``sent_at`` -> ``delivered_at`` / ``read_at``.
 
 How it is kept up to date: a bucket is never incremented. The job (``analytics.rollup``) reads the
@@ -53,6 +54,28 @@ ROLLUP_ACTOR = "analytics.rollup"
 WATERMARK = "status_history"
 #: pg_advisory_xact_lock key of every rollup and backfill transaction ('anly')
 LOCK_KEY = 0x616E6C79
+
+
+#: the lower bounds (seconds) of the response-time histogram a bucket keeps (``response_buckets``:
+#: {bound: count}); a percentile of a range is interpolated inside the bucket it falls in
+RESPONSE_BOUNDS = (0, 5, 10, 15, 30, 45, 60, 90, 120, 180, 300, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200,
+                   10800, 14400, 21600, 28800, 43200, 64800, 86400, 172800, 345600, 604800)
+
+
+def response_percentile(buckets: dict[str, int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of the response times counted in ``buckets`` ({lower bound: count}),
+    interpolated linearly inside its bucket; None when there are none."""
+    counts = sorted((float(lower), int(n)) for lower, n in buckets.items() if int(n) > 0)
+    total = sum(n for _, n in counts)
+    if not total:
+        return None
+    target, below = q * total, 0
+    for lower, n in counts:
+        if below + n >= target:
+            upper = next((float(b) for b in RESPONSE_BOUNDS if b > lower), lower)
+            return round(lower + (upper - lower) * (target - below) / n, 1)
+        below += n
+    return counts[-1][0]
 
 
 @dataclass(frozen=True)
@@ -110,11 +133,20 @@ _INSERT_HOURS = text("""
         FROM (SELECT client_id, campaign_id, hour, COALESCE(error_code, 'unknown') AS code, count(*) AS n
               FROM x WHERE direction = 'outbound' AND status = 'failed' GROUP BY 1, 2, 3, 4) y
         GROUP BY 1, 2, 3
+    ),
+    r AS (
+        SELECT client_id, campaign_id, hour, jsonb_object_agg(lower, n) AS buckets
+        FROM (SELECT client_id, campaign_id, hour,
+                     ((CAST(:bounds AS float8[]))[width_bucket(extract(epoch FROM answered_at - created_at)::float8,
+                                                               CAST(:bounds AS float8[]))])::bigint::text AS lower,
+                     count(*) AS n
+              FROM x WHERE answered_at IS NOT NULL GROUP BY 1, 2, 3, 4) y
+        GROUP BY 1, 2, 3
     )
     INSERT INTO analytics_hourly (
         organization_id, client_id, campaign_id, bucket, sent, delivered, read, failed, failures, received, replied,
-        opted_out, response_seconds_sum, response_count, delivery_seconds_sum, delivery_count, read_seconds_sum,
-        read_count, updated_at)
+        opted_out, response_seconds_sum, response_count, response_buckets, delivery_seconds_sum, delivery_count,
+        read_seconds_sum, read_count, updated_at)
     SELECT x.organization_id, x.client_id, x.campaign_id, x.hour,
         count(*) FILTER (WHERE x.direction = 'outbound'
                          AND (x.sent_at IS NOT NULL OR x.delivered_at IS NOT NULL OR x.read_at IS NOT NULL)),
@@ -127,6 +159,7 @@ _INSERT_HOURS = text("""
         count(*) FILTER (WHERE x.direction = 'outbound' AND x.idempotency_key LIKE :opt_out),
         COALESCE(sum(extract(epoch FROM x.answered_at - x.created_at)), 0),
         count(x.answered_at),
+        COALESCE(r.buckets, '{}'::jsonb),
         COALESCE(sum(extract(epoch FROM x.delivered_at - x.sent_at))
                  FILTER (WHERE x.direction = 'outbound' AND x.delivered_at >= x.sent_at), 0),
         count(*) FILTER (WHERE x.direction = 'outbound' AND x.delivered_at >= x.sent_at),
@@ -135,7 +168,8 @@ _INSERT_HOURS = text("""
         count(*) FILTER (WHERE x.direction = 'outbound' AND x.read_at >= x.sent_at),
         now()
     FROM x LEFT JOIN f ON f.client_id = x.client_id AND f.campaign_id = x.campaign_id AND f.hour = x.hour
-    GROUP BY x.organization_id, x.client_id, x.campaign_id, x.hour, f.failures
+        LEFT JOIN r ON r.client_id = x.client_id AND r.campaign_id = x.campaign_id AND r.hour = x.hour
+    GROUP BY x.organization_id, x.client_id, x.campaign_id, x.hour, f.failures, r.buckets
 """)
 
 _DELETE_DAYS = text("""
@@ -156,17 +190,24 @@ _INSERT_DAYS = text("""
         FROM (SELECT h.client_id, h.campaign_id, h.day, e.key AS code, sum(e.value::bigint) AS n
               FROM h, jsonb_each_text(h.failures) e GROUP BY 1, 2, 3, 4) y
         GROUP BY 1, 2, 3
+    ),
+    r AS (
+        SELECT client_id, campaign_id, day, jsonb_object_agg(lower, n) AS buckets
+        FROM (SELECT h.client_id, h.campaign_id, h.day, e.key AS lower, sum(e.value::bigint) AS n
+              FROM h, jsonb_each_text(h.response_buckets) e GROUP BY 1, 2, 3, 4) y
+        GROUP BY 1, 2, 3
     )
     INSERT INTO analytics_daily (
         organization_id, client_id, campaign_id, bucket, sent, delivered, read, failed, failures, received, replied,
-        opted_out, response_seconds_sum, response_count, delivery_seconds_sum, delivery_count, read_seconds_sum,
-        read_count, updated_at)
+        opted_out, response_seconds_sum, response_count, response_buckets, delivery_seconds_sum, delivery_count,
+        read_seconds_sum, read_count, updated_at)
     SELECT h.organization_id, h.client_id, h.campaign_id, h.day, sum(h.sent), sum(h.delivered), sum(h.read),
         sum(h.failed), COALESCE(f.failures, '{}'::jsonb), sum(h.received), sum(h.replied), sum(h.opted_out),
-        sum(h.response_seconds_sum), sum(h.response_count), sum(h.delivery_seconds_sum), sum(h.delivery_count),
-        sum(h.read_seconds_sum), sum(h.read_count), now()
+        sum(h.response_seconds_sum), sum(h.response_count), COALESCE(r.buckets, '{}'::jsonb),
+        sum(h.delivery_seconds_sum), sum(h.delivery_count), sum(h.read_seconds_sum), sum(h.read_count), now()
     FROM h LEFT JOIN f ON f.client_id = h.client_id AND f.campaign_id = h.campaign_id AND f.day = h.day
-    GROUP BY h.organization_id, h.client_id, h.campaign_id, h.day, f.failures
+        LEFT JOIN r ON r.client_id = h.client_id AND r.campaign_id = h.campaign_id AND r.day = h.day
+    GROUP BY h.organization_id, h.client_id, h.campaign_id, h.day, f.failures, r.buckets
 """)
 
 
@@ -177,7 +218,8 @@ def recompute(session: Session, pairs: set[tuple[str, datetime]]) -> tuple[int, 
         return 0, 0
     ordered = sorted(pairs)
     params = {"clients": [c for c, _ in ordered], "hours": [h for _, h in ordered],
-              "window": float(settings.ANALYTICS_REPLY_WINDOW), "opt_out": OPT_OUT_KEY_PREFIX + "%"}
+              "window": float(settings.ANALYTICS_REPLY_WINDOW), "opt_out": OPT_OUT_KEY_PREFIX + "%",
+              "bounds": [float(b) for b in RESPONSE_BOUNDS]}
     session.execute(_DELETE_HOURS, params)
     session.execute(_INSERT_HOURS, params)
     days = sorted({(c, h.astimezone(UTC).date()) for c, h in ordered})

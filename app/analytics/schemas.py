@@ -5,7 +5,9 @@ import marshmallow as ma
 from marshmallow import fields, validate
 
 from app.analytics.service import GRANULARITIES, METRICS
+from app.analytics.statuses import EXPORT_KINDS, EXPORT_STATUSES
 from app.fields import UtcDateTime
+from app.pagination import ListArgs
 
 _RANGE = ("Times in ISO 8601 (UTC without an offset). The range is `[from, to)`: the hours whose start falls "
           "in it. Default: the 7 days before `to`; `to` defaults to now.")
@@ -33,8 +35,23 @@ class TimeseriesArgs(OverviewArgs):
 
 class ExportArgs(RangeArgs):
     format = fields.String(load_default="csv", validate=validate.OneOf(("csv",)))
-    what = fields.String(load_default="rollups", validate=validate.OneOf(("rollups", "messages")), metadata={
+    what = fields.String(load_default="rollups", validate=validate.OneOf(EXPORT_KINDS), metadata={
         "description": "`rollups`: one row per UTC day x client; `messages`: the raw messages created in the range."})
+
+
+class BreakdownArgs(OverviewArgs):
+    by = fields.String(required=True, validate=validate.OneOf(("client", "campaign")), metadata={
+        "description": "`client`: one row per client; `campaign`: one per campaign (and one for the rest)."})
+    limit = fields.Integer(load_default=100, validate=validate.Range(1, 1000), metadata={
+        "description": "At most this many rows, most sent first."})
+
+
+class ExportListArgs(ListArgs):
+    pass
+
+
+class SignedDownloadArgs(ma.Schema):
+    token = fields.String(required=True, validate=validate.Length(max=1024))
 
 
 class FailureCountSchema(ma.Schema):
@@ -42,9 +59,7 @@ class FailureCountSchema(ma.Schema):
     count = fields.Integer()
 
 
-class OverviewSchema(ma.Schema):
-    from_ = fields.DateTime(data_key="from", attribute="from")
-    to = fields.DateTime()
+class FiguresSchema(ma.Schema):
     sent = fields.Integer(metadata={"description": "Outbound messages that reached the transport."})
     delivered = fields.Integer()
     read = fields.Integer()
@@ -57,8 +72,15 @@ class OverviewSchema(ma.Schema):
     reply_rate = fields.Float(allow_none=True, metadata={"description": "replied / sent (null: none sent)."})
     avg_response_seconds = fields.Float(allow_none=True, metadata={
         "description": "Average time from an inbound message to our first outbound message after it."})
+    p90_response_seconds = fields.Float(allow_none=True, metadata={
+        "description": "Nine in ten responses came within this many seconds (from the rollups' histogram)."})
     avg_delivery_seconds = fields.Float(allow_none=True)
     avg_read_seconds = fields.Float(allow_none=True)
+
+
+class OverviewSchema(FiguresSchema):
+    from_ = fields.DateTime(data_key="from", attribute="from")
+    to = fields.DateTime()
     top_failures = fields.List(fields.Nested(FailureCountSchema), metadata={
         "description": "The most frequent failure codes (at most 10), most frequent first."})
 
@@ -73,3 +95,46 @@ class TimeseriesSchema(ma.Schema):
     granularity = fields.String()
     tz = fields.String()
     points = fields.List(fields.Nested(PointSchema))
+
+
+class BreakdownRowSchema(FiguresSchema):
+    id = fields.String(allow_none=True, metadata={
+        "description": "The client's or campaign's id (null: the messages sent outside campaigns)."})
+    name = fields.String(allow_none=True)
+
+
+class BreakdownSchema(ma.Schema):
+    by = fields.String()
+    from_ = fields.DateTime(data_key="from", attribute="from")
+    to = fields.DateTime()
+    rows = fields.List(fields.Nested(BreakdownRowSchema))
+
+
+class ExportRequestSchema(ma.Schema):
+    what = fields.String(load_default="rollups", validate=validate.OneOf(EXPORT_KINDS), metadata={
+        "description": "`rollups`: one row per UTC day x client; `messages`: the raw messages created in the range."})
+    format = fields.String(load_default="csv", validate=validate.OneOf(("csv",)))
+    from_ = UtcDateTime(data_key="from", attribute="start", metadata={"description": _RANGE})
+    to = UtcDateTime(attribute="end", metadata={"description": "The end of the range (excluded)."})
+    client_id = fields.String(validate=validate.Length(max=64), allow_none=True, metadata={
+        "description": "Only this client's (by default every client the caller may see)."})
+
+
+class ExportSchema(ma.Schema):
+    id = fields.String()
+    what = fields.String()
+    format = fields.String()
+    status = fields.String(metadata={"description": "One of " + ", ".join(EXPORT_STATUSES) + "."})
+    from_ = fields.String(data_key="from", attribute="from", metadata={"description": "The start of the range."})
+    to = fields.String()
+    client_id = fields.String(allow_none=True)
+    rows = fields.Integer(allow_none=True, metadata={"description": "Data rows in the file (the header not counted)."})
+    size_bytes = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True, metadata={"description": "Why it failed (status failed)."})
+    attempts = fields.Integer()
+    created_at = fields.DateTime()
+    finished_at = fields.DateTime(allow_none=True)
+    expires_at = fields.DateTime(allow_none=True, metadata={"description": "When the file will be deleted."})
+    download_url = fields.String(allow_none=True, metadata={
+        "description": "Ready: downloads the file without credentials until download_expires_at."})
+    download_expires_at = fields.String(allow_none=True)

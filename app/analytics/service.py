@@ -7,19 +7,17 @@ instead (same numbers, fewer rows). Agents see only the clients assigned to them
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from app.analytics.rollup import response_percentile
 from app.campaigns.models import Campaign
+from app.clients.models import Client
 from app.clients.service import visible_client
-from app.db import get_scoped, new_session, utcnow
+from app.db import get_scoped, utcnow
 from app.errors import ValidationError
 from app.security.principal import Principal
 
@@ -29,11 +27,11 @@ MAX_RANGE_DAYS = 400
 MAX_HOURLY_RANGE_DAYS = 31
 DEFAULT_RANGE = timedelta(days=7)
 TOP_FAILURES = 10
-_SUMMED = ("sent", "delivered", "read", "failed", "received", "replied", "opted_out", "response_seconds_sum",
+SUMMED = ("sent", "delivered", "read", "failed", "received", "replied", "opted_out", "response_seconds_sum",
            "response_count", "delivery_seconds_sum", "delivery_count", "read_seconds_sum", "read_count")
 
 
-def _range(start: datetime | None, end: datetime | None, max_days: int) -> tuple[datetime, datetime]:
+def checked_range(start: datetime | None, end: datetime | None, max_days: int) -> tuple[datetime, datetime]:
     end = end or utcnow()
     start = start or end - DEFAULT_RANGE
     if start > end:
@@ -44,7 +42,7 @@ def _range(start: datetime | None, end: datetime | None, max_days: int) -> tuple
     return start, end
 
 
-def _scope(session: Session, principal: Principal, client_id: str | None, campaign_id: str | None) -> tuple[str, dict]:
+def scope(session: Session, principal: Principal, client_id: str | None, campaign_id: str | None) -> tuple[str, dict]:
     """The WHERE of the rollup rows the principal may see, and its parameters."""
     where = ["organization_id = :org"]
     params: dict = {"org": principal.organization_id}
@@ -62,47 +60,85 @@ def _scope(session: Session, principal: Principal, client_id: str | None, campai
     return " AND ".join(where), params
 
 
-def _is_midnight(when: datetime) -> bool:
+def is_midnight(when: datetime) -> bool:
     return when.astimezone(UTC).time() == datetime.min.time()
 
 
 def _source(start: datetime, end: datetime, params: dict) -> str:
     """The table and bucket condition of ``[start, end)``: daily rows for whole UTC days."""
-    if _is_midnight(start) and _is_midnight(end):
+    if is_midnight(start) and is_midnight(end):
         params.update(day_from=start.astimezone(UTC).date(), day_to=end.astimezone(UTC).date())
         return "analytics_daily WHERE bucket >= :day_from AND bucket < :day_to"
     params.update(start=start, end=end)
     return "analytics_hourly WHERE bucket >= :start AND bucket < :end"
 
 
-def _ratio(part: float, whole: float, digits: int = 4) -> float | None:
+def ratio(part: float, whole: float, digits: int = 4) -> float | None:
     return round(part / whole, digits) if whole else None
+
+
+def _figures(row, buckets: dict) -> dict:
+    """The counts of summed rollup columns ``row``, with the rates and times derived from them."""
+    totals = {c: int(row[c]) for c in SUMMED if not c.endswith("_sum")}
+    return {
+        **{c: totals[c] for c in METRICS},
+        "delivery_rate": ratio(totals["delivered"], totals["sent"]),
+        "read_rate": ratio(totals["read"], totals["sent"]),
+        "reply_rate": ratio(totals["replied"], totals["sent"]),
+        "avg_response_seconds": ratio(float(row["response_seconds_sum"]), totals["response_count"], 1),
+        "p90_response_seconds": response_percentile(buckets, 0.9),
+        "avg_delivery_seconds": ratio(float(row["delivery_seconds_sum"]), totals["delivery_count"], 1),
+        "avg_read_seconds": ratio(float(row["read_seconds_sum"]), totals["read_count"], 1),
+    }
+
+
+_SUMS = ", ".join(f"COALESCE(sum({c}), 0) AS {c}" for c in SUMMED)
 
 
 def overview(session: Session, principal: Principal, *, start: datetime | None = None, end: datetime | None = None,
              client_id: str | None = None, campaign_id: str | None = None) -> dict:
     """The totals of a range, with rates, average times and the most frequent failure codes."""
-    start, end = _range(start, end, MAX_RANGE_DAYS)
-    where, params = _scope(session, principal, client_id, campaign_id)
+    start, end = checked_range(start, end, MAX_RANGE_DAYS)
+    where, params = scope(session, principal, client_id, campaign_id)
     source = _source(start, end, params)
-    sums = ", ".join(f"COALESCE(sum({c}), 0) AS {c}" for c in _SUMMED)
-    row = session.execute(text(f"SELECT {sums} FROM {source} AND {where}"), params).one()._mapping
+    row = session.execute(text(f"SELECT {_SUMS} FROM {source} AND {where}"), params).one()._mapping
     failures = session.execute(text(f"""
         SELECT e.key AS code, sum(e.value::bigint) AS n
         FROM (SELECT failures FROM {source} AND {where}) r, jsonb_each_text(r.failures) e
         GROUP BY e.key ORDER BY n DESC, code LIMIT {TOP_FAILURES}"""), params)
-    totals = {c: int(row[c]) for c in _SUMMED if not c.endswith("_sum")}
-    return {
-        "from": start, "to": end,
-        **{c: totals[c] for c in METRICS},
-        "delivery_rate": _ratio(totals["delivered"], totals["sent"]),
-        "read_rate": _ratio(totals["read"], totals["sent"]),
-        "reply_rate": _ratio(totals["replied"], totals["sent"]),
-        "avg_response_seconds": _ratio(float(row["response_seconds_sum"]), totals["response_count"], 1),
-        "avg_delivery_seconds": _ratio(float(row["delivery_seconds_sum"]), totals["delivery_count"], 1),
-        "avg_read_seconds": _ratio(float(row["read_seconds_sum"]), totals["read_count"], 1),
-        "top_failures": [{"code": r.code, "count": int(r.n)} for r in failures],
-    }
+    buckets = dict(session.execute(text(f"""
+        SELECT e.key, sum(e.value::bigint) FROM (SELECT response_buckets FROM {source} AND {where}) r,
+            jsonb_each_text(r.response_buckets) e GROUP BY e.key"""), params).all())
+    return {"from": start, "to": end, **_figures(row, buckets),
+            "top_failures": [{"code": r.code, "count": int(r.n)} for r in failures]}
+
+
+def breakdown(session: Session, principal: Principal, *, by: str, start: datetime | None = None,
+              end: datetime | None = None, client_id: str | None = None, campaign_id: str | None = None,
+              limit: int = 100) -> dict:
+    """The figures of a range per client or per campaign, most sent first (at most ``limit`` rows).
+    Messages outside campaigns are one row of their own (``id`` null) in a campaign breakdown."""
+    start, end = checked_range(start, end, MAX_RANGE_DAYS)
+    where, params = scope(session, principal, client_id, campaign_id)
+    source = _source(start, end, params)
+    key = {"client": "client_id", "campaign": "campaign_id"}[by]
+    params["limit"] = limit
+    rows = session.execute(text(f"""
+        SELECT {key} AS id, {_SUMS} FROM {source} AND {where}
+        GROUP BY {key} ORDER BY sum(sent) DESC, sum(received) DESC, {key} LIMIT :limit"""), params).all()
+    ids = [r.id for r in rows]
+    params["ids"] = ids
+    buckets: dict[str, dict] = {i: {} for i in ids}
+    for r in session.execute(text(f"""
+            SELECT t.{key} AS id, e.key AS lower, sum(e.value::bigint) AS n
+            FROM (SELECT {key}, response_buckets FROM {source} AND {where} AND {key} = ANY(CAST(:ids AS text[]))) t,
+                jsonb_each_text(t.response_buckets) e GROUP BY 1, 2"""), params):
+        buckets[r.id][r.lower] = int(r.n)
+    model = Client if by == "client" else Campaign
+    names = dict(session.execute(select(model.id, model.name).where(
+        model.organization_id == principal.organization_id, model.id.in_([i for i in ids if i]))).all())
+    return {"by": by, "from": start, "to": end, "rows": [
+        {"id": r.id or None, "name": names.get(r.id), **_figures(r._mapping, buckets[r.id])} for r in rows]}
 
 
 def _zone(tz: str | None) -> ZoneInfo:
@@ -120,8 +156,8 @@ def timeseries(session: Session, principal: Principal, *, metric: str, granulari
     if metric not in METRICS:
         raise ValidationError("unknown metric", details={"metric": [f"one of {', '.join(METRICS)}"]})
     zone = _zone(tz)
-    start, end = _range(start, end, MAX_HOURLY_RANGE_DAYS if granularity == "hour" else MAX_RANGE_DAYS)
-    where, params = _scope(session, principal, client_id, campaign_id)
+    start, end = checked_range(start, end, MAX_HOURLY_RANGE_DAYS if granularity == "hour" else MAX_RANGE_DAYS)
+    where, params = scope(session, principal, client_id, campaign_id)
     params.update(start=start.replace(minute=0, second=0, microsecond=0), end=end, tz=zone.key)
     if granularity == "hour":
         rows = session.execute(text(f"""
@@ -146,109 +182,3 @@ def timeseries(session: Session, principal: Principal, *, metric: str, granulari
             points.append({"at": midnight, "value": by_day.get(day, 0)})
             day += timedelta(days=1)
     return {"metric": metric, "granularity": granularity, "tz": zone.key, "points": points}
-
-
-# ------------------------------------------------------------------------------- exports
-
-#: the columns of the rollup export, in order (docs/analytics.md explains each)
-ROLLUP_COLUMNS = ("day", "client_id", "client_name", "sent", "delivered", "read", "failed", "received", "replied",
-                  "opted_out", "delivery_rate", "read_rate", "reply_rate", "avg_response_seconds",
-                  "avg_delivery_seconds", "avg_read_seconds", "failures")
-#: the columns of the messages export, in order
-MESSAGE_COLUMNS = ("id", "created_at", "client_id", "campaign_id", "direction", "type", "to", "from", "status",
-                   "error_code", "sent_at", "delivered_at", "read_at", "failed_at")
-EXPORT_BATCH = 1000
-
-
-def _days(start: datetime | None, end: datetime | None) -> tuple[date, date]:
-    """Export ranges are whole UTC days: [day of from, day of to) — to's day is included unless to is midnight."""
-    start, end = _range(start, end, MAX_RANGE_DAYS)
-    last = end.astimezone(UTC).date() + (timedelta(0) if _is_midnight(end) else timedelta(days=1))
-    return start.astimezone(UTC).date(), last
-
-
-def export_rollups(session: Session, principal: Principal, *, start: datetime | None = None,
-                   end: datetime | None = None, client_id: str | None = None) -> Iterator[tuple]:
-    """Rows of the daily rollups, one per UTC day x client (campaigns summed), the header first."""
-    first, last = _days(start, end)
-    where, params = _scope(session, principal, client_id, None)
-    where = " AND ".join(f"d.{w}" for w in where.split(" AND "))
-    params.update(day_from=first, day_to=last)
-    sums = ", ".join(f"sum(d.{c}) AS {c}" for c in _SUMMED)
-    stmt = text(f"""
-        SELECT d.bucket AS day, d.client_id, c.name AS client_name, {sums},
-               (SELECT COALESCE(jsonb_object_agg(code, n), '{{}}'::jsonb) FROM (
-                    SELECT e.key AS code, sum(e.value::bigint) AS n
-                    FROM analytics_daily x, jsonb_each_text(x.failures) e
-                    WHERE x.client_id = d.client_id AND x.bucket = d.bucket GROUP BY e.key) y) AS failures
-        FROM analytics_daily d JOIN clients c ON c.id = d.client_id
-        WHERE d.bucket >= :day_from AND d.bucket < :day_to AND {where}
-        GROUP BY d.bucket, d.client_id, c.name ORDER BY d.bucket, d.client_id""")
-    return _rollup_rows(stmt, params)
-
-
-def _stream(stmt, params: dict) -> Iterator:
-    """The rows of ``stmt`` through a server-side cursor, in batches of EXPORT_BATCH, from a read-only
-    session of its own: the response is streamed after the request's session has ended."""
-    session = new_session()
-    try:
-        yield from session.execute(stmt, params, execution_options={"yield_per": EXPORT_BATCH})
-    finally:
-        session.rollback()
-        session.close()
-
-
-def _rollup_rows(stmt, params: dict) -> Iterator[tuple]:
-    yield ROLLUP_COLUMNS
-    for r in _stream(stmt, params):
-        sent = int(r.sent)
-        yield (r.day.isoformat(), r.client_id, r.client_name, sent, int(r.delivered), int(r.read), int(r.failed),
-               int(r.received), int(r.replied), int(r.opted_out), _ratio(int(r.delivered), sent),
-               _ratio(int(r.read), sent), _ratio(int(r.replied), sent),
-               _ratio(float(r.response_seconds_sum), int(r.response_count), 1),
-               _ratio(float(r.delivery_seconds_sum), int(r.delivery_count), 1),
-               _ratio(float(r.read_seconds_sum), int(r.read_count), 1),
-               json.dumps(r.failures, sort_keys=True, separators=(",", ":")))
-
-
-def export_messages(session: Session, principal: Principal, *, start: datetime | None = None,
-                    end: datetime | None = None, client_id: str | None = None) -> Iterator[tuple]:
-    """The raw messages created in the range (header first), oldest first, read through a
-    server-side cursor in batches so memory stays flat however many there are. No message text."""
-    start, end = _range(start, end, MAX_RANGE_DAYS)
-    where, params = _scope(session, principal, client_id, None)
-    params.update(start=start, end=end)
-    stmt = text(f"""
-        SELECT id, created_at, client_id, campaign_id, direction, type, to_phone, from_phone, status, error_code,
-               sent_at, delivered_at, read_at, failed_at
-        FROM messages WHERE created_at >= :start AND created_at < :end AND {where}
-        ORDER BY created_at, id""")
-    return _message_rows(stmt, params)
-
-
-def _message_rows(stmt, params: dict) -> Iterator[tuple]:
-    yield MESSAGE_COLUMNS
-    for r in _stream(stmt, params):
-        yield tuple(v.isoformat() if isinstance(v, datetime) else v for v in r)
-
-
-def csv_lines(rows: Iterator[tuple]) -> Iterator[str]:
-    """The rows as CSV text, one line at a time (None is an empty cell)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    for row in rows:
-        writer.writerow(row)
-        yield out.getvalue()
-        out.seek(0)
-        out.truncate()
-
-
-def export(session: Session, principal: Principal, *, what: str = "rollups", format: str = "csv",
-           start: datetime | None = None, end: datetime | None = None, client_id: str | None = None) -> Iterator[str]:
-    """``GET /api/analytics/export``: the CSV lines of the rollups or of the messages (checked now:
-    a bad range or client is an error before anything is streamed)."""
-    if format != "csv":
-        raise ValidationError("unknown format", details={"format": ["csv is the one format"]})
-    rows = (export_messages if what == "messages" else export_rollups)(
-        session, principal, start=start, end=end, client_id=client_id)
-    return csv_lines(rows)

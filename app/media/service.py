@@ -14,21 +14,19 @@ from __future__ import annotations
 
 import mimetypes
 import re
-import time
 import unicodedata
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import BinaryIO
 
-from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from app import outbox, quotas
+from app import links, outbox, quotas
 from app.audit.service import record
 from app.db import get_scoped, job_session, new_id, scoped_select, utcnow
-from app.errors import AppError, Conflict, NotFound, ValidationError
+from app.errors import Conflict, NotFound, ValidationError
 from app.media.checks import Inspected, Inspector
 from app.media.models import Media
 from app.media.multipart import StreamedForm
@@ -44,14 +42,6 @@ PROCESS_ACTOR = "media.process"
 FETCH_ACTOR = "media.fetch"
 VARIANTS = ("original", "sent", "thumbnail")
 _LINK_SALT = "media-download-link"
-
-
-class LinkExpired(AppError):
-    status, code, message = 410, "link_expired", "This download link has expired"
-
-
-class LinkInvalid(AppError):
-    status, code, message = 403, "invalid_link", "This download link is not valid"
 
 
 def key_of(organization_id: str, media_id: str, suffix: str = "") -> str:
@@ -375,31 +365,18 @@ def delete_files(medium: Media) -> None:
 
 # ------------------------------------------------------------------------------------- signed links
 
-def _serializer() -> URLSafeSerializer:
-    return URLSafeSerializer(settings.secret("SECRET_KEY", 48), salt=_LINK_SALT)
-
-
-def public_base() -> str:
-    return (settings.PUBLIC_URL or f"http://{settings.HOST}:{settings.PORT}").rstrip("/")
-
-
 def signed_link(medium: Media, *, variant: str = "original", ttl: int | None = None) -> dict:
     """A link that downloads the medium without credentials until it expires: ``{url, expires_at}``."""
-    expires = int(time.time()) + int(ttl or settings.MEDIA_URL_TTL)
-    token = _serializer().dumps([medium.id, medium.organization_id, variant, expires])
-    return {"url": f"{public_base()}/api/media/{medium.id}/signed-download?token={token}",
-            "expires_at": datetime.fromtimestamp(expires, tz=UTC).isoformat()}
+    token, expires_at = links.sign(_LINK_SALT, [medium.id, medium.organization_id, variant],
+                                   ttl or settings.MEDIA_URL_TTL)
+    return {"url": f"{links.public_base()}/api/media/{medium.id}/signed-download?token={token}",
+            "expires_at": expires_at}
 
 
 def medium_of_link(session: Session, media_id: str, token: str) -> tuple[Media, str]:
     """The medium and variant a signed link gives; 403 when tampered with, 410 when expired,
     404 when the medium is gone."""
-    try:
-        linked, organization_id, variant, expires = _serializer().loads(token)
-    except (BadSignature, ValueError, TypeError):
-        raise LinkInvalid() from None
+    linked, organization_id, variant = links.verify(_LINK_SALT, token, 3)
     if linked != media_id or variant not in VARIANTS:
-        raise LinkInvalid()
-    if time.time() > expires:
-        raise LinkExpired(details={"expired_at": datetime.fromtimestamp(expires, tz=UTC).isoformat()})
+        raise links.LinkInvalid()
     return get_scoped(session, Media, organization_id, media_id), variant

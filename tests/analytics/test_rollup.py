@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import select, text
 
 from app.analytics.models import AnalyticsDaily, AnalyticsHourly
-from app.analytics.rollup import backfill_day, run_rollup
+from app.analytics.rollup import RESPONSE_BOUNDS, backfill_day, response_percentile, run_rollup
 from app.messages.models import Message
 from app.messages.tracking import apply_ack
 from config import settings
@@ -97,7 +97,10 @@ def expected(session, org_id):
             answers = [o.created_at for o in chat if o.direction == "outbound"]
             if answers:
                 b["response_count"] += 1
-                b["response_seconds_sum"] += (min(answers) - m.created_at).total_seconds()
+                seconds = (min(answers) - m.created_at).total_seconds()
+                b["response_seconds_sum"] += seconds
+                lower = max(bound for bound in RESPONSE_BOUNDS if bound <= seconds)
+                b.setdefault("response_buckets", defaultdict(int))[str(lower)] += 1
             continue
         b["sent"] += bool(m.sent_at or m.delivered_at or m.read_at)
         b["delivered"] += bool(m.delivered_at or m.read_at)
@@ -119,8 +122,9 @@ def expected(session, org_id):
 def _numbers(row) -> tuple:
     get = row.get if isinstance(row, dict) else lambda k, d=0: getattr(row, k)
     failures = {k: int(v) for k, v in dict(get("failures", {}) or {}).items()}
+    buckets = {k: int(v) for k, v in dict(get("response_buckets", {}) or {}).items()}
     return (tuple(int(get(k, 0)) for k in COUNTS) + tuple(round(float(get(k, 0)), 3) for k in SUMS)
-            + (tuple(sorted(failures.items())),))
+            + (tuple(sorted(failures.items())), tuple(sorted(buckets.items()))))
 
 
 def rolled_hourly(session, org_id):
@@ -146,8 +150,11 @@ def daily_of(hourly: dict) -> dict:
         failures: dict = defaultdict(int)
         for code, count in prev[n] + numbers[n]:
             failures[code] += count
+        buckets: dict = defaultdict(int)
+        for lower, count in prev[n + 1] + numbers[n + 1]:
+            buckets[lower] += count
         days[key] = tuple(int(x) for x in merged[:len(COUNTS)]) + tuple(round(x, 3) for x in merged[len(COUNTS):]) \
-            + (tuple(sorted(failures.items())),)
+            + (tuple(sorted(failures.items())), tuple(sorted(buckets.items())))
     return days
 
 
@@ -281,3 +288,12 @@ def test_the_actor_runs_a_rollup(session):
     org, _ = history(session)
     rollup.fn()
     assert rolled_hourly(session, org.id) == expected(session, org.id)
+
+
+def test_the_response_percentile_is_read_inside_the_bucket_it_falls_in():
+    assert response_percentile({}, 0.9) is None
+    assert response_percentile({"60": 10}, 0.5) == 75.0  # half way through [60, 90)
+    # 90 in [0, 5), 10 in [300, 600): the 90th of 100 is the last of the first bucket
+    assert response_percentile({"0": 90, "300": 10}, 0.9) == 5.0
+    assert response_percentile({"0": 89, "300": 11}, 0.9) == round(300 + 300 * (1 / 11), 1)
+    assert response_percentile({"604800": 3}, 0.9) == 604800.0  # the last bucket has no upper bound

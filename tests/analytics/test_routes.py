@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from app.analytics.rollup import run_rollup
-from app.analytics.service import MESSAGE_COLUMNS, ROLLUP_COLUMNS
+from app.analytics.exports import MESSAGE_COLUMNS, ROLLUP_COLUMNS
+from app.analytics.rollup import response_percentile, run_rollup
 from tests import factories as f
 from tests.analytics.test_rollup import BASE, expected, history
 from tests.auth_helpers import principal_headers
@@ -51,6 +51,14 @@ def test_the_overview_equals_the_messages_counted(client, session, data):
     assert body["delivery_rate"] == round(want["delivered"] / want["sent"], 4)
     assert body["reply_rate"] == round(want["replied"] / want["sent"], 4)
     assert body["avg_response_seconds"] > 0
+    buckets: dict = {}
+    for numbers in expected(session, data.id).values():
+        for lower, n in numbers[-1]:
+            buckets[lower] = buckets.get(lower, 0) + n
+    assert sum(buckets.values()) > 5
+    assert body["p90_response_seconds"] == response_percentile(buckets, 0.9)
+    p90_bucket = max(float(b) for b in buckets)  # the history's slowest answers (42 min) are its top tenth
+    assert p90_bucket <= body["p90_response_seconds"] < p90_bucket * 1.5
     assert sorted((x["code"], x["count"]) for x in body["top_failures"]) == [("131026", 1), ("131049", 1)]
 
 
@@ -173,12 +181,12 @@ def test_the_messages_export(client, session, data):
 
 
 def test_the_messages_export_reads_in_batches(client, session, data, monkeypatch):
-    from app.analytics import service
+    from app.analytics import exports
 
-    monkeypatch.setattr(service, "EXPORT_BATCH", 2)  # many server-side cursor fetches, same rows
+    monkeypatch.setattr(exports, "EXPORT_BATCH", 2)  # many server-side cursor fetches, same rows
     headers = principal_headers(session, data, "admin")
     small = _csv(client.get(f"/api/analytics/export?what=messages&from={FROM}&to={TO}", headers=headers))
-    monkeypatch.setattr(service, "EXPORT_BATCH", 1000)
+    monkeypatch.setattr(exports, "EXPORT_BATCH", 1000)
     assert small == _csv(client.get(f"/api/analytics/export?what=messages&from={FROM}&to={TO}", headers=headers))
 
 

@@ -203,8 +203,13 @@ EXAMPLES: dict[str, dict] = {
     "Overview": {"from": "2026-11-19T00:00:00+00:00", "to": "2026-11-26T00:00:00+00:00", "sent": 1200,
                  "delivered": 1150, "read": 870, "failed": 18, "received": 430, "replied": 310, "opted_out": 4,
                  "delivery_rate": 0.9583, "read_rate": 0.725, "reply_rate": 0.2583, "avg_response_seconds": 312.5,
-                 "avg_delivery_seconds": 2.4, "avg_read_seconds": 1840.0,
+                 "p90_response_seconds": 905.0, "avg_delivery_seconds": 2.4, "avg_read_seconds": 1840.0,
                  "top_failures": [{"code": "131026", "count": 12}, {"code": "131049", "count": 6}]},
+    "Breakdown": {"by": "client", "from": "2026-11-19T00:00:00+00:00", "to": "2026-11-26T00:00:00+00:00", "rows": [
+        {"id": CLIENT, "name": "Support line", "sent": 1200, "delivered": 1150, "read": 870, "failed": 18,
+         "received": 430, "replied": 310, "opted_out": 4, "delivery_rate": 0.9583, "read_rate": 0.725,
+         "reply_rate": 0.2583, "avg_response_seconds": 312.5, "p90_response_seconds": 905.0,
+         "avg_delivery_seconds": 2.4, "avg_read_seconds": 1840.0}]},
     "Timeseries": {"metric": "sent", "granularity": "day", "tz": "Europe/Paris", "points": [
         {"at": "2026-11-24T00:00:00+01:00", "value": 180}, {"at": "2026-11-25T00:00:00+01:00", "value": 0}]},
     "Health": {"status": "ok", "checks": {

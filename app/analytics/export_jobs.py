@@ -24,7 +24,8 @@ from app.analytics import exports
 from app.analytics.models import AnalyticsExport
 from app.analytics.service import MAX_RANGE_DAYS, checked_range, scope
 from app.analytics.statuses import OPEN_EXPORT_STATUSES
-from app.db import job_session, new_id, new_session, utcnow
+from app.audit.service import record
+from app.db import job_session, new_id, new_session, rowcount, utcnow
 from app.errors import AppError, NotFound, ValidationError
 from app.pagination import paginate
 from app.security.principal import Principal
@@ -83,6 +84,8 @@ def create_export(session: Session, principal: Principal, *, what: str = "rollup
                               "client_ids": clients})
     session.add(row)
     session.flush()
+    record(session, principal, "analytics_export.create", target_type="analytics_export", target_id=row.id,
+           changes={"what": what, **row.params})
     outbox.enqueue(session, EXPORT_ACTOR, row.id)
     return row
 
@@ -114,6 +117,7 @@ def delete_export(session: Session, principal: Principal, export_id: str) -> Non
     if row.storage_key:
         media_storage().delete(row.storage_key)
     session.delete(row)
+    record(session, principal, "analytics_export.delete", target_type="analytics_export", target_id=export_id)
 
 
 def describe(row: AnalyticsExport) -> dict:
@@ -194,12 +198,12 @@ def run_export(export_id: str) -> str:
                             {"id": export_id, "a": claimed.attempts, "error": message[:500]})
         return "failed"
     with job_session() as session:
-        done = session.execute(text("""
+        done = rowcount(session.execute(text("""
             UPDATE analytics_exports SET status = 'ready', rows = :rows, size_bytes = :size, storage_key = :key,
                 finished_at = now(), lease_until = NULL, expires_at = now() + make_interval(secs => :ttl)
             WHERE id = :id AND status = 'running' AND attempts = :a"""),
             {"id": export_id, "a": claimed.attempts, "rows": counter.rows, "size": size, "key": key,
-             "ttl": settings.ANALYTICS_EXPORT_TTL}).rowcount
+             "ttl": settings.ANALYTICS_EXPORT_TTL}))
     if not done:  # deleted meanwhile, or taken over by a later run
         files.delete(key)
         return "lost"
@@ -237,10 +241,10 @@ class _Lease:
         if time.monotonic() - self.renewed < RENEW_EVERY:
             return
         with job_session() as session:
-            kept = session.execute(text("""
+            kept = rowcount(session.execute(text("""
                 UPDATE analytics_exports SET lease_until = now() + make_interval(secs => :lease)
                 WHERE id = :id AND status = 'running' AND attempts = :a"""),
-                {"id": self.export_id, "a": self.attempt, "lease": LEASE_SECONDS}).rowcount
+                {"id": self.export_id, "a": self.attempt, "lease": LEASE_SECONDS}))
         if not kept:
             raise LeaseLost(self.export_id)
         self.renewed = time.monotonic()
@@ -275,10 +279,10 @@ def sweep() -> dict:
             session.execute(text("""UPDATE analytics_exports SET status = 'expired', storage_key = NULL
                                     WHERE id = :id AND status = 'ready'"""), {"id": row.id})
             counts["expired"] += 1
-        counts["failed"] = session.execute(text("""
+        counts["failed"] = rowcount(session.execute(text("""
             UPDATE analytics_exports SET status = 'failed', finished_at = now(), lease_until = NULL,
                 error = 'the export was interrupted ' || attempts || ' times'
-            WHERE status = 'running' AND lease_until < now() AND attempts >= :max"""), {"max": MAX_ATTEMPTS}).rowcount
+            WHERE status = 'running' AND lease_until < now() AND attempts >= :max"""), {"max": MAX_ATTEMPTS}))
         stale = session.scalars(text("""
             SELECT id FROM analytics_exports
             WHERE (status = 'running' AND lease_until < now()) OR (status = 'queued' AND created_at < :quiet)"""),

@@ -106,7 +106,7 @@ def overview(session: Session, principal: Principal, *, start: datetime | None =
         SELECT e.key AS code, sum(e.value::bigint) AS n
         FROM (SELECT failures FROM {source} AND {where}) r, jsonb_each_text(r.failures) e
         GROUP BY e.key ORDER BY n DESC, code LIMIT {TOP_FAILURES}"""), params)
-    buckets = dict(session.execute(text(f"""
+    buckets: dict[str, int] = dict(session.execute(text(f"""
         SELECT e.key, sum(e.value::bigint) FROM (SELECT response_buckets FROM {source} AND {where}) r,
             jsonb_each_text(r.response_buckets) e GROUP BY e.key"""), params).all())
     return {"from": start, "to": end, **_figures(row, buckets),

@@ -196,3 +196,41 @@ def test_export_needs_analytics_export(client, session, role, status):
     headers = principal_headers(session, org, role)
     assert client.get("/api/analytics/export", headers=headers).status_code == status
     assert client.get("/api/analytics/overview", headers=headers).status_code == 200
+
+
+def test_the_breakdown_per_client_and_per_campaign_adds_up_to_the_overview(client, session, data):
+    headers = principal_headers(session, data, "viewer")
+    overview = client.get(f"/api/analytics/overview?from={FROM}&to={TO}", headers=headers).json
+    r = client.get(f"/api/analytics/breakdown?by=client&from={FROM}&to={TO}", headers=headers)
+    assert r.status_code == 200, r.json
+    rows = r.json["rows"]
+    assert len(rows) == 2 and all(row["name"] for row in rows)
+    for row in rows:
+        want = _totals(session, data.id, row["id"])
+        assert {k: row[k] for k in want} == want
+    assert [row["sent"] for row in rows] == sorted((row["sent"] for row in rows), reverse=True)
+    for metric in ("sent", "delivered", "read", "failed", "received", "replied", "opted_out"):
+        assert sum(row[metric] for row in rows) == overview[metric]
+
+    campaigns = client.get(f"/api/analytics/breakdown?by=campaign&from={FROM}&to={TO}", headers=headers).json["rows"]
+    assert {row["id"] is None for row in campaigns} == {True, False}
+    named = next(row for row in campaigns if row["id"])
+    assert named["name"] and named["sent"] == _totals(session, data.id, campaign_id=named["id"])["sent"]
+    assert sum(row["sent"] for row in campaigns) == overview["sent"]
+    limited = client.get(f"/api/analytics/breakdown?by=campaign&limit=1&from={FROM}&to={TO}", headers=headers)
+    assert len(limited.json["rows"]) == 1
+
+
+def test_an_agents_breakdown_holds_only_assigned_clients(client, session, data):
+    clients = sorted({r[0] for r in session.execute(text(
+        "SELECT client_id FROM analytics_hourly WHERE organization_id = :o"), {"o": data.id})})
+    headers = principal_headers(session, data, "agent", client_ids=[clients[1]])
+    rows = client.get(f"/api/analytics/breakdown?by=client&from={FROM}&to={TO}", headers=headers).json["rows"]
+    assert [row["id"] for row in rows] == [clients[1]]
+
+
+@pytest.mark.parametrize("query", ["", "by=contact", "by=client&limit=0", "by=client&limit=5000"])
+def test_a_bad_breakdown_is_a_422(client, session, data, query):
+    headers = principal_headers(session, data, "viewer")
+    r = client.get(f"/api/analytics/breakdown?{query}", headers=headers)
+    assert r.status_code == 422, r.json

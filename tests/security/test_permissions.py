@@ -69,6 +69,7 @@ ID_FACTORIES: dict[str, Callable[[object, Org], str]] = {
     "deliveries": lambda s, o: f.make_webhook_delivery(s, organization_id=o.id).id,
     "events": lambda s, o: f.make_webhook_event(s, organization_id=o.id).id,
     "media": lambda s, o: f.make_media(s, organization_id=o.id).id,
+    "exports": lambda s, o: f.make_analytics_export(s, organization_id=o.id).id,
     "alerts": lambda s, o: f.make_ban_alert(s, organization_id=o.id, client_id=o.client_id).id,
     "audit-logs": lambda s, o: f.make_audit_log(s, organization_id=o.id).id,
 }

@@ -88,7 +88,7 @@ const loaders = {
       s.append(metric("sent", o.sent), metric("delivered", o.delivered), metric("read", o.read), metric("failed", o.failed),
         metric("received", o.received), metric("delivery rate", pct(o.delivery_rate)), metric("read rate", pct(o.read_rate)));
     } else {
-      s.append(el("p", {}, "Analytics are not available yet."));
+      s.append(el("p", {}, "Could not load analytics."));
     }
   },
   async clients() {
@@ -121,7 +121,7 @@ const loaders = {
     const resp = await api("/api/campaigns?limit=100");
     const body = $("#campaigns");
     body.replaceChildren();
-    if (!resp.ok) return body.append(el("tr", {}, el("td", { colspan: 3 }, "Campaigns are not available yet.")));
+    if (!resp.ok) return body.append(el("tr", {}, el("td", { colspan: 3 }, "Could not load campaigns.")));
     for (const c of (await resp.json()).items) {
       const p = c.progress || {};
       body.append(el("tr", {}, el("td", {}, c.name), el("td", {}, el("span", { class: `status ${c.status}` }, c.status)),

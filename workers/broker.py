@@ -30,9 +30,9 @@ def _middleware() -> list:
 
     # JobMetrics and Tracing first: "after" hooks run in reverse order, so they see what Retries
     # decided (and a job skipped by AgeLimit still gets its span)
-    return [JobMetrics(), Tracing(), AgeLimit(), TimeLimit(time_limit=15 * 60 * 1000), ShutdownNotifications(), Callbacks(),
-            Pipelines(), Retries(max_retries=5, min_backoff=1000, max_backoff=5 * 60 * 1000), CurrentMessage(),
-            RequestContext(), Heartbeat(), PromptDelays()]
+    return [JobMetrics(), Tracing(), AgeLimit(), TimeLimit(time_limit=15 * 60 * 1000), ShutdownNotifications(),
+            Callbacks(), Pipelines(), Retries(max_retries=5, min_backoff=1000, max_backoff=5 * 60 * 1000),
+            CurrentMessage(), RequestContext(), Heartbeat(), PromptDelays()]
 
 
 class RecoveringRedisBroker(RedisBroker):

@@ -104,7 +104,7 @@ def install(provider: Any) -> None:
 
     if _state is not None:
         uninstall()
-    within = _WithinTraces(provider)
+    within: Any = _WithinTraces(provider)  # stands in for a TracerProvider (not imported while off)
     existing = [db._engine] if db._engine is not None else []  # later ones: its create_engine is wrapped
     # its declared range stops below SQLAlchemy 2.1, whose engine events (all it uses) are unchanged:
     # tests/system/test_tracing.py checks the statements' spans

@@ -420,6 +420,25 @@ def ensure_prometheus_multiproc_dir() -> str:
     return os.environ[PROMETHEUS_MULTIPROC_DIR]
 
 
+#: OpenTelemetry's own variables (``OTEL_*``). Its SDK reads them from the environment itself
+#: (service name, resource, sampler, exporter endpoint and headers), so they are never copied into
+#: ``settings``; this only tells whether they ask for tracing, and with which exporters
+#: (docs/operations.md, Tracing).
+def otel_trace_exporters(env: Mapping[str, str] | None = None) -> list[str]:
+    """The span exporters asked for, none (tracing off) unless the standard variables ask: those
+    ``OTEL_TRACES_EXPORTER`` names other than ``none``, or ``otlp`` when only an OTLP endpoint is
+    set (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``..._TRACES_ENDPOINT``); ``OTEL_SDK_DISABLED=true``
+    wins over both."""
+    env = os.environ if env is None else env
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return []
+    named = [n.strip().lower() for n in env.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
+    if named:
+        return [n for n in dict.fromkeys(named) if n != "none"]
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+    return ["otlp"] if endpoint.strip() else []
+
+
 def child_env(**overrides: str) -> dict:
     """The environment for a child process we start (``workers run``, ``make run``), with overrides."""
     env = dict(os.environ)

@@ -21,10 +21,12 @@ def create_app(**overrides) -> Flask:
     from app import models as _registry  # noqa: F401  (an entry point: registers every table)
     from app.http_errors import register_error_handlers
     from app.logs import configure_logging
+    from app.system import tracing
     from config import check_production_settings
 
     check_production_settings()
     configure_logging("api")
+    tracing.configure_tracing("whatsapp-service-api")
     app = Flask(__name__, static_folder=None, template_folder=None)
     app.config.update(
         API_TITLE="WhatsApp Service API",
@@ -45,6 +47,7 @@ def create_app(**overrides) -> Flask:
         },
     )
     app.config.update(overrides)
+    tracing.instrument_app(app)  # first: its before_request must run before any that may refuse
     from app.openapi import create_api
 
     api = create_api(app)

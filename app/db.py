@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol, TypeVar, cast
 
-from sqlalchemy import Select, create_engine, event, select
+import sqlalchemy
+from sqlalchemy import Select, event, select
 from sqlalchemy.engine import CursorResult, Engine, Result
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, sessionmaker
@@ -138,7 +139,8 @@ def get_engine() -> Engine:
         if _engine is None or _engine_pid != os.getpid():
             if not settings.DATABASE_URL:
                 raise RuntimeError("DATABASE_URL is not set")
-            _engine = create_engine(
+            # looked up at call time: tracing wraps it, so a forked worker's engine is traced too
+            _engine = sqlalchemy.create_engine(
                 sqlalchemy_url(settings.DATABASE_URL),
                 pool_size=settings.DB_POOL_SIZE,
                 max_overflow=settings.DB_POOL_SIZE,

@@ -1,10 +1,17 @@
 """JSON logs to stdout with the request id on every line: the HTTP request's, and in a job the id
-of the request that enqueued it (or the job's own message id when no request did)."""
+of the request that enqueued it (or the job's own message id when no request did). With tracing on,
+lines also carry the current ``trace_id`` and ``span_id``.
+
+``job_origin`` is what a job carries from the request or job that enqueues it (its message
+options): the request id, and the trace context when tracing is on. Tracing lives in
+app/system/tracing.py, which this foundation module may not import: it installs its two small
+functions here instead (``set_trace_hooks``); while they are unset, nothing is added."""
 from __future__ import annotations
 
 import contextvars
 import logging
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pythonjsonlogger.json import JsonFormatter
@@ -15,9 +22,32 @@ from config import settings
 current_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
+#: set by app/system/tracing.py while tracing is on: the current trace context as W3C headers, and
+#: the current (trace id, span id) in hex (None outside a span)
+_trace_carrier: Callable[[], dict] | None = None
+_trace_ids: Callable[[], tuple[str, str] | None] | None = None
+
+
+def set_trace_hooks(carrier: Callable[[], dict] | None, ids: Callable[[], tuple[str, str] | None] | None) -> None:
+    global _trace_carrier, _trace_ids
+    _trace_carrier, _trace_ids = carrier, ids
+
+
+def job_origin() -> dict:
+    """The message options a job enqueued now inherits: ``request_id``, and ``trace`` (the
+    traceparent of the current span) with tracing on. The outbox keeps them in its row, so a job
+    the sweeper sends later still continues the request's trace."""
+    origin: dict = {"request_id": rid} if (rid := current_request_id.get()) else {}
+    if _trace_carrier is not None and (carrier := _trace_carrier()):
+        origin["trace"] = carrier
+    return origin
+
+
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = current_request_id.get()
+        if _trace_ids is not None and (ids := _trace_ids()) is not None:
+            record.trace_id, record.span_id = ids
         return True
 
 

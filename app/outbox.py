@@ -6,8 +6,9 @@ broker and its row deleted (in the background, batched). On rollback nothing is 
 vanishes with the rest.
 
 A job enqueued while a request (or another job) is handled carries its request id in the message
-options (``request_id``); the worker logs the job under it, so a request can be followed into the
-jobs it caused (workers/middleware.py).
+options (``request_id``), and with tracing on its trace context (``trace``), both kept in the row;
+the worker logs the job under that id and continues that trace, so a request can be followed into
+the jobs it caused, even those the sweeper sends (workers/middleware.py).
 
 If the process dies between the commit and the send, the row stays behind: ``sweep()`` (run by
 the scheduler) sends every row older than ``OUTBOX_SWEEP_AFTER`` seconds. A crash between send and
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from app.columns import TS
 from app.db import Base
-from app.logs import current_request_id
+from app.logs import job_origin
 from app.queues import queue_of
 from config import settings
 from workers.broker import get_broker  # the configured broker, never dramatiq's implicit default
@@ -73,8 +74,8 @@ def enqueue_many(session: Session, actor: dramatiq.Actor | str, arg_lists: list,
     now_ms = int(time.time() * 1000)
     if delays_ms is None:
         delays_ms = [delay_ms] * len(arg_lists)
-    # the request (or the job) enqueueing it: its workers log under the same request id
-    origin = {"request_id": rid} if (rid := current_request_id.get()) else {}
+    # the request (or the job) enqueueing it: its workers log under its request id, in its trace
+    origin = job_origin()
     rows = [
         {"actor_name": actor_name, "queue_name": queue_name or default_queue, "args": list(a),
          "kwargs": kwargs or {}, "options": {**origin, "eta": now_ms + int(d)} if d and d > 0 else origin}
@@ -94,7 +95,7 @@ def after_commit(session: Session, actor_name: str, arg_lists: list, *,
         return
     now_ms = int(time.time() * 1000)
     delays_ms = delays_ms or [None] * len(arg_lists)
-    origin = {"request_id": rid} if (rid := current_request_id.get()) else {}  # as enqueue_many's jobs
+    origin = job_origin()  # as enqueue_many's jobs
     session.info.setdefault(_PENDING, []).extend(
         {"id": None, "actor_name": actor_name, "queue_name": queue_of(actor_name), "args": list(a), "kwargs": {},
          "options": {**origin, "eta": now_ms + int(d)} if d and d > 0 else origin}

@@ -26,12 +26,13 @@ _broker: dramatiq.Broker | None = None
 
 
 def _middleware() -> list:
-    from workers.middleware import Heartbeat, JobMetrics, PromptDelays, RequestContext
+    from workers.middleware import Heartbeat, JobMetrics, PromptDelays, RequestContext, Tracing
 
-    # JobMetrics first: "after" hooks run in reverse order, so it sees what Retries decided
-    return [JobMetrics(), AgeLimit(), TimeLimit(time_limit=15 * 60 * 1000), ShutdownNotifications(), Callbacks(),
-            Pipelines(), Retries(max_retries=5, min_backoff=1000, max_backoff=5 * 60 * 1000), CurrentMessage(),
-            RequestContext(), Heartbeat(), PromptDelays()]
+    # JobMetrics and Tracing first: "after" hooks run in reverse order, so they see what Retries
+    # decided (and a job skipped by AgeLimit still gets its span)
+    return [JobMetrics(), Tracing(), AgeLimit(), TimeLimit(time_limit=15 * 60 * 1000), ShutdownNotifications(),
+            Callbacks(), Pipelines(), Retries(max_retries=5, min_backoff=1000, max_backoff=5 * 60 * 1000),
+            CurrentMessage(), RequestContext(), Heartbeat(), PromptDelays()]
 
 
 class RecoveringRedisBroker(RedisBroker):

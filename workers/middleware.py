@@ -1,5 +1,5 @@
-"""Dramatiq middleware: worker heartbeats for /health and `workers status`, log context, and the job
-counters of /metrics."""
+"""Dramatiq middleware: worker heartbeats for /health and `workers status`, log context, tracing, and
+the job counters of /metrics."""
 from __future__ import annotations
 
 import json
@@ -86,9 +86,11 @@ class RequestContext(Middleware):
 
     def after_process_boot(self, broker):
         from app.logs import configure_logging
+        from app.system.tracing import configure_tracing
         from workers.state import current_pool
 
         configure_logging(f"worker:{current_pool() or '?'}")
+        configure_tracing("whatsapp-service-worker")
 
     def before_enqueue(self, broker, message, delay):
         """A job sent while a request or a job is handled carries its request id, whichever way it
@@ -133,6 +135,53 @@ class RequestContext(Middleware):
 def _job_fields(message) -> dict:
     return {"actor": message.actor_name, "message_id": message.message_id, "queue": message.queue_name,
             "retries": message.options.get("retries", 0)}
+
+
+class Tracing(Middleware):
+    """A job continues the trace of the request (or job) that enqueued it, when tracing is on
+    (app/system/tracing.py; off, each hook is one check).
+
+    On enqueue, the current trace context goes into the message options (``trace``: W3C
+    ``traceparent``/``tracestate``), unless the message has one already: the outbox put it there
+    when the job was enqueued (app/logs.py ``job_origin``), so a job sent after the commit or by
+    the sweeper, and a retry, keep the trace of the request that caused them. A processed job is a
+    CONSUMER span named after its actor, current while it runs (its SQL, Redis and HTTP calls are
+    its children, its log lines carry its trace id, the jobs it enqueues continue its trace), with
+    its outcome; a failure records the exception and sets the error status. Declared before
+    ``Retries``, like ``JobMetrics``, so that its "after" hooks see whether a failure was retried;
+    and before ``RequestContext``, so that the job's start and end lines are within its span."""
+
+    def __init__(self):
+        self._started = threading.local()
+
+    def before_enqueue(self, broker, message, delay):
+        from app.system.tracing import enabled, trace_carrier
+
+        if enabled() and "trace" not in message.options and (carrier := trace_carrier()):
+            message.options["trace"] = carrier
+
+    def before_process_message(self, broker, message):
+        from app.system.tracing import start_job_span
+
+        self._started.span = start_job_span(message)
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        if exception is None:
+            outcome = "ok"
+        elif isinstance(exception, dramatiq.Retry):
+            outcome = "retry"
+        else:
+            outcome = "failed" if message.failed else "retried"
+        self._end(outcome, exception)
+
+    def after_skip_message(self, broker, message):
+        self._end("skipped", None)
+
+    def _end(self, outcome: str, exception) -> None:
+        from app.system.tracing import end_job_span
+
+        started, self._started.span = getattr(self._started, "span", None), None
+        end_job_span(started, outcome, exception)
 
 
 class PromptDelays(Middleware):

@@ -111,6 +111,8 @@ class Scheduler:
 
 def main() -> None:
     from app.logs import configure_logging
+    from app.system.tracing import configure_tracing
 
     configure_logging("scheduler")
+    configure_tracing("whatsapp-service-scheduler")
     Scheduler().run()

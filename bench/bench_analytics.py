@@ -18,13 +18,15 @@ rollups, the cost of the rollup job per 1,000 status changes, and the memory of 
       messages of the last 30 days with their status history (the rollup's watermark past it);
       batches of 1,000 and 10,000 status changes are then written as the product writes them (a
       mix: 30% new sends, 25% delivered acks for the last 2 hours' messages, 25% read acks for the
-      last day's, 10% late read acks for messages 2 to 7 days old, 10% inbound messages on the
-      chats of recent sends), and the ``analytics.rollup`` job is sent to a real ``default`` pool
-      process. Per batch: its run, then the next run with nothing new (the watermark's safety
-      margin makes every run read the previous run's rows again: that second read is part of the
-      cost of a change). Printed: server CPU (pool + Postgres + Redis) and wall time per 1,000
-      changes. No anchor does this work; the line beside it is the least any consumer of the same
-      rows pays: one ``INSERT ... SELECT`` copying those history rows into a scratch table.
+      last day's (both windows widen when a batch needs more messages than they hold), 10% late
+      read acks for messages 2 to 7 days old, 10% inbound messages on the chats of recent
+      messages; picks are random and distinct, so a batch is a little under its nominal size),
+      and the ``analytics.rollup`` job is sent to a real ``default`` pool process. Per batch: its
+      run, then the next run with nothing new (the watermark's safety margin makes every run read
+      the previous run's rows again: that second read is part of the cost of a change). Printed:
+      server CPU (pool + Postgres + Redis) and wall time per 1,000 changes. No anchor does this
+      work; the line beside it is the least any consumer of the same rows pays: one
+      ``INSERT ... SELECT`` copying those history rows into a scratch table.
   (3) export: ``GET /api/analytics/export?what=messages`` over the range holding the 1,000,000
       messages of (2), read by the client in 1 MiB reads; the RSS of the api's gunicorn workers is
       sampled every 25 ms (goal: flat, under 50 MB above the worker's RSS at the start), with
@@ -42,7 +44,7 @@ else embedded servers in a temporary directory. With an external Postgres, "post
 of the backends connected to the bench's database (other databases' users are left out; the
 server's background processes, autovacuum and the checkpointer, are not counted either). Run:
 ``.venv/bin/python bench/bench_analytics.py`` (6 to 10 minutes, most of it making the data;
-``--quick``: ~200,000 messages in rollups (2 clients x 2 campaigns), 100,000 real messages and
+``--quick``: ~350,000 messages in rollups (2 clients x 2 campaigns), 100,000 real messages and
 fewer requests and batches, about 1 to 2 minutes; ``--parts latency,rollup,export`` for some).
 """
 from __future__ import annotations

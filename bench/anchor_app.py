@@ -11,14 +11,21 @@ The product's send costs more than these (authentication, pacing, the outbox, ev
 per request is read as a multiple of theirs, measured under the same gunicorn and the same load.
 They use the product's DATABASE_URL and REDIS_URL (``config.settings``); ``create_table()`` makes
 their table.
+
+``plain`` also answers two reads, the anchors of the analytics benchmark (bench/bench_analytics.py):
+``GET /api/anchor/clients/<client_id>`` (one indexed SELECT of a client row, as JSON) and
+``GET /api/anchor/export?rows=N`` (N CSV rows made up in Python, streamed 1000 rows a chunk).
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
+from datetime import UTC, datetime, timedelta
 
 import redis
 import sqlalchemy as sa
-from flask import Flask, request
+from flask import Flask, Response, request
 
 from config import settings
 
@@ -35,6 +42,7 @@ sends = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
 )
 _insert = sends.insert().returning(sends.c.id)
+_read_client = sa.text("SELECT id, organization_id, name, status, phone, created_at FROM clients WHERE id = :id")
 
 
 def _engine() -> sa.Engine:
@@ -68,6 +76,34 @@ class _Store:
         self.redis.lpush(QUEUE_KEY, json.dumps({"id": message_id}))
         return message_id
 
+    def client(self, client_id: str) -> dict | None:
+        if self.engine is None:
+            self.engine, self.redis = _engine(), redis.Redis.from_url(settings.REDIS_URL)
+        with self.engine.connect() as conn:
+            row = conn.execute(_read_client, {"id": client_id}).first()
+        if row is None:
+            return None
+        return {**row._asdict(), "created_at": row.created_at.isoformat()}
+
+
+def _csv_rows(n: int):
+    """``n`` message-like CSV rows (the columns of the product's message export), 1000 a chunk."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(("id", "created_at", "client_id", "campaign_id", "direction", "type", "to", "from", "status",
+                     "error_code", "sent_at", "delivered_at", "read_at", "failed_at"))
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(n):
+        at = start + timedelta(seconds=i)
+        writer.writerow((f"msg_{i:026d}", at.isoformat(), "cli_anchor0000000000000000000", None, "outbound", "text",
+                         f"+1555{i % 10_000_000:07d}", "+14155550000", "read", None, at.isoformat(),
+                         (at + timedelta(seconds=2)).isoformat(), (at + timedelta(seconds=60)).isoformat(), None))
+        if i % 1000 == 999:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    yield out.getvalue()
+
 
 def _plain_app() -> Flask:
     app = Flask("anchor_plain")
@@ -78,6 +114,16 @@ def _plain_app() -> Flask:
         body = request.get_json()
         message_id = store.accept(client_id, body["to"], body.get("message"))
         return {"messageId": str(message_id), "id": str(message_id), "status": "queued"}, 202
+
+    @app.get("/api/anchor/clients/<client_id>")
+    def read_client(client_id):
+        row = store.client(client_id)
+        return (row, 200) if row else ({"error": "not_found"}, 404)
+
+    @app.get("/api/anchor/export")
+    def export():
+        return Response(_csv_rows(int(request.args.get("rows", "1000"))), mimetype="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="anchor.csv"'})
 
     return app
 

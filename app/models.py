@@ -13,7 +13,14 @@ from datetime import datetime
 from sqlalchemy import Integer, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.analytics.models import AnalyticsDaily, AnalyticsExport, AnalyticsHourly, AnalyticsWatermark  # noqa: F401
+from app.analytics.models import (  # noqa: F401
+    AnalyticsDaily,
+    AnalyticsExport,
+    AnalyticsHourly,
+    AnalyticsTotalsDaily,
+    AnalyticsTotalsHourly,
+    AnalyticsWatermark,
+)
 from app.apikeys.models import ApiKey  # noqa: F401
 from app.audit.models import AuditLog  # noqa: F401
 from app.auth.models import RefreshToken  # noqa: F401

@@ -17,6 +17,8 @@ from app.models import (
     AnalyticsDaily,
     AnalyticsExport,
     AnalyticsHourly,
+    AnalyticsTotalsDaily,
+    AnalyticsTotalsHourly,
     AnalyticsWatermark,
     ApiKey,
     AuditLog,
@@ -372,6 +374,19 @@ def make_analytics_daily(session, **overrides) -> AnalyticsDaily:
 def make_analytics_watermark(session, **overrides) -> AnalyticsWatermark:
     return _save(session, AnalyticsWatermark, {"name": f"test-{_n()}", "safe_id": 0, "seen_id": 0, "seen_xmax": 0},
                  overrides)
+
+
+def make_analytics_totals_hourly(session, **overrides) -> AnalyticsTotalsHourly:
+    _org(session, overrides)
+    bucket = utcnow().replace(minute=0, second=0, microsecond=0)
+    return _save(session, AnalyticsTotalsHourly, {"client_id": "", "bucket": bucket, "sent": 10, "delivered": 8},
+                 overrides)
+
+
+def make_analytics_totals_daily(session, **overrides) -> AnalyticsTotalsDaily:
+    _org(session, overrides)
+    return _save(session, AnalyticsTotalsDaily, {"client_id": "", "bucket": utcnow().date(), "sent": 10,
+                                                 "delivered": 8}, overrides)
 
 
 def make_analytics_export(session, **overrides) -> AnalyticsExport:

@@ -56,6 +56,28 @@ class AnalyticsDaily(_Counts, Base):
     bucket: Mapped[date] = mapped_column(Date)  # the UTC day
 
 
+class AnalyticsTotalsHourly(_Counts, Base):
+    """``analytics_hourly`` with campaigns summed, per client and (``client_id`` '') per organisation."""
+
+    __tablename__ = "analytics_totals_hourly"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    organization_id: Mapped[str] = mapped_column(CID, ORG_FK())
+    client_id: Mapped[str] = mapped_column(CID, server_default=sqltext("''"))  # '' = the whole organisation
+    bucket: Mapped[datetime] = mapped_column(TS)
+
+
+class AnalyticsTotalsDaily(_Counts, Base):
+    """``analytics_daily`` with campaigns summed, per client and (``client_id`` '') per organisation."""
+
+    __tablename__ = "analytics_totals_daily"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    organization_id: Mapped[str] = mapped_column(CID, ORG_FK())
+    client_id: Mapped[str] = mapped_column(CID, server_default=sqltext("''"))
+    bucket: Mapped[date] = mapped_column(Date)
+
+
 class AnalyticsWatermark(Base):
     """How far the rollup job has read ``message_status_history`` (see app/analytics/rollup.py)."""
 

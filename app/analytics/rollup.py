@@ -111,8 +111,9 @@ _INSERT_HOURS = text("""
         SELECT msg.organization_id, msg.client_id, COALESCE(msg.campaign_id, '') AS campaign_id, t.hour,
                msg.direction, msg.status, msg.error_code, msg.idempotency_key, msg.contact_id, msg.created_at,
                msg.sent_at, msg.delivered_at, msg.read_at
-        FROM t JOIN messages msg ON msg.client_id = t.client_id
-            AND msg.created_at >= t.hour AND msg.created_at < t.hour + interval '1 hour'
+        FROM t CROSS JOIN LATERAL (  -- a client's hour, through messages_client_created_idx
+            SELECT * FROM messages msg WHERE msg.client_id = t.client_id
+                AND msg.created_at >= t.hour AND msg.created_at < t.hour + interval '1 hour') msg
     ),
     x AS (
         SELECT m.*,
@@ -172,48 +173,93 @@ _INSERT_HOURS = text("""
     GROUP BY x.organization_id, x.client_id, x.campaign_id, x.hour, f.failures, r.buckets
 """)
 
+#: the numbers of a rollup row that a coarser row sums (the two jsonb counts are merged key by key)
+_SUMMED_COLUMNS = ("sent", "delivered", "read", "failed", "received", "replied", "opted_out", "response_seconds_sum",
+                   "response_count", "delivery_seconds_sum", "delivery_count", "read_seconds_sum", "read_count")
+
+
+def _fold(target: str, keys: tuple[str, ...], ctes: str, source: str) -> str:
+    """``INSERT INTO target`` one row per ``keys`` of the rollup rows ``source`` selects (the keys and
+    every count column): the counts summed, ``failures`` and ``response_buckets`` merged key by key."""
+    k = ", ".join(keys)
+    merged = {
+        col: f"""{col[0]} AS (SELECT {k}, jsonb_object_agg(j, n) AS {col} FROM (
+                SELECT {k}, e.key AS j, sum(e.value::bigint) AS n FROM s, jsonb_each_text(s.{col}) e
+                GROUP BY {k}, e.key) y GROUP BY {k})"""
+        for col in ("failures", "response_buckets")}
+    sums = ", ".join(f"sum(s.{c})" for c in _SUMMED_COLUMNS)
+    return f"""
+        WITH {ctes}{", " if ctes else ""}s AS MATERIALIZED ({source}),
+            {merged["failures"]}, {merged["response_buckets"]}
+        INSERT INTO {target} ({k}, {", ".join(_SUMMED_COLUMNS)}, failures, response_buckets, updated_at)
+        SELECT {", ".join(f"s.{c}" for c in keys)}, {sums}, COALESCE(f.failures, '{{}}'::jsonb),
+            COALESCE(r.response_buckets, '{{}}'::jsonb), now()
+        FROM s LEFT JOIN f USING ({k}) LEFT JOIN r USING ({k})
+        GROUP BY {", ".join(f"s.{c}" for c in keys)}, f.failures, r.response_buckets"""
+
+
+_COUNTS = ", ".join(f"a.{c}" for c in (*_SUMMED_COLUMNS, "failures", "response_buckets"))
+_DAY_OF = "a.bucket >= t.day::timestamp AT TIME ZONE 'UTC' AND a.bucket < (t.day + 1)::timestamp AT TIME ZONE 'UTC'"
+
 _DELETE_DAYS = text("""
     DELETE FROM analytics_daily a
     USING unnest(CAST(:clients AS text[]), CAST(:days AS date[])) AS t(client_id, day)
     WHERE a.client_id = t.client_id AND a.bucket = t.day
 """)
 
-_INSERT_DAYS = text("""
-    WITH t AS (SELECT * FROM unnest(CAST(:clients AS text[]), CAST(:days AS date[])) AS t(client_id, day)),
-    h AS (
-        SELECT a.*, t.day FROM t JOIN analytics_hourly a ON a.client_id = t.client_id
-            AND a.bucket >= t.day::timestamp AT TIME ZONE 'UTC'
-            AND a.bucket < (t.day + 1)::timestamp AT TIME ZONE 'UTC'
-    ),
-    f AS (
-        SELECT client_id, campaign_id, day, jsonb_object_agg(code, n) AS failures
-        FROM (SELECT h.client_id, h.campaign_id, h.day, e.key AS code, sum(e.value::bigint) AS n
-              FROM h, jsonb_each_text(h.failures) e GROUP BY 1, 2, 3, 4) y
-        GROUP BY 1, 2, 3
-    ),
-    r AS (
-        SELECT client_id, campaign_id, day, jsonb_object_agg(lower, n) AS buckets
-        FROM (SELECT h.client_id, h.campaign_id, h.day, e.key AS lower, sum(e.value::bigint) AS n
-              FROM h, jsonb_each_text(h.response_buckets) e GROUP BY 1, 2, 3, 4) y
-        GROUP BY 1, 2, 3
-    )
-    INSERT INTO analytics_daily (
-        organization_id, client_id, campaign_id, bucket, sent, delivered, read, failed, failures, received, replied,
-        opted_out, response_seconds_sum, response_count, response_buckets, delivery_seconds_sum, delivery_count,
-        read_seconds_sum, read_count, updated_at)
-    SELECT h.organization_id, h.client_id, h.campaign_id, h.day, sum(h.sent), sum(h.delivered), sum(h.read),
-        sum(h.failed), COALESCE(f.failures, '{}'::jsonb), sum(h.received), sum(h.replied), sum(h.opted_out),
-        sum(h.response_seconds_sum), sum(h.response_count), COALESCE(r.buckets, '{}'::jsonb),
-        sum(h.delivery_seconds_sum), sum(h.delivery_count), sum(h.read_seconds_sum), sum(h.read_count), now()
-    FROM h LEFT JOIN f ON f.client_id = h.client_id AND f.campaign_id = h.campaign_id AND f.day = h.day
-        LEFT JOIN r ON r.client_id = h.client_id AND r.campaign_id = h.campaign_id AND r.day = h.day
-    GROUP BY h.organization_id, h.client_id, h.campaign_id, h.day, f.failures, r.buckets
+_INSERT_DAYS = text(_fold(
+    "analytics_daily", ("organization_id", "client_id", "campaign_id", "bucket"),
+    "t AS (SELECT * FROM unnest(CAST(:clients AS text[]), CAST(:days AS date[])) AS t(client_id, day))",
+    f"""SELECT a.organization_id, a.client_id, a.campaign_id, t.day AS bucket, {_COUNTS}
+        FROM t CROSS JOIN LATERAL (
+            SELECT * FROM analytics_hourly a WHERE a.client_id = t.client_id AND {_DAY_OF}) a"""))
+
+#: the totals' keys of recomputed (client, hour) pairs: each client's, and its organisation's ('')
+_TOTAL_KEYS = """
+    p AS (SELECT DISTINCT c.organization_id, x.client_id, x.hour
+          FROM unnest(CAST(:clients AS text[]), CAST(:hours AS timestamptz[])) AS x(client_id, hour)
+          JOIN clients c ON c.id = x.client_id),
+    k AS (SELECT organization_id, client_id, hour FROM p UNION SELECT organization_id, '', hour FROM p)"""
+
+_DELETE_TOTAL_HOURS = text(f"""
+    WITH {_TOTAL_KEYS}
+    DELETE FROM analytics_totals_hourly a USING k
+    WHERE a.organization_id = k.organization_id AND a.client_id = k.client_id AND a.bucket = k.hour
 """)
+
+_INSERT_TOTAL_HOURS = text(_fold(
+    "analytics_totals_hourly", ("organization_id", "client_id", "bucket"), _TOTAL_KEYS.strip(),
+    f"""SELECT k.organization_id, k.client_id, k.hour AS bucket, {_COUNTS}
+        FROM k CROSS JOIN LATERAL (SELECT * FROM analytics_hourly a WHERE k.client_id <> ''
+                                   AND a.client_id = k.client_id AND a.bucket = k.hour) a
+        UNION ALL
+        SELECT k.organization_id, k.client_id, k.hour AS bucket, {_COUNTS}
+        FROM k CROSS JOIN LATERAL (SELECT * FROM analytics_hourly a WHERE k.client_id = ''
+                                   AND a.organization_id = k.organization_id AND a.bucket = k.hour) a"""))
+
+_TOTAL_DAY_KEYS = """
+    p AS (SELECT DISTINCT c.organization_id, x.client_id, x.day
+          FROM unnest(CAST(:clients AS text[]), CAST(:days AS date[])) AS x(client_id, day)
+          JOIN clients c ON c.id = x.client_id),
+    t AS (SELECT organization_id, client_id, day FROM p UNION SELECT organization_id, '', day FROM p)"""
+
+_DELETE_TOTAL_DAYS = text(f"""
+    WITH {_TOTAL_DAY_KEYS}
+    DELETE FROM analytics_totals_daily a USING t
+    WHERE a.organization_id = t.organization_id AND a.client_id = t.client_id AND a.bucket = t.day
+""")
+
+_INSERT_TOTAL_DAYS = text(_fold(
+    "analytics_totals_daily", ("organization_id", "client_id", "bucket"), _TOTAL_DAY_KEYS.strip(),
+    f"""SELECT t.organization_id, t.client_id, t.day AS bucket, {_COUNTS}
+        FROM t CROSS JOIN LATERAL (SELECT * FROM analytics_totals_hourly a WHERE a.organization_id = t.organization_id
+                                   AND a.client_id = t.client_id AND {_DAY_OF}) a"""))
 
 
 def recompute(session: Session, pairs: set[tuple[str, datetime]]) -> tuple[int, int]:
-    """Recompute the hourly buckets of ``pairs`` (client id, UTC hour start) from the messages, and
-    the daily buckets of their days from the hourly ones (replacing them). Returns (hours, days)."""
+    """Recompute the hourly buckets of ``pairs`` (client id, UTC hour start) from the messages, the
+    daily buckets of their days from the hourly ones, and the totals (per client and per organisation,
+    campaigns summed) of those hours and days (replacing them all). Returns (hours, days)."""
     if not pairs:
         return 0, 0
     ordered = sorted(pairs)
@@ -226,6 +272,10 @@ def recompute(session: Session, pairs: set[tuple[str, datetime]]) -> tuple[int, 
     day_params = {"clients": [c for c, _ in days], "days": [d for _, d in days]}
     session.execute(_DELETE_DAYS, day_params)
     session.execute(_INSERT_DAYS, day_params)
+    session.execute(_DELETE_TOTAL_HOURS, params)
+    session.execute(_INSERT_TOTAL_HOURS, params)
+    session.execute(_DELETE_TOTAL_DAYS, day_params)
+    session.execute(_INSERT_TOTAL_DAYS, day_params)
     return len(ordered), len(days)
 
 

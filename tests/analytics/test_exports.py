@@ -15,7 +15,6 @@ from sqlalchemy import select, text
 from app.analytics import export_jobs, exports
 from app.analytics.models import AnalyticsExport
 from app.analytics.rollup import run_rollup
-from app.db import utcnow
 from app.outbox import JobOutbox
 from app.storage import media_storage
 from tests import factories as f
@@ -202,8 +201,9 @@ def test_expired_exports_lose_their_file_and_deleted_ones_vanish(client, session
         export_jobs.run_export(export_id)
     key = _exported(session, old).storage_key
     assert media_storage().size(key) > 0
-    session.execute(text("UPDATE analytics_exports SET expires_at = :t WHERE id = :i"),
-                    {"t": utcnow() - timedelta(seconds=1), "i": old})
+    # before both clocks: the database's (the test's transaction began earlier) and this process's
+    session.execute(text("UPDATE analytics_exports SET expires_at = now() - interval '1 hour' WHERE id = :i"),
+                    {"i": old})
     assert client.get(f"/api/analytics/exports/{old}/download", headers=headers).status_code == 404
     assert export_jobs.sweep()["expired"] == 1
     assert media_storage().size(key) is None

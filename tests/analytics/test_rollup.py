@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, text
 
-from app.analytics.models import AnalyticsDaily, AnalyticsHourly
+from app.analytics.models import AnalyticsDaily, AnalyticsHourly, AnalyticsTotalsDaily, AnalyticsTotalsHourly
 from app.analytics.rollup import RESPONSE_BOUNDS, backfill_day, response_percentile, run_rollup
 from app.messages.models import Message
 from app.messages.tracking import apply_ack
@@ -137,6 +137,40 @@ def rolled_daily(session, org_id):
     return {(r.client_id, r.campaign_id, r.bucket): _numbers(r) for r in rows}
 
 
+def _merge(into: dict, key, numbers: tuple) -> None:
+    """Add ``numbers`` (a _numbers tuple) to ``into[key]``."""
+    prev = into.get(key)
+    if prev is None:
+        into[key] = numbers
+        return
+    n = len(COUNTS) + len(SUMS)
+    merged = [a + b for a, b in zip(prev[:n], numbers[:n], strict=True)]
+    jsons = []
+    for part in (n, n + 1):
+        counts: dict = defaultdict(int)
+        for k, v in prev[part] + numbers[part]:
+            counts[k] += v
+        jsons.append(tuple(sorted(counts.items())))
+    into[key] = tuple(int(x) for x in merged[:len(COUNTS)]) + tuple(round(x, 3) for x in merged[len(COUNTS):]) \
+        + tuple(jsons)
+
+
+def totals_of(buckets: dict, day: bool = False) -> dict:
+    """The totals rows the rollups' buckets give: per (client, bucket) and per ('', bucket), campaigns summed."""
+    out: dict = {}
+    for (client, _campaign, bucket), numbers in buckets.items():
+        when = bucket if not day or not isinstance(bucket, datetime) else bucket.date()
+        _merge(out, (client, when), numbers)
+        _merge(out, ("", when), numbers)
+    return out
+
+
+def rolled_totals(session, org_id, model) -> dict:
+    rows = session.scalars(select(model).where(model.organization_id == org_id))
+    return {(r.client_id, r.bucket.astimezone(UTC) if isinstance(r.bucket, datetime) else r.bucket): _numbers(r)
+            for r in rows}
+
+
 def daily_of(hourly: dict) -> dict:
     days: dict = {}
     for (client, campaign, hour), numbers in hourly.items():
@@ -164,6 +198,8 @@ def test_a_rollup_equals_a_direct_count_and_a_late_read_updates_the_message_hour
     want = expected(session, org.id)
     assert rolled_hourly(session, org.id) == want
     assert rolled_daily(session, org.id) == daily_of(want)
+    assert rolled_totals(session, org.id, AnalyticsTotalsHourly) == totals_of(want)
+    assert rolled_totals(session, org.id, AnalyticsTotalsDaily) == totals_of(daily_of(want))
     total = sum(v[COUNTS.index("failed")] for v in want.values())
     assert total == 2 and sum(v[COUNTS.index("opted_out")] for v in want.values()) == 1
 
@@ -175,6 +211,8 @@ def test_a_rollup_equals_a_direct_count_and_a_late_read_updates_the_message_hour
     assert want_late != want
     assert rolled_hourly(session, org.id) == want_late
     assert rolled_daily(session, org.id) == daily_of(want_late)
+    assert rolled_totals(session, org.id, AnalyticsTotalsHourly) == totals_of(want_late)
+    assert rolled_totals(session, org.id, AnalyticsTotalsDaily) == totals_of(daily_of(want_late))
 
 
 def test_running_the_rollup_twice_changes_nothing(session):
@@ -188,23 +226,30 @@ def test_running_the_rollup_twice_changes_nothing(session):
     assert len(ids) == len(first[0])
 
 
+def everything(session, org_id) -> tuple:
+    return (rolled_hourly(session, org_id), rolled_daily(session, org_id),
+            rolled_totals(session, org_id, AnalyticsTotalsHourly), rolled_totals(session, org_id, AnalyticsTotalsDaily))
+
+
 def test_backfill_gives_the_same_numbers_and_replaces_what_was_there(session):
     org, _ = history(session)
     run_rollup(session)
-    want = rolled_hourly(session, org.id), rolled_daily(session, org.id)
+    want = everything(session, org.id)
+    assert want[2] and want[3]
     client_id = next(iter(want[0]))[0]
     stray = f.make_analytics_hourly(session, organization_id=org.id, client_id=client_id,
                                     bucket=BASE.replace(minute=0) + timedelta(hours=20), sent=99)
+    f.make_analytics_totals_hourly(session, organization_id=org.id, bucket=stray.bucket, sent=99)
     days = sorted({d for _, _, d in want[1]})
     for day in days:  # on top of the rollup's rows: replaced, not added
         backfill_day(session, day)
     backfill_day(session, stray.bucket.date())
-    assert (rolled_hourly(session, org.id), rolled_daily(session, org.id)) == want
-    session.execute(text("DELETE FROM analytics_hourly WHERE organization_id = :o"), {"o": org.id})
-    session.execute(text("DELETE FROM analytics_daily WHERE organization_id = :o"), {"o": org.id})
+    assert everything(session, org.id) == want
+    for table in ("analytics_hourly", "analytics_daily", "analytics_totals_hourly", "analytics_totals_daily"):
+        session.execute(text(f"DELETE FROM {table} WHERE organization_id = :o"), {"o": org.id})
     for day in days:
         backfill_day(session, day, org.id)
-    assert (rolled_hourly(session, org.id), rolled_daily(session, org.id)) == want
+    assert everything(session, org.id) == want
 
 
 def test_the_backfill_command(session, capsys):

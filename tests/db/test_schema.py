@@ -24,7 +24,8 @@ NOT_TENANT_OWNED = {"organizations", "schema_version", "job_outbox", "analytics_
 
 #: Every table of the product, as schema.sql creates them.
 TABLES = {
-    "analytics_daily", "analytics_exports", "analytics_hourly", "analytics_watermarks", "api_keys", "audit_logs", "automation_runs",
+    "analytics_daily", "analytics_exports", "analytics_hourly", "analytics_totals_daily", "analytics_totals_hourly",
+    "analytics_watermarks", "api_keys", "audit_logs", "automation_runs",
     "automations", "ban_alerts", "campaign_clients", "campaign_recipients", "campaigns", "client_sessions", "client_status_history", "clients",
     "contact_imports", "contact_list_members", "contact_lists", "contacts", "idempotency_keys", "job_outbox", "media",
     "message_status_history", "messages", "organization_settings", "organizations", "proxies", "refresh_tokens",

@@ -200,6 +200,14 @@ def fill_rollups(orgs: list[dict], first: datetime, last: datetime, buckets: boo
         FROM (SELECT organization_id, client_id, campaign_id, (bucket AT TIME ZONE 'UTC')::date AS day,
                      {", ".join(f"sum({c}) AS {c}" for c in sums)}
               FROM analytics_hourly GROUP BY 1, 2, 3, 4) s {joins}""")
+    if buckets:  # the totals per client and per organisation (campaigns summed), as the rollup keeps them
+        from app.analytics.rollup import SUMMED_COLUMNS, fold_sql
+
+        counts = ", ".join((*SUMMED_COLUMNS, "failures", "response_buckets"))
+        for client in ("client_id", "''"):
+            for grain in ("hourly", "daily"):
+                sql(fold_sql(f"analytics_totals_{grain}", ("organization_id", "client_id", "bucket"), "",
+                             f"SELECT organization_id, {client} AS client_id, bucket, {counts} FROM analytics_{grain}"))
     (hourly, messages), = sql("SELECT count(*), sum(sent + failed + received) FROM analytics_hourly "
                               "WHERE organization_id = :org", org=orgs[0]["org"])
     (daily,), = sql("SELECT count(*) FROM analytics_daily WHERE organization_id = :org", org=orgs[0]["org"])
@@ -743,7 +751,7 @@ def run(procs: Processes, meter: ServerMeter, size: dict, parts: set[str], data_
         last = now.replace(minute=0, second=0, microsecond=0)
         result["data"] = {**fill_rollups([big, *others], first, last, buckets), "buckets": buckets,
                           "orgs": 1 + len(others)}
-        vacuum("analytics_hourly", "analytics_daily")
+        vacuum("analytics_hourly", "analytics_daily", "analytics_totals_hourly", "analytics_totals_daily")
         print(f"bench:   {result['data']['messages']:,} messages in rollups "
               f"({time.perf_counter() - started:.0f} s so far)", flush=True)
     if parts & {"rollup", "export"}:

@@ -38,25 +38,17 @@ def _days(start: datetime | None, end: datetime | None) -> tuple[date, date]:
 
 def export_rollups(session: Session, principal: Principal, *, start: datetime | None = None,
                    end: datetime | None = None, client_id: str | None = None) -> Iterator[tuple]:
-    """Rows of the daily rollups, one per UTC day x client (campaigns summed), the header first."""
+    """Rows of the daily totals, one per UTC day x client (campaigns summed), the header first."""
     first, last = _days(start, end)
-    where, params = scope(session, principal, client_id, None)
-    where = " AND ".join(f"d.{w}" for w in where.split(" AND "))
-    params.update(day_from=first, day_to=last)
-    sums = ", ".join(f"sum(d.{c}) AS {c}" for c in SUMMED)
+    at = scope(session, principal, client_id, None, per_client=True)
+    where = " AND ".join(f"d.{w}" for w in at.where.split(" AND "))
+    params = {**at.params, "day_from": first, "day_to": last}
     stmt = text(f"""
-        SELECT d.bucket AS day, d.client_id, c.name AS client_name, {sums},
-               (SELECT COALESCE(jsonb_object_agg(code, n), '{{}}'::jsonb) FROM (
-                    SELECT e.key AS code, sum(e.value::bigint) AS n
-                    FROM analytics_daily x, jsonb_each_text(x.failures) e
-                    WHERE x.client_id = d.client_id AND x.bucket = d.bucket GROUP BY e.key) y) AS failures,
-               (SELECT COALESCE(jsonb_object_agg(lower, n), '{{}}'::jsonb) FROM (
-                    SELECT e.key AS lower, sum(e.value::bigint) AS n
-                    FROM analytics_daily x, jsonb_each_text(x.response_buckets) e
-                    WHERE x.client_id = d.client_id AND x.bucket = d.bucket GROUP BY e.key) y) AS response_buckets
-        FROM analytics_daily d JOIN clients c ON c.id = d.client_id
+        SELECT d.bucket AS day, d.client_id, c.name AS client_name, {", ".join(f"d.{c}" for c in SUMMED)},
+               d.failures, d.response_buckets
+        FROM {at.daily} d JOIN clients c ON c.id = d.client_id
         WHERE d.bucket >= :day_from AND d.bucket < :day_to AND {where}
-        GROUP BY d.bucket, d.client_id, c.name ORDER BY d.bucket, d.client_id""")
+        ORDER BY d.bucket, d.client_id""")
     return _rollup_rows(stmt, params)
 
 
@@ -90,8 +82,8 @@ def export_messages(session: Session, principal: Principal, *, start: datetime |
     """The raw messages created in the range (header first), oldest first, read through a
     server-side cursor in batches so memory stays flat however many there are. No message text."""
     start, end = checked_range(start, end, MAX_RANGE_DAYS)
-    where, params = scope(session, principal, client_id, None)
-    params.update(start=start, end=end)
+    at = scope(session, principal, client_id, None, per_campaign=True)  # the plain tenant and client condition
+    where, params = at.where, {**at.params, "start": start, "end": end}
     stmt = text(f"""
         SELECT id, created_at, client_id, campaign_id, direction, type, to_phone, from_phone, status, error_code,
                sent_at, delivered_at, read_at, failed_at

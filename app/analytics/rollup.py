@@ -173,12 +173,12 @@ _INSERT_HOURS = text("""
     GROUP BY x.organization_id, x.client_id, x.campaign_id, x.hour, f.failures, r.buckets
 """)
 
-#: the numbers of a rollup row that a coarser row sums (the two jsonb counts are merged key by key)
-_SUMMED_COLUMNS = ("sent", "delivered", "read", "failed", "received", "replied", "opted_out", "response_seconds_sum",
+#: the numbers of a rollup row that a coarser row (or a query) sums; the two jsonb counts are merged key by key
+SUMMED_COLUMNS = ("sent", "delivered", "read", "failed", "received", "replied", "opted_out", "response_seconds_sum",
                    "response_count", "delivery_seconds_sum", "delivery_count", "read_seconds_sum", "read_count")
 
 
-def _fold(target: str, keys: tuple[str, ...], ctes: str, source: str) -> str:
+def fold_sql(target: str, keys: tuple[str, ...], ctes: str, source: str) -> str:
     """``INSERT INTO target`` one row per ``keys`` of the rollup rows ``source`` selects (the keys and
     every count column): the counts summed, ``failures`` and ``response_buckets`` merged key by key."""
     k = ", ".join(keys)
@@ -187,18 +187,18 @@ def _fold(target: str, keys: tuple[str, ...], ctes: str, source: str) -> str:
                 SELECT {k}, e.key AS j, sum(e.value::bigint) AS n FROM s, jsonb_each_text(s.{col}) e
                 GROUP BY {k}, e.key) y GROUP BY {k})"""
         for col in ("failures", "response_buckets")}
-    sums = ", ".join(f"sum(s.{c})" for c in _SUMMED_COLUMNS)
+    sums = ", ".join(f"sum(s.{c})" for c in SUMMED_COLUMNS)
     return f"""
         WITH {ctes}{", " if ctes else ""}s AS MATERIALIZED ({source}),
             {merged["failures"]}, {merged["response_buckets"]}
-        INSERT INTO {target} ({k}, {", ".join(_SUMMED_COLUMNS)}, failures, response_buckets, updated_at)
+        INSERT INTO {target} ({k}, {", ".join(SUMMED_COLUMNS)}, failures, response_buckets, updated_at)
         SELECT {", ".join(f"s.{c}" for c in keys)}, {sums}, COALESCE(f.failures, '{{}}'::jsonb),
             COALESCE(r.response_buckets, '{{}}'::jsonb), now()
         FROM s LEFT JOIN f USING ({k}) LEFT JOIN r USING ({k})
         GROUP BY {", ".join(f"s.{c}" for c in keys)}, f.failures, r.response_buckets"""
 
 
-_COUNTS = ", ".join(f"a.{c}" for c in (*_SUMMED_COLUMNS, "failures", "response_buckets"))
+_COUNTS = ", ".join(f"a.{c}" for c in (*SUMMED_COLUMNS, "failures", "response_buckets"))
 _DAY_OF = "a.bucket >= t.day::timestamp AT TIME ZONE 'UTC' AND a.bucket < (t.day + 1)::timestamp AT TIME ZONE 'UTC'"
 
 _DELETE_DAYS = text("""
@@ -207,7 +207,7 @@ _DELETE_DAYS = text("""
     WHERE a.client_id = t.client_id AND a.bucket = t.day
 """)
 
-_INSERT_DAYS = text(_fold(
+_INSERT_DAYS = text(fold_sql(
     "analytics_daily", ("organization_id", "client_id", "campaign_id", "bucket"),
     "t AS (SELECT * FROM unnest(CAST(:clients AS text[]), CAST(:days AS date[])) AS t(client_id, day))",
     f"""SELECT a.organization_id, a.client_id, a.campaign_id, t.day AS bucket, {_COUNTS}
@@ -227,7 +227,7 @@ _DELETE_TOTAL_HOURS = text(f"""
     WHERE a.organization_id = k.organization_id AND a.client_id = k.client_id AND a.bucket = k.hour
 """)
 
-_INSERT_TOTAL_HOURS = text(_fold(
+_INSERT_TOTAL_HOURS = text(fold_sql(
     "analytics_totals_hourly", ("organization_id", "client_id", "bucket"), _TOTAL_KEYS.strip(),
     f"""SELECT k.organization_id, k.client_id, k.hour AS bucket, {_COUNTS}
         FROM k CROSS JOIN LATERAL (SELECT * FROM analytics_hourly a WHERE k.client_id <> ''
@@ -249,7 +249,7 @@ _DELETE_TOTAL_DAYS = text(f"""
     WHERE a.organization_id = t.organization_id AND a.client_id = t.client_id AND a.bucket = t.day
 """)
 
-_INSERT_TOTAL_DAYS = text(_fold(
+_INSERT_TOTAL_DAYS = text(fold_sql(
     "analytics_totals_daily", ("organization_id", "client_id", "bucket"), _TOTAL_DAY_KEYS.strip(),
     f"""SELECT t.organization_id, t.client_id, t.day AS bucket, {_COUNTS}
         FROM t CROSS JOIN LATERAL (SELECT * FROM analytics_totals_hourly a WHERE a.organization_id = t.organization_id

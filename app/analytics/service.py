@@ -7,12 +7,14 @@ instead (same numbers, fewer rows). Agents see only the clients assigned to them
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from app.analytics.rollup import SUMMED_COLUMNS as SUMMED
 from app.analytics.rollup import response_percentile
 from app.campaigns.models import Campaign
 from app.clients.models import Client
@@ -27,8 +29,6 @@ MAX_RANGE_DAYS = 400
 MAX_HOURLY_RANGE_DAYS = 31
 DEFAULT_RANGE = timedelta(days=7)
 TOP_FAILURES = 10
-SUMMED = ("sent", "delivered", "read", "failed", "received", "replied", "opted_out", "response_seconds_sum",
-           "response_count", "delivery_seconds_sum", "delivery_count", "read_seconds_sum", "read_count")
 
 
 def checked_range(start: datetime | None, end: datetime | None, max_days: int) -> tuple[datetime, datetime]:
@@ -42,8 +42,23 @@ def checked_range(start: datetime | None, end: datetime | None, max_days: int) -
     return start, end
 
 
-def scope(session: Session, principal: Principal, client_id: str | None, campaign_id: str | None) -> tuple[str, dict]:
-    """The WHERE of the rollup rows the principal may see, and its parameters."""
+@dataclass(frozen=True)
+class Scope:
+    """Which rollup rows a query reads: the WHERE (with ``params``) and the hourly and daily tables.
+    Without a campaign the totals (campaigns summed) serve: one row per client, or per organisation
+    (``client_id`` ''), per hour or day; with one, the rollups themselves."""
+
+    where: str
+    params: dict
+    hourly: str
+    daily: str
+
+
+def scope(session: Session, principal: Principal, client_id: str | None, campaign_id: str | None, *,
+          per_client: bool = False, per_campaign: bool = False) -> Scope:
+    """The rollup rows the principal may see of a client (or their clients) and a campaign (or all):
+    404 for a client or campaign of another tenant, or not assigned to an agent. ``per_client`` /
+    ``per_campaign``: rows that keep the client / campaign apart (a breakdown, an export)."""
     where = ["organization_id = :org"]
     params: dict = {"org": principal.organization_id}
     if client_id:
@@ -57,20 +72,46 @@ def scope(session: Session, principal: Principal, client_id: str | None, campaig
         get_scoped(session, Campaign, principal.organization_id, campaign_id)
         where.append("campaign_id = :campaign")
         params["campaign"] = campaign_id
-    return " AND ".join(where), params
+    if campaign_id or per_campaign:
+        return Scope(" AND ".join(where), params, "analytics_hourly", "analytics_daily")
+    if not client_id and principal.client_ids is None:
+        where.append("client_id <> ''" if per_client else "client_id = ''")
+    return Scope(" AND ".join(where), params, "analytics_totals_hourly", "analytics_totals_daily")
+
+
+def _few_rows(session: Session) -> None:
+    """Reads of a few hundred rollup rows: a parallel plan (which the planner picks, counting a
+    hundred rows per jsonb_each) costs more in starting workers than the whole query."""
+    session.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
 
 
 def is_midnight(when: datetime) -> bool:
     return when.astimezone(UTC).time() == datetime.min.time()
 
 
-def _source(start: datetime, end: datetime, params: dict) -> str:
-    """The table and bucket condition of ``[start, end)``: daily rows for whole UTC days."""
-    if is_midnight(start) and is_midnight(end):
-        params.update(day_from=start.astimezone(UTC).date(), day_to=end.astimezone(UTC).date())
-        return "analytics_daily WHERE bucket >= :day_from AND bucket < :day_to"
-    params.update(start=start, end=end)
-    return "analytics_hourly WHERE bucket >= :start AND bucket < :end"
+_ROW_COLUMNS = ", ".join((*SUMMED, "failures", "response_buckets"))
+
+
+def rows_of(start: datetime, end: datetime, at: Scope, key: str | None = None) -> str:
+    """A subquery (``r``) of the rollup rows of ``[start, end)``: the daily rows of the whole UTC days
+    in it, the hourly rows of the hours before and after them (only hourly rows when the range holds
+    no whole day), with ``key`` (client_id, campaign_id) when asked. Each part is an index range."""
+    columns = f"{key}, {_ROW_COLUMNS}" if key else _ROW_COLUMNS
+    first = start.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    first = first if first == start else first + timedelta(days=1)
+    last = end.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if first >= last:
+        first = last = end
+    parts = []
+    for name, lo, hi in (("h1", start, first), ("h2", last, end)):
+        if lo < hi:
+            at.params.update({f"{name}s": lo, f"{name}e": hi})
+            parts.append(f"SELECT {columns} FROM {at.hourly} WHERE bucket >= :{name}s AND bucket < :{name}e"
+                         f" AND {at.where}")
+    if first < last:
+        at.params.update(d1=first.date(), d2=last.date())
+        parts.append(f"SELECT {columns} FROM {at.daily} WHERE bucket >= :d1 AND bucket < :d2 AND {at.where}")
+    return "(" + (" UNION ALL ".join(parts) or f"SELECT {columns} FROM {at.hourly} WHERE false") + ") r"
 
 
 def ratio(part: float, whole: float, digits: int = 4) -> float | None:
@@ -99,16 +140,16 @@ def overview(session: Session, principal: Principal, *, start: datetime | None =
              client_id: str | None = None, campaign_id: str | None = None) -> dict:
     """The totals of a range, with rates, average times and the most frequent failure codes."""
     start, end = checked_range(start, end, MAX_RANGE_DAYS)
-    where, params = scope(session, principal, client_id, campaign_id)
-    source = _source(start, end, params)
-    row = session.execute(text(f"SELECT {_SUMS} FROM {source} AND {where}"), params).one()._mapping
+    at = scope(session, principal, client_id, campaign_id)
+    _few_rows(session)
+    rows = rows_of(start, end, at)
+    row = session.execute(text(f"SELECT {_SUMS} FROM {rows}"), at.params).one()._mapping
     failures = session.execute(text(f"""
-        SELECT e.key AS code, sum(e.value::bigint) AS n
-        FROM (SELECT failures FROM {source} AND {where}) r, jsonb_each_text(r.failures) e
-        GROUP BY e.key ORDER BY n DESC, code LIMIT {TOP_FAILURES}"""), params)
+        SELECT e.key AS code, sum(e.value::bigint) AS n FROM {rows}, jsonb_each_text(r.failures) e
+        GROUP BY e.key ORDER BY n DESC, code LIMIT {TOP_FAILURES}"""), at.params)
     buckets: dict[str, int] = dict(session.execute(text(f"""
-        SELECT e.key, sum(e.value::bigint) FROM (SELECT response_buckets FROM {source} AND {where}) r,
-            jsonb_each_text(r.response_buckets) e GROUP BY e.key"""), params).all())
+        SELECT e.key, sum(e.value::bigint) FROM {rows}, jsonb_each_text(r.response_buckets) e GROUP BY e.key"""),
+        at.params).all())
     return {"from": start, "to": end, **_figures(row, buckets),
             "top_failures": [{"code": r.code, "count": int(r.n)} for r in failures]}
 
@@ -119,26 +160,26 @@ def breakdown(session: Session, principal: Principal, *, by: str, start: datetim
     """The figures of a range per client or per campaign, most sent first (at most ``limit`` rows).
     Messages outside campaigns are one row of their own (``id`` null) in a campaign breakdown."""
     start, end = checked_range(start, end, MAX_RANGE_DAYS)
-    where, params = scope(session, principal, client_id, campaign_id)
-    source = _source(start, end, params)
     key = {"client": "client_id", "campaign": "campaign_id"}[by]
-    params["limit"] = limit
-    rows = session.execute(text(f"""
-        SELECT {key} AS id, {_SUMS} FROM {source} AND {where}
-        GROUP BY {key} ORDER BY sum(sent) DESC, sum(received) DESC, {key} LIMIT :limit"""), params).all()
-    ids = [r.id for r in rows]
-    params["ids"] = ids
+    at = scope(session, principal, client_id, campaign_id, per_client=by == "client", per_campaign=by == "campaign")
+    at.params["limit"] = limit
+    _few_rows(session)
+    found = session.execute(text(f"""
+        SELECT {key} AS id, {_SUMS} FROM {rows_of(start, end, at, key)}
+        GROUP BY {key} ORDER BY sum(sent) DESC, sum(received) DESC, {key} LIMIT :limit"""), at.params).all()
+    ids = [r.id for r in found]
+    at.params["ids"] = ids
     buckets: dict[str, dict] = {i: {} for i in ids}
     for r in session.execute(text(f"""
-            SELECT t.{key} AS id, e.key AS lower, sum(e.value::bigint) AS n
-            FROM (SELECT {key}, response_buckets FROM {source} AND {where} AND {key} = ANY(CAST(:ids AS text[]))) t,
-                jsonb_each_text(t.response_buckets) e GROUP BY 1, 2"""), params):
+            SELECT r.{key} AS id, e.key AS lower, sum(e.value::bigint) AS n
+            FROM {rows_of(start, end, at, key)}, jsonb_each_text(r.response_buckets) e
+            WHERE r.{key} = ANY(CAST(:ids AS text[])) GROUP BY 1, 2"""), at.params):
         buckets[r.id][r.lower] = int(r.n)
     model = Client if by == "client" else Campaign
     names = dict(session.execute(select(model.id, model.name).where(
         model.organization_id == principal.organization_id, model.id.in_([i for i in ids if i]))).all())
     return {"by": by, "from": start, "to": end, "rows": [
-        {"id": r.id or None, "name": names.get(r.id), **_figures(r._mapping, buckets[r.id])} for r in rows]}
+        {"id": r.id or None, "name": names.get(r.id), **_figures(r._mapping, buckets[r.id])} for r in found]}
 
 
 def _zone(tz: str | None) -> ZoneInfo:
@@ -157,28 +198,41 @@ def timeseries(session: Session, principal: Principal, *, metric: str, granulari
         raise ValidationError("unknown metric", details={"metric": [f"one of {', '.join(METRICS)}"]})
     zone = _zone(tz)
     start, end = checked_range(start, end, MAX_HOURLY_RANGE_DAYS if granularity == "hour" else MAX_RANGE_DAYS)
-    where, params = scope(session, principal, client_id, campaign_id)
-    params.update(start=start.replace(minute=0, second=0, microsecond=0), end=end, tz=zone.key)
+    at = scope(session, principal, client_id, campaign_id)
+    _few_rows(session)
+    params = {**at.params, "start": start.replace(minute=0, second=0, microsecond=0), "end": end, "tz": zone.key}
     if granularity == "hour":
         rows = session.execute(text(f"""
-            SELECT bucket AS at, sum({metric}) AS value FROM analytics_hourly
-            WHERE bucket >= :start AND bucket < :end AND {where} GROUP BY bucket"""), params)
+            SELECT bucket AS at, sum({metric}) AS value FROM {at.hourly}
+            WHERE bucket >= :start AND bucket < :end AND {at.where} GROUP BY bucket"""), params)
         values = {r.at.astimezone(UTC): int(r.value) for r in rows}
         points = []
-        at = params["start"]
-        while at < end:
-            points.append({"at": at, "value": values.get(at, 0)})
-            at += timedelta(hours=1)
-    else:
-        first = start.astimezone(zone).date()
-        params["start"] = datetime.combine(first, datetime.min.time(), zone).astimezone(UTC)
+        hour = params["start"]
+        while hour < end:
+            points.append({"at": hour, "value": values.get(hour, 0)})
+            hour += timedelta(hours=1)
+        return {"metric": metric, "granularity": granularity, "tz": zone.key, "points": points}
+    first = start.astimezone(zone).date()
+    days = []
+    day = first
+    while (midnight := datetime.combine(day, datetime.min.time(), zone)) < end:
+        days.append((day, midnight))
+        day += timedelta(days=1)
+    params["start"] = days[0][1].astimezone(UTC) if days else start
+    if all(midnight.utcoffset() == timedelta(0) for _, midnight in days):  # the zone's days are UTC days
+        last = end.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)  # then hours until end
+        params.update(d1=first, d2=last.date(), last=last)
         rows = session.execute(text(f"""
-            SELECT (bucket AT TIME ZONE :tz)::date AS day, sum({metric}) AS value FROM analytics_hourly
-            WHERE bucket >= :start AND bucket < :end AND {where} GROUP BY 1"""), params)
-        by_day = {r.day: int(r.value) for r in rows}
-        points = []
-        day = first
-        while (midnight := datetime.combine(day, datetime.min.time(), zone)) < end:
-            points.append({"at": midnight, "value": by_day.get(day, 0)})
-            day += timedelta(days=1)
-    return {"metric": metric, "granularity": granularity, "tz": zone.key, "points": points}
+            SELECT day, sum(value) AS value FROM (
+                SELECT bucket AS day, {metric} AS value FROM {at.daily}
+                WHERE bucket >= :d1 AND bucket < :d2 AND {at.where}
+                UNION ALL
+                SELECT (bucket AT TIME ZONE 'UTC')::date, {metric} FROM {at.hourly}
+                WHERE bucket >= :last AND bucket < :end AND {at.where}) d GROUP BY 1"""), params)
+    else:
+        rows = session.execute(text(f"""
+            SELECT (bucket AT TIME ZONE :tz)::date AS day, sum({metric}) AS value FROM {at.hourly}
+            WHERE bucket >= :start AND bucket < :end AND {at.where} GROUP BY 1"""), params)
+    by_day = {r.day: int(r.value) for r in rows}
+    return {"metric": metric, "granularity": granularity, "tz": zone.key,
+            "points": [{"at": midnight, "value": by_day.get(day, 0)} for day, midnight in days]}

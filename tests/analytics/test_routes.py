@@ -11,7 +11,7 @@ from sqlalchemy import text
 from app.analytics.exports import MESSAGE_COLUMNS, ROLLUP_COLUMNS
 from app.analytics.rollup import response_percentile, run_rollup
 from tests import factories as f
-from tests.analytics.test_rollup import BASE, expected, history
+from tests.analytics.test_rollup import BASE, _outbound, expected, history
 from tests.auth_helpers import principal_headers
 
 
@@ -30,10 +30,12 @@ def data(session):
     return org
 
 
-def _totals(session, org_id, client_id=None, campaign_id=None):
+def _totals(session, org_id, client_id=None, campaign_id=None, start=None, end=None):
     out: dict = {}
-    for (client, campaign, _), numbers in expected(session, org_id).items():
+    for (client, campaign, hour), numbers in expected(session, org_id).items():
         if (client_id and client != client_id) or (campaign_id is not None and campaign != campaign_id):
+            continue
+        if (start and hour < start) or (end and hour >= end):
             continue
         for name, value in zip(("sent", "delivered", "read", "failed", "received", "replied", "opted_out"),
                                numbers, strict=False):
@@ -79,9 +81,22 @@ def test_whole_days_read_the_daily_rollups_with_the_same_numbers(client, session
     r = client.get(f"/api/analytics/overview?from={day_from}T00:00:00Z&to={day_to}T00:00:00Z", headers=headers)
     want = _totals(session, data.id)
     assert {k: r.json[k] for k in want} == want
-    session.execute(text("UPDATE analytics_daily SET sent = sent + 1000 WHERE organization_id = :o"), {"o": data.id})
+    session.execute(text("UPDATE analytics_totals_daily SET sent = sent + 1000 WHERE organization_id = :o"
+                         " AND client_id = ''"), {"o": data.id})
     r = client.get(f"/api/analytics/overview?from={day_from}T00:00:00Z&to={day_to}T00:00:00Z", headers=headers)
-    assert r.json["sent"] > 1000  # read from analytics_daily, not from messages
+    assert r.json["sent"] > 1000  # read from the organisation's daily totals, not from messages
+
+
+@pytest.mark.parametrize("hours_in, hours_out", [(1, 1), (22, 23), (0, 2), (3, 0)])
+def test_a_range_is_its_whole_days_and_the_hours_around_them(client, session, data, hours_in, hours_out):
+    """[from, to) = the hours after `from` up to midnight, the whole days, the hours after the last midnight."""
+    headers = principal_headers(session, data, "viewer")
+    midnight = BASE.replace(hour=0, minute=0)
+    start, end = midnight + timedelta(hours=hours_in), midnight + timedelta(days=1, hours=hours_out)
+    for scope in ("", "&client_id=" + next(iter(expected(session, data.id)))[0]):
+        r = client.get(f"/api/analytics/overview?from={_iso(start)}&to={_iso(end)}{scope}", headers=headers)
+        want = _totals(session, data.id, scope.partition("=")[2] or None, start=start, end=end)
+        assert {k: r.json[k] for k in want} == want and want["sent"] > 0, (start, end, scope)
 
 
 def test_an_agent_sees_only_assigned_clients(client, session, data):
@@ -134,13 +149,20 @@ def test_timeseries_by_hour(client, session, data):
 def test_timeseries_days_are_the_callers_days(client, session):
     org = f.make_organization(session)
     c = f.make_client(session, organization_id=org.id)
+    contact = f.make_contact(session, organization_id=org.id)
     for hour, sent in ((datetime(2026, 6, 1, 21, tzinfo=UTC), 1), (datetime(2026, 6, 1, 22, tzinfo=UTC), 10),
                        (datetime(2026, 6, 2, 3, tzinfo=UTC), 100)):
-        f.make_analytics_hourly(session, organization_id=org.id, client_id=c.id, bucket=hour, sent=sent)
+        for n in range(sent):
+            _outbound(session, c, contact, hour + timedelta(seconds=n))
+    session.flush()
+    run_rollup(session)
     headers = principal_headers(session, org, "viewer")
     url = "/api/analytics/timeseries?metric=sent&granularity=day&from=2026-06-01T00:00:00Z&to=2026-06-03T00:00:00Z"
     r = client.get(url, headers=headers)
     assert [(p["at"][:10], p["value"]) for p in r.json["points"]] == [("2026-06-01", 11), ("2026-06-02", 100)]
+    for to, last in (("2026-06-02T03:00:00Z", 0), ("2026-06-02T04:00:00Z", 100)):  # the last day's hours until `to`
+        r = client.get(url.replace("2026-06-03T00:00:00Z", to), headers=headers)
+        assert [(p["at"][:10], p["value"]) for p in r.json["points"]] == [("2026-06-01", 11), ("2026-06-02", last)]
     r = client.get(url + "&tz=Europe/Athens", headers=headers)  # UTC+3 in June: 21:00 UTC is the 2nd
     assert r.json["tz"] == "Europe/Athens"
     assert [(p["at"], p["value"]) for p in r.json["points"]] == [

@@ -192,47 +192,84 @@ def _zone(tz: str | None) -> ZoneInfo:
 def timeseries(session: Session, principal: Principal, *, metric: str, granularity: str = "day",
                start: datetime | None = None, end: datetime | None = None, client_id: str | None = None,
                campaign_id: str | None = None, tz: str | None = None) -> dict:
-    """One metric per hour (UTC hours) or per day of the time zone ``tz``, from the hourly rollups;
-    every hour / day of the range is a point (zero when nothing happened)."""
+    """One metric per hour (UTC hours) or per day of the time zone ``tz``, from the rollups; every
+    hour / day of the range is a point (zero when nothing happened)."""
     if metric not in METRICS:
         raise ValidationError("unknown metric", details={"metric": [f"one of {', '.join(METRICS)}"]})
     zone = _zone(tz)
     start, end = checked_range(start, end, MAX_HOURLY_RANGE_DAYS if granularity == "hour" else MAX_RANGE_DAYS)
     at = scope(session, principal, client_id, campaign_id)
     _few_rows(session)
-    params = {**at.params, "start": start.replace(minute=0, second=0, microsecond=0), "end": end, "tz": zone.key}
-    if granularity == "hour":
+    if granularity == "day":
+        points = _days_of_zone(session, at, metric, zone, start, end)
+    else:
+        first = start.replace(minute=0, second=0, microsecond=0)
         rows = session.execute(text(f"""
             SELECT bucket AS at, sum({metric}) AS value FROM {at.hourly}
-            WHERE bucket >= :start AND bucket < :end AND {at.where} GROUP BY bucket"""), params)
+            WHERE bucket >= :start AND bucket < :end AND {at.where} GROUP BY bucket"""),
+            {**at.params, "start": first, "end": end})
         values = {r.at.astimezone(UTC): int(r.value) for r in rows}
         points = []
-        hour = params["start"]
+        hour = first
         while hour < end:
             points.append({"at": hour, "value": values.get(hour, 0)})
             hour += timedelta(hours=1)
-        return {"metric": metric, "granularity": granularity, "tz": zone.key, "points": points}
-    first = start.astimezone(zone).date()
+    return {"metric": metric, "granularity": granularity, "tz": zone.key, "points": points}
+
+
+def _days_of_zone(session: Session, at: Scope, metric: str, zone: ZoneInfo, start: datetime,
+                  end: datetime) -> list[dict]:
+    """The days of ``zone`` from the one holding ``start`` until ``end``, each the hours that start on
+    it. A whole day D is read as the UTC day D's daily row, minus its hours that start on another day
+    of the zone, plus the hours of neighbouring UTC days that start on D: a handful of hourly rows per
+    day (none in UTC) instead of 24. A last day that ends after ``end`` is read from its hours."""
     days = []
-    day = first
+    day = start.astimezone(zone).date()
     while (midnight := datetime.combine(day, datetime.min.time(), zone)) < end:
         days.append((day, midnight))
         day += timedelta(days=1)
-    params["start"] = days[0][1].astimezone(UTC) if days else start
-    if all(midnight.utcoffset() == timedelta(0) for _, midnight in days):  # the zone's days are UTC days
-        last = end.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)  # then hours until end
-        params.update(d1=first, d2=last.date(), last=last)
-        rows = session.execute(text(f"""
-            SELECT day, sum(value) AS value FROM (
-                SELECT bucket AS day, {metric} AS value FROM {at.daily}
-                WHERE bucket >= :d1 AND bucket < :d2 AND {at.where}
-                UNION ALL
-                SELECT (bucket AT TIME ZONE 'UTC')::date, {metric} FROM {at.hourly}
-                WHERE bucket >= :last AND bucket < :end AND {at.where}) d GROUP BY 1"""), params)
-    else:
-        rows = session.execute(text(f"""
-            SELECT (bucket AT TIME ZONE :tz)::date AS day, sum({metric}) AS value FROM {at.hourly}
-            WHERE bucket >= :start AND bucket < :end AND {at.where} GROUP BY 1"""), params)
-    by_day = {r.day: int(r.value) for r in rows}
-    return {"metric": metric, "granularity": granularity, "tz": zone.key,
-            "points": [{"at": midnight, "value": by_day.get(day, 0)} for day, midnight in days]}
+    whole = [d for d, _ in days if datetime.combine(d + timedelta(days=1), datetime.min.time(), zone) <= end]
+    params = dict(at.params)
+    parts = []
+    if whole:
+        inside = set(whole)
+        hours, on, signs = [], [], []
+        for n in range(-1, (whole[-1] - whole[0]).days + 2):  # the UTC days around them too
+            utc_day = whole[0] + timedelta(days=n)
+            base = datetime.combine(utc_day, datetime.min.time(), UTC)
+            for steps in (range(24), range(23, -1, -1)):  # the day's first hours, then its last ones
+                for k in steps:
+                    hour = base + timedelta(hours=k)
+                    local = hour.astimezone(zone).date()
+                    if local == utc_day:
+                        break
+                    for when, sign in ((utc_day, -1), (local, 1)):
+                        if when in inside:
+                            hours.append(hour)
+                            on.append(when)
+                            signs.append(sign)
+        # as text: psycopg dumps a list of a thousand datetimes slower than Postgres parses the string
+        params.update(d1=whole[0], d2=whole[-1] + timedelta(days=1), ch=",".join(h.isoformat() for h in hours),
+                      cd=",".join(d.isoformat() for d in on), cs=",".join(map(str, signs)))
+        parts.append(f"SELECT bucket AS day, {metric} AS value FROM {at.daily} "
+                     f"WHERE bucket >= :d1 AND bucket < :d2 AND {at.where}")
+        if hours:
+            parts.append(f"""
+                SELECT c.day, c.sign * h.value
+                FROM unnest(CAST(string_to_array(:ch, ',') AS timestamptz[]), CAST(string_to_array(:cd, ',') AS date[]),
+                            CAST(string_to_array(:cs, ',') AS int[])) AS c(hour, day, sign)
+                JOIN (SELECT u.hour, sum(x.{metric}) AS value  -- one index probe per hour (OFFSET 0: not a join)
+                      FROM (SELECT DISTINCT unnest(CAST(string_to_array(:ch, ',') AS timestamptz[])) AS hour) u
+                      CROSS JOIN LATERAL (SELECT {metric} FROM {at.hourly}
+                                          WHERE bucket = u.hour AND {at.where} OFFSET 0) x
+                      GROUP BY u.hour) h ON h.hour = c.hour""")
+    if days and (not whole or days[-1][0] != whole[-1]):
+        params.update(pday=days[-1][0], pstart=days[-1][1].astimezone(UTC), pend=end)
+        parts.append(f"SELECT CAST(:pday AS date), {metric} FROM {at.hourly} "
+                     f"WHERE bucket >= :pstart AND bucket < :pend AND {at.where}")
+    by_day: dict = {}
+    if parts:
+        for r in session.execute(text(f"SELECT day, sum(value) AS value FROM ({' UNION ALL '.join(parts)}) x "
+                                      "GROUP BY day"), params):
+            by_day[r.day] = int(r.value)
+    return [{"at": midnight, "value": by_day.get(d, 0)} for d, midnight in days]

@@ -256,3 +256,38 @@ def test_a_bad_breakdown_is_a_422(client, session, data, query):
     headers = principal_headers(session, data, "viewer")
     r = client.get(f"/api/analytics/breakdown?{query}", headers=headers)
     assert r.status_code == 422, r.json
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Paris", "America/Los_Angeles", "Asia/Kolkata", "Pacific/Kiritimati",
+                                "America/St_Johns"])
+def test_days_of_any_zone_equal_their_hours_added_up(client, session, tz):
+    """Whole days are read from daily rows and a few hours around them: the same as adding up every
+    hour that starts on that day of the zone (over the autumn clock changes, partial last day)."""
+    import random
+    from zoneinfo import ZoneInfo
+
+    org = f.make_organization(session)
+    rng = random.Random(tz)
+    first_hour = datetime(2026, 10, 18, tzinfo=UTC)
+    hourly = {first_hour + timedelta(hours=n): rng.randint(0, 50) for n in range(24 * 24)}
+    daily: dict = {}
+    for hour, sent in hourly.items():
+        f.make_analytics_totals_hourly(session, organization_id=org.id, bucket=hour, sent=sent, delivered=0)
+        daily[hour.date()] = daily.get(hour.date(), 0) + sent
+    for day, sent in daily.items():
+        f.make_analytics_totals_daily(session, organization_id=org.id, bucket=day, sent=sent, delivered=0)
+    headers = principal_headers(session, org, "viewer")
+    start, end = datetime(2026, 10, 21, 5, tzinfo=UTC), datetime(2026, 11, 6, 17, 20, tzinfo=UTC)
+    r = client.get(f"/api/analytics/timeseries?metric=sent&granularity=day&from={_iso(start)}&to={_iso(end)}"
+                   f"&tz={tz}", headers=headers)
+    assert r.status_code == 200, r.json
+    zone = ZoneInfo(tz)
+    first_midnight = datetime.combine(start.astimezone(zone).date(), datetime.min.time(), zone)
+    want: dict = {}
+    for hour, sent in hourly.items():
+        if first_midnight <= hour < end:
+            day = hour.astimezone(zone).date().isoformat()
+            want[day] = want.get(day, 0) + sent
+    got = {p["at"][:10]: p["value"] for p in r.json["points"]}
+    assert got == {day: want.get(day, 0) for day in got} and set(want) <= set(got)
+    assert len(got) >= 16

@@ -2,7 +2,7 @@
 CSV exports (streamed now, or made by a worker and downloaded later), read from the rollups."""
 from urllib.parse import quote
 
-from flask import Response
+from flask import Response, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -60,7 +60,10 @@ class Timeseries(MethodView):
         happened. Hourly series cover at most 31 days, daily ones 400; a longer range or `from`
         after `to` is a 422.
         """
-        return service.timeseries(request_session(), current_principal(), **args)
+        series = service.timeseries(request_session(), current_principal(), **args)
+        # hundreds of points: written directly (what TimeseriesSchema would write, at a fraction of the cost)
+        series["points"] = [{"at": p["at"].isoformat(), "value": p["value"]} for p in series["points"]]
+        return jsonify(series)
 
 
 @blp.route("/export")

@@ -7,8 +7,9 @@ instead (same numbers, fewer rows). Agents see only the clients assigned to them
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import select, text
@@ -217,6 +218,33 @@ def timeseries(session: Session, principal: Principal, *, metric: str, granulari
     return {"metric": metric, "granularity": granularity, "tz": zone.key, "points": points}
 
 
+@functools.lru_cache(maxsize=256)
+def _corrections(tz: str, first: date, last: date) -> tuple[str, str, str]:
+    """The hours that make the UTC days ``first`` .. ``last`` the days of ``tz`` of the same dates:
+    each hour that starts on another day of the zone than its UTC day is taken off its UTC day and
+    added to its zone's day (when those are among the days). As three comma-separated lists (hour,
+    day, sign): psycopg dumps a list of a thousand datetimes slower than Postgres parses the text.
+    Pure, so kept: a dashboard asks for the same days again and again."""
+    zone = ZoneInfo(tz)
+    inside = {first + timedelta(days=n) for n in range((last - first).days + 1)}
+    hours, on, signs = [], [], []
+    for n in range(-1, (last - first).days + 2):  # the UTC days around them too
+        utc_day = first + timedelta(days=n)
+        base = datetime.combine(utc_day, datetime.min.time(), UTC)
+        for steps in (range(24), range(23, -1, -1)):  # the day's first hours, then its last ones
+            for k in steps:
+                hour = base + timedelta(hours=k)
+                local = hour.astimezone(zone).date()
+                if local == utc_day:
+                    break
+                for when, sign in ((utc_day, -1), (local, 1)):
+                    if when in inside:
+                        hours.append(hour.isoformat())
+                        on.append(when.isoformat())
+                        signs.append(str(sign))
+    return ",".join(hours), ",".join(on), ",".join(signs)
+
+
 def _days_of_zone(session: Session, at: Scope, metric: str, zone: ZoneInfo, start: datetime,
                   end: datetime) -> list[dict]:
     """The days of ``zone`` from the one holding ``start`` until ``end``, each the hours that start on
@@ -232,25 +260,8 @@ def _days_of_zone(session: Session, at: Scope, metric: str, zone: ZoneInfo, star
     params = dict(at.params)
     parts = []
     if whole:
-        inside = set(whole)
-        hours, on, signs = [], [], []
-        for n in range(-1, (whole[-1] - whole[0]).days + 2):  # the UTC days around them too
-            utc_day = whole[0] + timedelta(days=n)
-            base = datetime.combine(utc_day, datetime.min.time(), UTC)
-            for steps in (range(24), range(23, -1, -1)):  # the day's first hours, then its last ones
-                for k in steps:
-                    hour = base + timedelta(hours=k)
-                    local = hour.astimezone(zone).date()
-                    if local == utc_day:
-                        break
-                    for when, sign in ((utc_day, -1), (local, 1)):
-                        if when in inside:
-                            hours.append(hour)
-                            on.append(when)
-                            signs.append(sign)
-        # as text: psycopg dumps a list of a thousand datetimes slower than Postgres parses the string
-        params.update(d1=whole[0], d2=whole[-1] + timedelta(days=1), ch=",".join(h.isoformat() for h in hours),
-                      cd=",".join(d.isoformat() for d in on), cs=",".join(map(str, signs)))
+        hours, on, signs = _corrections(zone.key, whole[0], whole[-1])
+        params.update(d1=whole[0], d2=whole[-1] + timedelta(days=1), ch=hours, cd=on, cs=signs)
         parts.append(f"SELECT bucket AS day, {metric} AS value FROM {at.daily} "
                      f"WHERE bucket >= :d1 AND bucket < :d2 AND {at.where}")
         if hours:

@@ -1,15 +1,16 @@
 """Benchmark of analytics: the read latency of the overview and the time series over a year of
 rollups, the cost of the rollup job per 1,000 status changes, and the memory of a streamed export.
 
-  (1) latency: ``GET /api/analytics/overview`` over 7, 30 and 365 days, each by the daily-row path
-      (both ends UTC midnights: ``analytics_daily``) and the hourly-row path (ends one hour off
-      midnight: ``analytics_hourly``), and ``GET /api/analytics/timeseries`` by hour (31 days) and
+  (1) latency: ``GET /api/analytics/overview`` over 7, 30 and 365 days, each with both ends UTC
+      midnights (daily rows only) and with ends one hour off midnight (the whole days' daily rows
+      and the hours around them), and ``GET /api/analytics/timeseries`` by hour (31 days) and
       by day (365 days, ``tz=Europe/Paris``), each for the whole organisation (an admin API key),
       one client (``client_id``) and an agent restricted to a quarter of the clients (an agent's
       API key). The rollups hold ~10,000,000 messages of history made directly in SQL: one
       organisation with 20 clients x 6 campaigns ('' and 5) x 367 days x 24 hours of hourly rows
-      (~9.9 messages each) and the daily rows summed from them (failures by code included, and
-      ``response_buckets`` when the schema has that column), beside 3 other organisations whose
+      (~9.9 messages each), the daily rows summed from them and the totals per client and per
+      organisation (campaigns summed) as the rollup keeps them (failures by code and
+      ``response_buckets`` included), beside 3 other organisations whose
       rows the queries must skip. Each request is timed at the client, 2 keep-alive connections in
       parallel; the anchor is ``GET /api/anchor/clients/<id>`` of bench/anchor_app.py (one indexed
       SELECT of a row, Flask alone) under the same gunicorn shape, measured in turn before or after
@@ -107,11 +108,6 @@ def sql(statement: str, **params):
         return result.all() if result.returns_rows else result.rowcount
 
 
-def has_response_buckets() -> bool:
-    return bool(sql("SELECT 1 FROM information_schema.columns WHERE table_name = 'analytics_hourly' "
-                    "AND column_name = 'response_buckets'"))
-
-
 # ----------------------------------------------------------------------------- tenants and keys
 
 
@@ -153,12 +149,11 @@ def make_tenant(name: str, clients: int, campaigns: int, agent_clients: int = 0)
 # ----------------------------------------------------------------------------- (1) the rollups
 
 
-def fill_rollups(orgs: list[dict], first: datetime, last: datetime, buckets: bool) -> dict:
+def fill_rollups(orgs: list[dict], first: datetime, last: datetime) -> dict:
     """Hourly rows for every client x campaign ('' and the org's campaigns) x hour of [first, last],
     made up (~9.9 messages a row), then the daily rows as their sums. Returns counts."""
-    extra_cols = ", response_buckets" if buckets else ""
-    extra_vals = (", jsonb_build_object('0', rc / 2, '60', rc / 4, '300', rc - rc / 2 - rc / 4)"
-                  if buckets else "")
+    extra_cols = ", response_buckets"
+    extra_vals = ", jsonb_build_object('0', rc / 2, '60', rc / 4, '300', rc - rc / 2 - rc / 4)"
     for o in orgs:
         sql(f"""
             INSERT INTO analytics_hourly (organization_id, client_id, campaign_id, bucket, sent, delivered, read,
@@ -183,7 +178,7 @@ def fill_rollups(orgs: list[dict], first: datetime, last: datetime, buckets: boo
                     CROSS JOIN generate_series(CAST(:first AS timestamptz), :last, interval '1 hour') h(bucket)
                 ) raw
             ) v""", org=o["org"], clients=o["clients"], campaigns=["", *o["campaigns"]], first=first, last=last)
-    jsonb = ["failures", *(["response_buckets"] if buckets else [])]
+    jsonb = ["failures", "response_buckets"]
     sums = ("sent", "delivered", "read", "failed", "received", "replied", "opted_out", "response_seconds_sum",
             "response_count", "delivery_seconds_sum", "delivery_count", "read_seconds_sum", "read_count")
     joins = "".join(f"""
@@ -200,14 +195,13 @@ def fill_rollups(orgs: list[dict], first: datetime, last: datetime, buckets: boo
         FROM (SELECT organization_id, client_id, campaign_id, (bucket AT TIME ZONE 'UTC')::date AS day,
                      {", ".join(f"sum({c}) AS {c}" for c in sums)}
               FROM analytics_hourly GROUP BY 1, 2, 3, 4) s {joins}""")
-    if buckets:  # the totals per client and per organisation (campaigns summed), as the rollup keeps them
-        from app.analytics.rollup import SUMMED_COLUMNS, fold_sql
+    from app.analytics.rollup import SUMMED_COLUMNS, fold_sql  # the totals, as the rollup keeps them
 
-        counts = ", ".join((*SUMMED_COLUMNS, "failures", "response_buckets"))
-        for client in ("client_id", "''"):
-            for grain in ("hourly", "daily"):
-                sql(fold_sql(f"analytics_totals_{grain}", ("organization_id", "client_id", "bucket"), "",
-                             f"SELECT organization_id, {client} AS client_id, bucket, {counts} FROM analytics_{grain}"))
+    counts = ", ".join((*SUMMED_COLUMNS, "failures", "response_buckets"))
+    for client in ("client_id", "''"):
+        for grain in ("hourly", "daily"):
+            sql(fold_sql(f"analytics_totals_{grain}", ("organization_id", "client_id", "bucket"), "",
+                         f"SELECT organization_id, {client} AS client_id, bucket, {counts} FROM analytics_{grain}"))
     (hourly, messages), = sql("SELECT count(*), sum(sent + failed + received) FROM analytics_hourly "
                               "WHERE organization_id = :org", org=orgs[0]["org"])
     (daily,), = sql("SELECT count(*) FROM analytics_daily WHERE organization_id = :org", org=orgs[0]["org"])
@@ -612,7 +606,7 @@ def report(r: dict, load: tuple[float, float], notes: list[str]) -> None:
         d = r["data"]
         print(f"- rollups: {d['messages']:,} messages of history in {d['hourly']:,} hourly and {d['daily']:,} daily "
               f"rows of the measured organisation ({d['all_hourly']:,} / {d['all_daily']:,} rows in all, "
-              f"{d['orgs']} organisations); response_buckets {'filled' if d['buckets'] else 'not in the schema'}")
+              f"{d['orgs']} organisations)")
     if "live" in r:
         print(f"- live organisation: {r['live']:,} messages over {LIVE_DAYS} days with their status history")
     if "latency" in r:
@@ -744,12 +738,11 @@ def run(procs: Processes, meter: ServerMeter, size: dict, parts: set[str], data_
     live = make_tenant("Live org", LIVE_CLIENTS, 2)
     create_table()
     if "latency" in parts:
-        buckets = has_response_buckets()
         print(f"bench: filling {HISTORY_DAYS} days of hourly rollups for {size['clients']} clients x "
               f"{size['campaigns'] + 1} campaigns ...", flush=True)
         first = midnight - timedelta(days=HISTORY_DAYS - 1)
         last = now.replace(minute=0, second=0, microsecond=0)
-        result["data"] = {**fill_rollups([big, *others], first, last, buckets), "buckets": buckets,
+        result["data"] = {**fill_rollups([big, *others], first, last),
                           "orgs": 1 + len(others)}
         vacuum("analytics_hourly", "analytics_daily", "analytics_totals_hourly", "analytics_totals_daily")
         print(f"bench:   {result['data']['messages']:,} messages in rollups "

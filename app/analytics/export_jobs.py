@@ -39,6 +39,9 @@ SWEEP_ACTOR = "analytics.exports_sweep"
 SWEEP_EVERY = 300
 #: exports of one organisation queued or running at once; one more is a 429
 MAX_OPEN_EXPORTS = 3
+#: exports of one organisation whose file is kept (ready, not expired yet); one more is a 429 too:
+#: delete one, or wait for one to expire
+MAX_KEPT_EXPORTS = 20
 MAX_ATTEMPTS = 3
 LEASE_SECONDS = 600
 #: the lease is renewed this often while the file is written
@@ -77,6 +80,11 @@ def create_export(session: Session, principal: Principal, *, what: str = "rollup
     if open_now >= MAX_OPEN_EXPORTS:
         raise TooManyExports(f"{open_now} exports are queued or running; at most {MAX_OPEN_EXPORTS} at once",
                              details={"open": open_now, "limit": MAX_OPEN_EXPORTS})
+    kept = session.scalar(select(func.count()).select_from(AnalyticsExport).where(
+        AnalyticsExport.organization_id == principal.organization_id, AnalyticsExport.status == "ready"))
+    if kept >= MAX_KEPT_EXPORTS:
+        raise TooManyExports(f"{kept} exports are kept; delete one (or wait for one to expire) to make another",
+                             details={"kept": kept, "limit": MAX_KEPT_EXPORTS})
     clients = sorted(principal.client_ids) if principal.client_ids is not None else None
     row = AnalyticsExport(id=new_id("exp"), organization_id=principal.organization_id, what=what, format=format,
                           status="queued", created_by=principal.id, params={

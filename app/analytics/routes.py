@@ -120,8 +120,8 @@ class ExportCollection(MethodView):
                                                  "to": "2026-12-01T00:00:00Z"})
     @blp.response(202, ExportSchema, example=_QUEUED)
     @blp.alt_response(404, description="`client_id` is not a client the caller may see (`not_found`)")
-    @blp.alt_response(429, description="Three exports of the organisation are already queued or running "
-                                       "(`too_many_exports`)")
+    @blp.alt_response(429, description="Three exports of the organisation are already queued or running, or "
+                                       "twenty are kept (`too_many_exports`)")
     @requires("analytics:export")
     def post(self, args):
         """Have a worker write an export to a file, to download when it is ready

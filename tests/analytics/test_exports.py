@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from app.analytics import export_jobs, exports
 from app.analytics.models import AnalyticsExport
 from app.analytics.rollup import run_rollup
+from app.db import utcnow
 from app.outbox import JobOutbox
 from app.storage import media_storage
 from tests import factories as f
@@ -130,6 +131,18 @@ def test_at_most_three_exports_of_an_organisation_are_open(client, session, data
     assert r.status_code == 429 and r.json["error"]["code"] == "too_many_exports"
     assert r.json["error"]["details"] == {"open": 3, "limit": 3}
     export_jobs.run_export(ids[0])
+    assert client.post("/api/analytics/exports", json={}, headers=headers).status_code == 202
+
+
+def test_at_most_twenty_kept_exports_of_an_organisation(client, session, data):
+    headers = principal_headers(session, data, "admin")
+    for _ in range(export_jobs.MAX_KEPT_EXPORTS):
+        f.make_analytics_export(session, organization_id=data.id, status="ready", storage_key="exports/x.csv",
+                                expires_at=utcnow() + timedelta(days=1))
+    r = client.post("/api/analytics/exports", json={}, headers=headers)
+    assert r.status_code == 429 and r.json["error"]["details"] == {"kept": 20, "limit": 20}, r.json
+    oldest = session.scalars(select(AnalyticsExport.id).where(AnalyticsExport.organization_id == data.id)).first()
+    assert client.delete(f"/api/analytics/exports/{oldest}", headers=headers).status_code == 204
     assert client.post("/api/analytics/exports", json={}, headers=headers).status_code == 202
 
 

@@ -18,7 +18,6 @@ def upgrade() -> None:
     op.execute("""
         ALTER TABLE analytics_hourly ADD COLUMN response_buckets jsonb NOT NULL DEFAULT '{}'::jsonb;
         ALTER TABLE analytics_daily ADD COLUMN response_buckets jsonb NOT NULL DEFAULT '{}'::jsonb;
-        CREATE INDEX messages_client_created_idx ON messages (client_id, created_at);
         CREATE TABLE analytics_totals_hourly (
             id                    bigserial PRIMARY KEY,
             organization_id       text COLLATE "C" NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
@@ -90,6 +89,13 @@ def upgrade() -> None:
             WHERE status IN ('queued', 'running');
         CREATE INDEX analytics_exports_expiry_idx ON analytics_exports (expires_at) WHERE status = 'ready';
     """)
+
+
+    # built without blocking sends on a large messages table (outside the migration's transaction;
+    # a build interrupted before leaves an invalid index, dropped first)
+    with op.get_context().autocommit_block():
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS messages_client_created_idx")
+        op.execute("CREATE INDEX CONCURRENTLY messages_client_created_idx ON messages (client_id, created_at)")
 
 
 def downgrade() -> None:

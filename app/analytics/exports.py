@@ -13,8 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from app.analytics.rollup import response_percentile
-from app.analytics.service import MAX_RANGE_DAYS, SUMMED, checked_range, is_midnight, ratio, scope
+from app.analytics.service import MAX_RANGE_DAYS, SUMMED, checked_range, figures, is_midnight, scope
 from app.db import new_session
 from app.errors import ValidationError
 from app.security.principal import Principal
@@ -66,14 +65,8 @@ def _stream(stmt, params: dict) -> Iterator:
 def _rollup_rows(stmt, params: dict) -> Iterator[tuple]:
     yield ROLLUP_COLUMNS
     for r in _stream(stmt, params):
-        sent = int(r.sent)
-        yield (r.day.isoformat(), r.client_id, r.client_name, sent, int(r.delivered), int(r.read), int(r.failed),
-               int(r.received), int(r.replied), int(r.opted_out), ratio(int(r.delivered), sent),
-               ratio(int(r.read), sent), ratio(int(r.replied), sent),
-               ratio(float(r.response_seconds_sum), int(r.response_count), 1),
-               response_percentile(r.response_buckets, 0.9),
-               ratio(float(r.delivery_seconds_sum), int(r.delivery_count), 1),
-               ratio(float(r.read_seconds_sum), int(r.read_count), 1),
+        numbers = figures(r._mapping, r.response_buckets)
+        yield (r.day.isoformat(), r.client_id, r.client_name, *(numbers[c] for c in ROLLUP_COLUMNS[3:-1]),
                json.dumps(r.failures, sort_keys=True, separators=(",", ":")))
 
 

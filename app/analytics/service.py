@@ -1,9 +1,10 @@
 """Analytics read from the rollups only (never from ``messages``): the overview of a range, time
-series by hour or by day in the caller's time zone, and the CSV exports.
+series by hour or by day in the caller's time zone, and breakdowns per client or campaign.
 
-A range ``[from, to)`` takes the hourly buckets whose hour starts in it (a bucket holds the messages
-created in that hour, docs/analytics.md); when both ends are UTC midnights the daily rows are read
-instead (same numbers, fewer rows). Agents see only the clients assigned to them.
+A range ``[from, to)`` takes the buckets whose hour starts in it (a bucket holds the messages created
+in that hour, docs/analytics.md), read as the daily rows of its whole UTC days and the hourly rows
+of the hours around them; without a campaign the totals (campaigns summed) are read. Agents see only
+the clients assigned to them. The CSV exports are app/analytics/exports.py.
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ def ratio(part: float, whole: float, digits: int = 4) -> float | None:
     return round(part / whole, digits) if whole else None
 
 
-def _figures(row, buckets: dict) -> dict:
+def figures(row, buckets: dict) -> dict:
     """The counts of summed rollup columns ``row``, with the rates and times derived from them."""
     totals = {c: int(row[c]) for c in SUMMED if not c.endswith("_sum")}
     return {
@@ -151,7 +152,7 @@ def overview(session: Session, principal: Principal, *, start: datetime | None =
     buckets: dict[str, int] = dict(session.execute(text(f"""
         SELECT e.key, sum(e.value::bigint) FROM {rows}, jsonb_each_text(r.response_buckets) e GROUP BY e.key"""),
         at.params).all())
-    return {"from": start, "to": end, **_figures(row, buckets),
+    return {"from": start, "to": end, **figures(row, buckets),
             "top_failures": [{"code": r.code, "count": int(r.n)} for r in failures]}
 
 
@@ -180,7 +181,7 @@ def breakdown(session: Session, principal: Principal, *, by: str, start: datetim
     names = dict(session.execute(select(model.id, model.name).where(
         model.organization_id == principal.organization_id, model.id.in_([i for i in ids if i]))).all())
     return {"by": by, "from": start, "to": end, "rows": [
-        {"id": r.id or None, "name": names.get(r.id), **_figures(r._mapping, buckets[r.id])} for r in found]}
+        {"id": r.id or None, "name": names.get(r.id), **figures(r._mapping, buckets[r.id])} for r in found]}
 
 
 def _zone(tz: str | None) -> ZoneInfo:

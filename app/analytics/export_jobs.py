@@ -179,6 +179,15 @@ _CLAIM = text("""
 """)
 
 
+def _update_own_run(export_id: str, attempt: int, sets: str, **params) -> bool:
+    """``UPDATE ... SET sets`` of the export while this run holds it (running, its attempt): False when
+    it was deleted meanwhile or taken over by a later run."""
+    with job_session() as session:
+        return bool(rowcount(session.execute(text(
+            f"UPDATE analytics_exports SET {sets} WHERE id = :id AND status = 'running' AND attempts = :a"),
+            {"id": export_id, "a": attempt, **params})))
+
+
 def run_export(export_id: str) -> str:
     """The ``analytics.export`` job: claim the export, write its file, mark it ready (or failed).
     Returns what happened: ``ready``, ``failed``, ``skipped`` (not ours to run) or ``lost``."""
@@ -189,10 +198,9 @@ def run_export(export_id: str) -> str:
         return "skipped"
     key = f"exports/{claimed.organization_id}/{export_id}-{claimed.attempts}.{claimed.format}"
     files = media_storage()
-    counter = _RowCounter()
+    writer = _Writer(export_id, claimed.attempts)
     try:
-        lines = _lines(claimed)
-        size = files.save(key, _chunks(counter.count(lines), _Lease(export_id, claimed.attempts)))
+        size = files.save(key, writer.chunks(_lines(claimed)))
     except LeaseLost:
         files.delete(key)
         return "lost"
@@ -200,19 +208,13 @@ def run_export(export_id: str) -> str:
         files.delete(key)
         log.warning("export %s failed: %s", export_id, exc, exc_info=not isinstance(exc, AppError))
         message = exc.message if isinstance(exc, AppError) else "the export could not be written"
-        with job_session() as session:
-            session.execute(text("""UPDATE analytics_exports SET status = 'failed', error = :error, finished_at = now(),
-                                    lease_until = NULL WHERE id = :id AND status = 'running' AND attempts = :a"""),
-                            {"id": export_id, "a": claimed.attempts, "error": message[:500]})
+        _update_own_run(export_id, claimed.attempts, "status = 'failed', error = :error, finished_at = now(), "
+                        "lease_until = NULL", error=message[:500])
         return "failed"
-    with job_session() as session:
-        done = rowcount(session.execute(text("""
-            UPDATE analytics_exports SET status = 'ready', rows = :rows, size_bytes = :size, storage_key = :key,
-                finished_at = now(), lease_until = NULL, expires_at = now() + make_interval(secs => :ttl)
-            WHERE id = :id AND status = 'running' AND attempts = :a"""),
-            {"id": export_id, "a": claimed.attempts, "rows": counter.rows, "size": size, "key": key,
-             "ttl": settings.ANALYTICS_EXPORT_TTL}))
-    if not done:  # deleted meanwhile, or taken over by a later run
+    if not _update_own_run(export_id, claimed.attempts,
+                           "status = 'ready', rows = :rows, size_bytes = :size, storage_key = :key, "
+                           "finished_at = now(), lease_until = NULL, expires_at = now() + make_interval(secs => :ttl)",
+                           rows=writer.rows, size=size, key=key, ttl=settings.ANALYTICS_EXPORT_TTL):
         files.delete(key)
         return "lost"
     return "ready"
@@ -229,49 +231,36 @@ def _lines(claimed) -> Iterator[str]:
                               client_id=params.get("client_id"))
 
 
-class _RowCounter:
-    def __init__(self):
-        self.rows = -1  # the header is not a row
-
-    def count(self, lines: Iterable[str]) -> Iterator[str]:
-        for line in lines:
-            self.rows += 1
-            yield line
-
-
-class _Lease:
-    """Renews a running export's lease every RENEW_EVERY seconds while its file is written."""
+class _Writer:
+    """The CSV lines of a run as UTF-8 chunks of about CHUNK_BYTES (storage writes them as they
+    come), counting the data rows and renewing the run's lease every RENEW_EVERY seconds."""
 
     def __init__(self, export_id: str, attempt: int):
         self.export_id, self.attempt, self.renewed = export_id, attempt, time.monotonic()
+        self.rows = -1  # the header is not a row
 
-    def keep(self) -> None:
+    def chunks(self, lines: Iterable[str]) -> Iterator[bytes]:
+        parts: list[bytes] = []
+        size = 0
+        for line in lines:
+            self.rows += 1
+            data = line.encode()
+            parts.append(data)
+            size += len(data)
+            if size >= CHUNK_BYTES:
+                self._keep_lease()
+                yield b"".join(parts)
+                parts, size = [], 0
+        if parts:
+            yield b"".join(parts)
+
+    def _keep_lease(self) -> None:
         if time.monotonic() - self.renewed < RENEW_EVERY:
             return
-        with job_session() as session:
-            kept = rowcount(session.execute(text("""
-                UPDATE analytics_exports SET lease_until = now() + make_interval(secs => :lease)
-                WHERE id = :id AND status = 'running' AND attempts = :a"""),
-                {"id": self.export_id, "a": self.attempt, "lease": LEASE_SECONDS}))
-        if not kept:
+        if not _update_own_run(self.export_id, self.attempt, "lease_until = now() + make_interval(secs => :lease)",
+                               lease=LEASE_SECONDS):
             raise LeaseLost(self.export_id)
         self.renewed = time.monotonic()
-
-
-def _chunks(lines: Iterable[str], lease: _Lease) -> Iterator[bytes]:
-    """The lines as UTF-8 chunks of about CHUNK_BYTES (storage writes them as they come)."""
-    parts: list[bytes] = []
-    size = 0
-    for line in lines:
-        data = line.encode()
-        parts.append(data)
-        size += len(data)
-        if size >= CHUNK_BYTES:
-            lease.keep()
-            yield b"".join(parts)
-            parts, size = [], 0
-    if parts:
-        yield b"".join(parts)
 
 
 def sweep() -> dict:
@@ -280,13 +269,15 @@ def sweep() -> dict:
     counts = {"expired": 0, "requeued": 0, "failed": 0}
     files = media_storage()
     with job_session() as session:
-        for row in session.execute(text("""SELECT id, storage_key FROM analytics_exports
-                                           WHERE status = 'ready' AND expires_at <= now() LIMIT 500""")):
+        expired = session.execute(text("""SELECT id, storage_key FROM analytics_exports
+                                          WHERE status = 'ready' AND expires_at <= now() LIMIT 500""")).all()
+        for row in expired:  # the files first: a row marked expired never keeps a file behind
             if row.storage_key:
                 files.delete(row.storage_key)
-            session.execute(text("""UPDATE analytics_exports SET status = 'expired', storage_key = NULL
-                                    WHERE id = :id AND status = 'ready'"""), {"id": row.id})
-            counts["expired"] += 1
+        session.execute(text("""UPDATE analytics_exports SET status = 'expired', storage_key = NULL
+                                WHERE id = ANY(CAST(:ids AS text[])) AND status = 'ready'"""),
+                        {"ids": [row.id for row in expired]})
+        counts["expired"] = len(expired)
         counts["failed"] = rowcount(session.execute(text("""
             UPDATE analytics_exports SET status = 'failed', finished_at = now(), lease_until = NULL,
                 error = 'the export was interrupted ' || attempts || ' times'

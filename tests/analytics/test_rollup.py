@@ -174,21 +174,7 @@ def rolled_totals(session, org_id, model) -> dict:
 def daily_of(hourly: dict) -> dict:
     days: dict = {}
     for (client, campaign, hour), numbers in hourly.items():
-        key = (client, campaign, hour.date())
-        prev = days.get(key)
-        if prev is None:
-            days[key] = numbers
-            continue
-        n = len(COUNTS) + len(SUMS)
-        merged = [a + b for a, b in zip(prev[:n], numbers[:n], strict=True)]
-        failures: dict = defaultdict(int)
-        for code, count in prev[n] + numbers[n]:
-            failures[code] += count
-        buckets: dict = defaultdict(int)
-        for lower, count in prev[n + 1] + numbers[n + 1]:
-            buckets[lower] += count
-        days[key] = tuple(int(x) for x in merged[:len(COUNTS)]) + tuple(round(x, 3) for x in merged[len(COUNTS):]) \
-            + (tuple(sorted(failures.items())), tuple(sorted(buckets.items())))
+        _merge(days, (client, campaign, hour.date()), numbers)
     return days
 
 

@@ -30,12 +30,15 @@ from app.storage import media_storage
 
 blp = Blueprint("analytics", __name__, url_prefix="/api/analytics", description="Analytics")
 
+_UNSEEN_CLIENT_OR_CAMPAIGN = "`client_id` or `campaign_id` is not one the caller may see (`not_found`)"
+_UNSEEN_CLIENT = "`client_id` is not a client the caller may see (`not_found`)"
+
 
 @blp.route("/overview")
 class Overview(MethodView):
     @blp.arguments(OverviewArgs, location="query")
     @blp.response(200, OverviewSchema)
-    @blp.alt_response(404, description="`client_id` or `campaign_id` is not one the caller may see (`not_found`)")
+    @blp.alt_response(404, description=_UNSEEN_CLIENT_OR_CAMPAIGN)
     @requires("analytics:read")
     def get(self, args):
         """Totals of a range: sent, delivered, read, failed, received, replies, opt-outs
@@ -51,7 +54,7 @@ class Overview(MethodView):
 class Timeseries(MethodView):
     @blp.arguments(TimeseriesArgs, location="query")
     @blp.response(200, TimeseriesSchema)
-    @blp.alt_response(404, description="`client_id` or `campaign_id` is not one the caller may see (`not_found`)")
+    @blp.alt_response(404, description=_UNSEEN_CLIENT_OR_CAMPAIGN)
     @requires("analytics:read")
     def get(self, args):
         """One metric per hour or per day of a time zone
@@ -71,7 +74,7 @@ class Export(MethodView):
     @blp.arguments(ExportArgs, location="query")
     @blp.doc(responses={"200": {"description": "The CSV file (`Content-Disposition: attachment`), streamed",
                                 "content": {"text/csv": {"schema": {"type": "string"}}}}})
-    @blp.alt_response(404, description="`client_id` is not a client the caller may see (`not_found`)")
+    @blp.alt_response(404, description=_UNSEEN_CLIENT)
     @requires("analytics:export")
     def get(self, args):
         """Export the rollups (one row per day and client) or the raw messages as CSV
@@ -90,7 +93,7 @@ class Export(MethodView):
 class Breakdown(MethodView):
     @blp.arguments(BreakdownArgs, location="query")
     @blp.response(200, BreakdownSchema)
-    @blp.alt_response(404, description="`client_id` or `campaign_id` is not one the caller may see (`not_found`)")
+    @blp.alt_response(404, description=_UNSEEN_CLIENT_OR_CAMPAIGN)
     @requires("analytics:read")
     def get(self, args):
         """The figures of a range per client or per campaign, most sent first
@@ -119,7 +122,7 @@ class ExportCollection(MethodView):
     @blp.arguments(ExportRequestSchema, example={"what": "messages", "from": "2026-11-01T00:00:00Z",
                                                  "to": "2026-12-01T00:00:00Z"})
     @blp.response(202, ExportSchema, example=_QUEUED)
-    @blp.alt_response(404, description="`client_id` is not a client the caller may see (`not_found`)")
+    @blp.alt_response(404, description=_UNSEEN_CLIENT)
     @blp.alt_response(429, description="Three exports of the organisation are already queued or running, or "
                                        "twenty are kept (`too_many_exports`)")
     @requires("analytics:export")

@@ -93,13 +93,13 @@ class RequestContext(Middleware):
         configure_tracing("whatsapp-service-worker")
 
     def before_enqueue(self, broker, message, delay):
-        """A job sent while a request or a job is handled carries its request id, whichever way it
-        is sent (the outbox also keeps it in the row, for the sweeper)."""
-        from app.logs import current_request_id
+        """A job sent while a request or a job is handled carries its request id (and, with tracing
+        on, its trace context: ``Tracing``), whichever way it is sent; what the outbox kept in the
+        row, for the sweeper, stays as it is."""
+        from app.logs import job_origin
 
-        request_id = current_request_id.get()
-        if request_id and "request_id" not in message.options:
-            message.options["request_id"] = request_id
+        for name, value in job_origin().items():
+            message.options.setdefault(name, value)
 
     def before_process_message(self, broker, message):
         from app.logs import current_request_id
@@ -141,10 +141,10 @@ class Tracing(Middleware):
     """A job continues the trace of the request (or job) that enqueued it, when tracing is on
     (app/system/tracing.py; off, each hook is one check).
 
-    On enqueue, the current trace context goes into the message options (``trace``: W3C
-    ``traceparent``/``tracestate``), unless the message has one already: the outbox put it there
-    when the job was enqueued (app/logs.py ``job_origin``), so a job sent after the commit or by
-    the sweeper, and a retry, keep the trace of the request that caused them. A processed job is a
+    On enqueue, ``RequestContext`` puts the current trace context into the message options
+    (``trace``: W3C ``traceparent``/``tracestate``, from app/logs.py ``job_origin``) unless the
+    message has one already: the outbox put it there when the job was enqueued, so a job sent after
+    the commit or by the sweeper, and a retry, keep the trace of the request that caused them. A processed job is a
     CONSUMER span named after its actor, current while it runs (its SQL, Redis and HTTP calls are
     its children, its log lines carry its trace id, the jobs it enqueues continue its trace), with
     its outcome; a failure records the exception and sets the error status. Declared before
@@ -153,12 +153,6 @@ class Tracing(Middleware):
 
     def __init__(self):
         self._started = threading.local()
-
-    def before_enqueue(self, broker, message, delay):
-        from app.system.tracing import enabled, trace_carrier
-
-        if enabled() and "trace" not in message.options and (carrier := trace_carrier()):
-            message.options["trace"] = carrier
 
     def before_process_message(self, broker, message):
         from app.system.tracing import start_job_span

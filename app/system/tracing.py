@@ -93,13 +93,18 @@ def _exporter(name: str) -> Any:
     return None
 
 
-def install(provider: Any) -> None:
-    """Instrument the libraries with ``provider`` and carry its traces into jobs and log lines."""
-    global _state
+def _instrumentors() -> tuple:
+    """The libraries traced besides Flask: SQLAlchemy, redis, urllib3 (their instrumentors)."""
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
     from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
 
+    return SQLAlchemyInstrumentor(), RedisInstrumentor(), URLLib3Instrumentor()
+
+
+def install(provider: Any) -> None:
+    """Instrument the libraries with ``provider`` and carry its traces into jobs and log lines."""
+    global _state
     from app import db, logs
 
     if _state is not None:
@@ -108,9 +113,10 @@ def install(provider: Any) -> None:
     existing = [db._engine] if db._engine is not None else []  # later ones: its create_engine is wrapped
     # its declared range stops below SQLAlchemy 2.1, whose engine events (all it uses) are unchanged:
     # tests/system/test_tracing.py checks the statements' spans
-    SQLAlchemyInstrumentor().instrument(tracer_provider=within, engines=existing, skip_dep_check=True)
-    RedisInstrumentor().instrument(tracer_provider=within)
-    URLLib3Instrumentor().instrument(tracer_provider=within)
+    sqlalchemy, redis, urllib3 = _instrumentors()
+    sqlalchemy.instrument(tracer_provider=within, engines=existing, skip_dep_check=True)
+    redis.instrument(tracer_provider=within)
+    urllib3.instrument(tracer_provider=within)
     _state = _Tracing(provider)
     logs.set_trace_hooks(trace_carrier, trace_ids)
 
@@ -118,15 +124,11 @@ def install(provider: Any) -> None:
 def uninstall() -> None:
     """Undo ``install`` (tests): the libraries uninstrumented, jobs and log lines left untraced."""
     global _state
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-    from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
-
     from app import logs
 
     logs.set_trace_hooks(None, None)
     _state = None
-    for instrumentor in (SQLAlchemyInstrumentor(), RedisInstrumentor(), URLLib3Instrumentor()):
+    for instrumentor in _instrumentors():
         instrumentor.uninstrument()
 
 

@@ -131,6 +131,7 @@ class Settings:
     ANALYTICS_REPLY_WINDOW: int = setting("86400", "Seconds after one of our outbound messages during which the contact's next inbound message on that client counts it as replied, and after an inbound message during which our first outbound one counts as the response (docs/analytics.md).")
     ANALYTICS_EXPORT_TTL: int = setting("604800", "Seconds the file of an export made by a worker (`POST /api/analytics/exports`) is kept after it is ready; then it is deleted and the export shows `expired`.")
     CUSTOMER_WINDOW_HOURS: int = setting("24", "Hours after a contact's last message during which a `cloud` client may send it free-form messages; outside them only templates (422 `outside_customer_window`), as Meta rules.")
+    MESSAGE_SEND_BATCH: int = setting("100", "Messages one transaction claims, and one statement records as sent, for a client that is not paced (`pacing: false`) on a stateless transport (sim, cloud); paced clients send one message per job.")
     MESSAGE_MAX_ATTEMPTS: int = setting("5", "Transport attempts of one message on transient errors before it fails.")
     OPT_OUT_CONFIRMATION: str = setting("You have been unsubscribed and will receive no more messages. Reply START to subscribe again.", "The one message sent to a contact who opts out (STOP).")
     AUTOMATION_REPLIES_PER_MINUTE: int = setting("3", "Automatic replies (automations' `reply` actions) one contact may get per minute across every automation; beyond it an automation that would reply is skipped (`reply_limit`). Stops two bots from talking to each other forever.")
@@ -391,6 +392,8 @@ def check_production_settings(s: Settings | None = None) -> None:
         s.private_targets  # noqa: B018  (reading it checks WEBHOOK_ALLOW_PRIVATE)
     except ValueError as exc:
         problems.append(f"WEBHOOK_ALLOW_PRIVATE: {exc}")
+    if not 1 <= s.MESSAGE_SEND_BATCH <= 1000:
+        problems.append(f"MESSAGE_SEND_BATCH must be between 1 and 1000, got {s.MESSAGE_SEND_BATCH}")
     if s.APP_ENCRYPTION_KEYS.strip():
         try:
             parse_encryption_keys(s.APP_ENCRYPTION_KEYS)

@@ -45,6 +45,7 @@ HOST_QUEUE_PREFIX = SESSIONS_QUEUE + "."
 #: actor -> queue, for every actor not on DEFAULT_QUEUE
 ACTOR_QUEUES: dict[str, str] = {
     "messages.send": "messages",
+    "messages.send_due": "messages",
     "sessions.start": SESSIONS_QUEUE,
     "sessions.stop": SESSIONS_QUEUE,
     "sessions.logout": SESSIONS_QUEUE,

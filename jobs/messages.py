@@ -5,7 +5,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from app.db import job_session
-from app.messages import dispatch, inbound, planning, sweeper, tracking
+from app.messages import batches, dispatch, inbound, planning, sweeper, tracking
 from app.queues import actor
 from app.transports.base import TransientSendError
 from config import settings
@@ -25,6 +25,12 @@ def send(message_id: str) -> None:
     except TransientSendError as exc:
         # the message is queued again: retry with backoff (the row counts attempts, not the broker)
         raise dramatiq.Retry(f"{exc.code}: {exc}", delay=exc.retry_after_ms) from exc
+
+
+@actor(planning.SEND_DUE_ACTOR, max_retries=5, min_backoff=1000, max_backoff=30_000)
+def send_due(client_id: str) -> None:
+    """Send a client's waiting messages in batches (clients that are not paced; app/messages/batches.py)."""
+    batches.run_send_due(client_id)
 
 
 @actor("messages.on_ack", max_retries=ACK_RETRIES + 1)

@@ -134,7 +134,7 @@ def run_send_job(message_id: str) -> SendOutcome:
         # sim / cloud: claim in this same transaction (right after the grant), send once committed
         claimed = _claim(session, message, client, opted_out)
         client_id = client.id
-    if not isinstance(claimed, _Prepared):
+    if not isinstance(claimed, Prepared):
         if granted and claimed != "repaced":  # not sent (a repaced grant was withdrawn already)
             pacing.release(client_id, granted)
         return claimed
@@ -144,7 +144,7 @@ def run_send_job(message_id: str) -> SendOutcome:
 # ----------------------------------------------------------------------------- sending (contract 4)
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     message_id: str
     client_id: str
     attempt: int
@@ -164,13 +164,13 @@ def perform_send(message_id: str, transport_for) -> SendOutcome:
             return "skipped"
         message, client, opted_out = found[:3]
         claimed = _claim(session, message, client, opted_out)
-    if not isinstance(claimed, _Prepared):
+    if not isinstance(claimed, Prepared):
         return claimed
     return _deliver(claimed, transport_for)
 
 
 def _claim(session: Session, message: Message, client: Client,
-           opted_out: bool | None) -> _Prepared | SendOutcome:
+           opted_out: bool | None) -> Prepared | SendOutcome:
     """In the caller's transaction: the last checks, then ``queued -> sending``. Returns what to
     send, or the outcome when there is nothing to send."""
     if message.status != "queued" or message.direction != "outbound":
@@ -197,7 +197,7 @@ def _claim(session: Session, message: Message, client: Client,
     claimed = session.execute(_CLAIM, {"id": message.id, "at": at}).first()
     if claimed is None:
         return "skipped"
-    return _Prepared(claimed.id, client.id, claimed.attempts, build_outbound(session, claimed), dict(claimed._mapping))
+    return Prepared(claimed.id, client.id, claimed.attempts, build_outbound(session, claimed), dict(claimed._mapping))
 
 
 # The claim before the transport call, in one statement (the hot path of every send); what is written
@@ -216,57 +216,81 @@ _CLAIM = text("""
 """)
 
 
-def _deliver(prepared: _Prepared, transport_for) -> SendOutcome:
+def _deliver(prepared: Prepared, transport_for) -> SendOutcome:
     """Call the transport for a claimed (committed ``sending``) message and record the outcome.
 
     What the transport reports during the send (the simulator's receipts, due later) is collected
-    and written with the ``sent`` record, in one transaction. Only ``TransientSendError`` means
-    "not sent, try again"; any other exception may have come after the transport accepted the
-    message, so it is never made sendable again: it is ``unknown`` until the transport is asked
-    (``reconcile``) or an ack tells."""
-    message_id = prepared.message_id
+    and written with the ``sent`` record, in one transaction."""
     transport = transport_for(prepared.client_id)
-    sink = getattr(transport, "events", None)
-    collecting: AbstractContextManager[list] = sink.batch() if isinstance(sink, InboxSink) else nullcontext([])
-    with collecting as reports:
-        try:
-            result = transport.send(prepared.outbound)
-        except PermanentSendError as exc:
-            reports.clear()
-            code, why = exc.code, str(exc)
-            durably(lambda session: _fail(session, message_id, "sending", code, why))
+    with collecting(transport) as reports:
+        called = call_transport(prepared, transport, reports)
+    if isinstance(called, TransientSendError):
+        if not retry_later(prepared.message_id, prepared.attempt, called):
             return "failed"
-        except TransientSendError as exc:
-            reports.clear()
-            if not _retry_later(message_id, prepared.attempt, exc):
-                return "failed"
-            raise
-        except Exception as exc:  # a transport bug, or a failure after the message went out
-            log.warning("send of %s raised %s: its outcome is unknown", message_id, exc.__class__.__name__,
-                        exc_info=True)
-            pending, why = list(reports), f"{exc.__class__.__name__}: {exc}"[:500]
-            reports.clear()
-
-            def record_unknown(session: Session) -> None:
-                record(session, pending)
-                mark_unknown(session, message_id, "transport_error", why)
-
-            durably(record_unknown)
-            return "unknown"
-        pending = list(reports)
-        reports.clear()
+        raise called
+    if not isinstance(called, Sent):
+        return called
 
     def record_outcome(session: Session | None) -> bool:
         if session is None:  # first as one statement, which declines when it cannot do it all
-            return record_sent_alone(prepared.row, result.external_id, pending)
-        record(session, pending)
-        record_sent(session, message_id, result.external_id, claimed=prepared.row)
+            return record_sent_alone(prepared.row, called.external_id, called.reports)
+        record(session, called.reports)
+        record_sent(session, prepared.message_id, called.external_id, claimed=prepared.row)
         return True
 
     if not durably(record_outcome, alone_first=True):
         log.error("send of %s went out (%s) but could not be recorded; the sweeper will ask the transport",
-                  message_id, result.external_id)
+                  prepared.message_id, called.external_id)
     return "sent"
+
+
+@dataclass(frozen=True)
+class Sent:
+    """A send the transport took: its id there, and what it reported meanwhile (to record with it)."""
+
+    prepared: Prepared
+    external_id: str
+    reports: list
+
+
+def collecting(transport) -> AbstractContextManager[list]:
+    """The transport's reports made inside the block (``InboxSink.batch``), or a list of none."""
+    sink = getattr(transport, "events", None)
+    return sink.batch() if isinstance(sink, InboxSink) else nullcontext([])
+
+
+def call_transport(prepared: Prepared, transport, reports: list) -> Sent | SendOutcome | TransientSendError:
+    """One transport call for a claimed message, inside ``collecting``: the send to record, or the
+    outcome already recorded (failed, unknown), or the ``TransientSendError`` for the caller to
+    requeue. Only ``TransientSendError`` means "not sent, try again"; any other exception may have
+    come after the transport accepted the message, so it is never made sendable again: it is
+    ``unknown`` until the transport is asked (``reconcile``) or an ack tells."""
+    message_id = prepared.message_id
+    try:
+        result = transport.send(prepared.outbound)
+    except PermanentSendError as exc:
+        reports.clear()
+        code, why = exc.code, str(exc)
+        durably(lambda session: _fail(session, message_id, "sending", code, why))
+        return "failed"
+    except TransientSendError as exc:
+        reports.clear()
+        return exc
+    except Exception as exc:  # a transport bug, or a failure after the message went out
+        log.warning("send of %s raised %s: its outcome is unknown", message_id, exc.__class__.__name__,
+                    exc_info=True)
+        pending, why = list(reports), f"{exc.__class__.__name__}: {exc}"[:500]
+        reports.clear()
+
+        def record_unknown(session: Session) -> None:
+            record(session, pending)
+            mark_unknown(session, message_id, "transport_error", why)
+
+        durably(record_unknown)
+        return "unknown"
+    pending = list(reports)
+    reports.clear()
+    return Sent(prepared, result.external_id, pending)
 
 
 def _fail(session: Session, message_id: str, from_status: str, code: str, text: str | None) -> Message | None:
@@ -281,7 +305,7 @@ def _fail(session: Session, message_id: str, from_status: str, code: str, text: 
     return row
 
 
-def _retry_later(message_id: str, attempt: int, exc: TransientSendError) -> bool:
+def retry_later(message_id: str, attempt: int, exc: TransientSendError) -> bool:
     """Back to ``queued`` for another (paced) attempt: True; or ``failed`` once the attempts are
     used up: False. (The transport said it did not send: a retry cannot make a duplicate.)"""
     if attempt >= settings.MESSAGE_MAX_ATTEMPTS:

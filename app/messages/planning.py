@@ -6,6 +6,10 @@ its slot; ``messages.scheduled_for`` shows it. A job due more than ``MESSAGE_PAR
 parked in a Redis sorted set instead, and the feeder (``release_parked``) hands it to the broker
 shortly before its time: a worker holds the delayed jobs it has fetched in memory, up to a limit,
 so days of backlog must not sit there.
+
+A client that is not paced and sends over a stateless transport (sim, cloud) has no slots to wait
+for: its new messages due now get no job each, but one ``messages.send_due`` job per intake, which
+sends whatever that client has waiting in batches (app/messages/batches.py).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from app.messages.models import Message
 from app.messages.pacing import Limits
 from app.messages.tracking import SEND_ACTOR, sendable
 from app.queues import queue_of
+from app.transports import STATEFUL
 from config import settings
 from workers.broker import get_broker
 
@@ -43,6 +48,16 @@ def _park_after_ms() -> int:
     return settings.MESSAGE_PARK_AFTER * 1000
 
 
+#: a client's messages sent in batches (app/messages/batches.py)
+SEND_DUE_ACTOR = "messages.send_due"
+
+
+def takes_batches(client: Client) -> bool:
+    """Whether ``client``'s new messages are sent in batches by ``messages.send_due``: it is not
+    paced (no slot to wait for) and its transport is stateless (sent from the messages pool)."""
+    return Limits.of(client) is None and client.transport not in STATEFUL
+
+
 @dataclass(frozen=True)
 class Plan:
     """When one message's ``messages.send`` runs, and whether a pacing slot was reserved for it."""
@@ -52,16 +67,22 @@ class Plan:
     delay_ms: int
     scheduled_for: datetime | None
     reserved: bool
+    #: sent by its client's ``messages.send_due`` job, not a job of its own
+    batched: bool = False
+    client_id: str = ""
 
 
-def plan(client: Client, entries: list[tuple[str, int, datetime | None]]) -> list[Plan]:
+def plan(client: Client, entries: list[tuple[str, int, datetime | None]], *, batchable: bool = False) -> list[Plan]:
     """When each message's job should run: ``entries`` are ``(message_id, attempt, scheduled_at)``.
 
     For a client that may send now and is paced, the slots are reserved here (not granted: the job
     is granted its slot when it runs at it); a message with a future ``scheduled_at`` waits for
-    that instead; a client that is not ready gets its jobs at once (they hold the messages)."""
+    that instead; a client that is not ready gets its jobs at once (they hold the messages).
+    ``batchable`` (new messages that are not a campaign's): first attempts due now of a client that
+    ``takes_batches`` are left to its ``messages.send_due`` job."""
     now_ms = pacing.now_ms()
     limits = Limits.of(client) if sendable(client) else None
+    batched = batchable and takes_batches(client)
     due = [(i, e) for i, e in enumerate(entries) if not (e[2] is not None and to_ms(e[2]) > now_ms)]
     slots = {}
     if limits and due:
@@ -77,13 +98,18 @@ def plan(client: Client, entries: list[tuple[str, int, datetime | None]]) -> lis
         elif scheduled_at is not None and to_ms(scheduled_at) > now_ms:
             plans.append(Plan(message_id, token, to_ms(scheduled_at) - now_ms, None, False))
         else:
-            plans.append(Plan(message_id, token, 0, None, False))
+            plans.append(Plan(message_id, token, 0, None, False, batched and attempt == 0, client.id))
     return plans
 
 
 def enqueue_plans(session: Session, plans: list[Plan], *, outbox_row: bool = True) -> None:
-    """Have each planned message's job run at its time (``schedule``)."""
-    schedule(session, [(p.message_id, p.delay_ms) for p in plans], outbox_row=outbox_row)
+    """Have each planned message's job run at its time (``schedule``), and the batched ones'
+    client's ``messages.send_due`` job run now."""
+    schedule(session, [(p.message_id, p.delay_ms) for p in plans if not p.batched], outbox_row=outbox_row)
+    clients = sorted({p.client_id for p in plans if p.batched})
+    if clients:
+        send = outbox.enqueue_many if outbox_row else outbox.after_commit
+        send(session, SEND_DUE_ACTOR, [(c,) for c in clients])
 
 
 PARKED_KEY = "wa:msgs:parked"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import datetime
 
 from sqlalchemy import text, update
 from sqlalchemy.orm import Session
@@ -137,9 +138,9 @@ def record_sent_alone(claimed: dict, external_id: str, reports: list[Report]) ->
     return bool(row.done)
 
 
-def _sent_params(claimed: dict, external_id: str) -> dict:
+def _sent_params(claimed: dict, external_id: str, at: datetime | None = None) -> dict:
     """The parameters of ``_sent_steps``; the event's payload is the claimed row as it will be."""
-    at = utcnow()
+    at = at or utcnow()
     after = {**claimed, "status": "sent", "sent_at": at, "external_id": external_id, "updated_at": at,
              "error_code": None, "error_message": None}
     return {"id": claimed["id"], "at": at, "external_id": external_id, "event_id": new_id("evt"),
@@ -164,3 +165,47 @@ def record_sent(session: Session, message_id: str, external_id: str, *, claimed:
     message = session.get(Message, message_id)
     if message is not None and message.status == "unknown":
         apply_ack(session, message.client_id, external_id, "sent", at=at, message_id=message_id)
+
+
+# ``record_sent`` for many sends of one organisation at once, made only while nobody takes
+# ``message.sent`` (else each is recorded with its deliveries by ``record_sent``)
+_SENT_MANY = text(f"""
+    WITH s AS (
+        SELECT EXISTS (SELECT 1 FROM webhooks AS w
+                        WHERE {subscribed_where("w", "CAST(:org AS text)", "'message.sent'")}) AS subscribed),
+    u AS (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+                   AS u(id text, external_id text, event_id text, payload text)),
+    m AS (
+        UPDATE messages SET status = 'sent', sent_at = :at, external_id = u.external_id, updated_at = :at,
+                            error_code = NULL, error_message = NULL
+          FROM u
+         WHERE messages.id = u.id AND messages.status = 'sending' AND NOT (SELECT subscribed FROM s)
+        RETURNING messages.id, messages.organization_id, messages.contact_id, u.external_id, u.event_id, u.payload),
+    h AS (
+        INSERT INTO message_status_history (organization_id, message_id, status, at, details)
+        SELECT organization_id, id, 'sent', :at, jsonb_build_object('external_id', external_id) FROM m),
+    c AS (
+        UPDATE contacts SET last_outbound_at = GREATEST(contacts.last_outbound_at, :at)
+          FROM (SELECT DISTINCT contact_id FROM m) AS x WHERE contacts.id = x.contact_id),
+    e AS (
+        INSERT INTO webhook_events (id, organization_id, type, payload, created_at)
+        SELECT event_id, organization_id, 'message.sent', CAST(payload AS jsonb), :at FROM m)
+    SELECT (SELECT subscribed FROM s) AS subscribed, ARRAY(SELECT id FROM m) AS done
+""")
+
+
+def record_sent_many(session: Session, sends: list[tuple[dict, str]]) -> None:
+    """``record_sent`` for ``sends`` (``(claimed row, external id)`` of one organisation), in the
+    caller's transaction: one statement for all while nobody takes ``message.sent``; else, and for
+    any that is not ``sending`` any more, one ``record_sent`` each."""
+    if not sends:
+        return
+    org = sends[0][0]["organization_id"]
+    at = utcnow()
+    rows = [_sent_params(claimed, external_id, at) for claimed, external_id in sends]
+    done = session.execute(_SENT_MANY, {"org": org, "at": at, "rows": json.dumps(rows, default=str)}).one()
+    _SUBSCRIBED_ORGS[org] = done.subscribed
+    recorded = set(done.done)
+    for claimed, external_id in sends:
+        if claimed["id"] not in recorded:
+            record_sent(session, claimed["id"], external_id, claimed=claimed)

@@ -230,7 +230,8 @@ def accept_messages(session: Session, principal: Principal, client: Client, item
         accepted.append((i, {**cols, "contact_id": contact_id, "idempotency_key": key}))
     if not accepted:
         return results
-    plans = planning.plan(client, [(new_id("msg"), 0, cols["scheduled_at"]) for _, cols in accepted])
+    plans = planning.plan(client, [(new_id("msg"), 0, cols["scheduled_at"]) for _, cols in accepted],
+                          batchable=campaign_id is None)
     values = [{**cols, "id": plan.message_id, "organization_id": client.organization_id, "client_id": client.id,
                "direction": "outbound", "from_phone": client.phone, "status": "queued", "queued_at": now,
                "created_at": now, "updated_at": now, "scheduled_for": plan.scheduled_for,

@@ -153,25 +153,27 @@ def test_workers_killed_during_fan_out_lose_nobody_and_send_nobody_twice(
     blocker = sorted(people, key=lambda p: p.id)[110]  # in the fifth chunk of 25
     # that contact's row locked: the fan-out's insert of its chunk (the foreign key's check) waits on it
     hold = engine.connect()
-    tx = hold.begin()
-    hold.execute(text("SELECT 1 FROM contacts WHERE id = :id FOR UPDATE"), {"id": blocker.id})
-    default = run_pool("default", **ENV)
-    messages = run_pool("messages", **ENV)
-    schedulers(1)
-    assert committed_client.post(f"/api/campaigns/{cid}/start", headers=committed_headers).status_code == 200
+    try:  # a failure must not leave the lock behind (the next test's TRUNCATE would wait on it)
+        hold.begin()
+        hold.execute(text("SELECT 1 FROM contacts WHERE id = :id FOR UPDATE"), {"id": blocker.id})
+        default = run_pool("default", **ENV)
+        messages = run_pool("messages", **ENV)
+        schedulers(1)
+        assert committed_client.post(f"/api/campaigns/{cid}/start", headers=committed_headers).status_code == 200
 
-    def blocked():
-        committed.rollback()
-        return committed.scalar(select(func.count()).select_from(CampaignRecipient)
-                                .where(CampaignRecipient.campaign_id == cid)) == 100
+        def blocked():
+            committed.rollback()
+            return committed.scalar(select(func.count()).select_from(CampaignRecipient)
+                                    .where(CampaignRecipient.campaign_id == cid)) == 100
 
-    wait_for(blocked, timeout=60, message="four chunks written, the fifth waiting")
-    os.killpg(default.pid, signal.SIGKILL)
-    os.killpg(messages.pid, signal.SIGKILL)
-    default.wait(10)
-    messages.wait(10)
-    tx.rollback()
-    hold.close()
+        wait_for(blocked, timeout=60, message="four chunks written, the fifth waiting")
+        os.killpg(default.pid, signal.SIGKILL)
+        os.killpg(messages.pid, signal.SIGKILL)
+        default.wait(10)
+        messages.wait(10)
+    finally:
+        hold.rollback()
+        hold.close()
     assert state(committed, cid).fanout_done_at is None
     run_pool("default", **ENV)
     run_pool("messages", **ENV)

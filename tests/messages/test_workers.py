@@ -3,6 +3,7 @@
 Limits are shortened (a few hundred milliseconds of gap, 3 per minute) instead of waiting minutes;
 what is checked comes from what the system recorded (sending_at, scheduled_for, the sim network).
 """
+import os
 import signal
 from datetime import timedelta
 
@@ -165,19 +166,19 @@ def test_a_killed_worker_sends_nothing_twice_and_leaves_nothing_in_sending(commi
     assert total > 2 * batch
     held = r.get_json()["messages"][batch + batch // 2]["id"]
     lock = committed.get_bind().connect()
-    lock.begin()
-    lock.execute(text("SELECT 1 FROM contacts WHERE id = (SELECT contact_id FROM messages WHERE id = :id) "
-                      "FOR UPDATE"), {"id": held})
-    worker = run_pool("messages", threads=8)
-    wait_for(lambda: statuses(committed, cli.id) == {"sent": batch, "sending": batch, "queued": total - 2 * batch}
-             and network(client, committed_headers, cli.id)["received"] == 2 * batch, timeout=30,
-             message="the second batch claimed, its recording waiting")
-    import os
-
-    os.killpg(worker.pid, signal.SIGKILL)  # the whole pool, mid-batch
-    worker.wait(10)
-    lock.rollback()
-    lock.close()
+    try:  # a failure must not leave the lock behind (the next test's TRUNCATE would wait on it)
+        lock.begin()
+        lock.execute(text("SELECT 1 FROM contacts WHERE id = (SELECT contact_id FROM messages WHERE id = :id) "
+                          "FOR UPDATE"), {"id": held})
+        worker = run_pool("messages", threads=8)
+        wait_for(lambda: statuses(committed, cli.id) == {"sent": batch, "sending": batch, "queued": total - 2 * batch}
+                 and network(client, committed_headers, cli.id)["received"] == 2 * batch, timeout=30,
+                 message="the second batch claimed, its recording waiting")
+        os.killpg(worker.pid, signal.SIGKILL)  # the whole pool, mid-batch
+        worker.wait(10)
+    finally:
+        lock.rollback()
+        lock.close()
     before = statuses(committed, cli.id)
     assert before == {"sent": batch, "sending": batch, "queued": total - 2 * batch}, before
     assert network(client, committed_headers, cli.id)["received"] == 2 * batch  # out, not recorded

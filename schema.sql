@@ -550,7 +550,7 @@ CREATE INDEX messages_org_status_id_idx ON messages (organization_id, status, id
 CREATE INDEX messages_org_direction_id_idx ON messages (organization_id, direction, id DESC);
 CREATE INDEX messages_org_contact_id_idx ON messages (organization_id, contact_id, id DESC);
 -- workers: claim due messages per client; match transport acks by external id
-CREATE INDEX messages_claim_idx ON messages (client_id, status, scheduled_for) WHERE status IN ('queued', 'sending', 'unknown');
+CREATE INDEX messages_claim_idx ON messages (client_id, status, id) WHERE status IN ('queued', 'sending', 'unknown');  -- a client's next messages, in order
 CREATE INDEX messages_client_external_idx ON messages (client_id, external_id) WHERE external_id IS NOT NULL;
 -- a transport may report the same inbound message twice: store it once
 CREATE UNIQUE INDEX messages_inbound_external_key ON messages (client_id, external_id)

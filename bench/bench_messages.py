@@ -7,7 +7,9 @@ beside the anchor it is judged against (measured in the same run, with the same 
       a marshmallow schema (bench/anchor_app.py); then the send again with an Idempotency-Key;
   (b) batch intake: POST /api/messages/batch, 1000 per request;
   (c) end to end over the sim transport, every pool and the scheduler running: accepted -> sent ->
-      delivered -> read, beside Dramatiq's own no-op job throughput on the same processes;
+      delivered -> read, then the analytics rollup of those status changes (run when the last is
+      read, inside the measurement), beside Dramatiq's own no-op job throughput on the same
+      processes (measured once the leftovers of (a) and (b) are cancelled and rolled up);
   (w) webhooks: (c) again with one endpoint subscribed to every event, on a local receiver;
   (d) pacing: 50 clients with a backlog each: window/gap violations (from the recorded send times),
       share of the allowed rate used, and worker threads busy while the backlog waits (110 s).
@@ -121,6 +123,9 @@ def prepare_environment() -> dict:
         "APP_ENCRYPTION_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
         "WORKER_HEARTBEAT_TTL": "5", "PYTHONUNBUFFERED": "1",
         "WEBHOOK_ALLOW_PRIVATE": "loopback",  # the receiver of (w) listens on 127.0.0.1
+        # the analytics rollup runs when a flow has finished, inside its measurement (``rollup_now``),
+        # not at a moment of the scheduler's that would fall in another part's
+        "ANALYTICS_ROLLUP_EVERY": "86400",
     })
     from app.schema import apply_schema
 
@@ -402,6 +407,47 @@ def start_every_pool() -> dict:
     return started
 
 
+def drop_intake_leftovers() -> None:
+    """(a) and (b) run without pools and leave thousands of paced messages waiting for their slots,
+    with their jobs in the broker: they are cancelled and their jobs dropped before the pools start,
+    so that no later part is measured doing the earlier parts' work."""
+    from sqlalchemy import text
+
+    from app.db import job_session
+    from app.kv import redis_client
+    from app.messages.planning import PARKED_KEY
+
+    with job_session() as session:
+        session.execute(text("UPDATE messages SET status = 'cancelled', cancelled_at = now() WHERE status = 'queued'"))
+    r = redis_client()
+    r.delete(PARKED_KEY, *r.keys("dramatiq:messages*"))
+
+
+def settle_postgres() -> None:
+    """VACUUM ANALYZE and a checkpoint after (a) and (b)'s writes, so that the autovacuum and the
+    checkpoint they would cause do not fall inside a later part's measurement."""
+    import psycopg
+
+    from config import settings
+
+    with psycopg.connect(settings.DATABASE_URL.replace("postgresql+psycopg://", "postgresql://"),
+                         autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+        conn.execute("CHECKPOINT")
+
+
+def rollup_now() -> None:
+    """One ``analytics.rollup`` run by the default pool, waited for: the analytics of every status
+    change so far, part of what a message costs."""
+    from app import outbox
+    from app.analytics.rollup import ROLLUP_ACTOR
+    from app.db import job_session
+
+    with job_session() as session:
+        outbox.enqueue(session, ROLLUP_ACTOR)  # in the broker once committed
+    drain_time("default")
+
+
 def bench_noop() -> dict:
     """Dramatiq's own ceiling on these processes: no-op jobs through the default pool."""
     enqueue_noop_jobs(NOOP_JOBS)
@@ -424,6 +470,7 @@ def flow(target: Api, org_id: str, n: int, receiver: ReceiverProcess | None = No
             assert status == 202, body
         wait_until(lambda: count("SELECT count(*) FROM messages WHERE client_id = :c AND status <> 'read'",
                                  c=cli) == 0, 900, "every end-to-end message to be read", interval=0.25)
+        rollup_now()
         if receiver is not None:
             events = count("SELECT count(*) FROM webhook_events WHERE organization_id = :o", o=org_id)
             receiver.wait_for(events, timeout=900)
@@ -695,7 +742,9 @@ def report(results: dict, loads: tuple[float, float], notes: list[str]) -> list[
         "and Redis; the load generator (the benchmark, its HTTP threads, the webhook receiver) is not. "
         "Each anchor is measured in the same run with the same meter and load. End to end: "
         f"{pools}; sim clients with pacing off, read_rate 1, delivered after "
-        f"{SIM_FAST['deliver_after_ms']} ms, read after {SIM_FAST['read_after_ms']} ms."
+        f"{SIM_FAST['deliver_after_ms']} ms, read after {SIM_FAST['read_after_ms']} ms (such clients send in "
+        "batches, `MESSAGE_SEND_BATCH`); once the last message is read, the analytics rollup of its status "
+        "changes runs, inside the measurement."
         + "".join(f" {note}." for note in notes)
         + " The benchmark's own polling (a count query every 0.25 s until the last message is read) is "
         "server work too, and counted. `bench/bench_messages.py --readme` rewrites this part.")
@@ -784,7 +833,10 @@ def main() -> None:
             show(results.setdefault("b", bench_batch(org_id)))
         if "c" in parts or "w" in parts:
             print("bench: (c) every pool and the scheduler, warming up ...", flush=True)
+            drop_intake_leftovers()
             running = start_every_pool()
+            rollup_now()  # the analytics of (a) and (b), before anything is measured
+            settle_postgres()
             if "c" in parts:
                 print("bench: (c) Dramatiq no-op jobs ...", flush=True)
                 show(results.setdefault("noop", bench_noop()))

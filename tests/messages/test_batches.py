@@ -238,3 +238,23 @@ def test_a_batch_size_out_of_range_stops_the_process_naming_the_setting():
     for bad in ("0", "5000"):
         with pytest.raises(SystemExit, match="MESSAGE_SEND_BATCH"):
             check_production_settings(Settings.from_env({**dict(vars(settings)), "MESSAGE_SEND_BATCH": bad}))
+
+
+def test_a_client_ready_again_gets_one_batched_job_and_its_campaign_messages_a_job_each(session, unpaced, org,
+                                                                                      redis_conn):
+    from app.messages import planning, service
+
+    unpaced.status = "disconnected"
+    session.flush()
+    ids = queue(session, unpaced, 4)
+    campaign = f.make_campaign(session, organization_id=org.id, status="running")
+    own = service.accept_messages(session, SystemPrincipal(org.id), unpaced, [{"to": "+14155559999", "text": "offer"}],
+                                  campaign_id=campaign.id)[0]["id"]
+    unpaced.status = "ready"
+    session.commit()
+    redis_conn.flushdb()
+    assert planning.resume_client(session, unpaced.id) == 5
+    session.commit()
+    assert sorted((j["actor_name"], j["args"][0]) for j in queued_jobs(redis_conn)) == sorted(
+        [("messages.send", own), ("messages.send_due", unpaced.id)])
+    assert status_of(session, ids) == Counter(queued=4)

@@ -93,6 +93,7 @@ class Settings:
     RATE_LIMIT_PRINCIPAL: RateLimits | None = setting("", "Limit on the authenticated API for each API key or user (empty: `RATE_LIMIT_API`). Lower it so one key cannot use its organisation's whole budget.")
     RATE_LIMIT_ENABLED: bool = setting("true", "Turns request rate limiting on or off.")
     TRUSTED_PROXIES: Networks = setting("127.0.0.1/32,::1/128", "CIDRs of reverse proxies whose `X-Forwarded-For` / `X-Forwarded-Proto` are believed (client IP for rate limits and audit, HTTPS for HSTS): loopback only by default. Behind a proxy on another host, list exactly that proxy's address or network (compose sets its own network). Empty: trust none.")
+    METRICS_FLUSH_MS: int = setting("1000", "Milliseconds a worker process adds up its job and webhook counters in memory before writing them to Redis for /metrics, in one round trip (a process killed loses at most that much of its counts); 0 writes each at once.")
     METRICS_TOKEN: str = setting("", "Bearer token `/metrics` requires (`Authorization: Bearer <token>`; Prometheus' `authorization` scrape setting). Empty: no token needed.")
     METRICS_ALLOW: Networks = setting("127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7", "CIDRs of the addresses that may read `/metrics` (the client address, as `TRUSTED_PROXIES` finds it): loopback and private ranges by default; others get 403. Empty: any address (then set `METRICS_TOKEN`).")
     LOG_LEVEL: str = setting("INFO", "Log level of every process (JSON logs to stdout).")

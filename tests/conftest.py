@@ -63,6 +63,8 @@ def pytest_configure(config):
         "RATE_LIMIT_ENABLED": os.environ.get("RATE_LIMIT_ENABLED", "false"),
         "LOG_LEVEL": "WARNING",
         "WORKER_HEARTBEAT_TTL": "3",
+        # counters written at once: a test reads them right after (their buffering is tested on its own)
+        "METRICS_FLUSH_MS": "0",
     })
     _recreate_database(name)
 

@@ -224,8 +224,9 @@ class WorkerCountersCollector:
 
     def collect(self) -> Iterator[Metric]:
         from app.kv import redis_client
-        from app.system.counters import COUNTERS, HISTOGRAMS, read_counter, read_histogram
+        from app.system.counters import COUNTERS, HISTOGRAMS, flush, read_counter, read_histogram
 
+        flush()  # what this process counted itself (a worker's are written by its own thread)
         try:
             r = redis_client()
             out: list[Metric] = []

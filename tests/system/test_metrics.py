@@ -212,6 +212,27 @@ def test_histograms_kept_in_redis_are_cumulative(client):
         counters.inc("wa_webhook_attempts_total", outcome="success", webhook_id="whk_1")  # labels are declared
 
 
+def test_a_process_adds_up_its_counts_and_writes_them_in_the_background(client, redis_conn, override_settings):
+    """With METRICS_FLUSH_MS set, increments are added up in memory: a background thread writes
+    them, and /metrics served by the same process writes its own first."""
+    from app.system import counters
+    from tests.procs import wait_for
+
+    override_settings(METRICS_FLUSH_MS=50)
+    for _ in range(3):
+        counters.inc("wa_webhook_attempts_total", outcome="success")
+    counters.observe("wa_webhook_attempt_duration_seconds", 0.2, outcome="success")
+    wait_for(lambda: counters.read_counter(redis_conn, "wa_webhook_attempts_total") == [(("success",), 3.0)],
+             timeout=10, message="the background write")
+    counters.inc("wa_webhook_attempts_total", 2, outcome="error")
+    counters.observe("wa_webhook_attempt_duration_seconds", 3.0, outcome="success")
+    m = scrape(client)
+    assert of(m, "wa_webhook_attempts_total") == {(("outcome", "error"),): 2.0, (("outcome", "success"),): 3.0}
+    assert value(m, "wa_webhook_attempt_duration_seconds_count", outcome="success") == 2.0
+    assert value(m, "wa_webhook_attempt_duration_seconds_sum", outcome="success") == 3.2
+    assert value(m, "wa_webhook_attempt_duration_seconds_bucket", outcome="success", le="0.25") == 1.0
+
+
 def test_webhook_outcome_kinds():
     from app.webhooks.delivery import Outcome
 
@@ -266,13 +287,14 @@ def test_a_real_worker_counts_jobs_by_pool_actor_and_outcome(client, override_se
 
 @pytest.mark.workers
 def test_jobs_of_a_real_worker_pool_process_reach_the_api(committed, committed_client, run_pool):
-    """A job run by a worker process of the webhooks pool is counted by the api's /metrics."""
+    """A job run by a worker process of the webhooks pool is counted by the api's /metrics (the
+    process writes its counts in the background, as in production)."""
     import dramatiq
 
     from tests.procs import wait_for
     from workers.broker import get_broker
 
-    run_pool("webhooks")
+    run_pool("webhooks", METRICS_FLUSH_MS="200")
     get_broker().enqueue(dramatiq.Message(queue_name="webhooks", actor_name="webhooks.cleanup", args=(), kwargs={},
                                           options={}))
     wait_for(lambda: value(scrape(committed_client), "wa_jobs_total", pool="webhooks", actor="webhooks.cleanup",

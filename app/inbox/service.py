@@ -63,15 +63,15 @@ _WAKE_MARGIN_MS = 50
 
 
 def insert_reports_sql(only_if: str = "TRUE") -> str:
-    """One statement for any number of reports (arrays, not a VALUES list or an executemany), with
-    ``report_params``; a statement that records reports in passing (the send) embeds it, writing
-    them only if its condition ``only_if`` holds."""
+    """One statement for any number of reports (one JSON parameter, not a VALUES list, arrays or an
+    executemany: the driver quotes array elements one by one), with ``report_params``; a statement
+    that records reports in passing (the send) embeds it, writing them only if ``only_if`` holds."""
     return f"""
     INSERT INTO transport_events (organization_id, client_id, kind, payload, due_at, dispatched_at, created_at)
-    SELECT r.organization_id, r.client_id, r.kind, r.payload, r.due_at, :reports_at, :reports_at
-      FROM unnest(CAST(:report_orgs AS text[]), CAST(:report_clients AS text[]), CAST(:report_kinds AS text[]),
-                  CAST(CAST(:report_payloads AS text[]) AS jsonb[]), CAST(:report_due AS timestamptz[]))
-           AS r(organization_id, client_id, kind, payload, due_at)
+    SELECT r.organization_id, r.client_id, r.kind, r.payload,
+           CAST(:reports_at AS timestamptz) + r.delay_ms * interval '1 millisecond', :reports_at, :reports_at
+      FROM jsonb_to_recordset(CAST(:reports AS jsonb))
+           AS r(organization_id text, client_id text, kind text, payload jsonb, delay_ms bigint)
      WHERE {only_if}"""
 
 
@@ -101,10 +101,9 @@ def record(session: Session, reports: list[Report]) -> None:
 
 def report_params(reports: list[Report]) -> dict:
     """The parameters of ``insert_reports_sql`` for ``reports``."""
-    now = utcnow()
-    return {"report_orgs": [r.organization_id for r in reports], "report_clients": [r.client_id for r in reports],
-            "report_kinds": [r.kind for r in reports], "report_payloads": [json.dumps(r.payload) for r in reports],
-            "report_due": [now + timedelta(milliseconds=max(0, r.delay_ms)) for r in reports], "reports_at": now}
+    return {"reports": json.dumps([{"organization_id": r.organization_id, "client_id": r.client_id, "kind": r.kind,
+                                    "payload": r.payload, "delay_ms": max(0, r.delay_ms)} for r in reports]),
+            "reports_at": utcnow()}
 
 
 def _now_ms() -> int:

@@ -181,39 +181,36 @@ def _lock_acked(session: Session, acks: list[Ack]) -> dict[tuple[str, str, str],
     return found
 
 
+# one JSON parameter each rather than arrays: the driver quotes array elements one by one
 _UPDATE_ACKED = text("""
     UPDATE messages AS m
        SET status = u.status, external_id = u.external_id, sent_at = u.sent_at, delivered_at = u.delivered_at,
            read_at = u.read_at, failed_at = u.failed_at, error_code = u.error_code, error_message = u.error_message,
            updated_at = u.updated_at
-      FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:externals AS text[]),
-                  CAST(:sent AS timestamptz[]), CAST(:delivered AS timestamptz[]), CAST(:read AS timestamptz[]),
-                  CAST(:failed AS timestamptz[]), CAST(:codes AS text[]), CAST(:texts AS text[]),
-                  CAST(:updated AS timestamptz[]))
-           AS u(id, status, external_id, sent_at, delivered_at, read_at, failed_at, error_code, error_message,
-                updated_at)
+      FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+           AS u(id text, status text, external_id text, sent_at timestamptz, delivered_at timestamptz,
+                read_at timestamptz, failed_at timestamptz, error_code text, error_message text,
+                updated_at timestamptz)
      WHERE m.id = u.id""")
 _INSERT_HISTORY = text("""
     INSERT INTO message_status_history (organization_id, message_id, status, at, details)
-    SELECT * FROM unnest(CAST(:orgs AS text[]), CAST(:ids AS text[]), CAST(:statuses AS text[]),
-                         CAST(:ats AS timestamptz[]), CAST(CAST(:details AS text[]) AS jsonb[]))""")
+    SELECT h.organization_id, h.message_id, h.status, h.at, h.details
+      FROM jsonb_to_recordset(CAST(:rows AS jsonb))
+           AS h(organization_id text, message_id text, status text, at timestamptz, details jsonb)""")
+_ACKED_COLUMNS = ("id", "status", "external_id", "sent_at", "delivered_at", "read_at", "failed_at", "error_code",
+                  "error_message", "updated_at")
 #: the order events of one batch are emitted in: a message's steps always climb it
 _EVENT_ORDER = ("sent", "delivered", "read", "failed")
 
 
 def _write_acked(session: Session, rows: list[dict], steps: list[tuple[str, dict, datetime, dict]]) -> None:
-    session.execute(_UPDATE_ACKED, {
-        "ids": [r["id"] for r in rows], "statuses": [r["status"] for r in rows],
-        "externals": [r["external_id"] for r in rows], "sent": [r["sent_at"] for r in rows],
-        "delivered": [r["delivered_at"] for r in rows], "read": [r["read_at"] for r in rows],
-        "failed": [r["failed_at"] for r in rows], "codes": [r["error_code"] for r in rows],
-        "texts": [r["error_message"] for r in rows], "updated": [r["updated_at"] for r in rows]})
+    session.execute(_UPDATE_ACKED, {"rows": json.dumps([{c: r[c] for c in _ACKED_COLUMNS} for r in rows],
+                                                      default=_iso)})
     ordered = sorted(steps, key=lambda s: _EVENT_ORDER.index(s[0]))
     if ordered:
-        session.execute(_INSERT_HISTORY, {
-            "orgs": [m["organization_id"] for _, m, _, _ in ordered], "ids": [m["id"] for _, m, _, _ in ordered],
-            "statuses": [s for s, _, _, _ in ordered], "ats": [at for _, _, at, _ in ordered],
-            "details": [json.dumps(d) for _, _, _, d in ordered]})
+        session.execute(_INSERT_HISTORY, {"rows": json.dumps(
+            [{"organization_id": m["organization_id"], "message_id": m["id"], "status": status, "at": at,
+              "details": details} for status, m, at, details in ordered], default=_iso)})
     groups: dict[tuple[str, str], list[dict]] = {}
     for status, message, _, _ in ordered:
         groups.setdefault((message["organization_id"], status), []).append(dump(message))
@@ -223,6 +220,13 @@ def _write_acked(session: Session, rows: list[dict], steps: list[tuple[str, dict
     for obj in list(session.identity_map.values()):  # ORM copies of these rows are stale now
         if isinstance(obj, Message) and obj.id in ids:
             session.expire(obj)
+
+
+def _iso(value: object) -> str:
+    """Times in the JSON parameters (exact to the microsecond, with their offset)."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def parse_time(value: object) -> datetime | None:

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 #: worker stopping is not kept waiting, and other clients' jobs get threads)
 SEND_DUE_BUDGET_S = 5.0
 
+#: after a transient error, how long the rest of a client's backlog waits before the next batch
+RETRY_PAUSE_MS = 1000
+
 #: the messages a batch takes: first attempts due now, not a campaign's, in order
 _WAITING = """
     m.client_id = :client AND m.status = 'queued' AND m.direction = 'outbound' AND m.campaign_id IS NULL
@@ -85,12 +88,20 @@ def run_send_due(client_id: str) -> Counter:
     outcomes: Counter = Counter()
     while True:
         claimed, stop = send_batch(client_id, outcomes)
+        if stop and outcomes["retrying"]:
+            # the transport is failing: those messages retry on their own, the rest goes on in a moment
+            _send_due_later(client_id, RETRY_PAUSE_MS)
+            return outcomes
         if stop or claimed < settings.MESSAGE_SEND_BATCH:
             return outcomes
         if time.monotonic() > deadline:
-            with job_session() as session:
-                outbox.enqueue(session, SEND_DUE_ACTOR, client_id)
+            _send_due_later(client_id, None)
             return outcomes
+
+
+def _send_due_later(client_id: str, delay_ms: int | None) -> None:
+    with job_session() as session:
+        outbox.enqueue(session, SEND_DUE_ACTOR, client_id, delay_ms=delay_ms)
 
 
 def send_batch(client_id: str, outcomes: Counter) -> tuple[int, bool]:
@@ -116,8 +127,7 @@ def send_batch(client_id: str, outcomes: Counter) -> tuple[int, bool]:
                     for r in rows]
     if prepared:
         _send(prepared, outcomes)
-    stop = outcomes.get("retrying", 0) > 0  # the transport is failing: retries take it from here
-    return len(picked), stop
+    return len(picked), outcomes["retrying"] > 0
 
 
 def _send(batch: list[Prepared], outcomes: Counter) -> None:

@@ -24,7 +24,6 @@ transaction, or, inside ``with sink.batch():``, all the reports of the block are
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -40,7 +39,7 @@ from sqlalchemy.orm import Session
 
 from app import outbox
 from app.clients.session_state import save_session_state
-from app.db import job_session, rowcount, utcnow
+from app.db import job_session, json_rows, rowcount, utcnow
 from app.inbox.models import TransportEvent
 from app.kv import redis_client
 from app.queues import queue_of
@@ -63,9 +62,9 @@ _WAKE_MARGIN_MS = 50
 
 
 def insert_reports_sql(only_if: str = "TRUE") -> str:
-    """One statement for any number of reports (one JSON parameter, not a VALUES list, arrays or an
-    executemany: the driver quotes array elements one by one), with ``report_params``; a statement
-    that records reports in passing (the send) embeds it, writing them only if ``only_if`` holds."""
+    """One statement for any number of reports (one JSON parameter, ``json_rows``), with
+    ``report_params``; a statement that records reports in passing (the send) embeds it, writing
+    them only if ``only_if`` holds."""
     return f"""
     INSERT INTO transport_events (organization_id, client_id, kind, payload, due_at, dispatched_at, created_at)
     SELECT r.organization_id, r.client_id, r.kind, r.payload,
@@ -101,8 +100,8 @@ def record(session: Session, reports: list[Report]) -> None:
 
 def report_params(reports: list[Report]) -> dict:
     """The parameters of ``insert_reports_sql`` for ``reports``."""
-    return {"reports": json.dumps([{"organization_id": r.organization_id, "client_id": r.client_id, "kind": r.kind,
-                                    "payload": r.payload, "delay_ms": max(0, r.delay_ms)} for r in reports]),
+    return {"reports": json_rows([{"organization_id": r.organization_id, "client_id": r.client_id, "kind": r.kind,
+                                   "payload": r.payload, "delay_ms": max(0, r.delay_ms)} for r in reports]),
             "reports_at": utcnow()}
 
 

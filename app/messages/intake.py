@@ -9,13 +9,13 @@ its due time is ``MESSAGE_LOST_AFTER`` past (tests/messages/test_routes.py check
 """
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.clients.models import Client
+from app.db import json_rows
 
 #: the messages and their ``queued`` history rows in one statement, from one JSON array of rows (one
 #: parameter: a text per row of JSON costs the driver nothing, where text arrays are quoted element
@@ -46,7 +46,7 @@ _INSERT_KEYED = text(_INSERT_QUEUED.format(
 def insert_queued(session: Session, client: Client, values: list[dict], now: datetime, *, campaign_id: str | None,
                    automation_id: str | None, keys: bool) -> set[str] | None:
     """Write the messages of ``values`` and their ``queued`` history rows with one ``INSERT ...
-    SELECT FROM unnest`` (an array per column: one statement and one round trip whatever the
+    SELECT`` from one JSON parameter (``json_rows``: one statement and one round trip whatever the
     count). With ``keys`` a message whose idempotency key exists is skipped, and the ids written
     are returned; without, None (all were)."""
     columns = ("id", "contact_id", "to_phone", "type", "text", "media_id", "caption", "template_id", "variables",
@@ -57,15 +57,10 @@ def insert_queued(session: Session, client: Client, values: list[dict], now: dat
     params = {
         "org": client.organization_id, "client": client.id, "from_phone": client.phone, "now": now,
         "campaign": campaign_id, "automation": automation_id,
-        "rows": json.dumps(rows, default=_iso, separators=(",", ":")),
+        "rows": json_rows(rows),
     }
     if keys:
         return set(session.scalars(_INSERT_KEYED, params))
     session.execute(_INSERT_PLAIN, params)
     return None
 
-
-def _iso(value):
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

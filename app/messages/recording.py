@@ -19,7 +19,7 @@ from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from app import outbox
-from app.db import OperationalErrors, job_session, new_id, one_statement, utcnow
+from app.db import OperationalErrors, job_session, json_rows, new_id, one_statement, utcnow
 from app.inbox.service import Report, insert_reports_sql, report_params, wake
 from app.messages.models import Message
 from app.messages.tracking import apply_ack, dump, record_status
@@ -138,13 +138,19 @@ def record_sent_alone(claimed: dict, external_id: str, reports: list[Report]) ->
     return bool(row.done)
 
 
-def _sent_params(claimed: dict, external_id: str, at: datetime | None = None) -> dict:
-    """The parameters of ``_sent_steps``; the event's payload is the claimed row as it will be."""
-    at = at or utcnow()
+def _sent_row(claimed: dict, external_id: str, at: datetime) -> dict:
+    """What ``sending -> sent`` writes of one message; the event's payload is the claimed row as it
+    will be (nothing else changes a ``sending`` row)."""
     after = {**claimed, "status": "sent", "sent_at": at, "external_id": external_id, "updated_at": at,
              "error_code": None, "error_message": None}
-    return {"id": claimed["id"], "at": at, "external_id": external_id, "event_id": new_id("evt"),
-            "payload": json.dumps(dump(after))}
+    return {"id": claimed["id"], "external_id": external_id, "event_id": new_id("evt"), "payload": dump(after)}
+
+
+def _sent_params(claimed: dict, external_id: str) -> dict:
+    """The parameters of ``_sent_steps``."""
+    at = utcnow()
+    row = _sent_row(claimed, external_id, at)
+    return {**row, "at": at, "payload": json.dumps(row["payload"])}
 
 
 def record_sent(session: Session, message_id: str, external_id: str, *, claimed: dict) -> None:
@@ -174,7 +180,7 @@ _SENT_MANY = text(f"""
         SELECT EXISTS (SELECT 1 FROM webhooks AS w
                         WHERE {subscribed_where("w", "CAST(:org AS text)", "'message.sent'")}) AS subscribed),
     u AS (SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb))
-                   AS u(id text, external_id text, event_id text, payload text)),
+                   AS u(id text, external_id text, event_id text, payload jsonb)),
     m AS (
         UPDATE messages SET status = 'sent', sent_at = :at, external_id = u.external_id, updated_at = :at,
                             error_code = NULL, error_message = NULL
@@ -189,7 +195,7 @@ _SENT_MANY = text(f"""
           FROM (SELECT DISTINCT contact_id FROM m) AS x WHERE contacts.id = x.contact_id),
     e AS (
         INSERT INTO webhook_events (id, organization_id, type, payload, created_at)
-        SELECT event_id, organization_id, 'message.sent', CAST(payload AS jsonb), :at FROM m)
+        SELECT event_id, organization_id, 'message.sent', payload, :at FROM m)
     SELECT (SELECT subscribed FROM s) AS subscribed, ARRAY(SELECT id FROM m) AS done
 """)
 
@@ -202,8 +208,8 @@ def record_sent_many(session: Session, sends: list[tuple[dict, str]]) -> None:
         return
     org = sends[0][0]["organization_id"]
     at = utcnow()
-    rows = [_sent_params(claimed, external_id, at) for claimed, external_id in sends]
-    done = session.execute(_SENT_MANY, {"org": org, "at": at, "rows": json.dumps(rows, default=str)}).one()
+    rows = [_sent_row(claimed, external_id, at) for claimed, external_id in sends]
+    done = session.execute(_SENT_MANY, {"org": org, "at": at, "rows": json_rows(rows)}).one()
     _SUBSCRIBED_ORGS[org] = done.subscribed
     recorded = set(done.done)
     for claimed, external_id in sends:

@@ -7,7 +7,6 @@ emits the matching ``message.*`` event with the message as the API shows it.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -15,7 +14,7 @@ from sqlalchemy import Row, text
 from sqlalchemy.orm import Session
 
 from app.clients.models import Client
-from app.db import utcnow
+from app.db import json_rows, utcnow
 from app.messages.models import Message, MessageStatusHistory
 from app.messages.statuses import DOUBTFUL_FAILURES, EVENTS, RANK, TERMINAL, TIMESTAMP_OF
 from app.webhooks.events import emit, emit_many
@@ -181,7 +180,7 @@ def _lock_acked(session: Session, acks: list[Ack]) -> dict[tuple[str, str, str],
     return found
 
 
-# one JSON parameter each rather than arrays: the driver quotes array elements one by one
+# one JSON parameter each (``json_rows``)
 _UPDATE_ACKED = text("""
     UPDATE messages AS m
        SET status = u.status, external_id = u.external_id, sent_at = u.sent_at, delivered_at = u.delivered_at,
@@ -204,13 +203,12 @@ _EVENT_ORDER = ("sent", "delivered", "read", "failed")
 
 
 def _write_acked(session: Session, rows: list[dict], steps: list[tuple[str, dict, datetime, dict]]) -> None:
-    session.execute(_UPDATE_ACKED, {"rows": json.dumps([{c: r[c] for c in _ACKED_COLUMNS} for r in rows],
-                                                      default=_iso)})
+    session.execute(_UPDATE_ACKED, {"rows": json_rows([{c: r[c] for c in _ACKED_COLUMNS} for r in rows])})
     ordered = sorted(steps, key=lambda s: _EVENT_ORDER.index(s[0]))
     if ordered:
-        session.execute(_INSERT_HISTORY, {"rows": json.dumps(
+        session.execute(_INSERT_HISTORY, {"rows": json_rows(
             [{"organization_id": m["organization_id"], "message_id": m["id"], "status": status, "at": at,
-              "details": details} for status, m, at, details in ordered], default=_iso)})
+              "details": details} for status, m, at, details in ordered])})
     groups: dict[tuple[str, str], list[dict]] = {}
     for status, message, _, _ in ordered:
         groups.setdefault((message["organization_id"], status), []).append(dump(message))
@@ -220,13 +218,6 @@ def _write_acked(session: Session, rows: list[dict], steps: list[tuple[str, dict
     for obj in list(session.identity_map.values()):  # ORM copies of these rows are stale now
         if isinstance(obj, Message) and obj.id in ids:
             session.expire(obj)
-
-
-def _iso(value: object) -> str:
-    """Times in the JSON parameters (exact to the microsecond, with their offset)."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def parse_time(value: object) -> datetime | None:

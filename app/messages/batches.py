@@ -29,18 +29,18 @@ from app.clients.models import Client
 from app.db import job_session, utcnow
 from app.inbox.service import record
 from app.messages.dispatch import (
+    CLAIM,
     Prepared,
     Sent,
     call_transport,
     collecting,
-    requeue_after_error,
     retry_later,
     stateless_transport,
 )
 from app.messages.outbound import build_outbound
 from app.messages.planning import SEND_DUE_ACTOR, replan, schedule, takes_batches
 from app.messages.recording import durably, record_sent_many
-from app.messages.tracking import OPT_OUT_KEY_PREFIX, SEND_ACTOR, sendable
+from app.messages.tracking import OPT_OUT_KEY_PREFIX, sendable
 from app.transports.base import TransientSendError
 from config import settings
 
@@ -65,17 +65,6 @@ _PICK = text(f"""
      WHERE {_WAITING}
      ORDER BY m.id LIMIT :n
        FOR UPDATE OF m SKIP LOCKED
-""")
-
-_CLAIM_MANY = text("""
-    WITH m AS (
-        UPDATE messages SET status = 'sending', sending_at = :at, attempts = attempts + 1, updated_at = :at
-        WHERE id = ANY(:ids) AND status = 'queued'
-        RETURNING *),
-    h AS (
-        INSERT INTO message_status_history (organization_id, message_id, status, at, details)
-        SELECT organization_id, id, 'sending', :at, jsonb_build_object('attempt', attempts) FROM m)
-    SELECT * FROM m ORDER BY id
 """)
 
 _WAITING_ROWS = text(f"SELECT m.id, m.attempts, m.scheduled_at FROM messages AS m WHERE {_WAITING} ORDER BY m.id")
@@ -122,7 +111,7 @@ def send_batch(client_id: str, outcomes: Counter) -> tuple[int, bool]:
             schedule(session, [(i, 0) for i in refused])
             outcomes["refused"] += len(refused)
         ids = [r.id for r in picked if not r.refused]
-        rows = session.execute(_CLAIM_MANY, {"ids": ids, "at": at}).all() if ids else []
+        rows = session.execute(CLAIM, {"ids": ids, "at": at}).all() if ids else []
         prepared = [Prepared(r.id, client_id, r.attempts, build_outbound(session, r), dict(r._mapping))
                     for r in rows]
     if prepared:
@@ -154,29 +143,14 @@ def _send(batch: list[Prepared], outcomes: Counter) -> None:
         else:
             log.error("%d sends went out but could not be recorded; the sweeper will ask the transport", len(sent))
     for prepared, exc in retry:
-        outcomes["retrying" if _retry_alone(prepared, exc) else "failed"] += 1
-
-
-def _retry_alone(prepared: Prepared, exc: TransientSendError) -> bool:
-    """A transient error: the message is queued again with a job of its own, which retries it with
-    backoff (``messages.send``); or failed once its attempts are used up. True when queued."""
-    if prepared.attempt >= settings.MESSAGE_MAX_ATTEMPTS:
-        return retry_later(prepared.message_id, prepared.attempt, exc)  # records the failure
-    requeued = []
-
-    def requeue(session: Session) -> None:
-        if requeue_after_error(session, prepared.message_id, prepared.attempt, exc.code, str(exc)):
-            requeued.append(True)
-            outbox.enqueue(session, SEND_ACTOR, prepared.message_id, delay_ms=exc.retry_after_ms or 1000)
-
-    durably(requeue)
-    return bool(requeued)
+        # queued again with a job of its own, which retries it with backoff (or failed: no attempt left)
+        requeued = retry_later(prepared.message_id, prepared.attempt, exc, own_job=True)
+        outcomes["retrying" if requeued else "failed"] += 1
 
 
 def _replan_waiting(session: Session, client: Client) -> int:
     """Waiting messages of a client that no longer takes batches get a job each, with slots."""
     rows = session.execute(_WAITING_ROWS, {"client": client.id, "at": utcnow()}).all()
-    for start in range(0, len(rows), 5000):
-        replan(session, client, rows[start:start + 5000])
+    replan(session, client, rows)
     return len(rows)
 

@@ -194,25 +194,26 @@ def _claim(session: Session, message: Message, client: Client,
         _fail(session, message.id, "queued", "contact_opted_out", "The contact opted out after this message was queued")
         return "failed"
     at = from_ms(now)
-    claimed = session.execute(_CLAIM, {"id": message.id, "at": at}).first()
+    claimed = session.execute(CLAIM, {"ids": [message.id], "at": at}).first()
     if claimed is None:
         return "skipped"
     return Prepared(claimed.id, client.id, claimed.attempts, build_outbound(session, claimed), dict(claimed._mapping))
 
 
-# The claim before the transport call, in one statement (the hot path of every send); what is written
-# after the call is app/messages/recording.py.
-_CLAIM = text("""
+# The claim before the transport call, in one statement (the hot path of every send: one message,
+# or a batch of them, app/messages/batches.py); what is written after the call is
+# app/messages/recording.py.
+CLAIM = text("""
     WITH m AS (
         UPDATE messages SET status = 'sending', sending_at = :at, attempts = attempts + 1, updated_at = :at
-        WHERE id = :id AND status = 'queued'
+        WHERE id = ANY(:ids) AND status = 'queued'
           AND (campaign_id IS NULL OR EXISTS (SELECT 1 FROM campaigns AS c
                                               WHERE c.id = messages.campaign_id AND c.status = 'running'))
         RETURNING *),
     h AS (
         INSERT INTO message_status_history (organization_id, message_id, status, at, details)
         SELECT organization_id, id, 'sending', :at, jsonb_build_object('attempt', attempts) FROM m)
-    SELECT * FROM m
+    SELECT * FROM m ORDER BY id
 """)
 
 
@@ -305,17 +306,28 @@ def _fail(session: Session, message_id: str, from_status: str, code: str, text: 
     return row
 
 
-def retry_later(message_id: str, attempt: int, exc: TransientSendError) -> bool:
+def retry_later(message_id: str, attempt: int, exc: TransientSendError, *, own_job: bool = False) -> bool:
     """Back to ``queued`` for another (paced) attempt: True; or ``failed`` once the attempts are
-    used up: False. (The transport said it did not send: a retry cannot make a duplicate.)"""
+    used up: False. (The transport said it did not send: a retry cannot make a duplicate.)
+    ``own_job``: the message also gets its ``messages.send`` job, delayed as the transport asks
+    (else the caller's job is retried by the broker)."""
     if attempt >= settings.MESSAGE_MAX_ATTEMPTS:
         durably(lambda session: _fail(session, message_id, "sending", exc.code, f"{exc} (after {attempt} attempts)"))
         return False
     requeued = []
-    if not durably(lambda session: requeued.append(requeue_after_error(session, message_id, attempt, exc.code,
-                                                                        str(exc)))):
+
+    def requeue(session: Session) -> None:
+        requeued.append(requeue_after_error(session, message_id, attempt, exc.code, str(exc)))
+        if own_job and requeued[-1]:
+            outbox.enqueue(session, SEND_ACTOR, message_id, delay_ms=exc.retry_after_ms or RETRY_FIRST_MS)
+
+    if not durably(requeue):
         return False
     return bool(requeued and requeued[-1])
+
+
+#: the first retry's delay of a message whose job is its own (the actor's ``min_backoff``)
+RETRY_FIRST_MS = 1000
 
 
 def requeue_after_error(session: Session, message_id: str, attempt: int, code: str, text: str) -> bool:

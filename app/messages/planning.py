@@ -171,19 +171,21 @@ def resume_client(session: Session, client_id: str) -> int:
         Message.client_id == client_id, Message.status == "queued", Message.direction == "outbound")
         .order_by(Message.id)).all()
     for campaign in (False, True):  # a campaign's messages are never sent in batches
-        part = [r for r in rows if (r.campaign_id is not None) == campaign]
-        for start in range(0, len(part), 5000):
-            replan(session, client, part[start:start + 5000], batchable=not campaign)
+        replan(session, client, [r for r in rows if (r.campaign_id is not None) == campaign], batchable=not campaign)
     return len(rows)
 
 
 def replan(session: Session, client: Client, rows, *, batchable: bool = False) -> list[Plan]:
     """Fresh slots and jobs, in order, for queued messages of ``client`` (rows with ``id``,
     ``attempts`` and ``scheduled_at``): a client ready again, a campaign resumed, a share moved.
-    ``batchable``: none of them is a campaign's (``plan``)."""
+    ``batchable``: none of them is a campaign's (``plan``). Planned 5,000 at a time."""
     now = utcnow()
-    plans = plan(client, [(r.id, r.attempts, r.scheduled_at) for r in rows], batchable=batchable)
-    session.execute(update(Message), [{"id": p.message_id, "scheduled_for": p.scheduled_for, "updated_at": now}
-                                      for p in plans])
-    enqueue_plans(session, plans)
+    plans: list[Plan] = []
+    for start in range(0, len(rows), 5000):
+        part = plan(client, [(r.id, r.attempts, r.scheduled_at) for r in rows[start:start + 5000]],
+                    batchable=batchable)
+        session.execute(update(Message), [{"id": p.message_id, "scheduled_for": p.scheduled_for, "updated_at": now}
+                                          for p in part])
+        enqueue_plans(session, part)
+        plans += part
     return plans

@@ -262,7 +262,7 @@ def test_a_paused_campaigns_message_cannot_be_claimed_even_by_a_job_already_past
     sending.run_fan_out(c["id"])
     (m,) = messages_of(session, c["id"])
     session.execute(update(Campaign).where(Campaign.id == c["id"]).values(status="paused"))
-    claimed = session.execute(dispatch._CLAIM, {"id": m.id, "at": utcnow()}).first()
+    claimed = session.execute(dispatch.CLAIM, {"ids": [m.id], "at": utcnow()}).first()
     assert claimed is None
 
 

@@ -55,16 +55,13 @@ def transport(monkeypatch):
     return fake
 
 
-def queue(session, client, n: int, **item) -> list[str]:
-    results = dispatch_items(session, client, [{"to": f"+1415555{1000 + i:04d}", "text": f"m{i}", **item}
-                                                for i in range(n)])
-    return [r["id"] for r in results]
-
-
-def dispatch_items(session, client, items):
+def queue(session, client, n: int, *, campaign_id: str | None = None, **item) -> list[str]:
+    """``n`` messages accepted from ``client`` (a campaign's with ``campaign_id``); their ids."""
     from app.messages import service
 
-    return service.accept_messages(session, SystemPrincipal(client.organization_id), client, items)
+    items = [{"to": f"+1415555{1000 + i:04d}", "text": f"m{i}", **item} for i in range(n)]
+    return [r["id"] for r in service.accept_messages(session, SystemPrincipal(client.organization_id), client, items,
+                                                     campaign_id=campaign_id)]
 
 
 def status_of(session, ids) -> Counter:
@@ -91,15 +88,13 @@ def test_a_campaigns_and_a_scheduled_message_keep_jobs_of_their_own(session, unp
     from datetime import timedelta
 
     from app.db import utcnow
-    from app.messages import service
 
     later = queue(session, unpaced, 1, scheduled_at=utcnow() + timedelta(seconds=20))
     campaign = f.make_campaign(session, organization_id=org.id, status="running")
-    own = service.accept_messages(session, SystemPrincipal(org.id), unpaced, [{"to": "+14155559999", "text": "offer"}],
-                                  campaign_id=campaign.id)
+    own = queue(session, unpaced, 1, campaign_id=campaign.id, to="+14155559999")
     session.commit()
     assert sorted((j["actor_name"], j["args"][0]) for j in queued_jobs(redis_conn)) == sorted(
-        [("messages.send", later[0]), ("messages.send", own[0]["id"])])
+        [("messages.send", later[0]), ("messages.send", own[0])])
 
 
 def test_a_batch_sends_each_message_once_in_order_with_the_rows_a_single_send_writes(session, unpaced,
@@ -244,14 +239,13 @@ def test_a_batch_size_out_of_range_stops_the_process_naming_the_setting():
 
 def test_a_client_ready_again_gets_one_batched_job_and_its_campaign_messages_a_job_each(session, unpaced, org,
                                                                                       redis_conn):
-    from app.messages import planning, service
+    from app.messages import planning
 
     unpaced.status = "disconnected"
     session.flush()
     ids = queue(session, unpaced, 4)
     campaign = f.make_campaign(session, organization_id=org.id, status="running")
-    own = service.accept_messages(session, SystemPrincipal(org.id), unpaced, [{"to": "+14155559999", "text": "offer"}],
-                                  campaign_id=campaign.id)[0]["id"]
+    (own,) = queue(session, unpaced, 1, campaign_id=campaign.id, to="+14155559999")
     unpaced.status = "ready"
     session.commit()
     redis_conn.flushdb()
